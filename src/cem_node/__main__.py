@@ -1,0 +1,3 @@
+from cem_node.cli import main
+
+main()

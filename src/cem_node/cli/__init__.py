@@ -1,0 +1,74 @@
+"""The ``cem-node`` command line.
+
+Each command group lives in its own module and is mounted here. Exit codes:
+0 success, 1 the operation failed, 2 bad usage or invalid input (config,
+arguments), 3 a required external tool or service is missing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cem_node import __version__
+from cem_node.cli import config_cmd, db_cmd, demo_cmd, synth_cmd
+from cem_node.cli.context import CliContext
+
+app = typer.Typer(
+    name="cem-node",
+    help=(
+        "cem-node: an AI node for contrast-enhanced mammography (CEM). It receives CEM "
+        "studies by DICOM C-STORE, finds and outlines suspicious lesions, scores them "
+        "benign vs malignant and sends back DICOM SEG, SR and GSPS objects."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"cem-node {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="CEM_NODE_CONFIG",
+            help="Node config file (TOML). Default: ./conf/node.toml if present, "
+            "else built-in defaults.",
+            dir_okay=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version_callback,
+            is_eager=True,
+            help="Print the version and exit.",
+        ),
+    ] = False,
+) -> None:
+    ctx.obj = CliContext(config_path=config)
+
+
+app.add_typer(config_cmd.app, name="config")
+app.add_typer(db_cmd.app, name="db")
+app.command(name="synth")(synth_cmd.synth)
+app.command(name="demo")(demo_cmd.demo)
+
+
+def main() -> None:
+    """Entry point of the ``cem-node`` console script."""
+    app()

@@ -1,0 +1,1221 @@
+"""Typed settings of a cem-node, loaded from TOML and the environment.
+
+The settings are one :class:`Settings` object made of sections (``[node]``,
+``[tls]``, ``[storage]`` ...), each a pydantic model that forbids unknown keys,
+so that a typo is an error naming the key rather than a silently ignored
+option. Values come from, in order of precedence:
+
+1. environment variables ``CEM_NODE_<SECTION>__<KEY>`` (for example
+   ``CEM_NODE_NODE__PORT=11113``); lists and tables are given as JSON,
+2. the TOML file (``conf/node.toml`` by default),
+3. the built-in defaults.
+
+Every field carries a description; :func:`render_default_toml` turns them into
+the commented default file that ``cem-node config init`` writes.
+
+Examples
+--------
+>>> from cem_node.config import load_settings
+>>> settings = load_settings(environ={})  # doctest: +SKIP
+>>> settings.node.port  # doctest: +SKIP
+11112
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import os
+import re
+import textwrap
+import tomllib
+import types
+import typing
+import warnings
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePath
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = [
+    "ENV_CONFIG_VAR",
+    "ENV_PREFIX",
+    "AnalysisSection",
+    "AssemblySection",
+    "ConfigError",
+    "DatabaseSection",
+    "ExportObject",
+    "ExportSection",
+    "HttpSection",
+    "LoadedSettings",
+    "LoggingSection",
+    "NodeSection",
+    "Peer",
+    "SelectionSection",
+    "Settings",
+    "StorageSection",
+    "TlsSection",
+    "load_settings",
+    "load_settings_with_origin",
+    "mask_url",
+    "render_default_toml",
+    "render_settings_toml",
+    "resolve_config_path",
+    "settings_to_dict",
+]
+
+ENV_PREFIX = "CEM_NODE_"
+"""Prefix of the environment variables that override settings."""
+
+ENV_CONFIG_VAR = "CEM_NODE_CONFIG"
+"""Environment variable naming the config file."""
+
+DEFAULT_CONFIG_PATH = Path("conf/node.toml")
+"""Config file used when none is named and it exists (relative to the working directory)."""
+
+MASK = "***"
+
+ExportObject = Literal["seg", "sr", "gsps"]
+"""A kind of result object: DICOM SEG, TID 1500 SR or GSPS."""
+
+
+# --------------------------------------------------------------------------- validators
+
+
+def _check_ae_title(value: str) -> str:
+    # PS3.5 AE VR: 16 chars of the default repertoire, no backslash or control chars
+    if not 1 <= len(value) <= 16:
+        raise ValueError(f"AE title must be 1 to 16 characters long, not {len(value)}")
+    if not value.strip(" "):
+        raise ValueError("AE title must not be all spaces")
+    if "\\" in value:
+        raise ValueError("AE title must not contain a backslash")
+    if any(not 0x20 <= ord(c) < 0x7F for c in value):
+        raise ValueError("AE title must contain printable ASCII characters only (no control chars)")
+    return value
+
+
+_PEER_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def _check_peer_name(value: str) -> str:
+    if not _PEER_NAME_RE.fullmatch(value):
+        raise ValueError(
+            "peer name must start with a letter or digit and contain only letters, digits, "
+            "'.', '_' or '-' (at most 64 characters)"
+        )
+    return value
+
+
+def _empty_to_none(value: Any) -> Any:
+    # TOML has no null, and an empty env var is the natural way to unset a value
+    if isinstance(value, str) and not value.strip():
+        return None
+    return value
+
+
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
+
+
+def _unique(values: list[Any] | None) -> list[Any] | None:
+    if values is not None:
+        dupes = sorted({str(v) for v in values if values.count(v) > 1})
+        if dupes:
+            raise ValueError(f"duplicate values: {', '.join(dupes)}")
+    return values
+
+
+def _check_patterns(values: list[str]) -> list[str]:
+    for i, pattern in enumerate(values):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(
+                f"pattern [{i}] {pattern!r} is not a valid regular expression: {exc}"
+            ) from None
+    return values
+
+
+AETitle = Annotated[str, AfterValidator(_check_ae_title)]
+"""A DICOM Application Entity title (1-16 printable ASCII characters, no backslash)."""
+
+PeerName = Annotated[str, AfterValidator(_check_peer_name)]
+OptionalPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
+Patterns = Annotated[list[str], AfterValidator(_check_patterns)]
+
+
+class _Section(BaseModel):
+    """Base of the sections: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+class NodeSection(_Section):
+    """DICOM network service of this node (the SCP that receives studies)."""
+
+    ae_title: AETitle = Field(
+        "CEM_NODE",
+        description=(
+            "Application Entity title of this node: 1 to 16 printable ASCII characters, "
+            "no backslash. Peers must send to this title."
+        ),
+    )
+    host: str = Field(
+        "0.0.0.0",
+        min_length=1,
+        description="Address to listen on for DICOM associations (0.0.0.0: all interfaces).",
+    )
+    port: Port = Field(11112, description="TCP port to listen on for DICOM associations.")
+    max_associations: int = Field(
+        10, ge=1, description="Maximum number of simultaneous associations."
+    )
+    max_pdu_size: int = Field(
+        0,
+        ge=0,
+        description=(
+            "Maximum PDU size in bytes that this node receives; 0 means unlimited, "
+            "which is the fastest for large mammograms."
+        ),
+    )
+    acse_timeout_s: float = Field(
+        30.0, gt=0, description="Seconds to wait for association messages (ACSE)."
+    )
+    dimse_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds to wait for DIMSE messages (C-ECHO, C-STORE ...)."
+    )
+    network_timeout_s: float = Field(
+        60.0, gt=0, description="Seconds without network activity before an association is aborted."
+    )
+    require_called_ae_title: bool = Field(
+        True,
+        description=(
+            "Reject associations whose called AE title is not ae_title. "
+            "Set to false to accept any called AE title."
+        ),
+    )
+    accept_unknown_sop_classes: Literal["ignore", "refuse"] = Field(
+        "ignore",
+        description=(
+            "What to do with objects that are not CEM images (dose reports, secondary "
+            'captures ...): "ignore" accepts and discards them (a PACS forwarding a whole '
+            'study then sees success), "refuse" rejects them.'
+        ),
+    )
+
+
+class TlsSection(_Section):
+    """DICOM TLS for incoming associations (and outgoing ones to peers with tls = true)."""
+
+    enabled: bool = Field(False, description="Use TLS for the DICOM service.")
+    certificate: OptionalPath = Field(
+        None,
+        description="PEM certificate (chain) of this node. Required when enabled.",
+        examples=["conf/tls/node.crt"],
+    )
+    private_key: OptionalPath = Field(
+        None,
+        description="PEM private key of the certificate. Required when enabled.",
+        examples=["conf/tls/node.key"],
+    )
+    private_key_password: OptionalSecret = Field(
+        None,
+        description=(
+            "Password of an encrypted private key. Prefer the environment variable "
+            "CEM_NODE_TLS__PRIVATE_KEY_PASSWORD to writing it here; it is masked in "
+            "`cem-node config show`."
+        ),
+        examples=["change-me"],
+    )
+    ca_certificates: OptionalPath = Field(
+        None,
+        description=(
+            "PEM bundle of the certificate authorities trusted to sign peer certificates. "
+            "Required when require_client_certificate is true."
+        ),
+        examples=["conf/tls/ca.pem"],
+    )
+    require_client_certificate: bool = Field(
+        False, description="Refuse incoming connections without a valid client certificate."
+    )
+
+    @model_validator(mode="after")
+    def _paths_when_enabled(self) -> TlsSection:
+        if self.enabled:
+            missing = [k for k in ("certificate", "private_key") if getattr(self, k) is None]
+            if missing:
+                raise ValueError(f"{' and '.join(missing)} must be set when enabled = true")
+        if self.require_client_certificate and self.ca_certificates is None:
+            raise ValueError("ca_certificates must be set when require_client_certificate = true")
+        return self
+
+
+class StorageSection(_Section):
+    """Where received instances and results are kept on disk."""
+
+    root: Path = Field(
+        Path("var/cem-node"),
+        description=(
+            "Root folder of the instance and result store (and of the default SQLite "
+            "database). A relative path is relative to the working directory."
+        ),
+    )
+    incoming_subdir: str = Field(
+        "incoming", description="Sub-folder of root for received instances."
+    )
+    results_subdir: str = Field(
+        "results", description="Sub-folder of root for the result objects (SEG, SR, GSPS)."
+    )
+    disk_high_watermark_percent: float = Field(
+        90.0,
+        gt=0,
+        le=100,
+        description=(
+            "Disk usage (percent) of the store's file system above which new associations "
+            'are refused ("out of resources").'
+        ),
+    )
+    min_free_mb: int = Field(
+        2048,
+        ge=0,
+        description="Free space (MiB) below which new associations are refused.",
+    )
+    retention_days: int = Field(
+        30,
+        ge=0,
+        description=(
+            "Days to keep a study's files after its results were delivered; 0 keeps them forever."
+        ),
+    )
+
+    @field_validator("incoming_subdir", "results_subdir")
+    @classmethod
+    def _relative(cls, value: str) -> str:
+        path = PurePath(value)
+        if not value.strip() or path.is_absolute() or ".." in path.parts:
+            raise ValueError("must be a relative folder name inside root (no '..')")
+        return value
+
+
+_URL_PASSWORD = re.compile(r"^(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@]*:)[^@]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&]password=)[^&#]*")
+
+
+def mask_url(url: str) -> str:
+    """Return a database URL with its password replaced by ``***``.
+
+    Parameters
+    ----------
+    url : str
+        An SQLAlchemy or libpq URL, e.g.
+        ``postgresql+psycopg://user:secret@host/db``.
+
+    Returns
+    -------
+    str
+        The URL with the password of the user-info part, and any
+        ``password=`` query parameter, masked. URLs without a password are
+        returned unchanged.
+
+    Examples
+    --------
+    >>> mask_url("postgresql+psycopg://cem:s3cret@db:5432/cem")
+    'postgresql+psycopg://cem:***@db:5432/cem'
+    """
+    # same split as SQLAlchemy's URL parser: the password runs up to the first "@"
+    masked = _URL_PASSWORD.sub(rf"\g<head>{MASK}@", url, count=1)
+    return _QUERY_PASSWORD.sub(rf"\g<1>{MASK}", masked)
+
+
+class DatabaseSection(_Section):
+    """The database holding instances, studies, jobs and the export outbox."""
+
+    url: str = Field(
+        "",
+        repr=False,  # may hold a password
+        description=(
+            "SQLAlchemy URL, e.g. postgresql+psycopg://cem:PASSWORD@db-host/cem for a "
+            "scale-out deployment. Empty: an SQLite file <storage.root>/cem-node.db. "
+            "Prefer the environment variable CEM_NODE_DATABASE__URL for a URL with a "
+            "password; it is masked in `cem-node config show`."
+        ),
+    )
+    echo: bool = Field(False, description="Log every SQL statement (debugging only).")
+    pool_size: int = Field(
+        5, ge=1, description="Connections kept in the pool (server databases only)."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url_shape(cls, value: str) -> str:
+        if value and not re.match(r"[A-Za-z][A-Za-z0-9+.\-]*://", value):
+            raise ValueError(
+                "must be an SQLAlchemy URL such as postgresql+psycopg://user:password@host/db "
+                "or sqlite:///path/to/file.db, or empty for the built-in SQLite database"
+            )
+        return value
+
+
+class AssemblySection(_Section):
+    """When a received study is considered complete (no DICOM message says so)."""
+
+    quiet_period_s: float = Field(
+        30.0,
+        ge=0,
+        description="Seconds without a new instance after which a study is complete.",
+    )
+    max_wait_s: float = Field(
+        600.0,
+        gt=0,
+        description=(
+            "Seconds after the first instance after which a study is completed even if "
+            "instances keep arriving. Later instances trigger a re-analysis."
+        ),
+    )
+    check_interval_s: float = Field(
+        5.0, gt=0, description="Seconds between two checks for complete studies."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AssemblySection:
+        if self.max_wait_s < self.quiet_period_s:
+            raise ValueError(
+                f"max_wait_s ({self.max_wait_s}) must not be shorter than "
+                f"quiet_period_s ({self.quiet_period_s})"
+            )
+        return self
+
+
+class SelectionSection(_Section):
+    """Rules that classify CEM images as low energy (LE), high energy (HE) or recombined (RC).
+
+    Signals, strongest first: DICOM ImageType values, kVp, SeriesDescription
+    patterns, vendor private tags.
+    """
+
+    low_energy_kvp_max: float = Field(
+        35.0,
+        gt=0,
+        description="An image acquired at or below this kVp is low energy (LE is ~26-32 kVp).",
+    )
+    high_energy_kvp_min: float = Field(
+        40.0,
+        gt=0,
+        description="An image acquired at or above this kVp is high energy (HE is ~45-49 kVp).",
+    )
+    recombined_image_type_values: list[str] = Field(
+        default_factory=lambda: ["SUBTRACTION"],
+        description=(
+            "ImageType values (value 4 and later) that mark a recombined image "
+            "(PS3.3 C.8.11.7.1.4)."
+        ),
+    )
+    low_energy_image_type_values: list[str] = Field(
+        default_factory=lambda: ["LOW_ENERGY"],
+        description="ImageType values (value 4 and later) that mark a low-energy image.",
+    )
+    high_energy_image_type_values: list[str] = Field(
+        default_factory=lambda: ["HIGH_ENERGY"],
+        description="ImageType values (value 4 and later) that mark a high-energy image.",
+    )
+    low_energy_series_description_patterns: Patterns = Field(
+        default_factory=lambda: [r"(?i)\blow[\s_-]*energy\b", r"(?i)\bLE\b"],
+        description=(
+            "Regular expressions (Python syntax) searched in SeriesDescription that mark "
+            "a low-energy image."
+        ),
+    )
+    high_energy_series_description_patterns: Patterns = Field(
+        default_factory=lambda: [r"(?i)\bhigh[\s_-]*energy\b", r"(?i)\bHE\b"],
+        description=(
+            "Regular expressions searched in SeriesDescription that mark a high-energy image."
+        ),
+    )
+    recombined_series_description_patterns: Patterns = Field(
+        default_factory=lambda: [r"(?i)recomb", r"(?i)\bsub(traction|tracted)?\b"],
+        description=(
+            "Regular expressions searched in SeriesDescription that mark a recombined image."
+        ),
+    )
+    use_private_tags: bool = Field(
+        True,
+        description=(
+            "Also use known vendor private tags (e.g. GE group 0045) when the public "
+            "attributes do not decide."
+        ),
+    )
+    not_analysable_report: bool = Field(
+        True,
+        description=(
+            "Send an SR saying why a study could not be analysed (no LE/RC pair ...) "
+            "instead of sending nothing."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _kvp_ordered(self) -> SelectionSection:
+        if self.low_energy_kvp_max >= self.high_energy_kvp_min:
+            raise ValueError(
+                f"low_energy_kvp_max ({self.low_energy_kvp_max}) must be below "
+                f"high_energy_kvp_min ({self.high_energy_kvp_min})"
+            )
+        return self
+
+
+class AnalysisSection(_Section):
+    """The analysis: model bundle, device and detection parameters."""
+
+    model: str = Field(
+        "cem-demo",
+        min_length=1,
+        description="Name of the model bundle to use (a folder in models_dir).",
+    )
+    models_dir: Path = Field(Path("models"), description="Folder holding the model bundles.")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto",
+        description='Where to run the networks: "auto" (a GPU if there is one), "cpu" or "cuda".',
+    )
+    score_threshold: Fraction = Field(
+        0.05, description="Detector score below which a candidate is dropped before NMS."
+    )
+    nms_iou: Fraction = Field(
+        0.5, description="Overlap (IoU) above which the weaker of two detections is suppressed."
+    )
+    max_lesions: int = Field(5, ge=1, description="Maximum number of lesions reported per image.")
+    keep_score: Fraction = Field(
+        0.1, description="Final lesion score below which a detection is not reported."
+    )
+    radiomics_workers: int = Field(
+        2, ge=1, description="Worker processes computing radiomics features."
+    )
+    radiomics_max_grey_levels: int = Field(
+        256, ge=2, description="Number of grey levels the image is binned to for texture features."
+    )
+
+
+class ExportSection(_Section):
+    """What is sent back to the destinations, and how failed sends are retried."""
+
+    objects: Annotated[list[ExportObject], AfterValidator(_unique)] = Field(
+        default_factory=lambda: ["seg", "sr", "gsps"],
+        description=(
+            'Result objects sent to each destination: "seg" (DICOM SEG per view), '
+            '"sr" (TID 1500 report per study), "gsps" (presentation state with outlines).'
+        ),
+    )
+    max_attempts: int = Field(
+        8, ge=1, description="Attempts per object and destination before the job fails."
+    )
+    initial_backoff_s: float = Field(
+        5.0, gt=0, description="Seconds before the first retry; doubled after each failure."
+    )
+    max_backoff_s: float = Field(600.0, gt=0, description="Longest wait between two retries.")
+
+    @model_validator(mode="after")
+    def _backoff_ordered(self) -> ExportSection:
+        if self.max_backoff_s < self.initial_backoff_s:
+            raise ValueError(
+                f"max_backoff_s ({self.max_backoff_s}) must not be shorter than "
+                f"initial_backoff_s ({self.initial_backoff_s})"
+            )
+        return self
+
+
+class HttpSection(_Section):
+    """The small HTTP endpoint (health, metrics, status)."""
+
+    enabled: bool = Field(True, description="Serve the HTTP endpoint.")
+    host: str = Field(
+        "127.0.0.1", min_length=1, description="Address to listen on (127.0.0.1: this host only)."
+    )
+    port: Port = Field(8765, description="TCP port of the HTTP endpoint.")
+
+
+# "json" shadows the deprecated BaseModel.json(); the field wins on instances, which is
+# what the [logging] json key needs, so the warning pydantic gives for it is silenced
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", message='Field name "json"', category=UserWarning)
+
+    class LoggingSection(_Section):
+        """Logging."""
+
+        level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = (
+            Field("INFO", description='Lowest level logged: "DEBUG", "INFO", "WARNING" or "ERROR".')
+        )
+        json: bool = Field(  # type: ignore[assignment]
+            False, description="Write one JSON object per line instead of human-readable text."
+        )
+        file: OptionalPath = Field(
+            None,
+            description=("Also write the log to this file. Unset: standard error only."),
+            examples=["var/cem-node/cem-node.log"],
+        )
+
+
+class Peer(_Section):
+    """A remote DICOM node: a source that sends studies or a destination for results."""
+
+    name: PeerName = Field(
+        description="Short unique name used on the command line (cem-node echo NAME).",
+        examples=["pacs"],
+    )
+    ae_title: AETitle = Field(description="AE title of the peer.", examples=["PACS"])
+    host: str = Field(min_length=1, description="Host name or address of the peer.")
+    port: Port = Field(description="DICOM port of the peer.", examples=[104])
+    role: Literal["source", "destination"] = Field(
+        description=(
+            '"source": sends studies to this node; "destination": results are sent to it.'
+        ),
+    )
+    tls: bool = Field(False, description="Use TLS (see [tls]) for associations with this peer.")
+    objects: Annotated[list[ExportObject] | None, AfterValidator(_unique)] = Field(
+        None,
+        description="Result objects sent to this destination; unset: export.objects.",
+        examples=[["seg", "sr"]],
+    )
+
+
+_EXAMPLE_PEERS = (
+    Peer(name="senographe", ae_title="SENO_PRISTINA", host="192.0.2.10", port=104, role="source"),
+    Peer(
+        name="pacs",
+        ae_title="PACS",
+        host="pacs.example.org",
+        port=11112,
+        role="destination",
+        objects=["seg", "sr"],
+    ),
+)
+
+
+class _SettingsFields(BaseModel):
+    """The fields and checks of :class:`Settings`, validated without reading the environment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    node: NodeSection = Field(default_factory=NodeSection, description=NodeSection.__doc__ or "")
+    tls: TlsSection = Field(default_factory=TlsSection, description=TlsSection.__doc__ or "")
+    storage: StorageSection = Field(
+        default_factory=StorageSection, description=StorageSection.__doc__ or ""
+    )
+    database: DatabaseSection = Field(
+        default_factory=DatabaseSection, description=DatabaseSection.__doc__ or ""
+    )
+    assembly: AssemblySection = Field(
+        default_factory=AssemblySection, description=AssemblySection.__doc__ or ""
+    )
+    selection: SelectionSection = Field(
+        default_factory=SelectionSection, description=SelectionSection.__doc__ or ""
+    )
+    analysis: AnalysisSection = Field(
+        default_factory=AnalysisSection, description=AnalysisSection.__doc__ or ""
+    )
+    export: ExportSection = Field(
+        default_factory=ExportSection, description=ExportSection.__doc__ or ""
+    )
+    http: HttpSection = Field(default_factory=HttpSection, description=HttpSection.__doc__ or "")
+    logging: LoggingSection = Field(
+        default_factory=LoggingSection, description=LoggingSection.__doc__ or ""
+    )
+    peers: list[Peer] = Field(
+        default_factory=list,
+        description=(
+            "Remote DICOM nodes that send studies to this node or receive its results, "
+            "one [[peers]] table each (none by default)."
+        ),
+    )
+
+    @field_validator("peers")
+    @classmethod
+    def _unique_peer_names(cls, peers: list[Peer]) -> list[Peer]:
+        names = [p.name for p in peers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"peer names must be unique; duplicated: {', '.join(dupes)}")
+        return peers
+
+
+class Settings(BaseSettings, _SettingsFields):
+    """Every setting of a cem-node.
+
+    Build it with :func:`load_settings` (file + environment, clear errors),
+    :meth:`from_mapping` (plain data, no environment) or :meth:`defaults`.
+    ``Settings(**values)`` also works; like any pydantic-settings class it then
+    reads ``CEM_NODE_<SECTION>__<KEY>`` from ``os.environ``, but no file.
+
+    Examples
+    --------
+    >>> settings = Settings.defaults()
+    >>> settings.node.ae_title, settings.node.port
+    ('CEM_NODE', 11112)
+    """
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_assignment=True,
+    )
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> Settings:
+        """Validate plain data (as read from TOML) into settings, ignoring the environment.
+
+        Parameters
+        ----------
+        data : Mapping[str, Any]
+            Sections keyed as in the TOML file; missing keys take their default.
+
+        Returns
+        -------
+        Settings
+            The validated settings.
+
+        Raises
+        ------
+        pydantic.ValidationError
+            If a key is unknown or a value invalid.
+        """
+        # Settings' own __init__ would also read os.environ, so validate the fields
+        # alone and assemble the already-valid values
+        fields = _SettingsFields.model_validate(data)
+        values = {name: getattr(fields, name) for name in type(fields).model_fields}
+        return cls.model_construct(_fields_set=set(fields.model_fields_set), **values)
+
+    @classmethod
+    def defaults(cls) -> Settings:
+        """Return the built-in defaults, ignoring files and the environment."""
+        return cls.from_mapping({})
+
+    def database_url(self) -> str:
+        """Return the database URL in use.
+
+        Returns
+        -------
+        str
+            ``database.url`` if set, else the SQLite file
+            ``<storage.root>/cem-node.db``.
+        """
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.root / 'cem-node.db').as_posix()}"
+
+    def peer(self, name: str) -> Peer:
+        """Return the peer called `name`.
+
+        Raises
+        ------
+        KeyError
+            If no peer has that name.
+        """
+        for p in self.peers:
+            if p.name == name:
+                return p
+        known = ", ".join(p.name for p in self.peers) or "none configured"
+        raise KeyError(f"no peer named {name!r} (known: {known})")
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class ConfigError(ValueError):
+    """An invalid configuration: bad TOML, an unknown key or a bad value.
+
+    Parameters
+    ----------
+    message : str
+        The human-readable message (shown as is by the CLI).
+    problems : Sequence[str], optional
+        One line per problem, ``dotted.key: why``.
+    source : str, optional
+        Where the configuration came from (file name, environment).
+    """
+
+    def __init__(
+        self, message: str, *, problems: Sequence[str] = (), source: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.problems = list(problems)
+        self.source = source
+
+
+# Values never echoed in error messages (a malformed URL may not mask cleanly)
+_SECRET_KEYS = {("tls", "private_key_password"), ("database", "url")}
+
+
+def _dotted(loc: Sequence[str | int]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _model_at(loc: Sequence[str | int]) -> type[BaseModel] | None:
+    """The model class whose fields are valid keys at `loc` (for spelling hints)."""
+    model: type[BaseModel] = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            return None
+        inner = _unwrap(field.annotation)
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    return model
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional / list / Annotated to reach the item type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (list, typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _is_complex(path: Sequence[str]) -> bool:
+    """Whether the setting at `path` is a table or a list (given as JSON in the env)."""
+    if len(path) == 1:
+        return True
+    model = _model_at(path[:-1])
+    field = model.model_fields.get(path[-1]) if model else None
+    if field is None:
+        return False
+    annotation = field.annotation
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origins = {typing.get_origin(a) or a for a in typing.get_args(annotation)} | {
+        typing.get_origin(annotation) or annotation
+    }
+    return bool(origins & {list, dict}) or any(
+        isinstance(o, type) and issubclass(o, BaseModel) for o in origins
+    )
+
+
+def _describe_error(err: Mapping[str, Any], env_paths: Mapping[tuple[str, ...], str]) -> str:
+    loc = tuple(err["loc"])
+    key = _dotted(loc)
+    kind = err["type"]
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    if kind == "extra_forbidden":
+        msg = "unknown key"
+        model = _model_at(loc[:-1])
+        if model is not None and isinstance(loc[-1], str):
+            keys = list(model.model_fields)
+            match = difflib.get_close_matches(loc[-1], keys, n=1, cutoff=0.6)
+            msg += f"; did you mean {match[0]!r}?" if match else f" (valid keys: {', '.join(keys)})"
+    elif "input" in err and tuple(p for p in loc if isinstance(p, str)) not in _SECRET_KEYS:
+        value = err["input"]
+        if value is None or isinstance(value, str | int | float | bool | PurePath):
+            msg += f" (got {value!r})"
+    for path, var in env_paths.items():
+        n = min(len(path), len(loc))
+        if n and tuple(loc[:n]) == path[:n]:
+            msg += f" [from environment variable {var}]"
+            break
+    return f"{key}: {msg}"
+
+
+# --------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class LoadedSettings:
+    """Settings together with where they came from.
+
+    Attributes
+    ----------
+    settings : Settings
+        The effective settings.
+    file : pathlib.Path or None
+        The TOML file read, or None (defaults only).
+    env_overrides : tuple of str
+        Names of the environment variables that overrode a setting.
+    """
+
+    settings: Settings
+    file: Path | None
+    env_overrides: tuple[str, ...]
+
+
+def resolve_config_path(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Path | None:
+    """Return the config file to read.
+
+    Parameters
+    ----------
+    path : pathlib.Path, optional
+        An explicit file; returned as is.
+    environ : Mapping[str, str], optional
+        The environment (default ``os.environ``).
+
+    Returns
+    -------
+    pathlib.Path or None
+        `path`, else ``$CEM_NODE_CONFIG`` if set, else ``conf/node.toml`` if
+        it exists in the working directory, else None (defaults).
+    """
+    env = os.environ if environ is None else environ
+    if path is not None:
+        return Path(path)
+    if env.get(ENV_CONFIG_VAR, "").strip():
+        return Path(env[ENV_CONFIG_VAR])
+    return DEFAULT_CONFIG_PATH if DEFAULT_CONFIG_PATH.is_file() else None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{path}: is a folder, not a config file", source=str(path)) from None
+    except tomllib.TOMLDecodeError as exc:
+        # the message carries "(at line L, column C)"
+        raise ConfigError(
+            f"{path}: invalid TOML: {exc}", problems=[str(exc)], source=str(path)
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc}", source=str(path)) from None
+
+
+def _env_overrides(
+    environ: Mapping[str, str],
+) -> tuple[dict[str, Any], dict[tuple[str, ...], str]]:
+    """Nested data from ``CEM_NODE_<SECTION>[__<KEY>]`` variables, and their origins."""
+    data: dict[str, Any] = {}
+    origins: dict[tuple[str, ...], str] = {}
+    problems: list[str] = []
+    for var in sorted(environ):
+        if not var.upper().startswith(ENV_PREFIX) or var.upper() == ENV_CONFIG_VAR:
+            continue
+        path = tuple(var[len(ENV_PREFIX) :].lower().split("__"))
+        if path[0] not in Settings.model_fields:
+            # CEM_NODE_REQUIRE_TOOLS and the like are not settings; a typo'd section is
+            if len(path) > 1:
+                problems.append(f"{var}: unknown section {path[0]!r}")
+            continue
+        if not all(path):
+            problems.append(f"{var}: empty key between '__' separators")
+            continue
+        raw = environ[var]
+        value: Any = raw
+        if _is_complex(path):
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                problems.append(f"{var}: expected JSON for a list or table: {exc}")
+                continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[path[-1]] = value
+        origins[path] = var
+    if problems:
+        raise ConfigError(
+            "Invalid environment overrides:\n" + "\n".join(f"  {p}" for p in problems),
+            problems=problems,
+            source="environment",
+        )
+    return data, origins
+
+
+def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings_with_origin(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> LoadedSettings:
+    """Load the settings and report which file and environment variables were used.
+
+    Same parameters and errors as :func:`load_settings`.
+    """
+    env = os.environ if environ is None else environ
+    file = resolve_config_path(path, environ=env)
+    file_data = _read_toml(file) if file is not None else {}
+    env_data, origins = _env_overrides(env)
+    try:
+        settings = Settings.from_mapping(_merge(file_data, env_data))
+    except ValidationError as exc:
+        problems = [_describe_error(e, origins) for e in exc.errors()]
+        where = f"in {file}" if file is not None else "(built-in defaults)"
+        if origins:
+            where += " with environment overrides"
+        count = f"{len(problems)} error{'s' if len(problems) != 1 else ''}"
+        message = f"Invalid configuration {where} ({count}):\n" + "\n".join(
+            f"  {p}" for p in problems
+        )
+        raise ConfigError(
+            message, problems=problems, source=str(file) if file else "environment"
+        ) from exc
+    return LoadedSettings(settings=settings, file=file, env_overrides=tuple(origins.values()))
+
+
+def load_settings(
+    path: Path | None = None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Load the effective settings: environment over file over defaults.
+
+    Parameters
+    ----------
+    path : pathlib.Path, optional
+        The TOML file. Default: ``$CEM_NODE_CONFIG`` if set, else
+        ``./conf/node.toml`` if it exists, else the built-in defaults only.
+    environ : Mapping[str, str], optional
+        The environment to read ``CEM_NODE_*`` overrides from (default
+        ``os.environ``); pass ``{}`` to ignore it.
+
+    Returns
+    -------
+    Settings
+        The validated settings.
+
+    Raises
+    ------
+    ConfigError
+        If the file is missing or is not valid TOML (with line and column), or
+        a key is unknown or a value invalid; the message names every bad key
+        as a dotted path and the file.
+    """
+    return load_settings_with_origin(path, environ=environ).settings
+
+
+# --------------------------------------------------------------------------- TOML output
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else _toml_string(key)
+
+
+def _toml_string(value: str) -> str:
+    # a literal string keeps regular expressions readable when it can hold the value
+    if (
+        "\\" in value
+        and "'" not in value
+        and not any(ord(c) < 0x20 or ord(c) == 0x7F for c in value)
+    ):
+        return f"'{value}'"
+    # JSON escapes are valid TOML basic-string escapes, but JSON leaves DEL raw
+    return json.dumps(value, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return _toml_string(value)
+    if isinstance(value, PurePath):
+        return _toml_string(value.as_posix())
+    if isinstance(value, Sequence):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        items = [f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items() if v is not None]
+        return "{ " + ", ".join(items) + " }" if items else "{}"
+    raise TypeError(f"cannot write {type(value).__name__} as TOML")
+
+
+def _plain(value: Any, *, mask: bool) -> Any:
+    if isinstance(value, SecretStr):
+        return MASK if mask else value.get_secret_value()
+    if isinstance(value, PurePath):
+        return value.as_posix()
+    if isinstance(value, BaseModel):
+        return {
+            (field.alias or name): _plain(getattr(value, name), mask=mask)
+            for name, field in type(value).model_fields.items()
+        }
+    if isinstance(value, list | tuple):
+        return [_plain(v, mask=mask) for v in value]
+    return value
+
+
+def settings_to_dict(settings: Settings, *, mask_secrets: bool = True) -> dict[str, Any]:
+    """Return the settings as plain TOML/JSON-ready data, keyed as in the file.
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    mask_secrets : bool
+        Replace the TLS key password and the database URL password by ``***``.
+
+    Returns
+    -------
+    dict
+        Sections as dicts; paths as POSIX strings; unset values as None.
+    """
+    data = _plain(settings, mask=mask_secrets)
+    if mask_secrets:
+        data["database"]["url"] = mask_url(data["database"]["url"])
+    return data
+
+
+def _comment(text: str, width: int = 88) -> list[str]:
+    lines: list[str] = []
+    for paragraph in textwrap.dedent(text).strip().split("\n\n"):
+        if lines:
+            lines.append("#")
+        lines += ["# " + line for line in textwrap.wrap(" ".join(paragraph.split()), width)]
+    return lines
+
+
+def _render_table(
+    model: type[BaseModel], data: Mapping[str, Any], *, describe: bool, prefix: str = ""
+) -> Iterator[str]:
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        if describe and field.description:
+            yield from (prefix + line for line in _comment(field.description))
+        value = data.get(key)
+        if value is None:
+            example = field.examples[0] if describe and field.examples else None
+            yield f"{prefix}# {key} = {_toml_value(example) if example is not None else '(unset)'}"
+        else:
+            yield f"{prefix}{key} = {_toml_value(value)}"
+        if describe:
+            yield ""
+
+
+def _render(data: Mapping[str, Any], *, describe: bool) -> list[str]:
+    lines: list[str] = []
+    for name, field in Settings.model_fields.items():
+        if name == "peers":
+            continue
+        section = typing.cast(type[BaseModel], field.annotation)
+        if describe:
+            lines += _comment(field.description or "")
+        lines.append(f"[{name}]")
+        if describe:
+            lines.append("")
+        lines += _render_table(section, data[name], describe=describe)
+        if not describe:
+            lines.append("")
+    peers_field = Settings.model_fields["peers"]
+    if describe:
+        lines += _comment(peers_field.description or "")
+    if data["peers"]:
+        for peer in data["peers"]:
+            lines.append("[[peers]]")
+            lines += _render_table(Peer, peer, describe=False)
+            lines.append("")
+    elif describe:
+        lines += ["#", "# Keys of a [[peers]] table:"]
+        for name, field in Peer.model_fields.items():
+            desc = _comment(f"{name}: {field.description or ''}", width=84)
+            lines += [desc[0]] + ["#   " + line[2:] for line in desc[1:]]
+        lines.append("# Examples (remove the leading '# ' to use them):")
+        for example in _EXAMPLE_PEERS:
+            lines.append("# [[peers]]")
+            lines += [
+                "# " + line
+                for line in _render_table(Peer, _plain(example, mask=False), describe=False)
+                if not line.startswith("#")
+            ]
+            lines.append("#")
+        lines[-1] = ""
+    else:
+        lines.append("# no peers")
+    return lines
+
+
+_HEADER = """\
+cem-node configuration.
+
+Written by `cem-node config init`: every key is listed with its description and
+its default value. Relative paths are relative to the working directory of
+cem-node.
+
+Any key can be overridden by an environment variable
+CEM_NODE_<SECTION>__<KEY>, e.g. CEM_NODE_NODE__PORT=11113 or
+CEM_NODE_DATABASE__URL=postgresql+psycopg://cem:PASSWORD@db-host/cem; lists and
+tables are given as JSON there. Precedence: environment, then this file, then
+the built-in defaults. CEM_NODE_CONFIG names the file to read.
+
+Check a file with `cem-node config validate FILE`; print the effective
+configuration (secrets masked) with `cem-node config show`.
+"""
+
+
+def render_default_toml() -> str:
+    """Return the commented default configuration file.
+
+    Generated from the field descriptions of :class:`Settings`; parsing the
+    result gives the defaults back. ``conf/node.toml`` is this text.
+
+    Returns
+    -------
+    str
+        TOML text ending with a newline.
+    """
+    data = settings_to_dict(Settings.defaults(), mask_secrets=False)
+    lines = [*_comment(_HEADER), "", *_render(data, describe=True)]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def render_settings_toml(settings: Settings, *, mask_secrets: bool = True) -> str:
+    """Return `settings` as TOML without comments (what ``config show`` prints).
+
+    Parameters
+    ----------
+    settings : Settings
+        The settings.
+    mask_secrets : bool
+        Mask the TLS key password and the database URL password.
+
+    Returns
+    -------
+    str
+        TOML text; unset values appear as ``# key = (unset)`` comments.
+    """
+    data = settings_to_dict(settings, mask_secrets=mask_secrets)
+    return "\n".join(_render(data, describe=False)).rstrip("\n") + "\n"

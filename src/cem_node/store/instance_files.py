@@ -1,0 +1,177 @@
+"""The file store: received instances and result objects, written durably.
+
+A file is written to a temporary name in its final folder, fsync'ed,
+renamed into place and its folder fsync'ed; only then may the caller commit
+the database row and answer the C-STORE with success. A crash before the
+rename leaves a temporary file (``.tmp-*``) that :meth:`InstanceFileStore.
+temporary_files` finds; a crash after it leaves a file without a row, which
+is harmless: the sender got no success status and will send it again.
+
+File names are derived from hashes of the UIDs, never from the received
+strings themselves, so nothing a peer sends can choose a path.
+
+Replacing an instance by different bytes: write the new version to its own
+path (``version + 1``), commit the row pointing at it, then delete the old
+file, so that the row always names a complete file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+__all__ = ["InstanceFileStore", "StoredFile", "UnsafePathError"]
+
+_CHUNK = 1 << 20
+_TEMP_PREFIX = ".tmp-"
+
+
+class UnsafePathError(ValueError):
+    """A relative path would leave the store's root folder."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file safely written into the store.
+
+    Attributes
+    ----------
+    relative_path
+        Path relative to the store root, with ``/`` separators (what the
+        database keeps).
+    size_bytes
+        Its size.
+    sha256
+        The hex SHA-256 of its bytes.
+    """
+
+    relative_path: str
+    size_bytes: int
+    sha256: str
+
+
+def _uid_hash(uid: str) -> str:
+    return hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def fsync_directory(path: Path) -> None:
+    """Make a rename or creation in folder ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class InstanceFileStore:
+    """Durable files under one root folder.
+
+    Parameters
+    ----------
+    root
+        The store's root folder; created when missing. In a scale-out
+        deployment every process must see the same root (a shared mount).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"InstanceFileStore({str(self.root)!r})"
+
+    @staticmethod
+    def instance_path(study_instance_uid: str, sop_instance_uid: str, *, version: int = 1) -> str:
+        """Return the relative path of a received instance's file.
+
+        ``instances/<2 hex>/<study hash>/<instance hash>.v<version>.dcm``;
+        the two-character level keeps folders small.
+        """
+        if version < 1:
+            raise ValueError(f"version must be >= 1, not {version}")
+        study = _uid_hash(study_instance_uid)[:32]
+        sop = _uid_hash(sop_instance_uid)[:32]
+        return f"instances/{study[:2]}/{study}/{sop}.v{version}.dcm"
+
+    @staticmethod
+    def result_path(study_instance_uid: str, sop_instance_uid: str) -> str:
+        """Return the relative path of a result object (SEG, SR, GSPS) to export."""
+        study = _uid_hash(study_instance_uid)[:32]
+        sop = _uid_hash(sop_instance_uid)[:32]
+        return f"results/{study[:2]}/{study}/{sop}.dcm"
+
+    def absolute(self, relative_path: str) -> Path:
+        """Return the absolute path of ``relative_path``.
+
+        Raises
+        ------
+        UnsafePathError
+            If the path is absolute or leaves the root (``..``).
+        """
+        pure = PurePosixPath(relative_path)
+        if pure.is_absolute() or ".." in pure.parts or not pure.parts:
+            raise UnsafePathError(f"not a path inside the store: {relative_path!r}")
+        return self.root.joinpath(*pure.parts)
+
+    def write_bytes(self, relative_path: str, data: bytes | Iterable[bytes]) -> StoredFile:
+        """Write ``data`` durably at ``relative_path``, replacing any file there.
+
+        Parameters
+        ----------
+        relative_path
+            Where, relative to the root (see :meth:`instance_path`).
+        data
+            The bytes, or an iterable of chunks.
+
+        Returns
+        -------
+        StoredFile
+            The path, size and SHA-256 of what was written.
+        """
+        chunks: Iterable[bytes] = (data,) if isinstance(data, bytes | bytearray) else data
+        target = self.absolute(relative_path)
+        folder = target.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256()
+        size = 0
+        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=folder)
+        temp = Path(temp_name)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                for chunk in chunks:
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    size += len(chunk)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temp.replace(target)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        fsync_directory(folder)
+        return StoredFile(relative_path, size, digest.hexdigest())
+
+    def copy_in(self, source: str | os.PathLike[str], relative_path: str) -> StoredFile:
+        """Copy a file (e.g. pynetdicom's streamed dataset) durably into the store."""
+        with Path(source).open("rb") as handle:
+            return self.write_bytes(relative_path, iter(lambda: handle.read(_CHUNK), b""))
+
+    def sha256(self, relative_path: str) -> str:
+        """Return the SHA-256 of a stored file, read back from disk."""
+        digest = hashlib.sha256()
+        with self.absolute(relative_path).open("rb") as handle:
+            for chunk in iter(lambda: handle.read(_CHUNK), b""):
+                digest.update(chunk)
+        return digest.hexdigest()
+
+    def remove(self, relative_path: str) -> None:
+        """Delete a stored file if present (after its row no longer names it)."""
+        self.absolute(relative_path).unlink(missing_ok=True)
+
+    def temporary_files(self) -> Iterator[Path]:
+        """Yield leftovers of writes interrupted by a crash (safe to delete)."""
+        yield from self.root.rglob(f"{_TEMP_PREFIX}*")

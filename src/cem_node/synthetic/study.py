@@ -1,0 +1,678 @@
+"""Synthetic CEM studies: sample a patient, render, write DICOM and ground truth.
+
+One study is one patient examined with contrast-enhanced mammography: both
+breasts (or one), CC and MLO views, each a low-energy (LE) and a recombined
+(RC) image, as a GE Senographe Pristina with SenoBright would send them. The
+same ``(seed, index)`` always gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+from pydicom.uid import generate_uid
+
+from cem_node import __version__
+from cem_node.synthetic.anatomy import (
+    BreastShape,
+    Grid,
+    View,
+    sample_bpe,
+    sample_breast_shapes,
+    sample_density,
+)
+from cem_node.synthetic.dicom_writer import (
+    AcquisitionInfo,
+    PatientInfo,
+    StudyInfo,
+    TransferSyntaxName,
+    write_mg_image,
+)
+from cem_node.synthetic.lesions import (
+    CalcificationCluster,
+    LesionSpec,
+    lesion_centre_mm,
+    outline_radius,
+    sample_calcifications,
+    sample_lesion,
+)
+from cem_node.synthetic.phantom import BreastSpec, Laterality, RenderedView, render_view
+
+#: Field of view of a GE Senographe Pristina detector (24 x 29 cm class).
+FULL_ROWS, FULL_COLS, FULL_PIXEL_MM = 2294, 1914, 0.1
+FIELD_ROWS_MM = FULL_ROWS * FULL_PIXEL_MM
+FIELD_COLS_MM = FULL_COLS * FULL_PIXEL_MM
+#: Root for the UIDs of synthetic objects (pydicom's registered root).
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."
+GROUND_TRUTH_SCHEMA = "cem-node/synthetic-ground-truth/v1"
+DISCLAIMER = "SYNTHETIC PHANTOM - NOT PATIENT DATA - NOT FOR CLINICAL USE"
+
+EdgeCase = Literal["one-breast", "missing-rc", "extra-non-cem"]
+#: Order in which a technologist acquires the views (after the injection).
+VIEW_ORDER: tuple[tuple[Laterality, View], ...] = (
+    ("R", "CC"),
+    ("L", "CC"),
+    ("R", "MLO"),
+    ("L", "MLO"),
+)
+
+
+def grid_for_size(size: str) -> Grid:
+    """Pixel grid for ``--size``: ``full``, ``small`` or ``WxH`` (columns x rows).
+
+    The detector's field of view is kept; the pixel size follows (square
+    pixels), so lesion sizes in mm stay realistic at any matrix size.
+
+    Raises
+    ------
+    ValueError
+        For an unknown size or one outside 64..4096 pixels.
+    """
+    if size == "full":
+        return Grid(FULL_ROWS, FULL_COLS, FULL_PIXEL_MM)
+    if size == "small":
+        return Grid(FULL_ROWS // 4, FULL_COLS // 4, FULL_PIXEL_MM * 4)
+    try:
+        cols, rows = (int(v) for v in size.lower().split("x"))
+    except ValueError:
+        raise ValueError(
+            f"size must be 'full', 'small' or WxH (e.g. 957x1147), got {size!r}"
+        ) from None
+    if not (64 <= rows <= 4096 and 64 <= cols <= 4096):
+        raise ValueError(f"size {size!r}: width and height must be between 64 and 4096 pixels")
+    pixel = max(FIELD_ROWS_MM / rows, FIELD_COLS_MM / cols)
+    return Grid(rows, cols, round(pixel, 4))
+
+
+@dataclass(frozen=True)
+class SynthOptions:
+    """What to generate.
+
+    Parameters
+    ----------
+    size
+        ``full``, ``small`` or ``WxH``.
+    transfer_syntax
+        Encoding of the DICOM files.
+    edge_cases
+        Deviations from a complete study, for tests of the node's selection
+        and pairing: ``one-breast`` (a unilateral study), ``missing-rc`` (the
+        recombined image of one view is not sent), ``extra-non-cem`` (an
+        additional conventional 2D mammogram in its own series).
+    """
+
+    size: str = "full"
+    transfer_syntax: TransferSyntaxName = "explicit"
+    edge_cases: frozenset[EdgeCase] = frozenset()
+
+
+def _uid(seed: int, index: int, *parts: object) -> str:
+    return generate_uid(
+        prefix=UID_PREFIX, entropy_srcs=["cem-node-synth", str(seed), str(index), *map(str, parts)]
+    )
+
+
+def _sample_age(rng: np.random.Generator) -> int:
+    # women referred for CEM: most between 40 and 70, none under 35 or over 85
+    while True:
+        age = rng.normal(56.0, 10.5)
+        if 35 <= age <= 85:
+            return int(age)
+
+
+def _inside_margin(shape: BreastShape, row_mm: float, col_mm: float, margin: float) -> bool:
+    """True when a point is at least ``margin`` mm inside the breast."""
+    ys = np.array([row_mm - margin, row_mm, row_mm + margin], dtype=np.float32)
+    if np.any(ys < 1.0) or np.any(ys > FIELD_ROWS_MM - 1.0):
+        return False
+    depth = shape.depth(ys)
+    if np.any(col_mm + margin > depth):
+        return False
+    return not np.any(
+        col_mm - margin < shape.pectoral_depth(ys) + (3.0 if shape.view == "MLO" else 8.0)
+    )
+
+
+def _place(
+    rng: np.random.Generator,
+    spec: LesionSpec | CalcificationCluster,
+    shapes: dict[View, BreastShape],
+    radius_mm: float,
+    placed: list[tuple[dict[View, tuple[float, float]], float]],
+) -> LesionSpec | CalcificationCluster | None:
+    """Find a position inside the breast in both views, clear of other lesions."""
+    cc = shapes["CC"]
+    half_height = 0.5 * (cc.bottom_mm - cc.top_mm)
+    for _ in range(400):
+        candidate = replace(
+            spec,
+            depth_fraction=float(rng.uniform(0.15, 0.85)),
+            lateral_mm=float(rng.normal(0.0, 0.35 * half_height)),
+            superior_mm=float(rng.normal(0.0, 0.35 * half_height)),
+        )
+        centres = {v: lesion_centre_mm(candidate, s) for v, s in shapes.items()}
+        if not all(_inside_margin(shapes[v], *c, radius_mm + 4.0) for v, c in centres.items()):
+            continue
+        clear = all(
+            np.hypot(centres[v][0] - other[v][0], centres[v][1] - other[v][1]) > radius_mm + r + 4.0
+            for other, r in placed
+            for v in centres
+        )
+        if clear:
+            placed.append((centres, radius_mm))
+            return candidate
+    return None
+
+
+def _max_radius(spec: LesionSpec) -> float:
+    theta = np.linspace(0, 2 * np.pi, 180, dtype=np.float32)
+    r = max(float(outline_radius(spec, theta, v).max()) for v in ("CC", "MLO"))
+    spic = max((s[1] for s in spec.spicules), default=0.0)
+    return r * (1.0 + 0.6 * spic)
+
+
+def sample_breast(
+    rng: np.random.Generator,
+    laterality: Laterality,
+    age: int,
+    density: str,
+    bpe: str,
+    shape_seed: int,
+    thickness_mm: float,
+) -> BreastSpec:
+    """Draw one breast: silhouettes, thickness, lesions and calcifications.
+
+    Both breasts of a patient start from the same ``shape_seed`` (a woman's
+    breasts are alike in size and shape) and differ by a few percent.
+    """
+    shapes = sample_breast_shapes(np.random.default_rng(shape_seed), FIELD_ROWS_MM, FIELD_COLS_MM)
+    scale = float(rng.uniform(0.94, 1.06))
+    shapes = {
+        view: replace(
+            shape,
+            depth_mm=shape.depth_mm * scale,
+            top_depth_mm=shape.top_depth_mm * scale,
+            nipple_y_mm=shape.nipple_y_mm + float(rng.normal(0, 3)),
+            wobble=tuple((a, c, float(rng.uniform(0, 2 * np.pi))) for a, c, _ in shape.wobble),
+        )
+        for view, shape in shapes.items()
+    }
+    n_lesions = int(rng.choice([0, 1, 2], p=[0.4, 0.45, 0.15]))
+    placed: list[tuple[dict[View, tuple[float, float]], float]] = []
+    lesions: list[LesionSpec] = []
+    clusters: list[CalcificationCluster] = []
+    for i in range(n_lesions):
+        pathology = "malignant" if rng.random() < 0.5 else "benign"
+        spec = sample_lesion(rng, f"{laterality}{i + 1}", pathology)
+        for _ in range(3):  # shrink a lesion that does not fit this breast
+            positioned = _place(rng, spec, shapes, _max_radius(spec), placed)
+            if positioned is not None:
+                break
+            spec = replace(spec, diameter_mm=max(5.0, spec.diameter_mm * 0.7))
+        if positioned is None:
+            continue
+        assert isinstance(positioned, LesionSpec)
+        lesions.append(positioned)
+        if positioned.with_calcifications:
+            cluster = sample_calcifications(rng, f"C{laterality}{len(clusters) + 1}", "pleomorphic")
+            clusters.append(
+                replace(
+                    cluster,
+                    depth_fraction=positioned.depth_fraction,
+                    lateral_mm=positioned.lateral_mm,
+                    superior_mm=positioned.superior_mm,
+                    lesion_id=positioned.lesion_id,
+                )
+            )
+    if rng.random() < 0.15:
+        cluster = sample_calcifications(rng, f"C{laterality}{len(clusters) + 1}", "punctate")
+        positioned = _place(rng, cluster, shapes, 6.0, placed)
+        if positioned is not None:
+            assert isinstance(positioned, CalcificationCluster)
+            clusters.append(positioned)
+    return BreastSpec(
+        laterality=laterality,
+        shapes=shapes,
+        thickness_mm=float(np.clip(thickness_mm + rng.normal(0, 2.5), 30, 85)),
+        density=density,  # type: ignore[arg-type]
+        bpe=bpe,  # type: ignore[arg-type]
+        lesions=tuple(lesions),
+        calcifications=tuple(clusters),
+        nipple_marker=False,
+    )
+
+
+def _to_stored(image: np.ndarray, bits: int, laterality: Laterality) -> np.ndarray:
+    """Normalised canonical image -> stored uint16 in the stored orientation
+    (chest wall at the last column for right breasts)."""
+    top = (1 << bits) - 1
+    stored = np.rint(image * top).astype(np.uint16)
+    return np.ascontiguousarray(stored[:, ::-1]) if laterality == "R" else stored
+
+
+def _window(stored: np.ndarray, breast: np.ndarray, kind: str, bits: int) -> tuple[float, float]:
+    """Default VOI window: the breast's range on LE; on RC a fixed window that
+    shows the enhancement (what the modality's processing would choose)."""
+    if kind == "recombined":
+        top = (1 << bits) - 1
+        lo, hi = 0.12 * top, 0.55 * top
+    else:
+        lo, hi = np.percentile(stored[breast][::7], [0.5, 99.9])
+    return float(round((lo + hi) / 2)), float(round(max(hi - lo, 16) * 1.1))
+
+
+@dataclass
+class _Image:
+    file: Path
+    kind: str
+    laterality: Laterality
+    view: View
+    sop_instance_uid: str
+    series_instance_uid: str
+    pixels: np.ndarray
+    window: tuple[float, float]
+
+
+def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) -> Path:
+    """Generate one study into ``out_dir/study-NNNN`` and return that folder.
+
+    Writes ``dicom/*.dcm``, ``masks/*.png`` (one binary mask per lesion and
+    view, full image size), ``ground_truth.json`` and ``contact_sheet.png``.
+    """
+    from cem_node.synthetic.contact_sheet import write_contact_sheet
+
+    grid = grid_for_size(options.size)
+    rng = np.random.default_rng([seed, index])
+    study_dir = out_dir / f"study-{index:04d}"
+    (study_dir / "dicom").mkdir(parents=True, exist_ok=True)
+    (study_dir / "masks").mkdir(exist_ok=True)
+
+    age = _sample_age(rng)
+    study_day = dt.date(2025, 1, 6) + dt.timedelta(days=int(rng.integers(0, 700)))
+    birth = study_day - dt.timedelta(days=int(age * 365.25 + rng.integers(0, 360)))
+    start = dt.datetime.combine(study_day, dt.time(8, 0)) + dt.timedelta(
+        minutes=int(rng.integers(0, 540))
+    )
+    patient = PatientInfo(
+        patient_id=f"SYN{seed % 100000:05d}{index:04d}",
+        patient_name=f"SYNTHETIC^PHANTOM{index:04d}^S{seed}",
+        birth_date=birth.strftime("%Y%m%d"),
+        age_years=age,
+    )
+    study = StudyInfo(
+        study_instance_uid=_uid(seed, index, "study"),
+        study_id=f"{index + 1}",
+        accession_number=f"SYNA{seed % 10000:04d}{index:05d}",
+        study_date=start.strftime("%Y%m%d"),
+        study_time=start.strftime("%H%M%S"),
+    )
+    density = sample_density(rng, age)
+    bpe = sample_bpe(rng, age)
+    sides: tuple[Laterality, ...] = ("R", "L")
+    if "one-breast" in options.edge_cases:
+        sides = ("R",) if rng.random() < 0.5 else ("L",)
+    marker = bool(rng.random() < 0.25)
+    shape_seed = int(rng.integers(0, 2**31))
+    thickness = float(np.clip(rng.normal(55, 11), 30, 85))
+    breasts = {
+        lat: replace(
+            sample_breast(rng, lat, age, density, bpe, shape_seed, thickness), nipple_marker=marker
+        )
+        for lat in sides
+    }
+    bits = int(rng.choice([12, 14]))
+    missing_rc = VIEW_ORDER[int(rng.integers(0, 4))] if "missing-rc" in options.edge_cases else None
+    series = {
+        "low_energy": (_uid(seed, index, "series", 1), 1, "CESM Low Energy"),
+        "recombined": (_uid(seed, index, "series", 2), 2, "CESM Recombined"),
+        "non_contrast": (_uid(seed, index, "series", 3), 3, "2D Mammography"),
+    }
+
+    images: list[_Image] = []
+    rendered: dict[tuple[Laterality, View], RenderedView] = {}
+    instance = 0
+    injection = start + dt.timedelta(minutes=2)
+    for n, (lat, view) in enumerate(v for v in VIEW_ORDER if v[0] in breasts):
+        breast = breasts[lat]
+        result = render_view(breast, view, grid, rng)
+        rendered[(lat, view)] = result
+        acquired = injection + dt.timedelta(seconds=75 * n + int(rng.integers(0, 20)))
+        mask = result.breast[:, ::-1] if lat == "R" else result.breast
+        kinds = ["low_energy", "recombined"]
+        if missing_rc == (lat, view):
+            kinds.remove("recombined")
+        for kind in kinds:
+            pixels = _to_stored(result.le if kind == "low_energy" else result.rc, bits, lat)
+            instance += 1
+            images.append(
+                _write(
+                    study_dir,
+                    patient,
+                    study,
+                    breast,
+                    view,
+                    kind,
+                    pixels,
+                    mask,
+                    bits,
+                    grid,
+                    acquired,
+                    series[kind],
+                    instance,
+                    _uid(seed, index, "image", lat, view, kind),
+                    options,
+                    rng,
+                )
+            )
+    if "extra-non-cem" in options.edge_cases:
+        lat, view = next(v for v in VIEW_ORDER if v[0] in breasts)
+        base = rendered[(lat, view)]
+        noisy = np.clip(base.le + rng.normal(0, 0.006, base.le.shape).astype(np.float32), 0, 1)
+        pixels = _to_stored(noisy, bits, lat)
+        mask = base.breast[:, ::-1] if lat == "R" else base.breast
+        instance += 1
+        prior = start - dt.timedelta(minutes=1)
+        images.append(
+            _write(
+                study_dir,
+                patient,
+                study,
+                breasts[lat],
+                view,
+                "non_contrast",
+                pixels,
+                mask,
+                bits,
+                grid,
+                prior,
+                series["non_contrast"],
+                instance,
+                _uid(seed, index, "image", lat, view, "dm"),
+                options,
+                rng,
+            )
+        )
+
+    truth = _ground_truth(
+        seed, index, options, grid, bits, patient, study, breasts, rendered, images, study_dir
+    )
+    (study_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    write_contact_sheet(
+        study_dir / "contact_sheet.png", truth, {i.file.name: i.pixels for i in images}
+    )
+    return study_dir
+
+
+def _write(
+    study_dir: Path,
+    patient: PatientInfo,
+    study: StudyInfo,
+    breast: BreastSpec,
+    view: View,
+    kind: str,
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    bits: int,
+    grid: Grid,
+    acquired: dt.datetime,
+    series: tuple[str, int, str],
+    instance: int,
+    sop_uid: str,
+    options: SynthOptions,
+    rng: np.random.Generator,
+) -> _Image:
+    lat = breast.laterality
+    thick = breast.thickness_mm
+    # automatic exposure control: thicker breasts get harder beams
+    le_kvp = float(np.clip(round(24 + 0.12 * thick), 26, 34))
+    anode = "MOLYBDENUM" if thick < 45 else "RHODIUM"
+    if kind == "recombined":  # the high-energy exposure that the recombination used
+        kvp, filt, mas = (
+            float(np.clip(round(43 + 0.07 * thick), 45, 49)),
+            "COPPER",
+            float(rng.uniform(30, 70)),
+        )
+    else:
+        kvp, filt, mas = (
+            le_kvp,
+            ("MOLYBDENUM" if anode == "MOLYBDENUM" else "SILVER"),
+            float(rng.uniform(40, 140)),
+        )
+    current = int(rng.uniform(60, 100))
+    agd = float(0.4 + 0.025 * thick + rng.normal(0, 0.1))
+    center, width = _window(pixels, mask, kind, bits)
+    acquisition = AcquisitionInfo(
+        laterality=lat,
+        view=view,
+        kind=kind,  # type: ignore[arg-type]
+        series_instance_uid=series[0],
+        series_number=series[1],
+        series_description=series[2],
+        sop_instance_uid=sop_uid,
+        instance_number=instance,
+        acquisition_date=acquired.strftime("%Y%m%d"),
+        acquisition_time=acquired.strftime("%H%M%S"),
+        kvp=kvp,
+        anode=anode,
+        filter_material=filt,
+        exposure_mas=round(mas, 1),
+        exposure_time_ms=int(1000 * mas / current),
+        tube_current_ma=current,
+        compressed_thickness_mm=round(thick, 1),
+        compression_force_n=round(float(rng.uniform(60, 140)), 1),
+        entrance_dose_mgy=round(agd * 3.2, 2),
+        organ_dose_mgy=round(agd * (1.2 if kind == "recombined" else 1.0), 2),
+        positioner_primary_angle_deg=0.0 if view == "CC" else (45.0 if lat == "R" else -45.0),
+        window_center=center,
+        window_width=width,
+    )
+    prefix = {"low_energy": "LE", "recombined": "RC", "non_contrast": "DM"}[kind]
+    path = study_dir / "dicom" / f"{prefix}_{lat}{view}.dcm"
+    write_mg_image(
+        path,
+        pixels,
+        transfer_syntax=options.transfer_syntax,
+        patient=patient,
+        study=study,
+        acquisition=acquisition,
+        pixel_spacing_mm=grid.pixel_mm,
+        bits_stored=bits,
+    )
+    return _Image(path, kind, lat, view, sop_uid, series[0], pixels, (center, width))
+
+
+def _bbox(mask: np.ndarray) -> list[int]:
+    rows = np.flatnonzero(mask.any(axis=1))
+    cols = np.flatnonzero(mask.any(axis=0))
+    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
+
+
+def _max_diameter_mm(mask: np.ndarray, pixel_mm: float) -> float:
+    rows, cols = np.nonzero(mask)
+    if rows.size == 0:
+        return 0.0
+    pts = np.stack([rows, cols], axis=1).astype(np.float32)
+    # extreme points of the outline suffice for the largest (Feret) diameter
+    step = max(1, pts.shape[0] // 4000)
+    sample = pts[::step]
+    hull = sample[
+        np.unique(
+            np.concatenate(
+                [
+                    np.argsort(sample @ np.array([np.cos(a), np.sin(a)]))[[0, -1]]
+                    for a in np.linspace(0, np.pi, 90)
+                ]
+            )
+        )
+    ]
+    span = np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)).max()
+    return round(float(span + 1.0) * pixel_mm, 1)
+
+
+def _ground_truth(
+    seed: int,
+    index: int,
+    options: SynthOptions,
+    grid: Grid,
+    bits: int,
+    patient: PatientInfo,
+    study: StudyInfo,
+    breasts: dict[Laterality, BreastSpec],
+    rendered: dict[tuple[Laterality, View], RenderedView],
+    images: list[_Image],
+    study_dir: Path,
+) -> dict[str, Any]:
+    by_view: dict[tuple[str, str, str], _Image] = {
+        (i.laterality, i.view, i.kind): i for i in images
+    }
+    lesions = []
+    for lat, breast in breasts.items():
+        for spec in breast.lesions:
+            views = {}
+            for view in ("CC", "MLO"):
+                mask = rendered[(lat, view)].lesion_masks[spec.lesion_id]
+                if lat == "R":
+                    mask = mask[:, ::-1]
+                png = f"masks/{spec.lesion_id}_{lat}{view}.png"
+                Image.fromarray(mask).convert("1").save(study_dir / png, optimize=True)
+                shape = breast.shapes[view]
+                row_c, col_c = lesion_centre_mm(spec, shape)
+                nipple_dist = float(np.hypot(row_c - shape.nipple_y_mm, col_c - shape.depth_mm))
+                refs = {
+                    k: by_view[(lat, view, k)].sop_instance_uid
+                    for k in ("low_energy", "recombined")
+                    if (lat, view, k) in by_view
+                }
+                ys, xs = np.nonzero(mask)
+                views[view] = {
+                    "mask_png": png,
+                    "image_sop_instance_uids": refs,
+                    "bbox_xyxy": _bbox(mask),
+                    "centroid_xy": [round(float(xs.mean()), 1), round(float(ys.mean()), 1)],
+                    "area_mm2": round(float(mask.sum()) * grid.pixel_mm**2, 1),
+                    "largest_diameter_mm": _max_diameter_mm(mask, grid.pixel_mm),
+                    "nipple_distance_mm": round(nipple_dist, 1),
+                    # depth behind the nipple along the nipple-chest wall axis: the
+                    # quantity a reader matches between CC and MLO
+                    "posterior_depth_mm": round(shape.depth_mm - col_c, 1),
+                }
+            lesions.append(
+                {
+                    "lesion_id": spec.lesion_id,
+                    "laterality": lat,
+                    "pathology": spec.pathology,
+                    "kind": spec.kind,
+                    "morphology": spec.morphology,
+                    "margin": {
+                        "round": "circumscribed",
+                        "oval": "circumscribed",
+                        "irregular": "indistinct",
+                        "spiculated": "spiculated",
+                    }[spec.morphology],
+                    "enhancement": spec.enhancement,
+                    "size_mm": round(spec.diameter_mm, 1),
+                    "with_calcifications": spec.with_calcifications,
+                    "views": views,
+                }
+            )
+    clusters = []
+    for lat, breast in breasts.items():
+        for cluster in breast.calcifications:
+            centres = {}
+            for view in ("CC", "MLO"):
+                row, col = rendered[(lat, view)].calcification_centres[cluster.cluster_id]
+                if lat == "R":
+                    col = grid.cols - col
+                centres[view] = [round(col, 1), round(row, 1)]
+            clusters.append(
+                {
+                    "cluster_id": cluster.cluster_id,
+                    "laterality": lat,
+                    "form": cluster.form,
+                    "count": len(cluster.radii_mm),
+                    "lesion_id": cluster.lesion_id,
+                    "centre_xy": centres,
+                }
+            )
+    return {
+        "schema": GROUND_TRUTH_SCHEMA,
+        "disclaimer": DISCLAIMER,
+        "generator": {
+            "name": "cem-node synth",
+            "version": __version__,
+            "seed": seed,
+            "index": index,
+            "size": options.size,
+            "transfer_syntax": options.transfer_syntax,
+            "edge_cases": sorted(options.edge_cases),
+        },
+        "patient": {
+            "patient_id": patient.patient_id,
+            "patient_name": patient.patient_name,
+            "birth_date": patient.birth_date,
+            "age_years": patient.age_years,
+            "sex": patient.sex,
+        },
+        "study": {
+            "study_instance_uid": study.study_instance_uid,
+            "accession_number": study.accession_number,
+            "study_date": study.study_date,
+            "study_time": study.study_time,
+        },
+        "image_geometry": {
+            "rows": grid.rows,
+            "columns": grid.cols,
+            "imager_pixel_spacing_mm": grid.pixel_mm,
+            "bits_stored": bits,
+        },
+        "breasts": [
+            {
+                "laterality": lat,
+                "density": b.density,
+                "bpe": b.bpe,
+                "compressed_thickness_mm": round(b.thickness_mm, 1),
+                "lesion_ids": [s.lesion_id for s in b.lesions],
+                "nipple_marker": b.nipple_marker,
+            }
+            for lat, b in breasts.items()
+        ],
+        "images": [
+            {
+                "file": str(i.file.relative_to(study_dir)),
+                "kind": i.kind,
+                "laterality": i.laterality,
+                "view": i.view,
+                "sop_instance_uid": i.sop_instance_uid,
+                "series_instance_uid": i.series_instance_uid,
+                "window_center_width": list(i.window),
+            }
+            for i in images
+        ],
+        "lesions": lesions,
+        "calcification_clusters": clusters,
+    }
+
+
+def generate_studies(
+    out_dir: Path,
+    count: int,
+    seed: int,
+    options: SynthOptions,
+    on_study: Callable[[int, Path], None] | None = None,
+) -> Iterator[Path]:
+    """Generate ``count`` studies (indices 1..count) and yield their folders."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index in range(1, count + 1):
+        path = generate_study(out_dir, seed, index, options)
+        if on_study is not None:
+            on_study(index, path)
+        yield path
