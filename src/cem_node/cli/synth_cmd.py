@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 console = Console(stderr=True)
 
@@ -43,8 +44,9 @@ def synth(
         str,
         typer.Option(
             "--size",
-            help="Image size: 'full' (2294 x 1914 at 0.1 mm, a Pristina detector), "
-            "'small' (573 x 478 at 0.4 mm, for fast tests) or WxH (same field of view).",
+            help="Image size: 'full' (2294 rows x 1914 columns at 0.1 mm, a Pristina "
+            "detector), 'small' (573 x 478 at 0.4 mm, for fast tests) or WxH (columns x rows, "
+            "same field of view).",
         ),
     ] = "full",
     transfer_syntax: Annotated[
@@ -90,8 +92,16 @@ def synth(
     )
     started = time.perf_counter()
     try:
-        for index, path in enumerate(generate_studies(out, studies, seed, options), start=1):
-            console.print(f"  [{index}/{studies}] {path}")
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+        ) as progress:
+            task = progress.add_task("studies", total=studies)
+            for path in generate_studies(out, studies, seed, options):
+                progress.update(task, advance=1, description=path.name)
     except OSError as exc:
         console.print(f"[red]error:[/red] cannot write to {out}: {exc.strerror or exc}")
         raise typer.Exit(1) from None

@@ -129,7 +129,7 @@ TRANSFER_SYNTAX_UIDS: dict[str, UID] = {
     "jpegls": JPEGLSLossless,  # 1.2.840.10008.1.2.4.80
     "rle": RLELossless,  # 1.2.840.10008.1.2.5
 }
-# pydicom's pure-Python RLE encoder takes seconds on a full mammogram
+# pydicom's own RLE encoder takes ~1 s on a full mammogram, pylibjpeg-rle ~0.1 s
 _ENCODING_PLUGINS = {"jpeg2000": "pylibjpeg", "jpegls": "pyjpegls", "rle": "pylibjpeg"}
 
 # Equipment identity (clearly synthetic where it identifies a site)

@@ -442,7 +442,7 @@ def _write(
     else:
         kvp, filt, mas = (
             le_kvp,
-            ("MOLYBDENUM" if anode == "MOLYBDENUM" else "SILVER"),
+            ("MOLYBDENUM" if anode == "MOLYBDENUM" else "RHODIUM"),
             float(rng.uniform(40, 140)),
         )
     current = int(rng.uniform(60, 100))
