@@ -139,22 +139,16 @@ def sample_lesion(rng: np.random.Generator, lesion_id: str, pathology: Pathology
 
 
 def outline_radius(spec: LesionSpec, theta: np.ndarray, view: View) -> np.ndarray:
-    """Boundary radius r(theta) in mm of the lesion core in ``view``."""
-    rotation = spec.rotation + (spec.mlo_rotation if view == "MLO" else 0.0)
-    c = np.cos(theta - rotation)
-    s = np.sin(theta - rotation)
-    minor = spec.aspect * (spec.mlo_squash if view == "MLO" else 1.0)
-    ellipse = 1.0 / np.sqrt(c * c + (s / minor) ** 2)
-    wave = np.ones_like(theta)
-    for k, (amp, phase) in enumerate(spec.harmonics, start=2):
-        wave = wave + amp * np.cos(k * (theta - rotation) + phase)
-    r = ellipse * wave
-    # scale so that the largest diameter is the lesion's diameter
+    """Boundary radius r(theta) in mm of the lesion core in ``view``.
+
+    An ellipse modulated by radial harmonics, scaled so that the largest
+    diameter of the outline equals the lesion's diameter.
+    """
     angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     ref = _unit_radius(spec, angles, view)
     pts = np.stack([ref * np.cos(angles), ref * np.sin(angles)], axis=1)
     span = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max()
-    return (r * spec.diameter_mm / span).astype(np.float32)
+    return (_unit_radius(spec, theta, view) * spec.diameter_mm / span).astype(np.float32)
 
 
 def _unit_radius(spec: LesionSpec, theta: np.ndarray, view: View) -> np.ndarray:
