@@ -208,6 +208,13 @@ def test_edge_cases(tmp_path: Path) -> None:
     )
     kinds = [i["kind"] for i in missing["images"]]
     assert kinds.count("low_energy") == 4 and kinds.count("recombined") == 3
+    both = SynthOptions(size="small", edge_cases=frozenset({"one-breast", "missing-rc"}))
+    for seed in range(4):  # the missing RC is always one of the present breast's
+        kinds = [
+            i["kind"]
+            for i in _truth(generate_study(tmp_path / f"b{seed}", seed, 1, both))["images"]
+        ]
+        assert sorted(kinds) == ["low_energy", "low_energy", "recombined"]
     extra_dir = generate_study(
         tmp_path / "extra",
         1,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -308,7 +308,7 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     )
     study = StudyInfo(
         study_instance_uid=_uid(seed, index, "study"),
-        study_id=f"{index + 1}",
+        study_id=str(index),
         accession_number=f"SYNA{seed % 10000:04d}{index:05d}",
         study_date=start.strftime("%Y%m%d"),
         study_time=start.strftime("%H%M%S"),
@@ -328,7 +328,10 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
         for lat in sides
     }
     bits = int(rng.choice([12, 14]))
-    missing_rc = VIEW_ORDER[int(rng.integers(0, 4))] if "missing-rc" in options.edge_cases else None
+    present = [v for v in VIEW_ORDER if v[0] in breasts]
+    missing_rc = (
+        present[int(rng.integers(0, len(present)))] if "missing-rc" in options.edge_cases else None
+    )
     series = {
         "low_energy": (_uid(seed, index, "series", 1), 1, "CESM Low Energy"),
         "recombined": (_uid(seed, index, "series", 2), 2, "CESM Recombined"),
@@ -339,7 +342,7 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     rendered: dict[tuple[Laterality, View], RenderedView] = {}
     instance = 0
     injection = start + dt.timedelta(minutes=2)
-    for n, (lat, view) in enumerate(v for v in VIEW_ORDER if v[0] in breasts):
+    for n, (lat, view) in enumerate(present):
         breast = breasts[lat]
         result = render_view(breast, view, grid, rng)
         rendered[(lat, view)] = result
@@ -665,14 +668,10 @@ def generate_studies(
     count: int,
     seed: int,
     options: SynthOptions,
-    on_study: Callable[[int, Path], None] | None = None,
 ) -> Iterator[Path]:
     """Generate ``count`` studies (indices 1..count) and yield their folders."""
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     out_dir.mkdir(parents=True, exist_ok=True)
     for index in range(1, count + 1):
-        path = generate_study(out_dir, seed, index, options)
-        if on_study is not None:
-            on_study(index, path)
-        yield path
+        yield generate_study(out_dir, seed, index, options)
