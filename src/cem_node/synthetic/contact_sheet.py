@@ -47,7 +47,12 @@ def _outline(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_dilation(edge)
 
 
-def write_contact_sheet(path: Path, truth: dict[str, Any], pixels: dict[str, np.ndarray]) -> None:
+def write_contact_sheet(
+    path: Path,
+    truth: dict[str, Any],
+    pixels: dict[str, np.ndarray],
+    masks: dict[str, np.ndarray],
+) -> None:
     """Render the study's images with the ground truth and save a PNG.
 
     Parameters
@@ -58,6 +63,9 @@ def write_contact_sheet(path: Path, truth: dict[str, Any], pixels: dict[str, np.
         The study's ground-truth document (see :mod:`cem_node.synthetic.study`).
     pixels
         Stored pixel arrays keyed by DICOM file name (``LE_RCC.dcm``...).
+    masks
+        Lesion masks (stored orientation) keyed by their ``mask_png`` path in
+        the ground truth.
     """
     geometry = truth["image_geometry"]
     rows, cols = geometry["rows"], geometry["columns"]
@@ -116,8 +124,7 @@ def write_contact_sheet(path: Path, truth: dict[str, Any], pixels: dict[str, np.
         for lesion in truth["lesions"]:
             if lesion["laterality"] != lat or view not in lesion["views"]:
                 continue
-            mask_path = path.parent / lesion["views"][view]["mask_png"]
-            mask = np.asarray(Image.open(mask_path).convert("1"), dtype=bool)
+            mask = masks[lesion["views"][view]["mask_png"]]
             key = "cyst" if lesion["kind"] == "cyst" else lesion["pathology"]
             arr[_outline(mask, (tile_w, TILE_HEIGHT))] = COLOURS[key]
         tile = Image.fromarray(arr)

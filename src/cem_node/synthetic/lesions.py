@@ -9,6 +9,7 @@ nipple, same size, a slightly different outline).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -144,11 +145,18 @@ def outline_radius(spec: LesionSpec, theta: np.ndarray, view: View) -> np.ndarra
     An ellipse modulated by radial harmonics, scaled so that the largest
     diameter of the outline equals the lesion's diameter.
     """
+    scale = spec.diameter_mm / _unit_span(spec, view)
+    return (_unit_radius(spec, theta, view) * scale).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=256)
+def _unit_span(spec: LesionSpec, view: View) -> float:
+    """Largest diameter of the unscaled outline (cached: a lesion is drawn
+    from many calls, and this is a 360 x 360 distance matrix)."""
     angles = np.linspace(0, 2 * np.pi, 360, endpoint=False)
     ref = _unit_radius(spec, angles, view)
     pts = np.stack([ref * np.cos(angles), ref * np.sin(angles)], axis=1)
-    span = np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max()
-    return (_unit_radius(spec, theta, view) * spec.diameter_mm / span).astype(np.float32)
+    return float(np.sqrt(((pts[:, None, :] - pts[None, :, :]) ** 2).sum(-1)).max())
 
 
 def _unit_radius(spec: LesionSpec, theta: np.ndarray, view: View) -> np.ndarray:

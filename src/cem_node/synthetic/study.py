@@ -403,12 +403,24 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
             )
         )
 
+    masks: dict[str, np.ndarray] = {}
     truth = _ground_truth(
-        seed, index, options, grid, bits, patient, study, breasts, rendered, images, study_dir
+        seed,
+        index,
+        options,
+        grid,
+        bits,
+        patient,
+        study,
+        breasts,
+        rendered,
+        images,
+        study_dir,
+        masks,
     )
     (study_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
     write_contact_sheet(
-        study_dir / "contact_sheet.png", truth, {i.file.name: i.pixels for i in images}
+        study_dir / "contact_sheet.png", truth, {i.file.name: i.pixels for i in images}, masks
     )
     return study_dir
 
@@ -531,7 +543,10 @@ def _ground_truth(
     rendered: dict[tuple[Laterality, View], RenderedView],
     images: list[_Image],
     study_dir: Path,
+    masks: dict[str, np.ndarray],
 ) -> dict[str, Any]:
+    """The ground-truth document; writes the mask PNGs and fills ``masks``
+    (keyed by their path in the document) for the contact sheet."""
     by_view: dict[tuple[str, str, str], _Image] = {
         (i.laterality, i.view, i.kind): i for i in images
     }
@@ -545,6 +560,7 @@ def _ground_truth(
                     mask = mask[:, ::-1]
                 png = f"masks/{spec.lesion_id}_{lat}{view}.png"
                 Image.fromarray(mask).convert("1").save(study_dir / png, optimize=True)
+                masks[png] = mask
                 shape = breast.shapes[view]
                 row_c, col_c = lesion_centre_mm(spec, shape)
                 nipple_dist = float(np.hypot(row_c - shape.nipple_y_mm, col_c - shape.depth_mm))
