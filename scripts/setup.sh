@@ -20,7 +20,7 @@ PYRADIOMICS_SPEC="pyradiomics==3.0.1"
 
 # Debian packages: dcmtk (storescu/echoscu/storescp), dicom3tools (dciodvfy),
 # PixelMed (DicomSRValidator, DicomInstanceValidator).
-APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps libpixelmed-java)
+APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps libpixelmed-java orthanc)
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 

@@ -102,9 +102,9 @@ def test_header_rules(attrs: dict, role: str, reason: str) -> None:
 
 def test_rules_are_configurable() -> None:
     ge_style = _header(ImageType=["DERIVED", "PRIMARY", "", "RECOMBINED"])
-    assert classify_image(ge_style, RULES).role == "other"
-    rules = RULES.model_copy(update={"recombined_image_type_values": ["SUBTRACTION", "RECOMBINED"]})
-    assert classify_image(ge_style, rules).role == "recombined"
+    assert classify_image(ge_style, RULES).role == "recombined"  # GE's form, on by default
+    rules = RULES.model_copy(update={"recombined_image_type_values": ["SUBTRACTION"]})
+    assert classify_image(ge_style, rules).role == "other"
 
 
 def test_an_image_without_laterality_is_not_paired() -> None:

@@ -145,7 +145,7 @@ def test_validation_errors_name_the_key_and_file(tmp_path: Path, toml: str, expe
 
 def test_several_errors_are_all_listed(tmp_path: Path) -> None:
     config = _write(
-        tmp_path / "bad.toml", "[node]\nport = 0\nmax_associations = 0\n[http]\nport = -1\n"
+        tmp_path / "bad.toml", "[node]\nport = 70000\nmax_associations = 0\n[http]\nport = -1\n"
     )
     with pytest.raises(ConfigError) as info:
         load_settings(config, environ={})

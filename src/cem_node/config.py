@@ -186,7 +186,12 @@ class NodeSection(_Section):
         min_length=1,
         description="Address to listen on for DICOM associations (0.0.0.0: all interfaces).",
     )
-    port: Port = Field(11112, description="TCP port to listen on for DICOM associations.")
+    port: int = Field(
+        11112,
+        ge=0,
+        le=65535,
+        description="TCP port to listen on for DICOM associations (0: any free port).",
+    )
     max_associations: int = Field(
         10, ge=1, description="Maximum number of simultaneous associations."
     )
@@ -212,6 +217,13 @@ class NodeSection(_Section):
         description=(
             "Reject associations whose called AE title is not ae_title. "
             "Set to false to accept any called AE title."
+        ),
+    )
+    accept_unknown_sources: bool = Field(
+        False,
+        description=(
+            "Accept associations from any calling AE title and address, not only from the "
+            "source peers. For a test bench only: never on a hospital network."
         ),
     )
     accept_unknown_sop_classes: Literal["ignore", "refuse"] = Field(
@@ -424,10 +436,10 @@ class SelectionSection(_Section):
         description="An image acquired at or above this kVp is high energy (HE is ~45-49 kVp).",
     )
     recombined_image_type_values: list[str] = Field(
-        default_factory=lambda: ["SUBTRACTION"],
+        default_factory=lambda: ["SUBTRACTION", "RECOMBINED"],
         description=(
             "ImageType values (value 4 and later) that mark a recombined image "
-            "(PS3.3 C.8.11.7.1.4)."
+            "(PS3.3 C.8.11.7.1.4 defines SUBTRACTION; GE also writes RECOMBINED)."
         ),
     )
     low_energy_image_type_values: list[str] = Field(
@@ -580,7 +592,14 @@ class Peer(_Section):
         examples=["pacs"],
     )
     ae_title: AETitle = Field(description="AE title of the peer.", examples=["PACS"])
-    host: str = Field(min_length=1, description="Host name or address of the peer.")
+    host: str = Field(
+        min_length=1,
+        description=(
+            "Host name or address of the peer. For a source it is also the address "
+            "allow-list: associations with its AE title are accepted only from this host "
+            "(a name, an address or a network such as 10.1.2.0/24)."
+        ),
+    )
     port: Port = Field(description="DICOM port of the peer.", examples=[104])
     role: Literal["source", "destination"] = Field(
         description=(

@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 
 from cem_node import __version__
-from cem_node.cli import config_cmd, db_cmd, demo_cmd, synth_cmd
+from cem_node.cli import (
+    config_cmd,
+    db_cmd,
+    demo_cmd,
+    echo_cmd,
+    peers_cmd,
+    serve_cmd,
+    studies_cmd,
+    synth_cmd,
+)
 from cem_node.cli.context import CliContext
 
 app = typer.Typer(
@@ -51,6 +60,15 @@ def _root(
             dir_okay=False,
         ),
     ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Data folder: overrides storage.root (received instances, results and "
+            "the default SQLite database <DIR>/cem-node.db).",
+            file_okay=False,
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -61,11 +79,17 @@ def _root(
         ),
     ] = False,
 ) -> None:
-    ctx.obj = CliContext(config_path=config)
+    obj = CliContext(config_path=config, data_dir=data_dir)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
 
 
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
+app.add_typer(peers_cmd.app, name="peers")
+app.add_typer(studies_cmd.app, name="studies")
+app.command(name="serve")(serve_cmd.serve)
+app.command(name="echo")(echo_cmd.echo)
 app.command(name="synth")(synth_cmd.synth)
 app.command(name="demo")(demo_cmd.demo)
 

@@ -52,6 +52,8 @@ def show(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     settings = loaded.settings
+    if obj.data_dir is not None:
+        settings.storage.root = obj.data_dir  # --data-dir, as every other command sees it
     file = str(loaded.file) if loaded.file is not None else None
     database_url = mask_url(settings.database_url())
     if as_json:

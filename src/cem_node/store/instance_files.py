@@ -77,32 +77,40 @@ class InstanceFileStore:
         deployment every process must see the same root (a shared mount).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        *,
+        instances_dir: str = "instances",
+        results_dir: str = "results",
+    ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.instances_dir = instances_dir.strip("/")
+        self.results_dir = results_dir.strip("/")
 
     def __repr__(self) -> str:
         return f"InstanceFileStore({str(self.root)!r})"
 
-    @staticmethod
-    def instance_path(study_instance_uid: str, sop_instance_uid: str, *, version: int = 1) -> str:
+    def instance_path(
+        self, study_instance_uid: str, sop_instance_uid: str, *, version: int = 1
+    ) -> str:
         """Return the relative path of a received instance's file.
 
-        ``instances/<2 hex>/<study hash>/<instance hash>.v<version>.dcm``;
+        ``<instances_dir>/<2 hex>/<study hash>/<instance hash>.v<version>.dcm``;
         the two-character level keeps folders small.
         """
         if version < 1:
             raise ValueError(f"version must be >= 1, not {version}")
         study = _uid_hash(study_instance_uid)[:32]
         sop = _uid_hash(sop_instance_uid)[:32]
-        return f"instances/{study[:2]}/{study}/{sop}.v{version}.dcm"
+        return f"{self.instances_dir}/{study[:2]}/{study}/{sop}.v{version}.dcm"
 
-    @staticmethod
-    def result_path(study_instance_uid: str, sop_instance_uid: str) -> str:
+    def result_path(self, study_instance_uid: str, sop_instance_uid: str) -> str:
         """Return the relative path of a result object (SEG, SR, GSPS) to export."""
         study = _uid_hash(study_instance_uid)[:32]
         sop = _uid_hash(sop_instance_uid)[:32]
-        return f"results/{study[:2]}/{study}/{sop}.dcm"
+        return f"{self.results_dir}/{study[:2]}/{study}/{sop}.dcm"
 
     def absolute(self, relative_path: str) -> Path:
         """Return the absolute path of ``relative_path``.

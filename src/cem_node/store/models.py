@@ -268,6 +268,8 @@ class Study(_Timestamps, Base):
     analysis_round: Mapped[int] = mapped_column(Integer, default=0)
     first_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
     last_received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    receiving_since: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    """First instance of the current round: the forced completion counts from here."""
     completed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     completion_reason: Mapped[str | None] = mapped_column(String(_ENUM_LENGTH))
 

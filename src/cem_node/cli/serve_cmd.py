@@ -1,0 +1,106 @@
+"""``cem-node serve``: run the node until stopped (SIGINT or SIGTERM)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cem_node.cli.context import CliContext
+
+_LOG = logging.getLogger("cem_node.serve")
+
+
+def serve(
+    ctx: typer.Context,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--data-dir",
+            help="Store and SQLite database folder (overrides storage.root). With no config "
+            "file this runs the embedded defaults.",
+            file_okay=False,
+        ),
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option("--port", min=0, max=65535, help="DICOM port (node.port).")
+    ] = None,
+    ae_title: Annotated[
+        str | None, typer.Option("--ae-title", help="This node's AE title (node.ae_title).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option("--host", help="Address to listen on (node.host).")
+    ] = None,
+    accept_unknown_sources: Annotated[
+        bool,
+        typer.Option(
+            "--accept-unknown-sources",
+            help="Accept any calling AE title and address (a test bench only).",
+        ),
+    ] = False,
+    log_json: Annotated[
+        bool | None,
+        typer.Option("--log-json/--log-text", help="Log one JSON object per line (logging.json)."),
+    ] = None,
+) -> None:
+    """Run the DICOM node: receive studies, analyse them, send the results.
+
+    Stops cleanly on Ctrl-C or SIGTERM; work in progress resumes at the next start.
+    """
+    from cem_node.config import ConfigError
+    from cem_node.dicom.tls import TlsConfigError
+    from cem_node.logs import configure_logging
+    from cem_node.node import Node
+    from cem_node.store import SchemaOutdatedError
+
+    state: CliContext = ctx.obj
+    if data_dir is not None:
+        state.data_dir = data_dir
+    try:
+        settings = state.settings()
+        if port is not None:
+            settings.node.port = port
+        if ae_title is not None:
+            settings.node.ae_title = ae_title
+        if host is not None:
+            settings.node.host = host
+        if accept_unknown_sources:
+            settings.node.accept_unknown_sources = True
+    except (ConfigError, ValueError) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(settings.logging, json_output=log_json)
+    node = Node(settings)
+    try:
+        node.start()
+    except SchemaOutdatedError as exc:
+        typer.echo(f"error: {exc}; run `cem-node db upgrade`", err=True)
+        raise typer.Exit(2) from None
+    except TlsConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(
+            f"error: cannot listen on {settings.node.host}:{settings.node.port}: {exc}", err=True
+        )
+        node.stop()
+        raise typer.Exit(1) from None
+
+    def stop(signum: int, _frame: object) -> None:
+        _LOG.info("signal %d: stopping", signum)
+        node.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    _LOG.info(
+        "cem-node serving AE %s on %s:%d, data in %s (%s)",
+        settings.node.ae_title,
+        settings.node.host,
+        node.port,
+        Path(settings.storage.root).resolve(),
+        "SQLite" if settings.database_url().startswith("sqlite") else "database server",
+    )
+    node.wait()

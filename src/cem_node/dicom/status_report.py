@@ -1,0 +1,560 @@
+"""The "not analysable" report: a short SR telling the radiologist the AI did not read a study.
+
+When a received study holds no usable low-energy / recombined (LE/RC) pair, the
+node still answers, so that nobody mistakes silence for a negative reading. The
+answer is a Comprehensive SR whose root is a TID 1500 "Imaging Measurement
+Report" (126000, DCM): OHIF only opens SR documents with that root, and PACS
+text renderers show its content tree as it is.
+
+Content tree (PS3.16 TID 1500 as PixelMed's validator encodes it)::
+
+    CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
+      HAS CONCEPT MOD  Language of Content Item and Descendants     TID 1204
+      HAS OBS CONTEXT  Observer Type = Device, Device Observer UID,
+                       Name, Manufacturer, Model Name, Serial No.    TID 1001/1004
+      HAS CONCEPT MOD  Procedure reported = (363679005, SCT, "Imaging procedure")
+      CONTAINS  CONTAINER (111028, DCM, "Image Library")            TID 1600
+                  > Image Library Group > IMAGE "Source" per received image
+      CONTAINS  CONTAINER (126010, DCM, "Imaging Measurements")
+                  > Measurement Group without measurements           TID 1501
+                      Tracking Identifier, Tracking Unique Identifier
+                      Algorithm Name, Version, Family                TID 4019
+      CONTAINS  CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
+                  TEXT (121071, DCM, "Finding")  "AI analysis not performed: <reason>"
+                  TEXT (121106, DCM, "Comment")  "Written by cem-node 0.1.0 (...)"
+                  TEXT (121106, DCM, "Comment")  "NOT FOR CLINICAL USE: ..." (optional)
+
+Why this shape:
+
+* highdicom's :class:`highdicom.sr.MeasurementReport` refuses a report without
+  at least one measurement group, so the tree is assembled from highdicom's
+  content items and templates instead, following TID 1500 directly: the
+  standard lets row 12 (Qualitative Evaluations, any TEXT or CODE item) stand
+  alone, and that is where the statement lives.
+* OHIF's SR loader (``extensions/cornerstone-dicom-sr``) reads
+  ``ImageLibrary.ContentSequence`` and ``ImagingMeasurements.ContentSequence``
+  without checking that the containers exist, so both are always present. The
+  Imaging Measurements container holds one TID 1501 group without measurements
+  (allowed: every row of TID 1501 but the tracking identifiers is optional);
+  OHIF turns it into a measurement without coordinates and draws nothing. An
+  SR with no image reference cannot show text on an image in OHIF; the viewer
+  shows the series description ("CEM AI: not analysed ...") in the study
+  browser, which is why the key words are repeated there.
+* The reason is free text (it is produced by the node's selection and pairing
+  rules), so it is a TEXT item; a coded "not performed" would say less. The
+  software name and version are in TID 4019 inside the measurement group (the
+  place TID 1500 readers look) and, for people, in a Comment; TID 4019 is not
+  repeated under Qualitative Evaluations, where PixelMed takes its items for
+  row 13/14 evaluations and rejects their relationship type.
+* Procedure reported is "Imaging procedure", not "Mammography": CID 100 is
+  extensible, but PixelMed reports codes outside it as errors.
+* Comprehensive rather than Enhanced SR (both would hold this tree): the
+  node's lesion reports are Comprehensive SR, and one SOP class for all of
+  the node's SR keeps PACS routing and viewer handling the same.
+* Every received instance is listed in the Current Requested Procedure
+  Evidence Sequence (a viewer refused an SR without it); image instances are
+  also listed in the Image Library.
+
+Nothing depends on the clock or on random numbers when ``series_instance_uid``,
+``sop_instance_uid`` and ``content_datetime`` are given: the tracking UID and
+the device observer UID are derived from them and from the device.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import pydicom
+from highdicom.sr import (
+    AlgorithmIdentification,
+    CodeContentItem,
+    CodedConcept,
+    ComprehensiveSR,
+    ContainerContentItem,
+    ContentSequence,
+    DeviceObserverIdentifyingAttributes,
+    ImageContentItem,
+    LanguageOfContentItemAndDescendants,
+    MeasurementsAndQualitativeEvaluations,
+    ObservationContext,
+    ObserverContext,
+    RelationshipTypeValues,
+    TextContentItem,
+    TrackingIdentifier,
+)
+from highdicom.sr.utils import collect_evidence
+from pydicom.sr.codedict import codes
+from pydicom.uid import RE_VALID_UID, UID, generate_uid
+from pydicom.valuerep import DA, DT, TM
+
+from cem_node import __version__
+
+__all__ = [
+    "COMPREHENSIVE_SR",
+    "NOT_FOR_CLINICAL_USE",
+    "ReportingDevice",
+    "build_not_analysable_sr",
+    "not_analysed_series_description",
+]
+
+COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
+NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
+#: Statement that opens the Finding text item.
+STATEMENT_PREFIX = "AI analysis not performed: "
+#: Tracking Identifier of the (measurement-free) TID 1501 group.
+TRACKING_IDENTIFIER = "CEM AI analysis not performed"
+#: Text of the comment added when ``not_for_clinical_use``.
+DISCLAIMER = (
+    f"{NOT_FOR_CLINICAL_USE}: research software that is not a medical device; "
+    "this report is not a reading of the images."
+)
+
+# TID 1500 row 12; not in pydicom's code dictionary under this scheme.
+_QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+_LANGUAGE = CodedConcept("en-US", "RFC5646", "English (United States)")
+# CID 100 is extensible, but PixelMed rejects codes outside it (e.g. 71651007
+# "Mammography"); "Imaging procedure" is in it.
+_PROCEDURE_REPORTED = CodedConcept("363679005", "SCT", "Imaging procedure")
+_SOURCE = CodedConcept("260753009", "SCT", "Source")
+_PATIENT_SEX = frozenset({"M", "F", "O"})
+# Type 2 attributes highdicom reads from the first evidence dataset by name.
+_TYPE2_IDENTITY = (
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "AccessionNumber",
+    "StudyID",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+)
+_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+_LO_MAX = 64
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_lo(owner: str, name: str, value: object) -> None:
+    """Check a value that goes into a DICOM LO element (64 characters, no backslash)."""
+    if not isinstance(value, str):
+        raise TypeError(f"{owner}.{name} must be a str, got {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(f"{owner}.{name} must not be empty or blank")
+    if len(value) > _LO_MAX:
+        raise ValueError(
+            f"{owner}.{name} has {len(value)} characters; DICOM LO allows at most {_LO_MAX}: "
+            f"{value!r}"
+        )
+    if "\\" in value or _CONTROL.search(value):
+        raise ValueError(
+            f"{owner}.{name} must not contain a backslash or control characters: {value!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReportingDevice:
+    """The software that writes a result object (General Equipment, observer device).
+
+    Parameters
+    ----------
+    manufacturer
+        Manufacturer (0008,0070) and the device observer's manufacturer.
+    model_name
+        Manufacturer's Model Name (0008,1090), the device observer's name and
+        model, and the algorithm name in the content tree.
+    software_version
+        Software Versions (0018,1020) and the algorithm version.
+    device_serial_number
+        Device Serial Number (0018,1000) and the device observer's serial
+        number: something that tells installations apart, e.g. the node's AE
+        title.
+    institution_name
+        Institution Name (0008,0080) of the site running the node, if known.
+
+    Raises
+    ------
+    TypeError, ValueError
+        When a value is not a non-blank str of at most 64 characters without
+        backslashes or control characters (DICOM LO).
+    """
+
+    manufacturer: str = "cem-node developers"
+    model_name: str = "cem-node"
+    software_version: str = field(default=__version__)
+    device_serial_number: str
+    institution_name: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("manufacturer", "model_name", "software_version", "device_serial_number"):
+            _check_lo("ReportingDevice", name, getattr(self, name))
+        if self.institution_name is not None:
+            _check_lo("ReportingDevice", "institution_name", self.institution_name)
+
+    @property
+    def observer_uid(self) -> str:
+        """Device Observer UID (121012, DCM): the same for the same device, on every run."""
+        return generate_uid(
+            entropy_srcs=[
+                "cem-node device observer",
+                self.manufacturer,
+                self.model_name,
+                self.device_serial_number,
+            ]
+        )
+
+
+def not_analysed_series_description(not_for_clinical_use: bool = True) -> str:
+    """Series Description of a "not analysable" SR (at most 64 characters)."""
+    if not_for_clinical_use:
+        return f"CEM AI: not analysed ({NOT_FOR_CLINICAL_USE})"
+    return "CEM AI: not analysed"
+
+
+def _is_valid_uid(value: str) -> bool:
+    """A DICOM UID: dotted decimal without leading zeros, at most 64 characters."""
+    return len(value) <= 64 and RE_VALID_UID.match(value) is not None
+
+
+def _describe(index: int, ds: pydicom.Dataset) -> str:
+    uid = ds.get("SOPInstanceUID")
+    return f"source_images[{index}]" + (f" (SOPInstanceUID {uid})" if uid else "")
+
+
+def _check_sources(source_images: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Validate the received headers; return them without exact duplicates."""
+    if isinstance(source_images, pydicom.Dataset | str | bytes) or not isinstance(
+        source_images, Sequence
+    ):
+        raise TypeError(
+            "source_images must be a sequence of pydicom.Dataset, got "
+            f"{type(source_images).__name__}"
+        )
+    if len(source_images) == 0:
+        raise ValueError("source_images is empty: the report needs at least one received instance")
+    unique: dict[str, tuple[int, pydicom.Dataset]] = {}
+    first: tuple[int, pydicom.Dataset] | None = None
+    for index, ds in enumerate(source_images):
+        if not isinstance(ds, pydicom.Dataset):
+            raise TypeError(
+                f"source_images[{index}] must be a pydicom.Dataset, got {type(ds).__name__}"
+            )
+        for keyword in _REQUIRED_UIDS:
+            value = ds.get(keyword)
+            if not value or not str(value).strip():
+                raise ValueError(f"{_describe(index, ds)} has no {keyword}")
+            if not _is_valid_uid(str(value)):
+                raise ValueError(f"{_describe(index, ds)} has an invalid {keyword}: {value!r}")
+        if first is None:
+            first = (index, ds)
+        else:
+            first_index, first_ds = first
+            if ds.StudyInstanceUID != first_ds.StudyInstanceUID:
+                raise ValueError(
+                    "source_images belong to different studies: "
+                    f"{_describe(first_index, first_ds)} has StudyInstanceUID "
+                    f"{first_ds.StudyInstanceUID}, {_describe(index, ds)} has StudyInstanceUID "
+                    f"{ds.StudyInstanceUID}"
+                )
+            ours, theirs = str(ds.get("PatientID") or ""), str(first_ds.get("PatientID") or "")
+            if ours and theirs and ours != theirs:
+                raise ValueError(
+                    "source_images of study "
+                    f"{ds.StudyInstanceUID} name different patients: "
+                    f"{_describe(first_index, first_ds)} has PatientID {theirs!r}, "
+                    f"{_describe(index, ds)} has PatientID {ours!r}"
+                )
+        seen = unique.get(ds.SOPInstanceUID)
+        if seen is None:
+            unique[ds.SOPInstanceUID] = (index, ds)
+            continue
+        seen_index, seen_ds = seen
+        for keyword in ("SOPClassUID", "SeriesInstanceUID"):
+            if seen_ds[keyword].value != ds[keyword].value:
+                raise ValueError(
+                    f"source_images[{seen_index}] and source_images[{index}] share "
+                    f"SOPInstanceUID {ds.SOPInstanceUID} but differ in {keyword}: "
+                    f"{seen_ds[keyword].value} vs {ds[keyword].value}"
+                )
+    return [ds for _, ds in unique.values()]
+
+
+def _check_uid(name: str, value: str | None) -> str:
+    if value is None:
+        return generate_uid()
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
+    if not _is_valid_uid(value):
+        raise ValueError(f"{name} is not a valid DICOM UID: {value!r}")
+    return value
+
+
+def _stand_in(first: pydicom.Dataset, sop_instance_uid: str, series_uid: str) -> pydicom.Dataset:
+    """Patient and study attributes of the first source, as evidence[0] for highdicom.
+
+    highdicom copies the Patient and Study modules from ``evidence[0]`` after
+    looking up its SOP class in its IOD tables, which do not know private SOP
+    classes. The stand-in carries the source's attributes under the SR's own
+    SOP class (whose IOD has the same Patient/Study modules), so any source
+    works; the evidence sequence is rebuilt from the real sources afterwards.
+    """
+    ds = pydicom.Dataset()
+    for elem in first:
+        if elem.tag.group >= 0x7FE0 or elem.tag.is_private:
+            continue
+        ds.add(copy.deepcopy(elem))
+    for keyword in _TYPE2_IDENTITY:
+        if keyword not in ds:
+            setattr(ds, keyword, None)
+    sex = str(ds.PatientSex or "").strip().upper()
+    # An invalid value cannot be written validly; PatientSex is Type 2.
+    ds.PatientSex = sex if sex in _PATIENT_SEX else None
+    ds.SOPClassUID = COMPREHENSIVE_SR
+    ds.SOPInstanceUID = sop_instance_uid
+    ds.SeriesInstanceUID = series_uid
+    return ds
+
+
+def _evidence_item(ds: pydicom.Dataset) -> pydicom.Dataset:
+    item = pydicom.Dataset()
+    for keyword in _REQUIRED_UIDS:
+        setattr(item, keyword, ds[keyword].value)
+    return item
+
+
+def _is_image(ds: pydicom.Dataset) -> bool:
+    """Whether a header describes an image (has an Image Pixel module)."""
+    return "Rows" in ds and "Columns" in ds
+
+
+def _algorithm(device: ReportingDevice) -> AlgorithmIdentification:
+    return AlgorithmIdentification(
+        name=device.model_name,
+        version=device.software_version,
+        family=codes.DCM.ArtificialIntelligence,
+    )
+
+
+def _signature(device: ReportingDevice) -> str:
+    return (
+        f"Written by {device.model_name} {device.software_version} ({device.manufacturer}), "
+        f"device {device.device_serial_number}."
+    )
+
+
+def _content(
+    sources: Sequence[pydicom.Dataset],
+    reason: str,
+    device: ReportingDevice,
+    sop_instance_uid: str,
+    not_for_clinical_use: bool,
+) -> ContainerContentItem:
+    contains = RelationshipTypeValues.CONTAINS
+    root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    root.ContentSequence = ContentSequence()
+    root.ContentSequence.extend(LanguageOfContentItemAndDescendants(_LANGUAGE))
+    observer = ObserverContext(
+        observer_type=codes.cid270.Device,
+        observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
+            uid=device.observer_uid,
+            name=device.model_name,
+            manufacturer_name=device.manufacturer,
+            model_name=device.model_name,
+            serial_number=device.device_serial_number,
+        ),
+    )
+    root.ContentSequence.extend(ObservationContext(observer_device_context=observer))
+    root.ContentSequence.append(
+        CodeContentItem(
+            name=codes.DCM.ProcedureReported,
+            value=_PROCEDURE_REPORTED,
+            relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
+        )
+    )
+
+    # TID 1600: present even when empty, OHIF dereferences it unconditionally.
+    library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=contains)
+    images = [ds for ds in sources if _is_image(ds)]
+    if images:
+        group = ContainerContentItem(name=codes.DCM.ImageLibraryGroup, relationship_type=contains)
+        group.ContentSequence = ContentSequence(
+            [
+                ImageContentItem(
+                    name=_SOURCE,
+                    referenced_sop_class_uid=ds.SOPClassUID,
+                    referenced_sop_instance_uid=ds.SOPInstanceUID,
+                    relationship_type=contains,
+                )
+                for ds in images
+            ]
+        )
+        library.ContentSequence = ContentSequence([group])
+    root.ContentSequence.append(library)
+
+    # Row 6: one TID 1501 group without measurements (OHIF needs the container).
+    measurements = ContainerContentItem(
+        name=codes.DCM.ImagingMeasurements, relationship_type=contains
+    )
+    measurements.ContentSequence = ContentSequence()
+    measurements.ContentSequence.extend(
+        MeasurementsAndQualitativeEvaluations(
+            tracking_identifier=TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=["cem-node tracking", sop_instance_uid]),
+                identifier=TRACKING_IDENTIFIER,
+            ),
+            algorithm_id=_algorithm(device),
+        )
+    )
+    root.ContentSequence.append(measurements)
+
+    # Row 12: the statement itself (TEXT items, any concept name, CONTAINS).
+    evaluations = ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    texts = [
+        (codes.DCM.Finding, STATEMENT_PREFIX + reason),
+        (codes.DCM.Comment, _signature(device)),
+    ]
+    if not_for_clinical_use:
+        texts.append((codes.DCM.Comment, DISCLAIMER))
+    evaluations.ContentSequence = ContentSequence(
+        [TextContentItem(name=name, value=text, relationship_type=contains) for name, text in texts]
+    )
+    root.ContentSequence.append(evaluations)
+    return root
+
+
+def build_not_analysable_sr(
+    source_images: Sequence[pydicom.Dataset],
+    reason: str,
+    *,
+    device: ReportingDevice,
+    series_instance_uid: str | None = None,
+    series_number: int = 9901,
+    sop_instance_uid: str | None = None,
+    content_datetime: datetime | None = None,
+    not_for_clinical_use: bool = True,
+) -> pydicom.Dataset:
+    """Build the SR that tells the PACS the AI did not analyse a study, and why.
+
+    A Comprehensive SR with a TID 1500 "Imaging Measurement Report" root and no
+    measurement; see the module docstring for the content tree and why it has
+    that shape.
+
+    Parameters
+    ----------
+    source_images
+        Headers (pixel data not needed) of the study's received instances, of
+        any SOP class, all of one study. Each needs SOPClassUID,
+        SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID. Patient and
+        study attributes are copied from the first one; every instance is
+        listed in the Current Requested Procedure Evidence Sequence, and the
+        image instances (those with Rows and Columns) in the Image Library.
+        An instance listed twice is kept once.
+    reason
+        Why no analysis was done, in words for a radiologist (e.g. "no
+        recombined image for the right CC view"). Stored as
+        ``"AI analysis not performed: <reason>"`` in a TEXT item (121071, DCM,
+        "Finding").
+    device
+        The software writing the SR.
+    series_instance_uid, sop_instance_uid
+        UIDs of the new series and instance; new random UIDs when None.
+    series_number
+        Series Number of the new series.
+    content_datetime
+        Content, series and instance creation date/time; now when None. A
+        timezone-aware value also sets Timezone Offset From UTC.
+    not_for_clinical_use
+        Adds a "NOT FOR CLINICAL USE" comment to the content and to the
+        Series Description.
+
+    Returns
+    -------
+    pydicom.Dataset
+        The SR (a :class:`highdicom.sr.ComprehensiveSR`), Explicit VR Little
+        Endian, ready for ``save_as(path, enforce_file_format=True)``.
+
+    Raises
+    ------
+    TypeError
+        For arguments of the wrong type.
+    ValueError
+        For an empty or blank reason, no source images, a source without one
+        of the four UIDs, sources of different studies (the message names
+        both Study Instance UIDs) or patients, one SOP Instance UID with two
+        SOP classes or series, an invalid UID or a series number outside
+        1..2**31-1.
+    """
+    if not isinstance(device, ReportingDevice):
+        raise TypeError(f"device must be a ReportingDevice, got {type(device).__name__}")
+    if not isinstance(reason, str):
+        raise TypeError(f"reason must be a str, got {type(reason).__name__}")
+    reason = reason.strip()
+    if not reason:
+        raise ValueError("reason must not be empty or blank")
+    if isinstance(series_number, bool) or not isinstance(series_number, int):
+        raise TypeError(f"series_number must be an int, got {type(series_number).__name__}")
+    if not 1 <= series_number <= 2**31 - 1:
+        raise ValueError(f"series_number must be in 1..2147483647, got {series_number}")
+    if content_datetime is not None and not isinstance(content_datetime, datetime):
+        raise TypeError(
+            f"content_datetime must be a datetime or None, got {type(content_datetime).__name__}"
+        )
+    if not isinstance(not_for_clinical_use, bool):
+        raise TypeError(
+            f"not_for_clinical_use must be a bool, got {type(not_for_clinical_use).__name__}"
+        )
+    sources = _check_sources(source_images)
+    series_uid = _check_uid("series_instance_uid", series_instance_uid)
+    sop_uid = _check_uid("sop_instance_uid", sop_instance_uid)
+    if sop_uid in {ds.SOPInstanceUID for ds in sources}:
+        raise ValueError(f"sop_instance_uid {sop_uid} is the UID of one of the source_images")
+    when = content_datetime if content_datetime is not None else datetime.now()
+
+    content = _content(sources, reason, device, sop_uid, not_for_clinical_use)
+    texts = [reason, device.manufacturer, device.model_name, device.device_serial_number]
+    texts += [device.software_version, device.institution_name or ""]
+    charset: dict[str, str] = {}
+    if not all(t.isascii() for t in texts):
+        charset["specific_character_set"] = "ISO_IR 192"
+    evidence = [_evidence_item(ds) for ds in sources]
+    sr = ComprehensiveSR(
+        evidence=[_stand_in(sources[0], sop_uid, series_uid), *evidence],
+        content=content,
+        series_instance_uid=series_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_uid,
+        instance_number=1,
+        manufacturer=device.manufacturer,
+        manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        device_serial_number=device.device_serial_number,
+        institution_name=device.institution_name,
+        series_description=not_analysed_series_description(not_for_clinical_use),
+        is_complete=True,
+        is_final=False,
+        content_date=DA(when.date()),
+        content_time=TM(when.time()),
+        series_date=DA(when.date()),
+        series_time=TM(when.time()),
+        **charset,
+    )
+    # The stand-in must not be referenced: list exactly the received instances.
+    current, _ = collect_evidence(evidence, content, study_instance_uid=sr.StudyInstanceUID)
+    sr.CurrentRequestedProcedureEvidenceSequence = current
+    if "PertinentOtherEvidenceSequence" in sr:
+        del sr.PertinentOtherEvidenceSequence
+    # highdicom stamps these with the clock; use the caller's time.
+    sr.InstanceCreationDate = DA(when.date())
+    sr.InstanceCreationTime = TM(when.time())
+    for item in sr.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(when)
+    utc_offset = when.utcoffset()
+    if utc_offset is not None:
+        offset = int(utc_offset.total_seconds() // 60)
+        sign = "+" if offset >= 0 else "-"
+        sr.TimezoneOffsetFromUTC = f"{sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+    return sr

@@ -1,0 +1,100 @@
+"""The contract between the worker and the analysis of one study round.
+
+The worker selects and pairs the images; an :class:`Analyzer` turns the
+pairs into result objects (SEG, SR, GSPS datasets) and a findings document.
+The real analysis (issue #4) implements it; tests use a test double.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from pydicom.dataset import Dataset
+
+__all__ = [
+    "AnalysisRequest",
+    "AnalysisResult",
+    "AnalysisUnavailableError",
+    "Analyzer",
+    "ImagePair",
+    "ResultObject",
+    "UnavailableAnalyzer",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePair:
+    """A low-energy and a recombined image of one breast and view."""
+
+    laterality: str
+    view: str
+    low_energy_path: Path
+    recombined_path: Path
+    low_energy_sop_instance_uid: str
+    recombined_sop_instance_uid: str
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisRequest:
+    """What the worker hands to the analysis."""
+
+    study_instance_uid: str
+    analysis_round: int
+    pairs: Sequence[ImagePair]
+    headers: Sequence[Dataset]
+    """Headers (no pixel data) of every mammography image of the study."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultObject:
+    """One DICOM object to export: ``object_type`` is ``seg``, ``sr`` or ``gsps``."""
+
+    object_type: str
+    dataset: Dataset
+
+
+@dataclass(frozen=True, slots=True)
+class AnalysisResult:
+    """The analysis' output and the identity of the model that produced it."""
+
+    objects: Sequence[ResultObject]
+    model_name: str
+    model_version: str
+    model_sha256: str
+    device: str | None = None
+    document: dict[str, Any] | None = None
+    patient_score: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class AnalysisUnavailableError(RuntimeError):
+    """The analysis cannot run at all (no model installed ...): retrying will not help."""
+
+
+class Analyzer(Protocol):
+    """Analyse one study round."""
+
+    def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        """Return the result objects, or raise.
+
+        Raises
+        ------
+        AnalysisUnavailableError
+            For a permanent failure (the job fails at once).
+        Exception
+            Anything else counts as transient and is retried with backoff.
+        """
+        ...
+
+
+class UnavailableAnalyzer:
+    """The analyzer of a node without an analysis: every job fails, saying why."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+    def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        raise AnalysisUnavailableError(self.reason)

@@ -1,0 +1,259 @@
+"""The exporter: send queued result objects to their destinations from the outbox.
+
+Each ``exports`` row is one object for one destination. Rows are claimed
+(with a lease) in batches per destination and sent over one association.
+Transient failures (peer down, out of resources) are retried with
+exponential backoff up to ``export.max_attempts``; permanent ones (the peer
+rejects our AE title, does not support the SOP class) fail at once with an
+alert, until an administrator runs ``cem-node studies retry``. Resending an
+object is harmless: the same SOP Instance UID replaces itself at the PACS.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import ssl
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cem_node.config import Settings
+from cem_node.dicom.scu import FailureKind, RemoteAE, SendResult, send_files
+from cem_node.jobs.claims import for_claim
+from cem_node.jobs.states import transition
+from cem_node.jobs.worker import backoff_seconds
+from cem_node.peers import PeerEntry
+from cem_node.store.audit import ALERT, record_event
+from cem_node.store.instance_files import InstanceFileStore
+from cem_node.store.models import Export, ExportState, Job, JobState, Study, StudyState, utcnow
+
+__all__ = ["EXPORT_LEASE_S", "Exporter", "SendFunction", "settle_jobs"]
+
+_LOG = logging.getLogger(__name__)
+
+#: Objects sent over one association.
+BATCH_SIZE = 32
+#: How long claimed exports stay ours.
+EXPORT_LEASE_S = 10 * 60
+
+SendFunction = Callable[..., list[SendResult]]
+
+
+class Exporter:
+    """Send due exports, one destination batch per :meth:`run_once`.
+
+    Parameters
+    ----------
+    settings
+        Node settings ([node] AE title and timeouts, [export] retries).
+    sessions, files
+        The database and the store.
+    destinations
+        Returns the destination peers (config and database).
+    node_id
+        This process's identity in claims and the audit trail.
+    ssl_context
+        Returns the client TLS context for peers with ``tls = true``.
+    send
+        :func:`cem_node.dicom.scu.send_files` or a stand-in.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        files: InstanceFileStore,
+        *,
+        destinations: Callable[[], Sequence[PeerEntry]],
+        node_id: str,
+        ssl_context: Callable[[], ssl.SSLContext] | None = None,
+        send: SendFunction = send_files,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._files = files
+        self._destinations = destinations
+        self._node_id = node_id
+        self._ssl_context = ssl_context
+        self._send = send
+
+    def run_once(self, now: dt.datetime | None = None) -> int:
+        """Send one batch to one destination; return how many objects were tried."""
+        now = now or utcnow()
+        peers = {p.name: p for p in self._destinations()}
+        with self._sessions.begin() as session:
+            due = (
+                Export.state == ExportState.PENDING,
+                or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
+            )
+            first = session.scalar(
+                for_claim(select(Export).where(*due).order_by(Export.id).limit(1), session)
+            )
+            if first is None:
+                return 0
+            destination = first.destination
+            rows = session.scalars(
+                for_claim(
+                    select(Export)
+                    .where(*due, Export.destination == destination)
+                    .order_by(Export.id)
+                    .limit(BATCH_SIZE),
+                    session,
+                )
+            ).all()
+            batch = [(r.id, r.file_path, r.sop_instance_uid) for r in rows]
+            for row in rows:
+                row.state = ExportState.SENDING
+                row.claimed_by = self._node_id
+                row.claimed_at = now
+                row.lease_expires_at = now + dt.timedelta(seconds=EXPORT_LEASE_S)
+                row.attempts += 1
+        peer = peers.get(destination)
+        if peer is None:
+            results = {
+                export_id: (
+                    None,
+                    FailureKind.PERMANENT,
+                    f"destination {destination!r} is no longer configured",
+                )
+                for export_id, _, _ in batch
+            }
+        else:
+            results = self._send_batch(peer, batch)
+        self._record(destination, results)
+        return len(batch)
+
+    def _send_batch(
+        self, peer: PeerEntry, batch: list[tuple[int, str, str]]
+    ) -> dict[int, tuple[int | None, FailureKind | None, str]]:
+        node = self._settings.node
+        paths = [self._files.absolute(path) for _, path, _ in batch]
+        context = self._ssl_context() if peer.tls and self._ssl_context else None
+        sent = self._send(
+            paths,
+            RemoteAE(peer.ae_title, peer.host, peer.port, peer.tls),
+            calling_ae_title=node.ae_title,
+            ssl_context=context,
+            acse_timeout_s=node.acse_timeout_s,
+            dimse_timeout_s=node.dimse_timeout_s,
+            network_timeout_s=node.network_timeout_s,
+        )
+        by_path: dict[Path, SendResult] = {r.path: r for r in sent}
+        results: dict[int, tuple[int | None, FailureKind | None, str]] = {}
+        for (export_id, _, _), path in zip(batch, paths, strict=True):
+            r = by_path.get(path)
+            if r is None:
+                results[export_id] = (None, FailureKind.TRANSIENT, "not sent (no result)")
+            else:
+                results[export_id] = (r.status, None if r.delivered else r.failure, r.message)
+        return results
+
+    def _record(
+        self, destination: str, results: dict[int, tuple[int | None, FailureKind | None, str]]
+    ) -> None:
+        export = self._settings.export
+        now = utcnow()
+        jobs: set[int] = set()
+        with self._sessions.begin() as session:
+            for export_id, (status, failure, message) in results.items():
+                row = session.get(Export, export_id, with_for_update=True)
+                if row is None or row.state is not ExportState.SENDING:
+                    continue
+                row.last_status = status
+                row.claimed_by = None
+                row.lease_expires_at = None
+                study_uid = session.scalar(
+                    select(Study.study_instance_uid).where(Study.id == row.study_id)
+                )
+                if failure is None:
+                    row.state = ExportState.DONE
+                    row.sent_at = now
+                    row.last_error = None
+                    decision, text = "sent", f"{row.object_type} sent to {destination}"
+                elif failure is FailureKind.TRANSIENT and row.attempts < export.max_attempts:
+                    delay = backoff_seconds(
+                        row.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
+                    )
+                    row.state = ExportState.PENDING
+                    row.next_attempt_at = now + dt.timedelta(seconds=delay)
+                    row.last_error = message
+                    decision = "retry"
+                    text = (
+                        f"{row.object_type} to {destination} failed (attempt {row.attempts} of "
+                        f"{export.max_attempts}): {message}; retry in {delay:g} s"
+                    )
+                else:
+                    row.state = ExportState.FAILED
+                    row.last_error = message
+                    decision = ALERT
+                    why = (
+                        "permanent rejection"
+                        if failure is FailureKind.PERMANENT
+                        else f"{row.attempts} attempts"
+                    )
+                    text = (
+                        f"{row.object_type} to {destination} failed ({why}): {message}; "
+                        "`cem-node studies retry` once fixed"
+                    )
+                record_event(
+                    session,
+                    "export",
+                    decision=decision,
+                    actor=self._node_id,
+                    job_id=row.job_id,
+                    study_instance_uid=study_uid,
+                    sop_instance_uid=row.sop_instance_uid,
+                    message=text,
+                    details={"destination": destination, "status": status},
+                )
+                if row.job_id is not None:
+                    jobs.add(row.job_id)
+            settle_jobs(session, jobs, actor=self._node_id)
+
+
+def settle_jobs(session: Session, job_ids: set[int], *, actor: str) -> None:
+    """Finish exporting jobs whose exports are all settled (done, or some failed)."""
+    for job_id in sorted(job_ids):
+        job = session.get(Job, job_id, with_for_update=True)
+        if job is None or job.state is not JobState.EXPORTING:
+            continue
+        counts = dict(
+            session.execute(
+                select(Export.state, func.count())
+                .where(Export.job_id == job_id)
+                .group_by(Export.state)
+            ).all()
+        )
+        if counts.get(ExportState.PENDING) or counts.get(ExportState.SENDING):
+            continue
+        study = session.get(Study, job.study_id)
+        assert study is not None
+        current = study.analysis_round == job.analysis_round
+        failed = counts.get(ExportState.FAILED, 0)
+        if failed:
+            reason = f"{failed} export(s) failed"
+            transition(
+                session,
+                job,
+                JobState.FAILED,
+                actor=actor,
+                reason=reason,
+                study_instance_uid=study.study_instance_uid,
+            )
+            if current:
+                study.state = StudyState.FAILED
+                study.state_reason = reason
+        else:
+            transition(
+                session,
+                job,
+                JobState.DONE,
+                actor=actor,
+                study_instance_uid=study.study_instance_uid,
+                reason=f"{counts.get(ExportState.DONE, 0)} export(s) confirmed",
+            )
+            if current and study.state is not StudyState.NOT_ANALYSABLE:
+                study.state = StudyState.DONE

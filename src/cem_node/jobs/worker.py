@@ -1,0 +1,464 @@
+"""The worker: claim a queued job, select and pair its images, analyse, encode, queue exports.
+
+One call of :meth:`Worker.run_once` handles one job. The job's claim has a
+lease; a worker killed mid-analysis leaves the job ``analysing`` with a
+lease that expires (or, for the same node restarted, is handed back at
+start-up by :func:`cem_node.jobs.recovery.recover`), after which it is
+analysed again. Results of a round that a newer round superseded while it
+ran are discarded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pydicom
+from pydicom.dataset import Dataset
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from cem_node.config import Settings
+from cem_node.dicom.cem_selection import (
+    MAMMOGRAPHY_SOP_CLASSES,
+    Classification,
+    classify_image,
+    pair_images,
+)
+from cem_node.jobs.analysis import (
+    AnalysisRequest,
+    AnalysisResult,
+    AnalysisUnavailableError,
+    Analyzer,
+    ImagePair,
+    ResultObject,
+)
+from cem_node.jobs.claims import for_claim
+from cem_node.jobs.states import transition
+from cem_node.peers import PeerEntry
+from cem_node.store.audit import ALERT, record_event
+from cem_node.store.instance_files import InstanceFileStore
+from cem_node.store.models import (
+    Analysis,
+    Export,
+    ImageRole,
+    Instance,
+    Job,
+    JobKind,
+    JobState,
+    Pairing,
+    Study,
+    StudyState,
+    utcnow,
+)
+
+__all__ = ["Worker", "backoff_seconds", "summarise_not_analysable"]
+
+_LOG = logging.getLogger(__name__)
+
+#: Attempts of a job's analysis before it fails (transient errors only).
+MAX_ANALYSIS_ATTEMPTS = 3
+#: How long a claimed job stays ours without a renewal.
+ANALYSIS_LEASE_S = 15 * 60
+
+
+def backoff_seconds(attempts: int, *, initial_s: float, max_s: float) -> float:
+    """Exponential backoff: ``initial_s`` after the first failure, doubling, capped."""
+    return min(max_s, initial_s * 2 ** max(0, attempts - 1))
+
+
+def summarise_not_analysable(
+    classifications: Sequence[Classification], pairings: Sequence[object]
+) -> str:
+    """Say in one sentence why a study without a complete pair cannot be analysed."""
+    parts: list[str] = []
+    cem = [c for c in classifications if c.role in ("low_energy", "recombined")]
+    if not classifications:
+        return "no mammography image received"
+    if not cem:
+        roles = sorted({c.role.replace("_", "-") for c in classifications})
+        parts.append(
+            f"no low-energy or recombined image among {len(classifications)} mammography "
+            f"image(s) ({', '.join(roles)}): not a CEM study?"
+        )
+    else:
+        reasons = [getattr(p, "reason", "") for p in pairings]
+        parts.append("no low-energy/recombined pair: " + "; ".join(r for r in reasons if r))
+    return " ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    job_id: int
+    study_id: int
+    study_instance_uid: str
+    analysis_round: int
+    attempts: int
+
+
+class Worker:
+    """Analyse complete studies, one job per :meth:`run_once`.
+
+    Parameters
+    ----------
+    settings
+        Node settings ([selection], [export], [node]).
+    sessions
+        Database sessions.
+    files
+        The store (received instances and result objects).
+    analyzer
+        The analysis of a paired study.
+    destinations
+        Returns the destination peers at the time results are queued.
+    node_id
+        This process's identity in claims and the audit trail.
+    not_analysable_report
+        Builds the SR sent for a study that cannot be analysed:
+        ``(headers, reason) -> Dataset``; ``None`` sends nothing.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        files: InstanceFileStore,
+        analyzer: Analyzer,
+        *,
+        destinations: Callable[[], Sequence[PeerEntry]],
+        node_id: str,
+        not_analysable_report: Callable[[Sequence[Dataset], str], Dataset] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._files = files
+        self._analyzer = analyzer
+        self._destinations = destinations
+        self._node_id = node_id
+        self._report = not_analysable_report
+
+    # ------------------------------------------------------------------ claim
+
+    def claim(self, now: dt.datetime | None = None) -> _Claimed | None:
+        """Claim the next due queued job, or return ``None``."""
+        now = now or utcnow()
+        with self._sessions.begin() as session:
+            job = session.scalar(
+                for_claim(
+                    select(Job)
+                    .where(
+                        Job.state == JobState.QUEUED,
+                        Job.kind == JobKind.ANALYSE,
+                        or_(Job.next_attempt_at.is_(None), Job.next_attempt_at <= now),
+                    )
+                    .order_by(Job.priority.desc(), Job.id)
+                    .limit(1),
+                    session,
+                )
+            )
+            if job is None:
+                return None
+            study = session.get(Study, job.study_id)
+            assert study is not None
+            transition(
+                session,
+                job,
+                JobState.ANALYSING,
+                actor=self._node_id,
+                study_instance_uid=study.study_instance_uid,
+            )
+            job.claimed_by = self._node_id
+            job.claimed_at = now
+            job.lease_expires_at = now + dt.timedelta(seconds=ANALYSIS_LEASE_S)
+            job.attempts += 1
+            if study.analysis_round == job.analysis_round:
+                study.state = StudyState.PROCESSING
+            return _Claimed(
+                job.id, study.id, study.study_instance_uid, job.analysis_round, job.attempts
+            )
+
+    def run_once(self) -> bool:
+        """Claim and process one job; return whether there was one."""
+        claimed = self.claim()
+        if claimed is None:
+            return False
+        try:
+            self._process(claimed)
+        except AnalysisUnavailableError as exc:
+            self._fail(claimed, f"analysis unavailable: {exc}", retry=False)
+        except Exception as exc:
+            _LOG.exception("job %d failed", claimed.job_id)
+            self._fail(claimed, f"{type(exc).__name__}: {exc}", retry=True)
+        return True
+
+    # ------------------------------------------------------------------ the work
+
+    def _process(self, claimed: _Claimed) -> None:
+        headers, classifications, instance_ids = self._classify(claimed)
+        pairings = pair_images(classifications)
+        complete = [p for p in pairings if p.complete]
+        with self._sessions.begin() as session:
+            for p in pairings:
+                session.add(
+                    Pairing(
+                        job_id=claimed.job_id,
+                        image_laterality=p.laterality,
+                        view=p.view,
+                        low_energy_instance_id=instance_ids.get(p.low_energy or ""),
+                        recombined_instance_id=instance_ids.get(p.recombined or ""),
+                        paired=p.complete,
+                        reason=p.reason,
+                    )
+                )
+        if not complete:
+            reason = summarise_not_analysable(classifications, pairings)
+            objects: list[ResultObject] = []
+            if self._report is not None and self._settings.selection.not_analysable_report:
+                all_headers = list(headers.values())
+                if all_headers:
+                    objects.append(ResultObject("sr", self._report(all_headers, reason)))
+            self._finish(claimed, objects, result=None, not_analysable=reason)
+            return
+        paths = self._paths(claimed)
+        request = AnalysisRequest(
+            study_instance_uid=claimed.study_instance_uid,
+            analysis_round=claimed.analysis_round,
+            pairs=[
+                ImagePair(
+                    laterality=p.laterality or "",
+                    view=p.view or "",
+                    low_energy_path=paths[p.low_energy or ""],
+                    recombined_path=paths[p.recombined or ""],
+                    low_energy_sop_instance_uid=p.low_energy or "",
+                    recombined_sop_instance_uid=p.recombined or "",
+                )
+                for p in complete
+            ],
+            headers=list(headers.values()),
+        )
+        result = self._analyzer.analyse(request)
+        self._finish(claimed, list(result.objects), result=result, not_analysable=None)
+
+    def _paths(self, claimed: _Claimed) -> dict[str, Path]:
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(Instance.sop_instance_uid, Instance.file_path).where(
+                    Instance.study_id == claimed.study_id
+                )
+            ).all()
+        return {uid: self._files.absolute(path) for uid, path in rows}
+
+    def _classify(
+        self, claimed: _Claimed
+    ) -> tuple[dict[str, Dataset], list[Classification], dict[str, int]]:
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(Instance.id, Instance.sop_instance_uid, Instance.file_path).where(
+                    Instance.study_id == claimed.study_id,
+                    Instance.sop_class_uid.in_(list(MAMMOGRAPHY_SOP_CLASSES)),
+                )
+            ).all()
+        headers: dict[str, Dataset] = {}
+        classifications: list[Classification] = []
+        for _id, uid, path in rows:
+            ds = pydicom.dcmread(self._files.absolute(path), stop_before_pixels=True)
+            headers[uid] = ds
+            classifications.append(classify_image(ds, self._settings.selection))
+        now = utcnow()
+        with self._sessions.begin() as session:
+            by_uid = {c.sop_instance_uid: c for c in classifications}
+            rows_of_study = select(Instance).where(Instance.study_id == claimed.study_id)
+            for row in session.scalars(rows_of_study):
+                c = by_uid.get(row.sop_instance_uid)
+                if c is None:
+                    continue
+                row.role = ImageRole(c.role)
+                row.role_reason = c.reason
+                row.image_laterality = c.laterality
+                row.view = c.view
+                row.classified_at = now
+        return headers, classifications, {uid: id_ for id_, uid, _ in rows}
+
+    def _finish(
+        self,
+        claimed: _Claimed,
+        objects: list[ResultObject],
+        *,
+        result: AnalysisResult | None,
+        not_analysable: str | None,
+    ) -> None:
+        written = [self._write(claimed, obj) for obj in objects]
+        destinations = list(self._destinations())
+        try:
+            with self._sessions.begin() as session:
+                job = session.get(Job, claimed.job_id, with_for_update=True)
+                study = session.get(Study, claimed.study_id)
+                assert job is not None and study is not None
+                if job.state is not JobState.ANALYSING or job.claimed_by != self._node_id:
+                    raise _SupersededError(job.state)
+                analysis = Analysis(
+                    study_id=study.id,
+                    job_id=job.id,
+                    analysis_round=job.analysis_round,
+                    not_analysable_reason=not_analysable,
+                    started_at=job.started_at,
+                    finished_at=utcnow(),
+                )
+                if result is not None:
+                    analysis.model_name = result.model_name[:128]
+                    analysis.model_version = result.model_version[:64]
+                    analysis.model_sha256 = result.model_sha256[:64]
+                    analysis.device = (result.device or "")[:64] or None
+                    analysis.document = result.document
+                    analysis.patient_score = result.patient_score
+                session.add(analysis)
+                session.flush()
+                for older in session.scalars(
+                    select(Analysis).where(
+                        Analysis.study_id == study.id,
+                        Analysis.id != analysis.id,
+                        Analysis.superseded_by_id.is_(None),
+                    )
+                ):
+                    older.superseded_by_id = analysis.id
+                    older.superseded_at = utcnow()
+                exports = 0
+                for obj, (relative, sop_class, sop_uid) in zip(objects, written, strict=True):
+                    for peer in destinations:
+                        wanted = peer.objects or tuple(self._settings.export.objects)
+                        if obj.object_type not in wanted:
+                            continue
+                        session.add(
+                            Export(
+                                study_id=study.id,
+                                analysis_id=analysis.id,
+                                job_id=job.id,
+                                destination=peer.name,
+                                object_type=obj.object_type,
+                                sop_class_uid=sop_class,
+                                sop_instance_uid=sop_uid,
+                                file_path=relative,
+                            )
+                        )
+                        exports += 1
+                current = study.analysis_round == job.analysis_round
+                transition(
+                    session,
+                    job,
+                    JobState.ENCODED,
+                    actor=self._node_id,
+                    study_instance_uid=study.study_instance_uid,
+                    reason=f"{len(objects)} object(s), {exports} export(s)",
+                )
+                if exports:
+                    transition(
+                        session,
+                        job,
+                        JobState.EXPORTING,
+                        actor=self._node_id,
+                        study_instance_uid=study.study_instance_uid,
+                    )
+                else:
+                    transition(
+                        session,
+                        job,
+                        JobState.DONE,
+                        actor=self._node_id,
+                        study_instance_uid=study.study_instance_uid,
+                        reason="nothing to export" if objects else "no result objects",
+                    )
+                if current:
+                    if not_analysable is not None:
+                        study.state = StudyState.NOT_ANALYSABLE
+                        study.state_reason = f"not analysable: {not_analysable}"
+                    elif not exports:
+                        study.state = StudyState.DONE
+                record_event(
+                    session,
+                    "analysis",
+                    decision="not_analysable" if not_analysable else "analysed",
+                    actor=self._node_id,
+                    job_id=job.id,
+                    study_instance_uid=study.study_instance_uid,
+                    message=(
+                        f"not analysable: {not_analysable}"
+                        if not_analysable
+                        else f"analysed with {result.model_name} {result.model_version} "
+                        f"(sha256 {result.model_sha256[:12]})"
+                        if result
+                        else None
+                    ),
+                    details={
+                        "objects": [o.object_type for o in objects],
+                        "destinations": [p.name for p in destinations],
+                        "model_sha256": result.model_sha256 if result else None,
+                    },
+                )
+        except _SupersededError as exc:
+            for relative, _, _ in written:
+                self._files.remove(relative)
+            _LOG.info("job %d was %s while it ran: results discarded", claimed.job_id, exc.state)
+
+    def _write(self, claimed: _Claimed, obj: ResultObject) -> tuple[str, str, str]:
+        ds = obj.dataset
+        sop_uid = str(ds.SOPInstanceUID)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        relative = self._files.result_path(claimed.study_instance_uid, sop_uid)
+        self._files.write_bytes(relative, buffer.getvalue())
+        return relative, str(ds.SOPClassUID), sop_uid
+
+    def _fail(self, claimed: _Claimed, message: str, *, retry: bool) -> None:
+        export = self._settings.export
+        with self._sessions.begin() as session:
+            job = session.get(Job, claimed.job_id, with_for_update=True)
+            study = session.get(Study, claimed.study_id)
+            assert job is not None and study is not None
+            if job.state is not JobState.ANALYSING:
+                return
+            if retry and job.attempts < MAX_ANALYSIS_ATTEMPTS:
+                delay = backoff_seconds(
+                    job.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
+                )
+                job.last_error = message
+                transition(
+                    session,
+                    job,
+                    JobState.QUEUED,
+                    actor=self._node_id,
+                    study_instance_uid=study.study_instance_uid,
+                    reason=f"attempt {job.attempts} failed ({message}); retry in {delay:g} s",
+                )
+                job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+                return
+            transition(
+                session,
+                job,
+                JobState.FAILED,
+                actor=self._node_id,
+                study_instance_uid=study.study_instance_uid,
+                reason=message,
+            )
+            if study.analysis_round == job.analysis_round:
+                study.state = StudyState.FAILED
+                study.state_reason = message
+            record_event(
+                session,
+                "job_failed",
+                decision=ALERT,
+                actor=self._node_id,
+                job_id=job.id,
+                study_instance_uid=study.study_instance_uid,
+                message=f"analysis of round {job.analysis_round} failed: {message}; "
+                "`cem-node studies retry` once fixed",
+            )
+
+
+class _SupersededError(Exception):
+    def __init__(self, state: JobState) -> None:
+        super().__init__(state.value)
+        self.state = state.value

@@ -1,0 +1,334 @@
+"""The running node: the DICOM service, the scheduler, the worker and the exporter.
+
+Embedded default: one process, an SQLite database and the file store under
+``storage.root``. Every stage reads its work from the database, so a node
+killed at any moment resumes at start-up (see :mod:`cem_node.jobs.recovery`).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from pydicom.dataset import Dataset
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from cem_node import __version__
+from cem_node.config import Settings
+from cem_node.dicom import tls as dicom_tls
+from cem_node.dicom.scp import StorageSCP
+from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
+from cem_node.jobs.assembler import complete_due_studies
+from cem_node.jobs.exporter import Exporter
+from cem_node.jobs.recovery import recover
+from cem_node.jobs.retention import purge_expired_studies
+from cem_node.jobs.worker import Worker
+from cem_node.peers import PeerEntry, list_peers
+from cem_node.store import (
+    InstanceFileStore,
+    check_schema_current,
+    make_engine,
+    session_factory,
+    upgrade,
+)
+from cem_node.store.ingest import DiskGuard, InstanceIngestor
+
+__all__ = ["Node", "default_node_id"]
+
+_LOG = logging.getLogger(__name__)
+
+#: How often the worker and the exporter look for work when nobody woke them.
+POLL_INTERVAL_S = 1.0
+#: How long the peer list read from the database is reused.
+PEERS_TTL_S = 2.0
+#: Lease recovery and retention intervals.
+RECOVERY_INTERVAL_S = 60.0
+RETENTION_INTERVAL_S = 3600.0
+
+NO_ANALYSIS = (
+    "this node has no analysis installed (the lesion analysis and its model bundle come "
+    "with cem-node's analysis release); the study was received and paired"
+)
+
+
+def default_node_id(settings: Settings) -> str:
+    """A stable identity of this node (host, AE title, port): survives restarts."""
+    return f"{socket.gethostname()}:{settings.node.ae_title}:{settings.node.port}"[:128]
+
+
+class _PeerCache:
+    """Peers from the config and the database, re-read at most every few seconds."""
+
+    def __init__(self, settings: Settings, sessions: sessionmaker[Session]) -> None:
+        self._settings = settings
+        self._sessions = sessions
+        self._lock = threading.Lock()
+        self._peers: list[PeerEntry] = []
+        self._read_at = float("-inf")
+
+    def all(self) -> list[PeerEntry]:
+        with self._lock:
+            if time.monotonic() - self._read_at > PEERS_TTL_S:
+                with self._sessions.begin() as session:
+                    self._peers = list_peers(self._settings, session)
+                self._read_at = time.monotonic()
+            return list(self._peers)
+
+    def sources(self) -> list[PeerEntry]:
+        return [p for p in self.all() if p.role == "source"]
+
+    def destinations(self) -> list[PeerEntry]:
+        return [p for p in self.all() if p.role == "destination"]
+
+
+class _Loop:
+    """A thread that runs ``step`` while it finds work, then sleeps until woken or polled."""
+
+    def __init__(self, name: str, step: Callable[[], bool], stopped: threading.Event) -> None:
+        self._step = step
+        self._stopped = stopped
+        self._wake = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"cem-node-{name}", daemon=True)
+        self._name = name
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def join(self) -> None:
+        self._wake.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stopped.is_set():
+            self._wake.clear()
+            try:
+                while not self._stopped.is_set() and self._step():
+                    pass
+            except Exception:  # keep the loop alive: the next poll tries again
+                _LOG.exception("%s step failed", self._name)
+            self._wake.wait(POLL_INTERVAL_S)
+
+
+def _not_analysable_report(settings: Settings) -> Callable[[Sequence[Dataset], str], Dataset]:
+    def build(headers: Sequence[Dataset], reason: str) -> Dataset:
+        from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
+
+        device = ReportingDevice(
+            software_version=__version__, device_serial_number=settings.node.ae_title
+        )
+        return build_not_analysable_sr(headers, reason, device=device)
+
+    return build
+
+
+class Node:
+    """A cem-node process: receive, assemble, analyse, export.
+
+    Parameters
+    ----------
+    settings
+        The effective settings.
+    analyzer
+        The analysis; default: none installed (jobs fail saying so).
+    node_id
+        Identity in claims and the audit trail (default: host, AE title, port).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        analyzer: Analyzer | None = None,
+        node_id: str | None = None,
+    ) -> None:
+        self.settings = settings
+        self.node_id = node_id or default_node_id(settings)
+        self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
+        self.engine: Engine | None = None
+        self.sessions: sessionmaker[Session] | None = None
+        self.files: InstanceFileStore | None = None
+        self.scp: StorageSCP | None = None
+        self._scheduler: BackgroundScheduler | None = None
+        self._loops: dict[str, _Loop] = {}
+        self._stopped = threading.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def open_store(self) -> None:
+        """Open (and on SQLite, create or upgrade) the database and the file store."""
+        settings = self.settings
+        self.engine = make_engine(
+            settings.database_url(),
+            echo=settings.database.echo,
+            pool_size=settings.database.pool_size,
+        )
+        if self.engine.dialect.name == "sqlite":
+            upgrade(self.engine)  # the embedded default just works
+        else:
+            check_schema_current(self.engine)  # a shared database is upgraded by an admin
+        self.sessions = session_factory(self.engine)
+        self.files = InstanceFileStore(
+            settings.storage.root,
+            instances_dir=settings.storage.incoming_subdir,
+            results_dir=settings.storage.results_subdir,
+        )
+
+    def start(self) -> None:
+        """Open the store, recover, then start the DICOM service and the scheduler."""
+        self.open_store()
+        assert self.sessions is not None and self.files is not None
+        settings = self.settings
+        report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
+        _LOG.info(
+            "start-up recovery: %d job(s), %d export(s) re-queued, %d temporary file(s) removed",
+            report.jobs_requeued,
+            report.exports_requeued,
+            report.temporary_files_removed,
+        )
+        peers = _PeerCache(settings, self.sessions)
+        ingestor = InstanceIngestor(
+            self.sessions,
+            self.files,
+            DiskGuard(
+                str(self.files.root),
+                high_watermark_percent=settings.storage.disk_high_watermark_percent,
+                min_free_mb=settings.storage.min_free_mb,
+            ),
+            unknown_sop_classes=settings.node.accept_unknown_sop_classes,
+            actor=self.node_id,
+        )
+        server_tls = dicom_tls.server_context(settings.tls) if settings.tls.enabled else None
+        self.scp = StorageSCP(
+            settings,
+            ingestor,
+            sources=peers.sources,
+            audit_sessions=self.sessions,
+            ssl_context=server_tls,
+        )
+        worker = Worker(
+            settings,
+            self.sessions,
+            self.files,
+            self.analyzer,
+            destinations=peers.destinations,
+            node_id=self.node_id,
+            not_analysable_report=_not_analysable_report(settings),
+        )
+        exporter = Exporter(
+            settings,
+            self.sessions,
+            self.files,
+            destinations=peers.destinations,
+            node_id=self.node_id,
+            ssl_context=lambda: dicom_tls.client_context(settings.tls),
+        )
+        scheduler = BackgroundScheduler(timezone="UTC")
+        sessions, files = self.sessions, self.files
+
+        def assemble() -> None:
+            done = complete_due_studies(
+                sessions,
+                quiet_period_s=settings.assembly.quiet_period_s,
+                max_wait_s=settings.assembly.max_wait_s,
+                actor=self.node_id,
+            )
+            for study in done:
+                _LOG.info(
+                    "study complete (%s), round %d queued",
+                    study.reason,
+                    study.analysis_round,
+                    extra={"study_instance_uid": study.study_instance_uid},
+                )
+            if done:
+                self.wake("worker")
+
+        def work() -> bool:
+            did = worker.run_once()
+            if did:
+                self.wake("exporter")
+            return did
+
+        def recover_leases() -> None:
+            recover(sessions, node_id=self.node_id)
+
+        def retention() -> None:
+            purge_expired_studies(
+                sessions,
+                files,
+                retention_days=settings.storage.retention_days,
+                actor=self.node_id,
+            )
+
+        common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
+        scheduler.add_job(
+            assemble,
+            "interval",
+            seconds=settings.assembly.check_interval_s,
+            id="assembler",
+            **common,
+        )
+        # the worker and the exporter are long-running loops, woken when work appears
+        self._loops = {
+            "worker": _Loop("worker", work, self._stopped),
+            "exporter": _Loop("exporter", lambda: exporter.run_once() > 0, self._stopped),
+        }
+        scheduler.add_job(
+            recover_leases, "interval", seconds=RECOVERY_INTERVAL_S, id="recovery", **common
+        )
+        scheduler.add_job(
+            retention, "interval", seconds=RETENTION_INTERVAL_S, id="retention", **common
+        )
+        self._scheduler = scheduler
+        self.scp.start()
+        scheduler.start()
+        for loop in self._loops.values():
+            loop.start()  # queued work from before a restart goes at once
+        self.wake("assembler")
+        self.wake("retention")
+
+    def wake(self, job_id: str) -> None:
+        """Run a task now instead of at its next interval."""
+        if job_id in self._loops:
+            self._loops[job_id].wake()
+            return
+        if self._scheduler is None or self._stopped.is_set():
+            return
+        try:
+            from datetime import UTC, datetime
+
+            self._scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
+        except Exception:  # the scheduler is shutting down
+            _LOG.debug("cannot wake %s", job_id, exc_info=True)
+
+    @property
+    def port(self) -> int:
+        """The DICOM port actually listened on."""
+        assert self.scp is not None
+        return self.scp.port
+
+    def stop(self) -> None:
+        """Stop accepting associations, let running tasks finish, close the database."""
+        self._stopped.set()
+        if self.scp is not None:
+            self.scp.stop()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=True)
+        for loop in self._loops.values():
+            loop.join()
+        if self.engine is not None:
+            self.engine.dispose()
+        _LOG.info("cem-node stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` is called (from a signal handler)."""
+        self._stopped.wait()

@@ -1,0 +1,630 @@
+"""Store one received instance durably and index it: the C-STORE handler's only work.
+
+Order of operations (an acknowledged instance must survive ``kill -9``):
+
+1. parse the header from the received bytes and check them (SOP class and
+   instance match the request, the dataset is complete);
+2. check the disk watermark (``0xA700`` above it; nothing is ever deleted
+   to make room);
+3. if the SOP Instance UID is known with the same bytes, do nothing;
+4. write the bytes to a temporary file in the store, fsync, rename;
+5. index the file, its study and the audit event in one database
+   transaction (SQLite ``synchronous=FULL`` or PostgreSQL: committed means
+   on disk);
+6. only then return ``0x0000`` to the sender.
+
+A crash between 4 and 5 leaves a file without a row, which is harmless:
+the sender got no success status and sends again.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import hashlib
+import io
+import logging
+import shutil
+import threading
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
+from cem_node.store.audit import ALERT, record_event
+from cem_node.store.instance_files import InstanceFileStore
+from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
+
+__all__ = [
+    "DiskGuard",
+    "IngestOutcome",
+    "IngestResult",
+    "InstanceIngestor",
+    "ReceivedFrom",
+    "Status",
+]
+
+_LOG = logging.getLogger(__name__)
+
+
+class Status(enum.IntEnum):
+    """C-STORE response statuses the node returns (PS3.4 Table B.2-1, PS3.7 C)."""
+
+    SUCCESS = 0x0000
+    OUT_OF_RESOURCES = 0xA700
+    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
+    CANNOT_UNDERSTAND = 0xC000
+    INCOMPLETE_DATASET = 0xC001
+    SOP_CLASS_NOT_SUPPORTED = 0x0122
+
+
+class IngestOutcome(enum.StrEnum):
+    """What happened to a received instance."""
+
+    STORED = "stored"
+    UNCHANGED = "unchanged"
+    """Re-sent with the same bytes: nothing changed."""
+    REPLACED = "replaced"
+    """Re-sent with different bytes: the new version is kept, the change audited."""
+    IGNORED = "ignored"
+    """Not a mammography image; accepted and discarded (``accept_unknown_sop_classes``)."""
+    REFUSED = "refused"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedFrom:
+    """Who sent an instance (for the index and the audit trail)."""
+
+    calling_ae_title: str | None = None
+    called_ae_title: str | None = None
+    address: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """The status to answer and what the node did."""
+
+    status: int
+    outcome: IngestOutcome
+    message: str
+    study_instance_uid: str | None = None
+    sop_instance_uid: str | None = None
+
+    @property
+    def error_comment(self) -> str:
+        """The message cut to an ErrorComment (LO, 64 characters)."""
+        return self.message[:64]
+
+
+class DiskGuard:
+    """The disk watermark of the store's file system, checked per instance.
+
+    Parameters
+    ----------
+    root
+        A folder on the file system to watch.
+    high_watermark_percent
+        Usage above which instances are refused.
+    min_free_mb
+        Free space (MiB) below which instances are refused.
+    usage
+        ``shutil.disk_usage``-like function (injected by tests).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        high_watermark_percent: float,
+        min_free_mb: int,
+        usage: Callable[[str], tuple[int, int, int]] = shutil.disk_usage,
+    ) -> None:
+        self.root = root
+        self.high_watermark_percent = high_watermark_percent
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self._usage = usage
+
+    def refusal(self, incoming_bytes: int) -> str | None:
+        """Return why ``incoming_bytes`` more cannot be stored, or ``None`` if they can."""
+        total, used, free = self._usage(self.root)
+        percent = 100.0 * used / total if total else 100.0
+        if percent > self.high_watermark_percent:
+            return (
+                f"store disk {percent:.1f}% full, above the "
+                f"{self.high_watermark_percent:g}% watermark"
+            )
+        if free - incoming_bytes < self.min_free_bytes:
+            return (
+                f"store disk has {free // (1024 * 1024)} MiB free, below the "
+                f"{self.min_free_bytes // (1024 * 1024)} MiB minimum"
+            )
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Header:
+    sop_class_uid: str
+    sop_instance_uid: str
+    study_instance_uid: str
+    transfer_syntax_uid: str
+    dataset: Dataset
+
+
+def _text(ds: Dataset, keyword: str, length: int) -> str | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text[:length] or None
+
+
+def _int(ds: Dataset, keyword: str) -> int | None:
+    try:
+        value = ds.get(keyword)
+        return int(value) if value not in (None, "") else None
+    except (TypeError, ValueError):
+        return None
+
+
+class InstanceIngestor:
+    """Store and index received instances (thread-safe: one call per C-STORE).
+
+    Parameters
+    ----------
+    sessions
+        Session factory of the node's database.
+    files
+        The instance file store.
+    disk
+        The disk watermark guard.
+    unknown_sop_classes
+        ``"ignore"``: accept non-mammography objects with success and discard
+        them; ``"refuse"``: answer ``0x0122``.
+    actor
+        The node's identity in the audit trail.
+    """
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        files: InstanceFileStore,
+        disk: DiskGuard,
+        *,
+        unknown_sop_classes: Literal["ignore", "refuse"] = "ignore",
+        actor: str = "cem-node",
+    ) -> None:
+        self._sessions = sessions
+        self._files = files
+        self._disk = disk
+        self._unknown = unknown_sop_classes
+        self._actor = actor
+        self._alert_lock = threading.Lock()
+        self._disk_alert_at = 0.0
+
+    # ------------------------------------------------------------------ parsing
+
+    @staticmethod
+    def parse(
+        data: bytes, *, sop_class_uid: str | None = None, sop_instance_uid: str | None = None
+    ) -> _Header | IngestResult:
+        """Parse and check received bytes; return the header or the failure to answer."""
+
+        def fail(status: Status, message: str) -> IngestResult:
+            return IngestResult(int(status), IngestOutcome.REFUSED, message)
+
+        truncated = False
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                ds = pydicom.dcmread(io.BytesIO(data), force=False)
+            truncated = any("End of file" in str(w.message) for w in caught)
+        except InvalidDicomError as exc:
+            return fail(Status.CANNOT_UNDERSTAND, f"Not a DICOM dataset: {exc}")
+        except Exception as exc:  # any parser failure is the sender's data, not our bug
+            return fail(Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}")
+        uid_class = str(ds.get("SOPClassUID", "") or "")
+        uid_instance = str(ds.get("SOPInstanceUID", "") or "")
+        uid_study = str(ds.get("StudyInstanceUID", "") or "")
+        if not uid_class or not uid_instance or not uid_study:
+            return fail(
+                Status.CANNOT_UNDERSTAND,
+                "Missing SOPClassUID, SOPInstanceUID or StudyInstanceUID",
+            )
+        if max(len(uid_class), len(uid_instance), len(uid_study)) > 64:
+            return fail(Status.CANNOT_UNDERSTAND, "A UID is longer than 64 characters")
+        if sop_class_uid and uid_class != sop_class_uid:
+            return fail(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                f"SOPClassUID {uid_class} differs from the request's",
+            )
+        if sop_instance_uid and uid_instance != sop_instance_uid:
+            return fail(
+                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+                "SOPInstanceUID differs from the request's",
+            )
+        meta = getattr(ds, "file_meta", None)
+        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+        if uid_class in MAMMOGRAPHY_SOP_CLASSES:
+            problem = _pixel_data_problem(ds, syntax, truncated)
+            if problem:
+                return fail(Status.INCOMPLETE_DATASET, problem)
+        return _Header(uid_class, uid_instance, uid_study, syntax, ds)
+
+    # ------------------------------------------------------------------ ingest
+
+    def ingest(
+        self,
+        data: bytes,
+        *,
+        sender: ReceivedFrom,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+    ) -> IngestResult:
+        """Store ``data`` (a DICOM file: preamble, meta and dataset) and index it.
+
+        Never raises for bad input or a full disk: the returned status says
+        what to answer. Raises only for programming errors.
+        """
+        parsed = self.parse(data, sop_class_uid=sop_class_uid, sop_instance_uid=sop_instance_uid)
+        if isinstance(parsed, IngestResult):
+            self._audit_refusal(parsed, sender, sop_instance_uid)
+            return parsed
+        header = parsed
+        if header.sop_class_uid not in MAMMOGRAPHY_SOP_CLASSES:
+            return self._not_mammography(header, sender)
+        refusal = self._disk.refusal(len(data))
+        if refusal:
+            return self._out_of_space(header, sender, refusal)
+        digest = hashlib.sha256(data).hexdigest()
+        for attempt in range(3):
+            try:
+                return self._store(header, data, digest, sender)
+            except IntegrityError:
+                # another association stored the same study or instance first
+                if attempt == 2:
+                    raise
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    return self._out_of_space(header, sender, f"disk full while writing: {exc}")
+                _LOG.exception("cannot write instance %s", header.sop_instance_uid)
+                return IngestResult(
+                    int(Status.OUT_OF_RESOURCES),
+                    IngestOutcome.REFUSED,
+                    f"Storage error: {exc.strerror or exc}",
+                    header.study_instance_uid,
+                    header.sop_instance_uid,
+                )
+            except OperationalError as exc:
+                _LOG.error(
+                    "database unavailable, instance %s refused: %s",
+                    header.sop_instance_uid,
+                    exc.orig or exc,
+                )
+                return IngestResult(
+                    int(Status.OUT_OF_RESOURCES),
+                    IngestOutcome.REFUSED,
+                    "Database unavailable; retry later",
+                    header.study_instance_uid,
+                    header.sop_instance_uid,
+                )
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _store(
+        self, header: _Header, data: bytes, digest: str, sender: ReceivedFrom
+    ) -> IngestResult:
+        with self._sessions.begin() as session:
+            known = session.execute(
+                select(Instance.version, Instance.sha256).where(
+                    Instance.sop_instance_uid == header.sop_instance_uid
+                )
+            ).first()
+        if known is not None and known.sha256 == digest:
+            with self._sessions.begin() as session:
+                record_event(
+                    session,
+                    "instance_resent",
+                    decision="unchanged",
+                    actor=self._actor,
+                    calling_ae_title=sender.calling_ae_title,
+                    called_ae_title=sender.called_ae_title,
+                    remote_address=sender.address,
+                    study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    message="re-sent with identical bytes: nothing changed",
+                )
+            return IngestResult(
+                int(Status.SUCCESS),
+                IngestOutcome.UNCHANGED,
+                "Already stored",
+                header.study_instance_uid,
+                header.sop_instance_uid,
+            )
+        version = known.version + 1 if known is not None else 1
+        # the digest in the name: different bytes never share a path, even in a race
+        relative = (
+            self._files.instance_path(
+                header.study_instance_uid, header.sop_instance_uid, version=version
+            ).removesuffix(".dcm")
+            + f".{digest[:12]}.dcm"
+        )
+        stored = self._files.write_bytes(relative, data)
+        old_path: str | None = None
+        try:
+            with self._sessions.begin() as session:
+                now = utcnow()
+                study = self._upsert_study(session, header.dataset, header.study_instance_uid, now)
+                row = session.scalar(
+                    select(Instance)
+                    .where(Instance.sop_instance_uid == header.sop_instance_uid)
+                    .with_for_update()
+                )
+                ds = header.dataset
+                fields = {
+                    "study_id": study.id,
+                    "sop_class_uid": header.sop_class_uid,
+                    "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+                    "series_number": _int(ds, "SeriesNumber"),
+                    "instance_number": _int(ds, "InstanceNumber"),
+                    "modality": _text(ds, "Modality", 16),
+                    "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
+                    "file_path": stored.relative_path,
+                    "size_bytes": stored.size_bytes,
+                    "sha256": stored.sha256,
+                    "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
+                    "called_ae_title": (sender.called_ae_title or "")[:16] or None,
+                    "remote_address": (sender.address or "")[:64] or None,
+                    "received_at": now,
+                    # classified by the worker, with the round's rules
+                    "role": None,
+                    "role_reason": None,
+                    "classified_at": None,
+                }
+                if row is None:
+                    outcome = IngestOutcome.STORED
+                    session.add(
+                        Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
+                    )
+                elif row.sha256 == digest:
+                    # an identical copy was indexed meanwhile by another association
+                    outcome = IngestOutcome.UNCHANGED
+                else:
+                    outcome = IngestOutcome.REPLACED
+                    old_path = row.file_path
+                    for key, value in fields.items():
+                        setattr(row, key, value)
+                    row.version = version
+                    row.replaced_at = now
+                record_event(
+                    session,
+                    "instance_replaced" if outcome is IngestOutcome.REPLACED else "instance_stored",
+                    decision="accepted",
+                    actor=self._actor,
+                    calling_ae_title=sender.calling_ae_title,
+                    called_ae_title=sender.called_ae_title,
+                    remote_address=sender.address,
+                    study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    message=(
+                        f"different bytes re-sent: version {version} kept, previous one replaced"
+                        if outcome is IngestOutcome.REPLACED
+                        else None
+                    ),
+                    details={"size_bytes": stored.size_bytes, "sha256": stored.sha256},
+                )
+        except IntegrityError:
+            raise  # a concurrent association indexed it; the retry sorts it out
+        except BaseException:
+            self._files.remove(stored.relative_path)
+            raise
+        if old_path and old_path != stored.relative_path:
+            self._files.remove(old_path)
+        if outcome is IngestOutcome.REPLACED:
+            _LOG.warning(
+                "instance %s re-sent with different bytes: version %d kept",
+                header.sop_instance_uid,
+                version,
+            )
+        return IngestResult(
+            int(Status.SUCCESS),
+            outcome,
+            "Stored",
+            header.study_instance_uid,
+            header.sop_instance_uid,
+        )
+
+    def _upsert_study(self, session: Session, ds: Dataset, uid: str, now: object) -> Study:
+        study = session.scalar(
+            select(Study).where(Study.study_instance_uid == uid).with_for_update()
+        )
+        if study is None:
+            study = Study(
+                study_instance_uid=uid,
+                patient_id=_text(ds, "PatientID", 64),
+                patient_name=_text(ds, "PatientName", 3 * 64 + 2),
+                patient_birth_date=_text(ds, "PatientBirthDate", 8),
+                patient_sex=_text(ds, "PatientSex", 16),
+                accession_number=_text(ds, "AccessionNumber", 16),
+                study_date=_text(ds, "StudyDate", 8),
+                study_time=_text(ds, "StudyTime", 16),
+                study_description=_text(ds, "StudyDescription", 64),
+                state=StudyState.RECEIVING,
+                analysis_round=1,
+                first_received_at=now,
+                last_received_at=now,
+                receiving_since=now,
+            )
+            session.add(study)
+            session.flush()  # IntegrityError here if another association created it
+            job = Job(study_id=study.id, state=JobState.RECEIVED, analysis_round=1)
+            session.add(job)
+            session.flush()
+            record_event(
+                session,
+                "study_received",
+                decision="accepted",
+                actor=self._actor,
+                study_instance_uid=uid,
+                job_id=job.id,
+                message="first instance of a new study: round 1",
+            )
+            return study
+        study.last_received_at = now  # type: ignore[assignment]
+        if study.state is not StudyState.RECEIVING:
+            previous = study.state
+            study.state = StudyState.RECEIVING
+            study.state_reason = None
+            study.analysis_round += 1
+            study.receiving_since = now  # type: ignore[assignment]
+            study.completed_at = None
+            study.completion_reason = None
+            job = Job(
+                study_id=study.id, state=JobState.RECEIVED, analysis_round=study.analysis_round
+            )
+            session.add(job)
+            session.flush()
+            record_event(
+                session,
+                "study_reopened",
+                decision="accepted",
+                actor=self._actor,
+                study_instance_uid=uid,
+                job_id=job.id,
+                message=(
+                    f"instance arrived after completion (study was {previous.value}): "
+                    f"round {study.analysis_round} will re-analyse it"
+                ),
+            )
+        return study
+
+    # ------------------------------------------------------------------ refusals
+
+    def _not_mammography(self, header: _Header, sender: ReceivedFrom) -> IngestResult:
+        if self._unknown == "refuse":
+            result = IngestResult(
+                int(Status.SOP_CLASS_NOT_SUPPORTED),
+                IngestOutcome.REFUSED,
+                f"SOP class {header.sop_class_uid} not accepted",
+                header.study_instance_uid,
+                header.sop_instance_uid,
+            )
+        else:
+            result = IngestResult(
+                int(Status.SUCCESS),
+                IngestOutcome.IGNORED,
+                f"SOP class {header.sop_class_uid} ignored (not a mammography image)",
+                header.study_instance_uid,
+                header.sop_instance_uid,
+            )
+        with self._sessions.begin() as session:
+            record_event(
+                session,
+                "instance_ignored" if result.outcome is IngestOutcome.IGNORED else "instance",
+                decision=result.outcome.value,
+                actor=self._actor,
+                calling_ae_title=sender.calling_ae_title,
+                called_ae_title=sender.called_ae_title,
+                remote_address=sender.address,
+                study_instance_uid=header.study_instance_uid,
+                sop_instance_uid=header.sop_instance_uid,
+                message=result.message,
+                details={"sop_class_uid": header.sop_class_uid},
+            )
+        return result
+
+    def _out_of_space(self, header: _Header, sender: ReceivedFrom, why: str) -> IngestResult:
+        result = IngestResult(
+            int(Status.OUT_OF_RESOURCES),
+            IngestOutcome.REFUSED,
+            "Out of resources: storage full, retry later",
+            header.study_instance_uid,
+            header.sop_instance_uid,
+        )
+        with self._alert_lock:
+            now = time.monotonic()
+            alert = now - self._disk_alert_at > 60.0  # one alert a minute, not one per image
+            if alert:
+                self._disk_alert_at = now
+        try:
+            with self._sessions.begin() as session:
+                record_event(
+                    session,
+                    "instance",
+                    decision=ALERT if alert else "refused",
+                    actor=self._actor,
+                    calling_ae_title=sender.calling_ae_title,
+                    remote_address=sender.address,
+                    study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    message=f"instance refused with A700: {why}",
+                )
+        except OperationalError:  # the database may be on the same full disk
+            _LOG.error("instance %s refused with A700: %s", header.sop_instance_uid, why)
+        return result
+
+    def _audit_refusal(
+        self, result: IngestResult, sender: ReceivedFrom, sop_instance_uid: str | None
+    ) -> None:
+        _LOG.warning(
+            "instance %s from %s refused with 0x%04X: %s",
+            sop_instance_uid or "(unknown)",
+            sender.calling_ae_title,
+            result.status,
+            result.message,
+        )
+        try:
+            with self._sessions.begin() as session:
+                record_event(
+                    session,
+                    "instance",
+                    decision="refused",
+                    actor=self._actor,
+                    calling_ae_title=sender.calling_ae_title,
+                    called_ae_title=sender.called_ae_title,
+                    remote_address=sender.address,
+                    sop_instance_uid=sop_instance_uid,
+                    message=f"0x{result.status:04X}: {result.message}",
+                )
+        except OperationalError:
+            pass
+
+
+def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool) -> str | None:
+    """Say why an image's pixel data is missing or incomplete, or return ``None``."""
+    if truncated:
+        return "Truncated dataset: end of data before the end of an element"
+    if "PixelData" not in ds:
+        return "Image without Pixel Data (truncated dataset?)"
+    element = ds["PixelData"]
+    value = element.value
+    if value is None:
+        return "Truncated dataset: Pixel Data incomplete"
+    encapsulated = syntax not in {
+        "1.2.840.10008.1.2",
+        "1.2.840.10008.1.2.1",
+        "1.2.840.10008.1.2.2",
+        "1.2.840.10008.1.2.1.99",
+        "",
+    }
+    if encapsulated:
+        return None if len(value) > 8 else "Pixel Data has no compressed frame"
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        bits = int(ds.BitsAllocated)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (AttributeError, TypeError, ValueError):
+        return "Image Pixel module incomplete (Rows, Columns or BitsAllocated)"
+    expected_bits = rows * columns * samples * bits * frames
+    expected = (expected_bits + 7) // 8
+    if len(value) < expected:
+        return f"Truncated Pixel Data: {len(value)} of {expected} bytes"
+    return None

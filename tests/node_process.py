@@ -1,0 +1,40 @@
+"""Run a node with the test-double analysis in its own process (for kill -9 tests).
+
+    python -m tests.node_process CONFIG.toml [--pause S] [--marker FILE]
+
+The same as ``cem-node --config CONFIG.toml serve`` but with
+:class:`tests.analysis_double.DoubleAnalyzer` as the analysis. Prints
+``READY <port>`` on stdout once it listens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from cem_node.config import load_settings
+from cem_node.logs import configure_logging
+from cem_node.node import Node
+from tests.analysis_double import DoubleAnalyzer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--pause", type=float, default=0.0)
+    parser.add_argument("--marker", type=Path)
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    configure_logging(settings.logging)
+    node = Node(settings, analyzer=DoubleAnalyzer(pause_s=args.pause, started_marker=args.marker))
+    node.start()
+    signal.signal(signal.SIGTERM, lambda *_: node.stop())
+    print(f"READY {node.port}", flush=True)
+    node.wait()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

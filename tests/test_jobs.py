@@ -1,0 +1,281 @@
+"""Assembly, the job state machine, retries, recovery and retention, on a real
+SQLite store filled through the real ingest path (no network here; the
+peers are exercised in test_node.py and test_restart.py)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from cem_node.config import Settings
+from cem_node.dicom.scu import FailureKind, SendResult
+from cem_node.jobs.admin import reprocess_study, retry_study
+from cem_node.jobs.analysis import UnavailableAnalyzer
+from cem_node.jobs.assembler import complete_due_studies
+from cem_node.jobs.exporter import Exporter
+from cem_node.jobs.recovery import recover
+from cem_node.jobs.retention import purge_expired_studies
+from cem_node.jobs.states import IllegalTransitionError, transition
+from cem_node.jobs.worker import Worker, backoff_seconds
+from cem_node.peers import PeerEntry
+from cem_node.store import (
+    Export,
+    ExportState,
+    InstanceFileStore,
+    Job,
+    JobState,
+    Study,
+    StudyState,
+    make_engine,
+    session_factory,
+    upgrade,
+    utcnow,
+)
+from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
+from cem_node.synthetic.study import SynthOptions, generate_study
+from tests.analysis_double import DoubleAnalyzer
+
+PACS = PeerEntry("pacs", "PACS", "127.0.0.1", 104, "destination", False, None, "config")
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    study = generate_study(tmp_path_factory.mktemp("jobs"), 5, 0, SynthOptions(size="small"))
+    return sorted((study / "dicom").glob("*.dcm"))
+
+
+class Store:
+    def __init__(self, root: Path) -> None:
+        engine = make_engine(f"sqlite:///{root / 'db.sqlite'}")
+        upgrade(engine)
+        self.sessions = session_factory(engine)
+        self.files = InstanceFileStore(root / "store")
+        self.ingestor = InstanceIngestor(
+            self.sessions,
+            self.files,
+            DiskGuard(str(root), high_watermark_percent=99.99, min_free_mb=0),
+        )
+        self.settings = Settings.defaults()
+        self.settings.export.initial_backoff_s = 1
+        self.settings.export.max_backoff_s = 4
+        self.settings.export.max_attempts = 3
+
+    def receive(self, files: list[Path]) -> str:
+        uid = ""
+        for f in files:
+            result = self.ingestor.ingest(f.read_bytes(), sender=ReceivedFrom("MOD", "CEM", "::1"))
+            assert result.status == 0, result.message
+            uid = result.study_instance_uid or ""
+        return uid
+
+    def study(self, uid: str) -> Study:
+        with self.sessions.begin() as session:
+            study = session.scalar(select(Study).where(Study.study_instance_uid == uid))
+            assert study is not None
+            return study
+
+    def jobs(self) -> list[Job]:
+        with self.sessions.begin() as session:
+            return list(session.scalars(select(Job).order_by(Job.id)))
+
+    def worker(self, analyzer: object, destinations: list[PeerEntry] | None = None) -> Worker:
+        return Worker(
+            self.settings,
+            self.sessions,
+            self.files,
+            analyzer,  # type: ignore[arg-type]
+            destinations=lambda: destinations or [],
+            node_id="w1",
+        )
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    return Store(tmp_path)
+
+
+def test_quiet_period_and_forced_completion(store: Store, study_files: list[Path]) -> None:
+    uid = store.receive(study_files[:2])
+    now = utcnow()
+    complete = complete_due_studies(
+        store.sessions, quiet_period_s=30, max_wait_s=600, actor="t", now=now
+    )
+    assert complete == []  # still within the quiet period
+    later = now + dt.timedelta(seconds=31)
+    (done,) = complete_due_studies(
+        store.sessions, quiet_period_s=30, max_wait_s=600, actor="t", now=later
+    )
+    assert done.study_instance_uid == uid and done.reason == "quiet_period"
+    assert [j.state for j in store.jobs()] == [JobState.QUEUED]
+
+    # a busy sender: instances keep arriving, the maximum wait forces completion
+    uid2 = store.receive(study_files[2:3])  # same study: reopens it as round 2
+    assert store.study(uid2).analysis_round == 2
+    with store.sessions.begin() as session:
+        study = session.scalar(select(Study).where(Study.study_instance_uid == uid2))
+        assert study is not None
+        study.receiving_since = utcnow() - dt.timedelta(seconds=700)
+    (forced,) = complete_due_studies(store.sessions, quiet_period_s=30, max_wait_s=600, actor="t")
+    assert forced.reason == "max_wait" and forced.analysis_round == 2
+    states = [j.state for j in store.jobs()]
+    assert states == [JobState.SUPERSEDED, JobState.QUEUED]  # round 1 never produced results
+
+
+def test_illegal_transitions_are_refused(store: Store, study_files: list[Path]) -> None:
+    store.receive(study_files[:1])
+    with store.sessions.begin() as session:
+        job = session.scalars(select(Job)).one()
+        with pytest.raises(IllegalTransitionError, match="cannot go from received to done"):
+            transition(session, job, JobState.DONE, actor="t")
+
+
+def test_unavailable_analysis_fails_at_once_and_retry_requeues(
+    store: Store, study_files: list[Path]
+) -> None:
+    uid = store.receive(study_files)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    assert store.worker(UnavailableAnalyzer("no model bundle")).run_once()
+    study = store.study(uid)
+    assert study.state is StudyState.FAILED and "no model bundle" in (study.state_reason or "")
+    (job,) = store.jobs()
+    assert job.state is JobState.FAILED and job.attempts == 1  # permanent: not retried
+    assert "1 job(s)" in retry_study(store.sessions, uid, actor="admin:t")
+    assert store.jobs()[0].state is JobState.QUEUED
+
+
+def test_transient_analysis_errors_back_off_then_fail(
+    store: Store, study_files: list[Path]
+) -> None:
+    uid = store.receive(study_files)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    worker = store.worker(DoubleAnalyzer(fail_times=99))
+    assert worker.run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.QUEUED and job.next_attempt_at is not None
+    assert not worker.run_once()  # not due yet: backoff
+    for _ in range(2):
+        with store.sessions.begin() as session:
+            session.get(Job, job.id).next_attempt_at = None  # type: ignore[union-attr]
+        assert worker.run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.FAILED and job.attempts == 3
+    assert store.study(uid).state is StudyState.FAILED
+
+
+def test_backoff_doubles_and_is_capped() -> None:
+    assert [backoff_seconds(n, initial_s=5, max_s=30) for n in (1, 2, 3, 4, 5)] == [
+        5,
+        10,
+        20,
+        30,
+        30,
+    ]
+
+
+def _analysed(store: Store, study_files: list[Path]) -> str:
+    uid = store.receive(study_files)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    assert store.worker(DoubleAnalyzer(), [PACS]).run_once()
+    return uid
+
+
+def _exporter(store: Store, outcomes: list[tuple[bool, FailureKind | None]]) -> Exporter:
+    def send(paths: list[Path], remote: object, **_: object) -> list[SendResult]:
+        delivered, failure = outcomes.pop(0)
+        return [
+            SendResult(p, None, 0 if delivered else 0xA700, delivered, failure, "stand-in")
+            for p in paths
+        ]
+
+    return Exporter(
+        store.settings,
+        store.sessions,
+        store.files,
+        destinations=lambda: [PACS],
+        node_id="e1",
+        send=send,
+    )
+
+
+def test_exports_retry_transient_failures_until_the_limit(
+    store: Store, study_files: list[Path]
+) -> None:
+    uid = _analysed(store, study_files)
+    exporter = _exporter(store, [(False, FailureKind.TRANSIENT)] * 3)
+    for _ in range(3):
+        with store.sessions.begin() as session:
+            for e in session.scalars(select(Export)):
+                e.next_attempt_at = None
+        assert exporter.run_once() == 1
+    with store.sessions.begin() as session:
+        (export,) = session.scalars(select(Export)).all()
+    assert export.state is ExportState.FAILED and export.attempts == 3
+    assert store.study(uid).state is StudyState.FAILED
+    assert exporter.run_once() == 0  # no endless retries
+
+
+def test_permanent_export_failure_stops_at_once_and_retry_delivers(
+    store: Store, study_files: list[Path]
+) -> None:
+    uid = _analysed(store, study_files)
+    exporter = _exporter(store, [(False, FailureKind.PERMANENT), (True, None)])
+    assert exporter.run_once() == 1
+    assert store.study(uid).state is StudyState.FAILED
+    retry_study(store.sessions, uid, actor="admin:t")
+    assert exporter.run_once() == 1
+    assert store.study(uid).state is StudyState.DONE
+    assert [j.state for j in store.jobs()] == [JobState.DONE]
+
+
+def test_recovery_hands_back_stale_claims(store: Store, study_files: list[Path]) -> None:
+    store.receive(study_files)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    worker = store.worker(DoubleAnalyzer())
+    assert worker.claim() is not None  # then the process "dies"
+    assert recover(store.sessions, node_id="other").jobs_requeued == 0  # lease still valid
+    report = recover(store.sessions, node_id="w1", at_start=True)
+    assert report.jobs_requeued == 1
+    assert [j.state for j in store.jobs()] == [JobState.QUEUED]
+    later = utcnow() + dt.timedelta(hours=1)
+    assert worker.claim() is not None
+    assert recover(store.sessions, node_id="other", now=later).jobs_requeued == 1
+
+
+def test_reprocess_supersedes_and_opens_a_new_round(store: Store, study_files: list[Path]) -> None:
+    uid = _analysed(store, study_files)
+    assert reprocess_study(store.sessions, uid, actor="admin:t") == 2
+    assert [j.state for j in store.jobs()] == [JobState.EXPORTING, JobState.QUEUED]
+
+
+def test_retention_purges_only_finished_old_studies(store: Store, study_files: list[Path]) -> None:
+    uid = _analysed(store, study_files)
+    _exporter(store, [(True, None)]).run_once()
+    assert store.study(uid).state is StudyState.DONE
+    stored = list(store.files.root.rglob("*.dcm"))
+    assert len(stored) == len(study_files) + 1  # the instances and the result SR
+    kept = purge_expired_studies(store.sessions, store.files, retention_days=30, actor="t")
+    assert kept == []  # too recent
+    assert (
+        purge_expired_studies(
+            store.sessions,
+            store.files,
+            retention_days=0,
+            actor="t",
+            now=utcnow() + dt.timedelta(days=365),
+        )
+        == []
+    )  # 0 keeps forever
+    purged = purge_expired_studies(
+        store.sessions,
+        store.files,
+        retention_days=30,
+        actor="t",
+        now=utcnow() + dt.timedelta(days=31),
+    )
+    assert purged == [uid]
+    assert list(store.files.root.rglob("*.dcm")) == []
+    with store.sessions.begin() as session:
+        assert session.scalars(select(Study)).all() == []

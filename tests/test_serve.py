@@ -1,0 +1,118 @@
+"""``cem-node serve`` as an administrator runs it: embedded defaults, no config file."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from cem_node.synthetic.study import SynthOptions, generate_study
+from tests.peers import echoscu, free_port, storescu
+from tests.test_node import wait_until
+
+pytestmark = pytest.mark.tools
+
+
+def cem_node(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cem_node", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
+    env["CEM_NODE_ASSEMBLY__QUIET_PERIOD_S"] = "1"
+    env["CEM_NODE_ASSEMBLY__CHECK_INTERVAL_S"] = "0.2"
+    env["CEM_NODE_STORAGE__MIN_FREE_MB"] = "0"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cem_node",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--ae-title",
+            "MY_NODE",
+            "--log-json",
+        ],
+        cwd=tmp_path,  # no conf/node.toml here: the embedded defaults
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: (
+                echoscu(port=port, called_ae="MY_NODE", calling_ae="X").returncode != 0
+                and (data / "cem-node.db").exists()
+            ),
+            what="the node listening",
+        )
+        # nobody is a source yet: rejected; an administrator adds the modality
+        assert echoscu(port=port, called_ae="MY_NODE", calling_ae="SENO").returncode != 0
+        added = cem_node(
+            "--data-dir",
+            str(data),
+            "peers",
+            "add",
+            "seno",
+            "--ae-title",
+            "SENO",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            "104",
+            "--role",
+            "source",
+            cwd=tmp_path,
+        )
+        assert added.returncode == 0, added.stderr
+        wait_until(
+            lambda: echoscu(port=port, called_ae="MY_NODE", calling_ae="SENO").returncode == 0,
+            what="the new source accepted without a restart",
+        )
+        study = generate_study(tmp_path / "s", 3, 0, SynthOptions(size="small"))
+        low_energy = sorted((study / "dicom").glob("LE_*.dcm"))
+        assert (
+            storescu(low_energy, port=port, called_ae="MY_NODE", calling_ae="SENO").returncode == 0
+        )
+
+        def listed() -> list[dict[str, object]]:
+            out = cem_node("--data-dir", str(data), "studies", "list", "--json", cwd=tmp_path)
+            rows = json.loads(out.stdout) if out.returncode == 0 else []
+            return [r for r in rows if r["state"] == "not_analysable"]
+
+        (row,) = wait_until(listed, what="the study reported not analysable")
+        assert row["instances"] == len(low_energy)
+        shown = cem_node(
+            "--data-dir", str(data), "studies", "show", str(row["study_instance_uid"]), cwd=tmp_path
+        )
+        assert shown.returncode == 0
+        assert "no recombined image" in shown.stdout and "low_energy" in shown.stdout
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0, stderr[-2000:]
+    records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    messages = [r["message"] for r in records]
+    assert any("serving AE MY_NODE" in m for m in messages)
+    assert any("association rejected" in m for m in messages)
+    assert messages[-1] == "cem-node stopped"
