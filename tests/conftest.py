@@ -1,13 +1,24 @@
-"""Fixtures starting real DICOM peers (see tests/peers.py)."""
+"""Shared fixtures: real DICOM peers (see tests/peers.py) and databases on each backend.
+
+Tests marked ``postgres`` run against a real PostgreSQL server:
+``CEM_NODE_TEST_POSTGRES_URL`` or ``postgresql+psycopg://postgres@127.0.0.1:5432/test``;
+without one they skip, or fail under ``CEM_NODE_REQUIRE_POSTGRES=1``.
+"""
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 
+from cem_node.store import make_engine
 from tests.peers import LOOPBACK, NODE_AE_TITLE, DcmtkStoreSCP, OrthancServer
 
 
@@ -41,3 +52,55 @@ def dcmtk_storescp(tmp_path: Path) -> Iterator[DcmtkStoreSCP]:
     """dcmtk's storescp receiving into ``tmp_path/storescp`` (bit-preserving)."""
     with DcmtkStoreSCP(tmp_path / "storescp") as scp:
         yield scp
+
+
+DEFAULT_POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+# --- fixtures -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    # A folder that does not exist yet: make_engine must create it.
+    return f"sqlite:///{tmp_path / 'var' / 'cem-node.db'}"
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> str:
+    """The URL of a reachable PostgreSQL server (skip or fail without one)."""
+    url = os.environ.get("CEM_NODE_TEST_POSTGRES_URL", DEFAULT_POSTGRES_URL)
+    try:
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        engine.dispose()
+    except (OperationalError, ImportError) as exc:
+        detail = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        reason = f"no PostgreSQL server at {make_url(url).render_as_string()}: {detail}"
+        if os.environ.get("CEM_NODE_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"CEM_NODE_REQUIRE_POSTGRES=1 but {reason}")
+        pytest.skip(reason)
+    return url
+
+
+@pytest.fixture
+def postgres_url(postgres_server: str) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database of this test's own, dropped afterwards."""
+    name = f"cem_node_test_{uuid.uuid4().hex[:16]}"
+    admin = make_engine(postgres_server).execution_options(isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(postgres_server).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    """An empty database on each backend."""
+    fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
+    return request.getfixturevalue(fixture)

@@ -7,8 +7,10 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.dataelem import RawDataElement
+from pydicom.tag import Tag
 
-from cem_node.config import SelectionSection, Settings
+from cem_node.config import PrivateTagRule, SelectionSection, Settings
 from cem_node.dicom.cem_selection import classify_image, pair_images
 from cem_node.synthetic import SynthOptions, generate_study
 
@@ -131,3 +133,43 @@ def test_several_candidates_pair_by_acquisition_time() -> None:
     ]
     pairs = pair_images(classify_image(ds, RULES) for ds in headers)
     assert {(p.low_energy, p.recombined) for p in pairs} == {("1.1", "2.1"), ("1.2", "2.2")}
+
+
+def test_filter_material_and_kvp_mark_high_energy_without_contrast_record() -> None:
+    original = _header(ImageType=["ORIGINAL", "PRIMARY"], KVP="47", FilterMaterial="COPPER")
+    derived = _header(ImageType=["DERIVED", "PRIMARY"], KVP="47", FilterMaterial=["COPPER"])
+    low_kvp = _header(ImageType=["ORIGINAL", "PRIMARY"], KVP="29", FilterMaterial="COPPER")
+    assert classify_image(original, RULES).role == "high_energy"
+    result = classify_image(derived, RULES)
+    assert result.role == "recombined" and "COPPER filter and kVp 47" in result.reason
+    assert classify_image(low_kvp, RULES).role == "other"
+
+
+def test_malformed_kvp_does_not_break_the_classification() -> None:
+    ds = _header(ImageType=["ORIGINAL", "PRIMARY"], ContrastBolusAgent="IODINE")
+    # a KVP that is not a number, as read from a file (converted when accessed)
+    ds[0x00180060] = RawDataElement(Tag(0x00180060), "DS", 4, b"abc ", 0, False, True)
+    assert classify_image(ds, RULES).role == "other"
+
+
+def test_private_tag_rules_are_configurable() -> None:
+    ds = _header(ImageType=["DERIVED", "PRIMARY"])
+    block = ds.private_block(0x0045, "GEMS_SENO_02", create=True)
+    block.add_new(0x10, "LO", "CESM RECOMBINED")
+    assert classify_image(ds, RULES).role == "other"  # no rule by default
+    rule = PrivateTagRule(
+        group="0045",
+        private_creator="GEMS_SENO_02",
+        element="10",
+        pattern="RECOMB",
+        role="recombined",
+    )
+    rules = RULES.model_copy(update={"private_tag_rules": [rule]})
+    result = classify_image(ds, rules)
+    assert result.role == "recombined" and "GEMS_SENO_02" in result.reason
+    off = rules.model_copy(update={"use_private_tags": False})
+    assert classify_image(ds, off).role == "other"
+    with pytest.raises(ValueError, match="odd group"):
+        PrivateTagRule(
+            group="0044", private_creator="X", element="10", pattern="x", role="recombined"
+        )

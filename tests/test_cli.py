@@ -6,10 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cem_node import __version__
 from cem_node.cli import app
+from cem_node.store import Instance, Pairing, make_engine, session_factory
 
 runner = CliRunner()
 
@@ -56,3 +58,11 @@ def test_partial_demo_runs_and_says_what_is_missing(tmp_path: Path, monkeypatch)
     truth = json.loads((tmp_path / "demo" / "study-0001" / "ground_truth.json").read_text())
     assert len(truth["images"]) == 8
     assert (tmp_path / "demo" / "cem-node.db").is_file()
+    # received by C-STORE on loopback, classified and paired, with the reasons shown
+    assert "Received by C-STORE" in result.output
+    assert "no analysis installed" in " ".join(result.output.split())
+    engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'cem-node.db'}")
+    with session_factory(engine).begin() as session:
+        assert session.scalar(select(func.count()).select_from(Instance)) == 8
+        assert session.scalar(select(func.count()).where(Pairing.paired)) == 4
+    engine.dispose()

@@ -5,6 +5,8 @@ peers are exercised in test_node.py and test_restart.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -48,9 +50,10 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 class Store:
-    def __init__(self, root: Path) -> None:
-        engine = make_engine(f"sqlite:///{root / 'db.sqlite'}")
+    def __init__(self, root: Path, url: str) -> None:
+        engine = make_engine(url)
         upgrade(engine)
+        self.engine = engine
         self.sessions = session_factory(engine)
         self.files = InstanceFileStore(root / "store")
         self.ingestor = InstanceIngestor(
@@ -93,8 +96,11 @@ class Store:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path)
+def store(tmp_path: Path, db_url: str) -> Iterator[Store]:
+    """A store on each backend (SQLite; PostgreSQL where a server is reachable)."""
+    made = Store(tmp_path, db_url)
+    yield made
+    made.engine.dispose()
 
 
 def test_quiet_period_and_forced_completion(store: Store, study_files: list[Path]) -> None:
@@ -279,3 +285,43 @@ def test_retention_purges_only_finished_old_studies(store: Store, study_files: l
     assert list(store.files.root.rglob("*.dcm")) == []
     with store.sessions.begin() as session:
         assert session.scalars(select(Study)).all() == []
+
+
+@pytest.mark.postgres
+def test_concurrent_workers_claim_different_jobs_on_postgres(
+    tmp_path: Path, postgres_url: str, study_files: list[Path], tmp_path_factory
+) -> None:
+    """SELECT ... FOR UPDATE SKIP LOCKED: two workers never take the same job."""
+    store = Store(tmp_path, postgres_url)
+    for index in range(4):
+        other = generate_study(
+            tmp_path_factory.mktemp("more"), 6, index, SynthOptions(size="small")
+        )
+        store.receive(sorted((other / "dicom").glob("*.dcm"))[:1])
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    barrier = threading.Barrier(4)
+    claimed: list[int] = []
+    lock = threading.Lock()
+
+    def claim(name: str) -> None:
+        worker = Worker(
+            store.settings,
+            store.sessions,
+            store.files,
+            DoubleAnalyzer(),
+            destinations=list,
+            node_id=name,
+        )
+        barrier.wait()
+        got = worker.claim()
+        if got is not None:
+            with lock:
+                claimed.append(got.job_id)
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 4
+    store.engine.dispose()

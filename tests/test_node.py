@@ -158,6 +158,12 @@ def test_studies_in_every_syntax_reach_orthanc(
         wait_until(state_is(node, uid, StudyState.DONE), what=f"study {uid} done")
 
     assert node.sessions is not None and node.files is not None
+
+    def hashed() -> bool:
+        with node.sessions.begin() as session:  # type: ignore[union-attr]
+            return all(session.scalars(select(Instance.sha256)))
+
+    wait_until(hashed, what="the instance hashes, computed after each answer")
     with node.sessions.begin() as session:
         instances = session.scalars(select(Instance)).all()
         exports = session.scalars(select(Export)).all()

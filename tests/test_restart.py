@@ -194,6 +194,15 @@ def test_kill9_during_a_cstore_burst_keeps_every_acknowledged_instance(
         rows = {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
     missing = acknowledged - set(rows)
     assert not missing, f"acknowledged but lost: {missing}"
+
+    def all_hashed() -> dict[str, Instance] | None:
+        # hashes are computed after the answer; the restarted node completes them
+        with node.sessions().begin() as session:
+            hashed = {r.sop_instance_uid: r for r in session.scalars(select(Instance))}
+        return hashed if all(r.sha256 for r in hashed.values()) else None
+
+    rows = wait_until(all_hashed, what="every stored instance hashed")
+    assert not missing, f"acknowledged but lost: {missing}"
     for uid in acknowledged:
         stored = node.root / rows[uid].file_path
         assert hashlib.sha256(stored.read_bytes()).hexdigest() == rows[uid].sha256

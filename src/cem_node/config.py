@@ -418,6 +418,44 @@ class AssemblySection(_Section):
         return self
 
 
+_HEX4 = re.compile(r"[0-9A-Fa-f]{4}")
+_HEX2 = re.compile(r"[0-9A-Fa-f]{2}")
+
+
+class PrivateTagRule(_Section):
+    """A vendor private attribute whose value marks a CEM role."""
+
+    group: str = Field(description="Odd group number, 4 hex digits, e.g. 0045 (GE).")
+    private_creator: str = Field(
+        min_length=1, description="Private Creator of the block, e.g. GEMS_SENO_02."
+    )
+    element: str = Field(description="Element offset in the block, 2 hex digits, e.g. 10.")
+    pattern: str = Field(description="Regular expression searched in the value (as text).")
+    role: Literal["low_energy", "recombined", "high_energy"] = Field(
+        description="The role an image gets when the pattern matches."
+    )
+
+    @field_validator("group")
+    @classmethod
+    def _odd_group(cls, value: str) -> str:
+        if not _HEX4.fullmatch(value) or int(value, 16) % 2 == 0:
+            raise ValueError("must be an odd group of 4 hex digits, e.g. 0045")
+        return value.upper()
+
+    @field_validator("element")
+    @classmethod
+    def _offset(cls, value: str) -> str:
+        if not _HEX2.fullmatch(value):
+            raise ValueError("must be 2 hex digits, the element's offset in its block, e.g. 10")
+        return value.upper()
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str) -> str:
+        _check_patterns([value])
+        return value
+
+
 class SelectionSection(_Section):
     """Rules that classify CEM images as low energy (LE), high energy (HE) or recombined (RC).
 
@@ -469,11 +507,29 @@ class SelectionSection(_Section):
             "Regular expressions searched in SeriesDescription that mark a recombined image."
         ),
     )
+    high_energy_filter_materials: list[str] = Field(
+        default_factory=lambda: ["COPPER", "TITANIUM"],
+        description=(
+            "FilterMaterial values of a CEM high-energy exposure (copper or titanium). An "
+            "image with one of them and kVp >= high_energy_kvp_min is high energy "
+            "(ORIGINAL) or recombined (DERIVED), even if no contrast agent is recorded."
+        ),
+    )
     use_private_tags: bool = Field(
         True,
         description=(
-            "Also use known vendor private tags (e.g. GE group 0045) when the public "
-            "attributes do not decide."
+            "Also use vendor signals when the public attributes do not decide: GE's "
+            "processing code GEMS_CESM_1 and the private_tag_rules below."
+        ),
+    )
+    private_tag_rules: list[PrivateTagRule] = Field(
+        default_factory=list,
+        description=(
+            "Vendor private attributes that mark a role, as inline tables: "
+            '{ group = "0045", private_creator = "GEMS_SENO_02", element = "10", '
+            'pattern = "RECOMB", role = "recombined" }. Exact vendor values are not '
+            "documented publicly: check them on your own images (cem-node studies show "
+            "prints why each image got its role)."
         ),
     )
     not_analysable_report: bool = Field(

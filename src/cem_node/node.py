@@ -37,6 +37,7 @@ from cem_node.store import (
     session_factory,
     upgrade,
 )
+from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
 
 __all__ = ["Node", "default_node_id"]
@@ -160,6 +161,7 @@ class Node:
         self.scp: StorageSCP | None = None
         self._scheduler: BackgroundScheduler | None = None
         self._loops: dict[str, _Loop] = {}
+        self._hasher: InstanceHasher | None = None
         self._stopped = threading.Event()
 
     # ------------------------------------------------------------------ lifecycle
@@ -196,6 +198,9 @@ class Node:
             report.temporary_files_removed,
         )
         peers = _PeerCache(settings, self.sessions)
+        self._hasher = InstanceHasher(self.sessions, self.files)
+        self._hasher.start()
+        self._hasher.submit_missing()
         ingestor = InstanceIngestor(
             self.sessions,
             self.files,
@@ -206,6 +211,7 @@ class Node:
             ),
             unknown_sop_classes=settings.node.accept_unknown_sop_classes,
             actor=self.node_id,
+            on_stored=self._hasher.submit,
         )
         server_tls = dicom_tls.server_context(settings.tls) if settings.tls.enabled else None
         self.scp = StorageSCP(
@@ -325,6 +331,8 @@ class Node:
             self._scheduler.shutdown(wait=True)
         for loop in self._loops.values():
             loop.join()
+        if self._hasher is not None:
+            self._hasher.stop()
         if self.engine is not None:
             self.engine.dispose()
         _LOG.info("cem-node stopped")

@@ -3,7 +3,8 @@
 The full demo (a node receiving a study by C-STORE, analysing it and sending
 SEG/SR/GSPS to a PACS) comes with issue #7. Until then it runs the parts that
 exist and says so: settings, database migration, a synthetic full-size CEM
-study, decoding and DICOM validation of every file.
+study, decoding and DICOM validation of every file, then a node on loopback
+that receives the study by C-STORE, assembles it and pairs its images.
 """
 
 from __future__ import annotations
@@ -20,8 +21,8 @@ from rich.table import Table
 console = Console()
 
 NOT_YET = (
-    "receiving by C-STORE (#3), the analysis (#4), SEG/SR/GSPS (#5), the trained demo "
-    "model (#6) and the end-to-end node (#7) are not implemented yet"
+    "the analysis (#4), SEG/SR/GSPS (#5), the trained demo model (#6) and the end-to-end "
+    "demo with a PACS and a viewer (#7) are not implemented yet"
 )
 
 
@@ -84,6 +85,11 @@ def demo(
     timings["decode + validate"] = time.perf_counter() - started
     console.print(table)
 
+    started = time.perf_counter()
+    received = _receive_by_c_store(settings, out, study_dir)
+    timings["C-STORE, assembly, pairing"] = time.perf_counter() - started
+    console.print(received)
+
     truth = json.loads((study_dir / "ground_truth.json").read_text())
     lesions = Table(title="Ground truth lesions")
     for column in ("lesion", "breast", "pathology", "morphology", "enhancement", "size mm"):
@@ -112,3 +118,62 @@ def demo(
         raise typer.Exit(1)
     console.print(f"[yellow]Not run yet:[/yellow] {NOT_YET}.")
     console.print("[green]demo finished: the parts that exist work[/green]")
+
+
+def _receive_by_c_store(settings: object, out: Path, study_dir: Path) -> Table:
+    """Run a node on loopback, send it the study as a modality would, show its decisions."""
+    import pydicom
+
+    from cem_node.config import Peer, Settings
+    from cem_node.dicom.scu import RemoteAE, send_files
+    from cem_node.jobs.admin import show_study
+    from cem_node.node import Node
+
+    assert isinstance(settings, Settings)
+    node_settings = settings.model_copy(deep=True)
+    node_settings.storage.root = out  # the demo's database: out/cem-node.db
+    node_settings.database.url = ""
+    node_settings.node.host = "127.0.0.1"
+    node_settings.node.port = 0
+    node_settings.assembly.quiet_period_s = 2.0
+    node_settings.assembly.check_interval_s = 0.5
+    node_settings.peers = [
+        Peer(name="demo-modality", ae_title="DEMO_SENO", host="127.0.0.1", port=104, role="source")
+    ]
+    node = Node(node_settings, node_id="demo")
+    node.start()
+    try:
+        files = sorted((study_dir / "dicom").glob("*.dcm"))
+        remote = RemoteAE(node_settings.node.ae_title, "127.0.0.1", node.port)
+        results = send_files(files, remote, calling_ae_title="DEMO_SENO")
+        failed = [r for r in results if not r.delivered]
+        if failed:
+            console.print(f"[red]{len(failed)} C-STORE failures: {failed[0].message}[/red]")
+            raise typer.Exit(1)
+        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+        assert node.sessions is not None
+        deadline = time.monotonic() + 60
+        detail = show_study(node.sessions, uid)
+        while detail["state"] in ("receiving", "complete", "processing"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+            detail = show_study(node.sessions, uid)
+    finally:
+        node.stop()
+    table = Table(title=f"Received by C-STORE: study state {detail['state']}")
+    for column in ("image", "CEM role", "why", "breast", "view"):
+        table.add_column(column)
+    for item in detail["instances"]:
+        table.add_row(
+            f"series {item['series_number']} #{item['instance_number']}",
+            item["role"] or "?",
+            item["role_reason"] or "",
+            item["laterality"] or "",
+            item["view"] or "",
+        )
+    for pair in detail["pairings"]:
+        table.add_row("pairing", "paired" if pair["paired"] else "unpaired", pair["reason"], "", "")
+    if detail["state_reason"]:
+        table.caption = detail["state_reason"]
+    return table

@@ -77,6 +77,45 @@ def _view(ds: Dataset) -> str | None:
     return None
 
 
+def _safe_get(ds: Dataset, keyword: str) -> object:
+    # pydicom converts DS/IS values when they are read: a malformed one raises
+    try:
+        return ds.get(keyword)
+    except (ValueError, TypeError):
+        return None
+
+
+def _float(value: object) -> float | None:
+    # a malformed DS from a modality must not stop the classification
+    try:
+        return float(value) if value not in (None, "") else None  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def _values(value: object) -> list[object]:
+    if value is None or value == "":
+        return []
+    if isinstance(value, str | bytes):
+        return [value]
+    try:
+        return list(value)  # type: ignore[call-overload]
+    except TypeError:
+        return [value]
+
+
+def _private_value(ds: Dataset, group: str, creator: str, element: str) -> str | None:
+    try:
+        block = ds.private_block(int(group, 16), creator)
+        item = block[int(element, 16)]
+    except (KeyError, ValueError):
+        return None
+    value = item.value
+    if isinstance(value, bytes):
+        return value.decode("latin-1", "replace")
+    return "\\".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def _matches(patterns: Sequence[str], text: str) -> str | None:
     return next((p for p in patterns if re.search(p, text)), None)
 
@@ -116,19 +155,38 @@ def classify_image(ds: Dataset, rules: SelectionSection) -> Classification:
     processing = str(ds.get("AcquisitionDeviceProcessingCode", "") or "").upper()
     if rules.use_private_tags and processing in GE_RECOMBINED_PROCESSING_CODES:
         return result("recombined", f"GE processing code {processing}")
+    if rules.use_private_tags:
+        for rule in rules.private_tag_rules:
+            value = _private_value(ds, rule.group, rule.private_creator, rule.element)
+            if value is not None and re.search(rule.pattern, value):
+                return result(
+                    rule.role,
+                    f"private tag ({rule.group},xx{rule.element}) of {rule.private_creator} "
+                    f"{value[:40]!r} matches {rule.pattern!r}",
+                )
     contrast = bool(ds.get("ContrastBolusAgent") or ds.get("ContrastBolusAgentSequence"))
-    kvp = ds.get("KVP")
+    kvp = _float(_safe_get(ds, "KVP"))
+    filters = {str(v).upper() for v in _values(ds.get("FilterMaterial"))}
+    high_filter = filters & {m.upper() for m in rules.high_energy_filter_materials}
+    if high_filter and kvp is not None and kvp >= rules.high_energy_kvp_min:
+        role: Role = "recombined" if "DERIVED" in image_type[:1] else "high_energy"
+        return result(
+            role,
+            f"{'/'.join(sorted(high_filter))} filter and kVp {kvp:g} >= "
+            f"{rules.high_energy_kvp_min:g}, {'DERIVED' if role == 'recombined' else 'ORIGINAL'}"
+            " image",
+        )
     if contrast and kvp is not None:
-        if float(kvp) <= rules.low_energy_kvp_max:
+        if kvp <= rules.low_energy_kvp_max:
             return result(
                 "low_energy",
-                f"contrast agent recorded and kVp {float(kvp):g} <= {rules.low_energy_kvp_max:g}",
+                f"contrast agent recorded and kVp {kvp:g} <= {rules.low_energy_kvp_max:g}",
             )
-        if float(kvp) >= rules.high_energy_kvp_min:
-            role: Role = "recombined" if "DERIVED" in image_type[:1] else "high_energy"
+        if kvp >= rules.high_energy_kvp_min:
+            role = "recombined" if "DERIVED" in image_type[:1] else "high_energy"
             return result(
                 role,
-                f"contrast agent recorded, kVp {float(kvp):g} >= {rules.high_energy_kvp_min:g}"
+                f"contrast agent recorded, kVp {kvp:g} >= {rules.high_energy_kvp_min:g}"
                 f" and {'DERIVED' if role == 'recombined' else 'ORIGINAL'} image",
             )
     description = str(ds.get("SeriesDescription", "") or "")

@@ -21,18 +21,21 @@ from __future__ import annotations
 
 import enum
 import errno
-import hashlib
+import filecmp
 import io
 import logging
+import secrets
 import shutil
 import threading
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pydicom
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from sqlalchemy import select
@@ -54,6 +57,9 @@ __all__ = [
 ]
 
 _LOG = logging.getLogger(__name__)
+
+#: Values longer than this are not read when a received dataset is checked.
+_DEFER_BYTES = 64 * 1024
 
 
 class Status(enum.IntEnum):
@@ -191,6 +197,9 @@ class InstanceIngestor:
         them; ``"refuse"``: answer ``0x0122``.
     actor
         The node's identity in the audit trail.
+    on_stored
+        Called with the row id and file path of each newly stored file, after
+        the commit (the node hashes it there, off the C-STORE path).
     """
 
     def __init__(
@@ -201,12 +210,14 @@ class InstanceIngestor:
         *,
         unknown_sop_classes: Literal["ignore", "refuse"] = "ignore",
         actor: str = "cem-node",
+        on_stored: Callable[[int, str], None] | None = None,
     ) -> None:
         self._sessions = sessions
         self._files = files
         self._disk = disk
         self._unknown = unknown_sop_classes
         self._actor = actor
+        self._on_stored = on_stored
         self._alert_lock = threading.Lock()
         self._disk_alert_at = 0.0
 
@@ -214,9 +225,13 @@ class InstanceIngestor:
 
     @staticmethod
     def parse(
-        data: bytes, *, sop_class_uid: str | None = None, sop_instance_uid: str | None = None
+        data: bytes | Path,
+        *,
+        sop_class_uid: str | None = None,
+        sop_instance_uid: str | None = None,
     ) -> _Header | IngestResult:
-        """Parse and check received bytes; return the header or the failure to answer."""
+        """Parse and check a received file (bytes, or a path); return the header or the
+        failure to answer."""
 
         def fail(status: Status, message: str) -> IngestResult:
             return IngestResult(int(status), IngestOutcome.REFUSED, message)
@@ -225,15 +240,25 @@ class InstanceIngestor:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                ds = pydicom.dcmread(io.BytesIO(data), force=False)
+                # large values stay unread: no copy of the pixel data
+                source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+                ds = pydicom.dcmread(source, force=False, defer_size=_DEFER_BYTES)
             truncated = any("End of file" in str(w.message) for w in caught)
         except InvalidDicomError as exc:
             return fail(Status.CANNOT_UNDERSTAND, f"Not a DICOM dataset: {exc}")
         except Exception as exc:  # any parser failure is the sender's data, not our bug
             return fail(Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}")
-        uid_class = str(ds.get("SOPClassUID", "") or "")
-        uid_instance = str(ds.get("SOPInstanceUID", "") or "")
-        uid_study = str(ds.get("StudyInstanceUID", "") or "")
+        if truncated:
+            return fail(
+                Status.INCOMPLETE_DATASET,
+                "Truncated dataset: end of data before the end of an element",
+            )
+        with warnings.catch_warnings():
+            # malformed values are judged below; pydicom's warnings say nothing more
+            warnings.simplefilter("ignore")
+            uid_class = str(ds.get("SOPClassUID", "") or "")
+            uid_instance = str(ds.get("SOPInstanceUID", "") or "")
+            uid_study = str(ds.get("StudyInstanceUID", "") or "")
         if not uid_class or not uid_instance or not uid_study:
             return fail(
                 Status.CANNOT_UNDERSTAND,
@@ -254,7 +279,7 @@ class InstanceIngestor:
         meta = getattr(ds, "file_meta", None)
         syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
         if uid_class in MAMMOGRAPHY_SOP_CLASSES:
-            problem = _pixel_data_problem(ds, syntax, truncated)
+            problem = _pixel_data_problem(ds, syntax, truncated, _size(data))
             if problem:
                 return fail(Status.INCOMPLETE_DATASET, problem)
         return _Header(uid_class, uid_instance, uid_study, syntax, ds)
@@ -263,13 +288,16 @@ class InstanceIngestor:
 
     def ingest(
         self,
-        data: bytes,
+        data: bytes | Path,
         *,
         sender: ReceivedFrom,
         sop_class_uid: str | None = None,
         sop_instance_uid: str | None = None,
     ) -> IngestResult:
         """Store ``data`` (a DICOM file: preamble, meta and dataset) and index it.
+
+        ``data`` is the file's bytes, or the path of a temporary file holding
+        them (pynetdicom's streamed dataset), which is moved into the store.
 
         Never raises for bad input or a full disk: the returned status says
         what to answer. Raises only for programming errors.
@@ -281,13 +309,12 @@ class InstanceIngestor:
         header = parsed
         if header.sop_class_uid not in MAMMOGRAPHY_SOP_CLASSES:
             return self._not_mammography(header, sender)
-        refusal = self._disk.refusal(len(data))
+        refusal = self._disk.refusal(_size(data))
         if refusal:
             return self._out_of_space(header, sender, refusal)
-        digest = hashlib.sha256(data).hexdigest()
         for attempt in range(3):
             try:
-                return self._store(header, data, digest, sender)
+                return self._store(header, data, sender)
             except IntegrityError:
                 # another association stored the same study or instance first
                 if attempt == 2:
@@ -318,16 +345,27 @@ class InstanceIngestor:
                 )
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _store(
-        self, header: _Header, data: bytes, digest: str, sender: ReceivedFrom
-    ) -> IngestResult:
+    def _same_bytes(self, relative_path: str, data: bytes | Path) -> bool:
+        try:
+            path = self._files.absolute(relative_path)
+            if path.stat().st_size != _size(data):
+                return False
+            if isinstance(data, Path):
+                return filecmp.cmp(path, data, shallow=False)
+            return path.read_bytes() == data
+        except OSError:
+            return False
+
+    def _store(self, header: _Header, data: bytes | Path, sender: ReceivedFrom) -> IngestResult:
         with self._sessions.begin() as session:
             known = session.execute(
-                select(Instance.version, Instance.sha256).where(
+                select(Instance.version, Instance.file_path).where(
                     Instance.sop_instance_uid == header.sop_instance_uid
                 )
             ).first()
-        if known is not None and known.sha256 == digest:
+        # a resend is compared byte for byte with the stored file (memcmp speed);
+        # hashing on this path would cost more than the write and the fsync
+        if known is not None and self._same_bytes(known.file_path, data):
             with self._sessions.begin() as session:
                 record_event(
                     session,
@@ -349,14 +387,17 @@ class InstanceIngestor:
                 header.sop_instance_uid,
             )
         version = known.version + 1 if known is not None else 1
-        # the digest in the name: different bytes never share a path, even in a race
+        # a random part in the name: two writes never share a path, even in a race
         relative = (
             self._files.instance_path(
                 header.study_instance_uid, header.sop_instance_uid, version=version
             ).removesuffix(".dcm")
-            + f".{digest[:12]}.dcm"
+            + f".{secrets.token_hex(6)}.dcm"
         )
-        stored = self._files.write_bytes(relative, data)
+        if isinstance(data, Path):
+            stored = self._files.adopt(data, relative)
+        else:
+            stored = self._files.write_bytes(relative, data, digest=False)
         old_path: str | None = None
         try:
             with self._sessions.begin() as session:
@@ -378,7 +419,7 @@ class InstanceIngestor:
                     "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
                     "file_path": stored.relative_path,
                     "size_bytes": stored.size_bytes,
-                    "sha256": stored.sha256,
+                    "sha256": None,  # InstanceHasher, just after the answer
                     "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
                     "called_ae_title": (sender.called_ae_title or "")[:16] or None,
                     "remote_address": (sender.address or "")[:64] or None,
@@ -390,12 +431,12 @@ class InstanceIngestor:
                 }
                 if row is None:
                     outcome = IngestOutcome.STORED
-                    session.add(
-                        Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
-                    )
-                elif row.sha256 == digest:
+                    row = Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
+                    session.add(row)
+                elif known is None and self._same_bytes(row.file_path, data):
                     # an identical copy was indexed meanwhile by another association
                     outcome = IngestOutcome.UNCHANGED
+                    old_path = stored.relative_path  # ours is redundant
                 else:
                     outcome = IngestOutcome.REPLACED
                     old_path = row.file_path
@@ -403,30 +444,39 @@ class InstanceIngestor:
                         setattr(row, key, value)
                     row.version = version
                     row.replaced_at = now
-                record_event(
-                    session,
-                    "instance_replaced" if outcome is IngestOutcome.REPLACED else "instance_stored",
-                    decision="accepted",
-                    actor=self._actor,
-                    calling_ae_title=sender.calling_ae_title,
-                    called_ae_title=sender.called_ae_title,
-                    remote_address=sender.address,
-                    study_instance_uid=header.study_instance_uid,
-                    sop_instance_uid=header.sop_instance_uid,
-                    message=(
-                        f"different bytes re-sent: version {version} kept, previous one replaced"
+                if outcome is not IngestOutcome.UNCHANGED:
+                    record_event(
+                        session,
+                        "instance_replaced"
                         if outcome is IngestOutcome.REPLACED
-                        else None
-                    ),
-                    details={"size_bytes": stored.size_bytes, "sha256": stored.sha256},
-                )
+                        else "instance_stored",
+                        decision="accepted",
+                        actor=self._actor,
+                        calling_ae_title=sender.calling_ae_title,
+                        called_ae_title=sender.called_ae_title,
+                        remote_address=sender.address,
+                        study_instance_uid=header.study_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        message=(
+                            f"different bytes re-sent: version {version} kept, "
+                            "previous one replaced"
+                            if outcome is IngestOutcome.REPLACED
+                            else None
+                        ),
+                        details={"size_bytes": stored.size_bytes},
+                    )
+                session.flush()
+                instance_id = row.id
         except IntegrityError:
-            raise  # a concurrent association indexed it; the retry sorts it out
+            self._files.remove(stored.relative_path)
+            raise  # a concurrent association indexed it first; the retry sorts it out
         except BaseException:
             self._files.remove(stored.relative_path)
             raise
-        if old_path and old_path != stored.relative_path:
+        if old_path:
             self._files.remove(old_path)
+        if outcome is not IngestOutcome.UNCHANGED and self._on_stored is not None:
+            self._on_stored(instance_id, stored.relative_path)
         if outcome is IngestOutcome.REPLACED:
             _LOG.warning(
                 "instance %s re-sent with different bytes: version %d kept",
@@ -597,16 +647,38 @@ class InstanceIngestor:
             pass
 
 
-def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool) -> str | None:
-    """Say why an image's pixel data is missing or incomplete, or return ``None``."""
+def _size(data: bytes | Path) -> int:
+    return len(data) if isinstance(data, bytes | bytearray) else data.stat().st_size
+
+
+def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool, total: int) -> str | None:
+    """Say why an image's pixel data is missing or incomplete, or return ``None``.
+
+    Native pixel data is left unread (deferred): its declared length and
+    position say whether all of it arrived, without copying megabytes.
+    """
     if truncated:
         return "Truncated dataset: end of data before the end of an element"
     if "PixelData" not in ds:
         return "Image without Pixel Data (truncated dataset?)"
-    element = ds["PixelData"]
-    value = element.value
-    if value is None:
-        return "Truncated dataset: Pixel Data incomplete"
+    element = ds.get_item(0x7FE00010, keep_deferred=True)
+    if isinstance(element, RawDataElement) and element.value is None:
+        # deferred: declared length, and where the value starts in the data;
+        # an undefined length (encapsulated) was scanned to its delimiter already
+        if element.length == 0xFFFFFFFF:
+            length = total - element.value_tell
+        elif element.value_tell + element.length > total:
+            return (
+                f"Truncated Pixel Data: {max(0, total - element.value_tell)} of "
+                f"{element.length} bytes"
+            )
+        else:
+            length = element.length
+    else:
+        value = getattr(element, "value", None)
+        if value is None:
+            return "Truncated dataset: Pixel Data incomplete"
+        length = len(value)
     encapsulated = syntax not in {
         "1.2.840.10008.1.2",
         "1.2.840.10008.1.2.1",
@@ -615,7 +687,7 @@ def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool) -> str | None
         "",
     }
     if encapsulated:
-        return None if len(value) > 8 else "Pixel Data has no compressed frame"
+        return None if length > 8 else "Pixel Data has no compressed frame"
     try:
         rows, columns = int(ds.Rows), int(ds.Columns)
         samples = int(ds.get("SamplesPerPixel", 1) or 1)
@@ -625,6 +697,6 @@ def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool) -> str | None
         return "Image Pixel module incomplete (Rows, Columns or BitsAllocated)"
     expected_bits = rows * columns * samples * bits * frames
     expected = (expected_bits + 7) // 8
-    if len(value) < expected:
-        return f"Truncated Pixel Data: {len(value)} of {expected} bytes"
+    if length < expected:
+        return f"Truncated Pixel Data: {length} of {expected} bytes"
     return None

@@ -46,12 +46,12 @@ class StoredFile:
     size_bytes
         Its size.
     sha256
-        The hex SHA-256 of its bytes.
+        The hex SHA-256 of its bytes (``None`` when not computed).
     """
 
     relative_path: str
     size_bytes: int
-    sha256: str
+    sha256: str | None
 
 
 def _uid_hash(uid: str) -> str:
@@ -125,7 +125,9 @@ class InstanceFileStore:
             raise UnsafePathError(f"not a path inside the store: {relative_path!r}")
         return self.root.joinpath(*pure.parts)
 
-    def write_bytes(self, relative_path: str, data: bytes | Iterable[bytes]) -> StoredFile:
+    def write_bytes(
+        self, relative_path: str, data: bytes | Iterable[bytes], *, digest: bool = True
+    ) -> StoredFile:
         """Write ``data`` durably at ``relative_path``, replacing any file there.
 
         Parameters
@@ -134,17 +136,21 @@ class InstanceFileStore:
             Where, relative to the root (see :meth:`instance_path`).
         data
             The bytes, or an iterable of chunks.
+        digest
+            Compute the SHA-256 while writing. The C-STORE path passes
+            ``False``: without SHA instructions it costs more than the write
+            and the fsync together, and is computed after the answer instead.
 
         Returns
         -------
         StoredFile
-            The path, size and SHA-256 of what was written.
+            The path, size and SHA-256 (``None`` without ``digest``) of what was written.
         """
         chunks: Iterable[bytes] = (data,) if isinstance(data, bytes | bytearray) else data
         target = self.absolute(relative_path)
         folder = target.parent
         folder.mkdir(parents=True, exist_ok=True)
-        digest = hashlib.sha256()
+        hasher = hashlib.sha256() if digest else None
         size = 0
         fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=folder)
         temp = Path(temp_name)
@@ -152,7 +158,8 @@ class InstanceFileStore:
             with os.fdopen(fd, "wb") as handle:
                 for chunk in chunks:
                     handle.write(chunk)
-                    digest.update(chunk)
+                    if hasher is not None:
+                        hasher.update(chunk)
                     size += len(chunk)
                 handle.flush()
                 os.fsync(handle.fileno())
@@ -161,12 +168,39 @@ class InstanceFileStore:
             temp.unlink(missing_ok=True)
             raise
         fsync_directory(folder)
-        return StoredFile(relative_path, size, digest.hexdigest())
+        return StoredFile(relative_path, size, hasher.hexdigest() if hasher else None)
 
-    def copy_in(self, source: str | os.PathLike[str], relative_path: str) -> StoredFile:
+    def adopt(self, source: str | os.PathLike[str], relative_path: str) -> StoredFile:
+        """Move a complete file (e.g. pynetdicom's streamed dataset) durably into the store.
+
+        The file is fsync'ed and renamed into place when it is on the store's
+        file system (no copy), copied otherwise. ``source`` is gone afterwards.
+        """
+        source_path = Path(source)
+        target = self.absolute(relative_path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source_path.stat().st_dev != target.parent.stat().st_dev:
+            stored = self.copy_in(source_path, relative_path, digest=False)
+            source_path.unlink(missing_ok=True)
+            return stored
+        fd = os.open(source_path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # written by someone else, not yet durable
+            size = os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+        source_path.replace(target)
+        fsync_directory(target.parent)
+        return StoredFile(relative_path, size, None)
+
+    def copy_in(
+        self, source: str | os.PathLike[str], relative_path: str, *, digest: bool = True
+    ) -> StoredFile:
         """Copy a file (e.g. pynetdicom's streamed dataset) durably into the store."""
         with Path(source).open("rb") as handle:
-            return self.write_bytes(relative_path, iter(lambda: handle.read(_CHUNK), b""))
+            return self.write_bytes(
+                relative_path, iter(lambda: handle.read(_CHUNK), b""), digest=digest
+            )
 
     def sha256(self, relative_path: str) -> str:
         """Return the SHA-256 of a stored file, read back from disk."""

@@ -318,7 +318,8 @@ class Instance(_Timestamps, Base):
     file_path: Mapped[str] = mapped_column(String(_PATH), unique=True)
     """Path relative to the instance store root."""
     size_bytes: Mapped[int] = mapped_column(BigInteger)
-    sha256: Mapped[str] = mapped_column(String(_SHA256))
+    sha256: Mapped[str | None] = mapped_column(String(_SHA256))
+    """SHA-256 of the file, computed after the C-STORE was answered (``None`` until then)."""
     version: Mapped[int] = mapped_column(Integer, default=1)
     replaced_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     """When different bytes last replaced an earlier version."""

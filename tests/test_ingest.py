@@ -1,0 +1,96 @@
+"""The C-STORE handler's work (cem_node.store.ingest): checks, statuses, the hasher."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from cem_node.store import Instance, InstanceFileStore, make_engine, session_factory, upgrade
+from cem_node.store.hasher import InstanceHasher, hash_missing
+from cem_node.store.ingest import DiskGuard, IngestOutcome, InstanceIngestor, ReceivedFrom, Status
+from cem_node.synthetic.study import SynthOptions, generate_study
+
+SENDER = ReceivedFrom("MODALITY", "CEM_NODE", "127.0.0.1")
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
+    root = tmp_path_factory.mktemp("ingest")
+    out = {}
+    for name, syntax in (("explicit", "explicit"), ("j2k", "jpeg2000"), ("rle", "rle")):
+        study = generate_study(
+            root / name, 8, 0, SynthOptions(size="small", transfer_syntax=syntax)
+        )
+        out[name] = sorted((study / "dicom").glob("*.dcm"))
+    return out
+
+
+@pytest.mark.parametrize("kind", ["explicit", "j2k", "rle"])
+def test_complete_images_parse_and_truncated_ones_are_refused(
+    files: dict[str, list[Path]], kind: str
+) -> None:
+    data = files[kind][0].read_bytes()
+    header = InstanceIngestor.parse(data)
+    assert not hasattr(header, "status"), header
+    for cut in (len(data) - 7, len(data) // 2):
+        result = InstanceIngestor.parse(data[:cut])
+        assert getattr(result, "status", None) == Status.INCOMPLETE_DATASET, (cut, result)
+
+
+def test_garbage_and_mismatches_get_precise_statuses(files: dict[str, list[Path]]) -> None:
+    data = files["explicit"][0].read_bytes()
+    assert InstanceIngestor.parse(b"not dicom at all" * 10).status == Status.CANNOT_UNDERSTAND
+    wrong_class = InstanceIngestor.parse(data, sop_class_uid="1.2.840.10008.5.1.4.1.1.7")
+    assert wrong_class.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+    wrong_uid = InstanceIngestor.parse(data, sop_instance_uid="1.2.3")
+    assert wrong_uid.status == Status.DATASET_DOES_NOT_MATCH_SOP_CLASS
+
+
+def test_disk_guard_watermark_and_minimum_free_space() -> None:
+    def usage(used_percent: float, free_mb: int):
+        total = 1000 * 1024 * 1024
+        return lambda _root: (total, int(total * used_percent / 100), free_mb * 1024 * 1024)
+
+    ok = DiskGuard("/", high_watermark_percent=90, min_free_mb=100, usage=usage(50, 500))
+    assert ok.refusal(10 * 1024 * 1024) is None
+    full = DiskGuard("/", high_watermark_percent=90, min_free_mb=100, usage=usage(95, 50))
+    assert "above the 90% watermark" in (full.refusal(1) or "")
+    low = DiskGuard("/", high_watermark_percent=99, min_free_mb=100, usage=usage(50, 105))
+    assert "below the 100 MiB minimum" in (low.refusal(10 * 1024 * 1024) or "")
+
+
+def test_hashes_are_filled_after_the_answer(tmp_path: Path, files: dict[str, list[Path]]) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    sessions = session_factory(engine)
+    store = InstanceFileStore(tmp_path / "store")
+    hasher = InstanceHasher(sessions, store)
+    ingestor = InstanceIngestor(
+        sessions,
+        store,
+        DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+        on_stored=hasher.submit,
+    )
+    for path in files["explicit"][:3]:
+        assert ingestor.ingest(path.read_bytes(), sender=SENDER).outcome is IngestOutcome.STORED
+    # answered before hashing: the rows exist, their hashes not yet
+    with sessions.begin() as session:
+        assert list(session.scalars(select(Instance.sha256))) == [None] * 3
+    hasher.start()
+    hasher.stop()  # hashes what was queued
+    with sessions.begin() as session:
+        rows = session.scalars(select(Instance)).all()
+    for row in rows:
+        data = store.absolute(row.file_path).read_bytes()
+        assert row.sha256 == hashlib.sha256(data).hexdigest()
+    # a crash before hashing: hash_missing completes it at the next start
+    with sessions.begin() as session:
+        for row in session.scalars(select(Instance)):
+            row.sha256 = None
+    assert hash_missing(sessions, store) == 3
+    with sessions.begin() as session:
+        assert all(session.scalars(select(Instance.sha256)))
+    engine.dispose()
