@@ -14,6 +14,7 @@ from typing import Any
 import pydicom
 import pytest
 from pynetdicom import AE
+from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import func, select
 
 from cem_node.config import Peer, Settings
@@ -226,7 +227,12 @@ def test_strangers_are_rejected_and_audited(tmp_path: Path, running_node) -> Non
 
 
 def _pynetdicom_store(port: int, paths: list[Path], sop_class: str) -> list[int]:
-    """Send with pynetdicom (which sends a file's bytes as they are) and return the statuses."""
+    """Send files' bytes as they are (even broken ones) and return the statuses.
+
+    pynetdicom sends a file path without decoding it only in its chunked-send
+    mode, a process-wide switch: set here, not left to whichever test ran before.
+    """
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True
     ae = AE(ae_title=MODALITY_AE)
     ae.add_requested_context(sop_class, ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"])
     assoc = ae.associate(LOOPBACK, port, ae_title=NODE_AE)
