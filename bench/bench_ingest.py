@@ -184,7 +184,10 @@ class NodeReceiver:
 
     name = "cem-node"
 
-    def __init__(self, folder: Path, *, log_level: str, use_serve: bool) -> None:
+    def __init__(
+        self, folder: Path, *, log_level: str, use_serve: bool, receivers: int = 1
+    ) -> None:
+        self.receivers = receivers
         self.folder = folder
         self.data_dir = folder / "data"
         self.log_path = folder / "node.log"
@@ -208,6 +211,8 @@ class NodeReceiver:
                 "--host",
                 LOOPBACK,
                 "--accept-unknown-sources",
+                "--receivers",
+                str(self.receivers),
             ]
         else:
             cmd = [str(python), "-c", _NODE_LAUNCHER, str(self.data_dir), str(self.port)]
@@ -342,7 +347,12 @@ def run_once(
     folder = Path(tempfile.mkdtemp(prefix=f"{kind}-{senders}-", dir=scratch))
     receiver: Receiver
     if kind == "cem-node":
-        receiver = NodeReceiver(folder, log_level=args.node_log_level, use_serve=args.use_serve)
+        receiver = NodeReceiver(
+            folder,
+            log_level=args.node_log_level,
+            use_serve=args.use_serve,
+            receivers=args.receivers if senders > 1 else 1,
+        )
     else:
         receiver = StoreSCPReceiver(folder, fork=senders > 1)
     receiver.start()
@@ -475,6 +485,13 @@ def main() -> None:
         help="cache of generated images and scratch space for the receivers",
     )
     parser.add_argument("--jobs", type=int, default=2, help="processes generating images")
+    parser.add_argument(
+        "--receivers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="the node's receiver processes for concurrent senders (serve --receivers; "
+        "default: one per core, as storescp --fork uses every core); 1 sender: always 1",
+    )
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     parser.add_argument(
         "--node-log-level",

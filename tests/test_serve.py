@@ -7,10 +7,13 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from cem_node.store import AuditEvent, make_engine, session_factory
 from cem_node.synthetic.study import SynthOptions, generate_study
 from tests.peers import echoscu, free_port, storescu
 from tests.test_node import wait_until
@@ -116,3 +119,63 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
     assert any("serving AE MY_NODE" in m for m in messages)
     assert any("association rejected" in m for m in messages)
     assert messages[-1] == "cem-node stopped"
+
+
+def test_extra_receiver_processes_share_the_port_and_die_with_the_node(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
+    env["CEM_NODE_STORAGE__MIN_FREE_MB"] = "0"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cem_node",
+            "serve",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+            "--accept-unknown-sources",
+            "--receivers",
+            "2",
+        ],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        study = generate_study(tmp_path / "s", 4, 0, SynthOptions(size="small"))
+        files = sorted((study / "dicom").glob("*.dcm"))
+        wait_until(
+            lambda: echoscu(port=port, called_ae="CEM_NODE", calling_ae="X").returncode == 0,
+            what="the node listening",
+        )
+        time.sleep(2)  # the extra receiver binds the port a moment after the main process
+        for round_ in range(3):  # 12 associations: the kernel spreads them over both
+            for f in files[:4]:
+                sent = storescu([f], port=port, called_ae="CEM_NODE", calling_ae=f"MOD{round_}")
+                assert sent.returncode == 0, sent.stderr
+        engine = make_engine(f"sqlite:///{data / 'cem-node.db'}")
+        with session_factory(engine).begin() as session:
+            actors = set(
+                session.scalars(
+                    select(AuditEvent.actor).where(AuditEvent.event_type == "association")
+                )
+            )
+        engine.dispose()
+        assert len(actors) == 2 and any(a.endswith("/r1") for a in actors), actors
+        children = subprocess.run(
+            ["pgrep", "-f", "cem_node.receiver"], capture_output=True, text=True, check=False
+        ).stdout.split()
+        assert children
+    finally:
+        proc.kill()  # like kill -9: the receiver must not outlive the node
+        proc.wait(10)
+    wait_until(
+        lambda: all(not Path(f"/proc/{pid}").exists() for pid in children),
+        what="the extra receiver to exit with its parent",
+    )

@@ -193,7 +193,17 @@ class NodeSection(_Section):
         description="TCP port to listen on for DICOM associations (0: any free port).",
     )
     max_associations: int = Field(
-        10, ge=1, description="Maximum number of simultaneous associations."
+        10, ge=1, description="Maximum number of simultaneous associations (per process)."
+    )
+    receiver_processes: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description=(
+            "Processes receiving associations on the port (SO_REUSEPORT): one Python "
+            "process uses about one core, so concurrent senders go faster with one per "
+            "core. The first process also runs the scheduler, the worker and the exporter."
+        ),
     )
     max_pdu_size: int = Field(
         0,

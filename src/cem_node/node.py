@@ -7,8 +7,13 @@ killed at any moment resumes at start-up (see :mod:`cem_node.jobs.recovery`).
 
 from __future__ import annotations
 
+import ctypes
+import json
 import logging
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -20,7 +25,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
-from cem_node.config import Settings
+from cem_node.config import Settings, settings_to_dict
 from cem_node.dicom import tls as dicom_tls
 from cem_node.dicom.scp import StorageSCP
 from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
@@ -120,6 +125,15 @@ class _Loop:
             self._wake.wait(POLL_INTERVAL_S)
 
 
+def _die_with_parent() -> None:
+    """In a child process: get SIGTERM when the parent dies (Linux), even by kill -9."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:  # not Linux: the parent's stop() still terminates it
+        pass
+
+
 def _not_analysable_report(settings: Settings) -> Callable[[Sequence[Dataset], str], Dataset]:
     def build(headers: Sequence[Dataset], reason: str) -> Dataset:
         from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
@@ -143,6 +157,9 @@ class Node:
         The analysis; default: none installed (jobs fail saying so).
     node_id
         Identity in claims and the audit trail (default: host, AE title, port).
+    receiver_only
+        Only receive (an extra receiver process, see :mod:`cem_node.receiver`);
+        the main process recovers, schedules, analyses and exports.
     """
 
     def __init__(
@@ -151,8 +168,11 @@ class Node:
         *,
         analyzer: Analyzer | None = None,
         node_id: str | None = None,
+        receiver_only: bool = False,
     ) -> None:
         self.settings = settings
+        self.receiver_only = receiver_only
+        self._receivers: list[subprocess.Popen[bytes]] = []
         self.node_id = node_id or default_node_id(settings)
         self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
         self.engine: Engine | None = None
@@ -187,9 +207,15 @@ class Node:
 
     def start(self) -> None:
         """Open the store, recover, then start the DICOM service and the scheduler."""
+        settings = self.settings
+        share_port = settings.node.receiver_processes > 1
+        if share_port and settings.node.port == 0:
+            raise ValueError("node.receiver_processes > 1 needs a fixed node.port, not 0")
         self.open_store()
         assert self.sessions is not None and self.files is not None
-        settings = self.settings
+        if self.receiver_only:
+            self._start_receiving(share_port=True)
+            return
         report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
         _LOG.info(
             "start-up recovery: %d job(s), %d export(s) re-queued, %d temporary file(s) removed",
@@ -197,30 +223,9 @@ class Node:
             report.exports_requeued,
             report.temporary_files_removed,
         )
-        peers = _PeerCache(settings, self.sessions)
-        self._hasher = InstanceHasher(self.sessions, self.files)
-        self._hasher.start()
+        peers = self._start_receiving(share_port=share_port)
+        assert self._hasher is not None
         self._hasher.submit_missing()
-        ingestor = InstanceIngestor(
-            self.sessions,
-            self.files,
-            DiskGuard(
-                str(self.files.root),
-                high_watermark_percent=settings.storage.disk_high_watermark_percent,
-                min_free_mb=settings.storage.min_free_mb,
-            ),
-            unknown_sop_classes=settings.node.accept_unknown_sop_classes,
-            actor=self.node_id,
-            on_stored=self._hasher.submit,
-        )
-        server_tls = dicom_tls.server_context(settings.tls) if settings.tls.enabled else None
-        self.scp = StorageSCP(
-            settings,
-            ingestor,
-            sources=peers.sources,
-            audit_sessions=self.sessions,
-            ssl_context=server_tls,
-        )
         worker = Worker(
             settings,
             self.sessions,
@@ -295,12 +300,62 @@ class Node:
             retention, "interval", seconds=RETENTION_INTERVAL_S, id="retention", **common
         )
         self._scheduler = scheduler
-        self.scp.start()
         scheduler.start()
         for loop in self._loops.values():
             loop.start()  # queued work from before a restart goes at once
         self.wake("assembler")
         self.wake("retention")
+
+    def _start_receiving(self, *, share_port: bool) -> _PeerCache:
+        """Start the hasher and the DICOM service (and the extra receiver processes)."""
+        settings = self.settings
+        assert self.sessions is not None and self.files is not None
+        peers = _PeerCache(settings, self.sessions)
+        self._hasher = InstanceHasher(self.sessions, self.files)
+        self._hasher.start()
+        ingestor = InstanceIngestor(
+            self.sessions,
+            self.files,
+            DiskGuard(
+                str(self.files.root),
+                high_watermark_percent=settings.storage.disk_high_watermark_percent,
+                min_free_mb=settings.storage.min_free_mb,
+            ),
+            unknown_sop_classes=settings.node.accept_unknown_sop_classes,
+            actor=self.node_id,
+            on_stored=self._hasher.submit,
+        )
+        server_tls = dicom_tls.server_context(settings.tls) if settings.tls.enabled else None
+        self.scp = StorageSCP(
+            settings,
+            ingestor,
+            sources=peers.sources,
+            audit_sessions=self.sessions,
+            ssl_context=server_tls,
+            share_port=share_port,
+            actor=self.node_id,
+        )
+        self.scp.start()
+        if not self.receiver_only:
+            self._spawn_receivers(settings.node.receiver_processes - 1)
+        return peers
+
+    def _spawn_receivers(self, count: int) -> None:
+        """Start ``count`` extra receiver processes on the same port (SO_REUSEPORT)."""
+        if count <= 0:
+            return
+        payload = json.dumps(settings_to_dict(self.settings, mask_secrets=False)).encode()
+        for index in range(1, count + 1):
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cem_node.receiver", f"{self.node_id}/r{index}"[:128]],
+                stdin=subprocess.PIPE,
+                preexec_fn=_die_with_parent,
+            )
+            assert proc.stdin is not None
+            proc.stdin.write(payload)
+            proc.stdin.close()
+            self._receivers.append(proc)
+        _LOG.info("%d extra receiver process(es) started", count)
 
     def wake(self, job_id: str) -> None:
         """Run a task now instead of at its next interval."""
@@ -325,6 +380,15 @@ class Node:
     def stop(self) -> None:
         """Stop accepting associations, let running tasks finish, close the database."""
         self._stopped.set()
+        for proc in self._receivers:
+            proc.terminate()
+        for proc in self._receivers:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._receivers.clear()
         if self.scp is not None:
             self.scp.stop()
         if self._scheduler is not None:

@@ -41,6 +41,16 @@ def serve(
             help="Accept any calling AE title and address (a test bench only).",
         ),
     ] = False,
+    receivers: Annotated[
+        int | None,
+        typer.Option(
+            "--receivers",
+            min=1,
+            max=64,
+            help="Receiver processes on the port (node.receiver_processes); one per core "
+            "for many concurrent senders.",
+        ),
+    ] = None,
     log_json: Annotated[
         bool | None,
         typer.Option("--log-json/--log-text", help="Log one JSON object per line (logging.json)."),
@@ -67,6 +77,8 @@ def serve(
             settings.node.ae_title = ae_title
         if host is not None:
             settings.node.host = host
+        if receivers is not None:
+            settings.node.receiver_processes = receivers
         if accept_unknown_sources:
             settings.node.accept_unknown_sources = True
     except (ConfigError, ValueError) as exc:
@@ -80,6 +92,9 @@ def serve(
         typer.echo(f"error: {exc}; run `cem-node db upgrade`", err=True)
         raise typer.Exit(2) from None
     except TlsConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:

@@ -105,6 +105,16 @@ class _WholeReadSocket(AssociationSocket):
         return buffer
 
 
+class _SharedPortServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, binding with SO_REUSEPORT so that several
+    receiver processes of one node listen on the same port (the kernel spreads
+    the connections among them)."""
+
+    def server_bind(self) -> None:
+        cast(socket.socket, self.socket).setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
+
 class _RequestHandler(RequestHandler):
     """pynetdicom's request handler (``AE.make_server(request_handler=...)``), faster reads."""
 
@@ -138,6 +148,10 @@ class StorageSCP:
         Session factory for the association audit events.
     ssl_context
         Server TLS context when [tls] is enabled.
+    share_port
+        Bind with SO_REUSEPORT (several receiver processes on one port).
+    actor
+        This process in the audit trail (default: the AE title).
     """
 
     def __init__(
@@ -148,7 +162,11 @@ class StorageSCP:
         sources: SourcesProvider,
         audit_sessions: Callable[[], object],
         ssl_context: object | None = None,
+        share_port: bool = False,
+        actor: str | None = None,
     ) -> None:
+        self._actor = actor or settings.node.ae_title
+        self._share_port = share_port
         self._settings = settings
         self._ingestor = ingestor
         self._sources = sources
@@ -210,7 +228,7 @@ class StorageSCP:
             (node.host, node.port),
             evt_handlers=handlers,
             ssl_context=self._ssl_context,  # type: ignore[arg-type]
-            server_class=ThreadedAssociationServer,
+            server_class=_SharedPortServer if self._share_port else ThreadedAssociationServer,
             request_handler=_RequestHandler,
         )
         self._server = cast(ThreadedAssociationServer, server)
@@ -283,7 +301,7 @@ class StorageSCP:
                     session,
                     "association",
                     decision="accepted" if decision.accepted else "rejected",
-                    actor=self._settings.node.ae_title,
+                    actor=self._actor,
                     calling_ae_title=caller.calling,
                     called_ae_title=caller.called,
                     remote_address=caller.address,
