@@ -10,7 +10,6 @@ The same as ``cem-node --config CONFIG.toml serve`` but with
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from pathlib import Path
 
@@ -30,9 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.logging)
     node = Node(settings, analyzer=DoubleAnalyzer(pause_s=args.pause, started_marker=args.marker))
     node.start()
-    signal.signal(signal.SIGTERM, lambda *_: node.stop())
     print(f"READY {node.port}", flush=True)
-    node.wait()
+    node.run_until_signalled()
     sys.exit(0)
 
 

@@ -32,34 +32,27 @@ def cem_node(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
-    data = tmp_path / "data"
-    port = free_port()
+def start_serve(
+    tmp_path: Path, data: Path, port: int, *options: str, stderr: int | None = subprocess.DEVNULL
+) -> subprocess.Popen[str]:
+    """``cem-node serve`` on loopback in a folder without a config file (embedded
+    defaults), with a fast assembly and no free-space minimum."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
     env["CEM_NODE_ASSEMBLY__QUIET_PERIOD_S"] = "1"
     env["CEM_NODE_ASSEMBLY__CHECK_INTERVAL_S"] = "0.2"
     env["CEM_NODE_STORAGE__MIN_FREE_MB"] = "0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cem_node",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--ae-title",
-            "MY_NODE",
-            "--log-json",
-        ],
-        cwd=tmp_path,  # no conf/node.toml here: the embedded defaults
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
+    command = [sys.executable, "-m", "cem_node", "serve", "--data-dir", str(data)]
+    command += ["--port", str(port), "--host", "127.0.0.1", *options]
+    return subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=stderr, text=True
+    )
+
+
+def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start_serve(
+        tmp_path, data, port, "--ae-title", "MY_NODE", "--log-json", stderr=subprocess.PIPE
     )
     try:
         wait_until(
@@ -124,29 +117,7 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
 def test_extra_receiver_processes_share_the_port_and_die_with_the_node(tmp_path: Path) -> None:
     data = tmp_path / "data"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
-    env["CEM_NODE_STORAGE__MIN_FREE_MB"] = "0"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cem_node",
-            "serve",
-            "--data-dir",
-            str(data),
-            "--port",
-            str(port),
-            "--host",
-            "127.0.0.1",
-            "--accept-unknown-sources",
-            "--receivers",
-            "2",
-        ],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    proc = start_serve(tmp_path, data, port, "--accept-unknown-sources", "--receivers", "2")
     try:
         study = generate_study(tmp_path / "s", 4, 0, SynthOptions(size="small"))
         files = sorted((study / "dicom").glob("*.dcm"))

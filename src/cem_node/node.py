@@ -401,6 +401,21 @@ class Node:
             self.engine.dispose()
         _LOG.info("cem-node stopped")
 
-    def wait(self) -> None:
-        """Block until :meth:`stop` is called (from a signal handler)."""
-        self._stopped.wait()
+    def run_until_signalled(self, on_signal: Callable[[int], None] | None = None) -> None:
+        """Block until SIGTERM or SIGINT, then :meth:`stop` (main thread only).
+
+        The handlers only record the signal: stopping from inside a handler
+        could deadlock on a lock the interrupted main thread holds.
+        """
+        received: list[int] = []
+
+        def handler(signum: int, _frame: object) -> None:
+            received.append(signum)
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+        while not received and not self._stopped.is_set():
+            time.sleep(0.2)
+        if received and on_signal is not None:
+            on_signal(received[0])
+        self.stop()

@@ -14,7 +14,6 @@ parent dies (Linux ``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import json
-import signal
 import sys
 
 from cem_node.config import Settings
@@ -31,9 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.logging)
     node = Node(settings, node_id=args[0], receiver_only=True)
     node.start()
-    signal.signal(signal.SIGTERM, lambda *_: node.stop())
-    signal.signal(signal.SIGINT, lambda *_: node.stop())
-    node.wait()
+    node.run_until_signalled()
 
 
 if __name__ == "__main__":

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 from pathlib import Path
 from typing import Annotated
 
@@ -104,12 +103,6 @@ def serve(
         node.stop()
         raise typer.Exit(1) from None
 
-    def stop(signum: int, _frame: object) -> None:
-        _LOG.info("signal %d: stopping", signum)
-        node.stop()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
     _LOG.info(
         "cem-node serving AE %s on %s:%d, data in %s (%s)",
         settings.node.ae_title,
@@ -118,4 +111,4 @@ def serve(
         Path(settings.storage.root).resolve(),
         "SQLite" if settings.database_url().startswith("sqlite") else "database server",
     )
-    node.wait()
+    node.run_until_signalled(lambda signum: _LOG.info("signal %d: stopping", signum))

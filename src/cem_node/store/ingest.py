@@ -367,14 +367,11 @@ class InstanceIngestor:
         # hashing on this path would cost more than the write and the fsync
         if known is not None and self._same_bytes(known.file_path, data):
             with self._sessions.begin() as session:
-                record_event(
+                self._audit(
                     session,
                     "instance_resent",
+                    sender,
                     decision="unchanged",
-                    actor=self._actor,
-                    calling_ae_title=sender.calling_ae_title,
-                    called_ae_title=sender.called_ae_title,
-                    remote_address=sender.address,
                     study_instance_uid=header.study_instance_uid,
                     sop_instance_uid=header.sop_instance_uid,
                     message="re-sent with identical bytes: nothing changed",
@@ -445,16 +442,13 @@ class InstanceIngestor:
                     row.version = version
                     row.replaced_at = now
                 if outcome is not IngestOutcome.UNCHANGED:
-                    record_event(
+                    self._audit(
                         session,
                         "instance_replaced"
                         if outcome is IngestOutcome.REPLACED
                         else "instance_stored",
+                        sender,
                         decision="accepted",
-                        actor=self._actor,
-                        calling_ae_title=sender.calling_ae_title,
-                        called_ae_title=sender.called_ae_title,
-                        remote_address=sender.address,
                         study_instance_uid=header.study_instance_uid,
                         sop_instance_uid=header.sop_instance_uid,
                         message=(
@@ -555,6 +549,32 @@ class InstanceIngestor:
             )
         return study
 
+    def _audit(
+        self,
+        session: Session,
+        event_type: str,
+        sender: ReceivedFrom,
+        *,
+        decision: str,
+        study_instance_uid: str | None = None,
+        sop_instance_uid: str | None = None,
+        message: str | None = None,
+        details: dict[str, object] | None = None,
+    ) -> None:
+        record_event(
+            session,
+            event_type,
+            decision=decision,
+            actor=self._actor,
+            calling_ae_title=sender.calling_ae_title,
+            called_ae_title=sender.called_ae_title,
+            remote_address=sender.address,
+            study_instance_uid=study_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            message=message,
+            details=details,
+        )
+
     # ------------------------------------------------------------------ refusals
 
     def _not_mammography(self, header: _Header, sender: ReceivedFrom) -> IngestResult:
@@ -575,14 +595,11 @@ class InstanceIngestor:
                 header.sop_instance_uid,
             )
         with self._sessions.begin() as session:
-            record_event(
+            self._audit(
                 session,
                 "instance_ignored" if result.outcome is IngestOutcome.IGNORED else "instance",
+                sender,
                 decision=result.outcome.value,
-                actor=self._actor,
-                calling_ae_title=sender.calling_ae_title,
-                called_ae_title=sender.called_ae_title,
-                remote_address=sender.address,
                 study_instance_uid=header.study_instance_uid,
                 sop_instance_uid=header.sop_instance_uid,
                 message=result.message,
@@ -605,13 +622,11 @@ class InstanceIngestor:
                 self._disk_alert_at = now
         try:
             with self._sessions.begin() as session:
-                record_event(
+                self._audit(
                     session,
                     "instance",
+                    sender,
                     decision=ALERT if alert else "refused",
-                    actor=self._actor,
-                    calling_ae_title=sender.calling_ae_title,
-                    remote_address=sender.address,
                     study_instance_uid=header.study_instance_uid,
                     sop_instance_uid=header.sop_instance_uid,
                     message=f"instance refused with A700: {why}",
@@ -632,14 +647,11 @@ class InstanceIngestor:
         )
         try:
             with self._sessions.begin() as session:
-                record_event(
+                self._audit(
                     session,
                     "instance",
+                    sender,
                     decision="refused",
-                    actor=self._actor,
-                    calling_ae_title=sender.calling_ae_title,
-                    called_ae_title=sender.called_ae_title,
-                    remote_address=sender.address,
                     sop_instance_uid=sop_instance_uid,
                     message=f"0x{result.status:04X}: {result.message}",
                 )
