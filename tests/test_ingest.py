@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 
 from cem_node.store import Instance, InstanceFileStore, make_engine, session_factory, upgrade
-from cem_node.store.hasher import InstanceHasher, hash_missing
+from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, IngestOutcome, InstanceIngestor, ReceivedFrom, Status
 from cem_node.synthetic.study import SynthOptions, generate_study
 
@@ -86,11 +87,46 @@ def test_hashes_are_filled_after_the_answer(tmp_path: Path, files: dict[str, lis
     for row in rows:
         data = store.absolute(row.file_path).read_bytes()
         assert row.sha256 == hashlib.sha256(data).hexdigest()
-    # a crash before hashing: hash_missing completes it at the next start
+    # a crash before hashing: the next start queues the missing hashes again
     with sessions.begin() as session:
         for row in session.scalars(select(Instance)):
             row.sha256 = None
-    assert hash_missing(sessions, store) == 3
+    restarted = InstanceHasher(sessions, store)
+    assert restarted.submit_missing() == 3
+    restarted.start()
+    restarted.stop()
     with sessions.begin() as session:
         assert all(session.scalars(select(Instance.sha256)))
+    engine.dispose()
+
+
+def test_a_lost_index_race_keeps_the_moved_file(
+    tmp_path: Path, files: dict[str, list[Path]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another association creating the same study first (IntegrityError) must not cost
+    the file already moved into the store: only the index transaction is retried."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    sessions = session_factory(engine)
+    store = InstanceFileStore(tmp_path / "store")
+    ingestor = InstanceIngestor(
+        sessions, store, DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0)
+    )
+    index = ingestor._index
+    calls = []
+
+    def lose_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO studies", {}, Exception("UNIQUE constraint"))
+        return index(*args, **kwargs)
+
+    monkeypatch.setattr(ingestor, "_index", lose_once)
+    received = tmp_path / "received.dcm"  # pynetdicom's streamed temporary file
+    received.write_bytes(files["explicit"][0].read_bytes())
+    result = ingestor.ingest(received, sender=SENDER)
+    assert result.outcome is IngestOutcome.STORED and len(calls) == 2
+    with sessions.begin() as session:
+        (row,) = session.scalars(select(Instance)).all()
+    assert store.absolute(row.file_path).read_bytes() == files["explicit"][0].read_bytes()
     engine.dispose()

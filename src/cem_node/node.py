@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -365,8 +366,6 @@ class Node:
         if self._scheduler is None or self._stopped.is_set():
             return
         try:
-            from datetime import UTC, datetime
-
             self._scheduler.modify_job(job_id, next_run_time=datetime.now(UTC))
         except Exception:  # the scheduler is shutting down
             _LOG.debug("cannot wake %s", job_id, exc_info=True)

@@ -25,11 +25,9 @@ __all__ = [
     "PeerEntry",
     "PeerError",
     "add_peer",
-    "destinations",
     "find_peer",
     "list_peers",
     "remove_peer",
-    "sources",
 ]
 
 Origin = Literal["config", "database"]
@@ -86,16 +84,6 @@ def list_peers(settings: Settings, session: Session) -> list[PeerEntry]:
     configured = sorted((_from_config(p) for p in settings.peers), key=lambda p: p.name)
     stored = [_from_row(r) for r in session.scalars(select(PeerRow).order_by(PeerRow.name))]
     return configured + stored
-
-
-def sources(settings: Settings, session: Session) -> list[PeerEntry]:
-    """Return the peers allowed to send studies."""
-    return [p for p in list_peers(settings, session) if p.role == "source"]
-
-
-def destinations(settings: Settings, session: Session) -> list[PeerEntry]:
-    """Return the peers that receive the results."""
-    return [p for p in list_peers(settings, session) if p.role == "destination"]
 
 
 def find_peer(settings: Settings, session: Session, name: str) -> PeerEntry:

@@ -173,7 +173,6 @@ class StorageSCP:
         self._sessions = audit_sessions
         self._ssl_context = ssl_context
         self._server: ThreadedAssociationServer | None = None
-        self._lock = threading.Lock()
         self.ae = self._make_ae()
 
     def _make_ae(self) -> AE:

@@ -157,6 +157,7 @@ class Exporter:
         export = self._settings.export
         now = utcnow()
         jobs: set[int] = set()
+        study_uids: dict[int, str | None] = {}
         with self._sessions.begin() as session:
             for export_id, (status, failure, message) in results.items():
                 row = session.get(Export, export_id, with_for_update=True)
@@ -165,9 +166,11 @@ class Exporter:
                 row.last_status = status
                 row.claimed_by = None
                 row.lease_expires_at = None
-                study_uid = session.scalar(
-                    select(Study.study_instance_uid).where(Study.id == row.study_id)
-                )
+                if row.study_id not in study_uids:
+                    study_uids[row.study_id] = session.scalar(
+                        select(Study.study_instance_uid).where(Study.id == row.study_id)
+                    )
+                study_uid = study_uids[row.study_id]
                 if failure is None:
                     row.state = ExportState.DONE
                     row.sent_at = now

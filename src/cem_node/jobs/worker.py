@@ -198,7 +198,7 @@ class Worker:
     # ------------------------------------------------------------------ the work
 
     def _process(self, claimed: _Claimed) -> None:
-        headers, classifications, instance_ids = self._classify(claimed)
+        headers, classifications, instance_ids, paths = self._classify(claimed)
         pairings = pair_images(classifications)
         complete = [p for p in pairings if p.complete]
         with self._sessions.begin() as session:
@@ -223,7 +223,6 @@ class Worker:
                     objects.append(ResultObject("sr", self._report(all_headers, reason)))
             self._finish(claimed, objects, result=None, not_analysable=reason)
             return
-        paths = self._paths(claimed)
         request = AnalysisRequest(
             study_instance_uid=claimed.study_instance_uid,
             analysis_round=claimed.analysis_round,
@@ -243,18 +242,11 @@ class Worker:
         result = self._analyzer.analyse(request)
         self._finish(claimed, list(result.objects), result=result, not_analysable=None)
 
-    def _paths(self, claimed: _Claimed) -> dict[str, Path]:
-        with self._sessions.begin() as session:
-            rows = session.execute(
-                select(Instance.sop_instance_uid, Instance.file_path).where(
-                    Instance.study_id == claimed.study_id
-                )
-            ).all()
-        return {uid: self._files.absolute(path) for uid, path in rows}
-
     def _classify(
         self, claimed: _Claimed
-    ) -> tuple[dict[str, Dataset], list[Classification], dict[str, int]]:
+    ) -> tuple[dict[str, Dataset], list[Classification], dict[str, int], dict[str, Path]]:
+        """Read and classify the study's images; return their headers, classifications,
+        row ids and file paths by SOP Instance UID."""
         with self._sessions.begin() as session:
             rows = session.execute(
                 select(Instance.id, Instance.sop_instance_uid, Instance.file_path).where(
@@ -281,7 +273,9 @@ class Worker:
                 row.image_laterality = c.laterality
                 row.view = c.view
                 row.classified_at = now
-        return headers, classifications, {uid: id_ for id_, uid, _ in rows}
+        ids = {uid: id_ for id_, uid, _ in rows}
+        paths = {uid: self._files.absolute(path) for _, uid, path in rows}
+        return headers, classifications, ids, paths
 
     def _finish(
         self,

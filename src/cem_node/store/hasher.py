@@ -6,7 +6,7 @@ has received nothing for a moment: during a burst a hash would take a core
 from the receiving itself (SHA-256 runs at ~200 MB/s on a CPU without SHA
 instructions, slower than the network on loopback). Updates are written in
 batches. Rows still without a hash at start-up (a
-crash in between) are hashed from their files by :func:`hash_missing`.
+crash in between) are queued again by :meth:`InstanceHasher.submit_missing`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import Instance
 
-__all__ = ["InstanceHasher", "hash_missing"]
+__all__ = ["InstanceHasher"]
 
 _LOG = logging.getLogger(__name__)
 _CHUNK = 1 << 22
@@ -51,25 +51,6 @@ def _write(sessions: sessionmaker[Session], done: list[tuple[int, str, str]]) ->
                 .where(Instance.id == instance_id, Instance.file_path == path)
                 .values(sha256=digest)
             )
-
-
-def hash_missing(sessions: sessionmaker[Session], files: InstanceFileStore) -> int:
-    """Hash every instance whose hash is still missing; return how many were hashed."""
-    with sessions.begin() as session:
-        pending = session.execute(
-            select(Instance.id, Instance.file_path).where(Instance.sha256.is_(None))
-        ).all()
-    done = []
-    for instance_id, path in pending:
-        digest = _sha256(files, path)
-        if digest is not None:
-            done.append((instance_id, path, digest))
-        if len(done) >= BATCH:
-            _write(sessions, done)
-            done = []
-    if done:
-        _write(sessions, done)
-    return len(pending)
 
 
 class InstanceHasher:
@@ -143,5 +124,5 @@ class InstanceHasher:
             if done:
                 try:
                     _write(self._sessions, done)
-                except Exception:  # retried at the next start (hash_missing)
+                except Exception:  # queued again at the next start (submit_missing)
                     _LOG.exception("cannot record %d instance hash(es)", len(done))

@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.store.audit import ALERT, record_event
-from cem_node.store.instance_files import InstanceFileStore
+from cem_node.store.instance_files import InstanceFileStore, StoredFile
 from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
 
 __all__ = [
@@ -312,38 +312,32 @@ class InstanceIngestor:
         refusal = self._disk.refusal(_size(data))
         if refusal:
             return self._out_of_space(header, sender, refusal)
-        for attempt in range(3):
-            try:
-                return self._store(header, data, sender)
-            except IntegrityError:
-                # another association stored the same study or instance first
-                if attempt == 2:
-                    raise
-            except OSError as exc:
-                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    return self._out_of_space(header, sender, f"disk full while writing: {exc}")
-                _LOG.exception("cannot write instance %s", header.sop_instance_uid)
-                return IngestResult(
-                    int(Status.OUT_OF_RESOURCES),
-                    IngestOutcome.REFUSED,
-                    f"Storage error: {exc.strerror or exc}",
-                    header.study_instance_uid,
-                    header.sop_instance_uid,
-                )
-            except OperationalError as exc:
-                _LOG.error(
-                    "database unavailable, instance %s refused: %s",
-                    header.sop_instance_uid,
-                    exc.orig or exc,
-                )
-                return IngestResult(
-                    int(Status.OUT_OF_RESOURCES),
-                    IngestOutcome.REFUSED,
-                    "Database unavailable; retry later",
-                    header.study_instance_uid,
-                    header.sop_instance_uid,
-                )
-        raise AssertionError("unreachable")  # pragma: no cover
+        try:
+            return self._store(header, data, sender)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                return self._out_of_space(header, sender, f"disk full while writing: {exc}")
+            _LOG.exception("cannot write instance %s", header.sop_instance_uid)
+            return IngestResult(
+                int(Status.OUT_OF_RESOURCES),
+                IngestOutcome.REFUSED,
+                f"Storage error: {exc.strerror or exc}",
+                header.study_instance_uid,
+                header.sop_instance_uid,
+            )
+        except OperationalError as exc:
+            _LOG.error(
+                "database unavailable, instance %s refused: %s",
+                header.sop_instance_uid,
+                exc.orig or exc,
+            )
+            return IngestResult(
+                int(Status.OUT_OF_RESOURCES),
+                IngestOutcome.REFUSED,
+                "Database unavailable; retry later",
+                header.study_instance_uid,
+                header.sop_instance_uid,
+            )
 
     def _same_bytes(self, relative_path: str, data: bytes | Path) -> bool:
         try:
@@ -395,75 +389,18 @@ class InstanceIngestor:
             stored = self._files.adopt(data, relative)
         else:
             stored = self._files.write_bytes(relative, data, digest=False)
-        old_path: str | None = None
         try:
-            with self._sessions.begin() as session:
-                now = utcnow()
-                study = self._upsert_study(session, header.dataset, header.study_instance_uid, now)
-                row = session.scalar(
-                    select(Instance)
-                    .where(Instance.sop_instance_uid == header.sop_instance_uid)
-                    .with_for_update()
-                )
-                ds = header.dataset
-                fields = {
-                    "study_id": study.id,
-                    "sop_class_uid": header.sop_class_uid,
-                    "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
-                    "series_number": _int(ds, "SeriesNumber"),
-                    "instance_number": _int(ds, "InstanceNumber"),
-                    "modality": _text(ds, "Modality", 16),
-                    "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
-                    "file_path": stored.relative_path,
-                    "size_bytes": stored.size_bytes,
-                    "sha256": None,  # InstanceHasher, just after the answer
-                    "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
-                    "called_ae_title": (sender.called_ae_title or "")[:16] or None,
-                    "remote_address": (sender.address or "")[:64] or None,
-                    "received_at": now,
-                    # classified by the worker, with the round's rules
-                    "role": None,
-                    "role_reason": None,
-                    "classified_at": None,
-                }
-                if row is None:
-                    outcome = IngestOutcome.STORED
-                    row = Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
-                    session.add(row)
-                elif known is None and self._same_bytes(row.file_path, data):
-                    # an identical copy was indexed meanwhile by another association
-                    outcome = IngestOutcome.UNCHANGED
-                    old_path = stored.relative_path  # ours is redundant
-                else:
-                    outcome = IngestOutcome.REPLACED
-                    old_path = row.file_path
-                    for key, value in fields.items():
-                        setattr(row, key, value)
-                    row.version = version
-                    row.replaced_at = now
-                if outcome is not IngestOutcome.UNCHANGED:
-                    self._audit(
-                        session,
-                        "instance_replaced"
-                        if outcome is IngestOutcome.REPLACED
-                        else "instance_stored",
-                        sender,
-                        decision="accepted",
-                        study_instance_uid=header.study_instance_uid,
-                        sop_instance_uid=header.sop_instance_uid,
-                        message=(
-                            f"different bytes re-sent: version {version} kept, "
-                            "previous one replaced"
-                            if outcome is IngestOutcome.REPLACED
-                            else None
-                        ),
-                        details={"size_bytes": stored.size_bytes},
+            for attempt in range(3):
+                try:
+                    outcome, instance_id, old_path = self._index(
+                        header, stored, version=version, first=known is None, sender=sender
                     )
-                session.flush()
-                instance_id = row.id
-        except IntegrityError:
-            self._files.remove(stored.relative_path)
-            raise  # a concurrent association indexed it first; the retry sorts it out
+                    break
+                except IntegrityError:
+                    # another association created the same study or instance first:
+                    # the file stays where it is, only the index is tried again
+                    if attempt == 2:
+                        raise
         except BaseException:
             self._files.remove(stored.relative_path)
             raise
@@ -484,6 +421,83 @@ class InstanceIngestor:
             header.study_instance_uid,
             header.sop_instance_uid,
         )
+
+    def _index(
+        self,
+        header: _Header,
+        stored: StoredFile,
+        *,
+        version: int,
+        first: bool,
+        sender: ReceivedFrom,
+    ) -> tuple[IngestOutcome, int, str | None]:
+        """Index a stored file in one transaction; return the outcome, the row id and
+        the file that no row names any more (to delete after the commit)."""
+        old_path: str | None = None
+        with self._sessions.begin() as session:
+            now = utcnow()
+            study = self._upsert_study(session, header.dataset, header.study_instance_uid, now)
+            row = session.scalar(
+                select(Instance)
+                .where(Instance.sop_instance_uid == header.sop_instance_uid)
+                .with_for_update()
+            )
+            ds = header.dataset
+            fields = {
+                "study_id": study.id,
+                "sop_class_uid": header.sop_class_uid,
+                "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+                "series_number": _int(ds, "SeriesNumber"),
+                "instance_number": _int(ds, "InstanceNumber"),
+                "modality": _text(ds, "Modality", 16),
+                "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
+                "file_path": stored.relative_path,
+                "size_bytes": stored.size_bytes,
+                "sha256": None,  # InstanceHasher, just after the answer
+                "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
+                "called_ae_title": (sender.called_ae_title or "")[:16] or None,
+                "remote_address": (sender.address or "")[:64] or None,
+                "received_at": now,
+                # classified by the worker, with the round's rules
+                "role": None,
+                "role_reason": None,
+                "classified_at": None,
+            }
+            if row is None:
+                outcome = IngestOutcome.STORED
+                row = Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
+                session.add(row)
+            elif first and self._same_bytes(
+                row.file_path, self._files.absolute(stored.relative_path)
+            ):
+                # an identical copy was indexed meanwhile by another association
+                outcome = IngestOutcome.UNCHANGED
+                old_path = stored.relative_path  # ours is redundant
+            else:
+                outcome = IngestOutcome.REPLACED
+                old_path = row.file_path
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                row.version = row.version + 1  # also when the row appeared meanwhile
+                row.replaced_at = now
+            if outcome is not IngestOutcome.UNCHANGED:
+                self._audit(
+                    session,
+                    "instance_replaced" if outcome is IngestOutcome.REPLACED else "instance_stored",
+                    sender,
+                    decision="accepted",
+                    study_instance_uid=header.study_instance_uid,
+                    sop_instance_uid=header.sop_instance_uid,
+                    message=(
+                        f"different bytes re-sent: version {version} kept, previous one replaced"
+                        if outcome is IngestOutcome.REPLACED
+                        else None
+                    ),
+                    details={"size_bytes": stored.size_bytes},
+                )
+            session.flush()
+            instance_id = row.id
+        return outcome, instance_id, old_path
 
     def _upsert_study(self, session: Session, ds: Dataset, uid: str, now: object) -> Study:
         study = session.scalar(
