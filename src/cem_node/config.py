@@ -573,21 +573,43 @@ class AnalysisSection(_Section):
         "auto",
         description='Where to run the networks: "auto" (a GPU if there is one), "cpu" or "cuda".',
     )
-    score_threshold: Fraction = Field(
-        0.05, description="Detector score below which a candidate is dropped before NMS."
+    score_threshold: Fraction | None = Field(
+        None,
+        description=(
+            "Detector score below which a candidate is dropped before NMS. Unset: the model "
+            "bundle's value (its thresholds were chosen with it)."
+        ),
+        examples=[0.05],
     )
-    nms_iou: Fraction = Field(
-        0.5, description="Overlap (IoU) above which the weaker of two detections is suppressed."
+    nms_iou: Fraction | None = Field(
+        None,
+        description="Overlap (IoU) above which the weaker of two detections is suppressed. "
+        "Unset: the bundle's value.",
+        examples=[0.5],
     )
-    max_lesions: int = Field(5, ge=1, description="Maximum number of lesions reported per image.")
-    keep_score: Fraction = Field(
-        0.1, description="Final lesion score below which a detection is not reported."
+    max_lesions: int | None = Field(
+        None,
+        ge=1,
+        description="Maximum number of lesions reported per image. Unset: the bundle's value.",
+        examples=[5],
+    )
+    keep_score: Fraction | None = Field(
+        None,
+        description="Final lesion score below which a detection is not reported. "
+        "Unset: the bundle's value.",
+        examples=[0.1],
     )
     radiomics_workers: int = Field(
         2, ge=1, description="Worker processes computing radiomics features."
     )
-    radiomics_max_grey_levels: int = Field(
-        256, ge=2, description="Number of grey levels the image is binned to for texture features."
+    radiomics_max_grey_levels: int | None = Field(
+        None,
+        ge=8,
+        description=(
+            "Cap on the grey levels inside a lesion for texture features (the bin width is "
+            "widened above it, so one odd lesion cannot stall the node). Unset: the bundle's value."
+        ),
+        examples=[256],
     )
 
 

@@ -14,10 +14,12 @@ import typer
 
 from cem_node import __version__
 from cem_node.cli import (
+    analyze_cmd,
     config_cmd,
     db_cmd,
     demo_cmd,
     echo_cmd,
+    models_cmd,
     peers_cmd,
     serve_cmd,
     studies_cmd,
@@ -87,11 +89,13 @@ def _root(
 app.add_typer(config_cmd.app, name="config")
 app.add_typer(db_cmd.app, name="db")
 app.add_typer(peers_cmd.app, name="peers")
+app.add_typer(models_cmd.app, name="models")
 app.add_typer(studies_cmd.app, name="studies")
 app.command(name="serve")(serve_cmd.serve)
 app.command(name="echo")(echo_cmd.echo)
 app.command(name="synth")(synth_cmd.synth)
 app.command(name="demo")(demo_cmd.demo)
+app.command(name="analyze")(analyze_cmd.analyze)
 
 
 def main() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -63,6 +64,7 @@ def serve(
     from cem_node.dicom.tls import TlsConfigError
     from cem_node.logs import configure_logging
     from cem_node.node import Node
+    from cem_node.pipeline.service import BundleAnalyzer
     from cem_node.store import SchemaOutdatedError
 
     state: CliContext = ctx.obj
@@ -84,7 +86,8 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.logging, json_output=log_json)
-    node = Node(settings)
+    analyzer = BundleAnalyzer(settings.analysis)
+    node = Node(settings, analyzer=analyzer)
     try:
         node.start()
     except SchemaOutdatedError as exc:
@@ -111,4 +114,8 @@ def serve(
         Path(settings.storage.root).resolve(),
         "SQLite" if settings.database_url().startswith("sqlite") else "database server",
     )
+    # load the networks now, not when the first study arrives (receiving starts at once)
+    threading.Thread(
+        target=lambda: _LOG.info("%s", analyzer.preload()), name="preload", daemon=True
+    ).start()
     node.run_until_signalled(lambda signum: _LOG.info("signal %d: stopping", signum))

@@ -7,12 +7,15 @@ The real analysis (issue #4) implements it; tests use a test double.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
+
+from cem_node.dicom.cem_selection import Pairing
+from cem_node.findings import Findings
 
 __all__ = [
     "AnalysisRequest",
@@ -22,6 +25,7 @@ __all__ = [
     "ImagePair",
     "ResultObject",
     "UnavailableAnalyzer",
+    "image_pairs",
 ]
 
 
@@ -35,6 +39,22 @@ class ImagePair:
     recombined_path: Path
     low_energy_sop_instance_uid: str
     recombined_sop_instance_uid: str
+
+
+def image_pairs(pairings: Iterable[Pairing], path_of: Mapping[str, Path]) -> list[ImagePair]:
+    """The complete pairings as :class:`ImagePair` (``path_of``: SOP Instance UID -> file)."""
+    return [
+        ImagePair(
+            laterality=p.laterality or "",
+            view=p.view or "",
+            low_energy_path=path_of[p.low_energy or ""],
+            recombined_path=path_of[p.recombined or ""],
+            low_energy_sop_instance_uid=p.low_energy or "",
+            recombined_sop_instance_uid=p.recombined or "",
+        )
+        for p in pairings
+        if p.complete
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +87,8 @@ class AnalysisResult:
     device: str | None = None
     document: dict[str, Any] | None = None
     patient_score: float | None = None
+    findings: Findings | None = None
+    """The typed findings (their JSON is ``document``); stored as one row per lesion."""
     details: dict[str, Any] = field(default_factory=dict)
 
 

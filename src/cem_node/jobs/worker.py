@@ -29,13 +29,14 @@ from cem_node.dicom.cem_selection import (
     classify_image,
     pair_images,
 )
+from cem_node.findings import Findings
 from cem_node.jobs.analysis import (
     AnalysisRequest,
     AnalysisResult,
     AnalysisUnavailableError,
     Analyzer,
-    ImagePair,
     ResultObject,
+    image_pairs,
 )
 from cem_node.jobs.claims import for_claim
 from cem_node.jobs.states import transition
@@ -45,11 +46,13 @@ from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import (
     Analysis,
     Export,
+    Finding,
     ImageRole,
     Instance,
     Job,
     JobKind,
     JobState,
+    LesionLabel,
     Pairing,
     Study,
     StudyState,
@@ -226,17 +229,7 @@ class Worker:
         request = AnalysisRequest(
             study_instance_uid=claimed.study_instance_uid,
             analysis_round=claimed.analysis_round,
-            pairs=[
-                ImagePair(
-                    laterality=p.laterality or "",
-                    view=p.view or "",
-                    low_energy_path=paths[p.low_energy or ""],
-                    recombined_path=paths[p.recombined or ""],
-                    low_energy_sop_instance_uid=p.low_energy or "",
-                    recombined_sop_instance_uid=p.recombined or "",
-                )
-                for p in complete
-            ],
+            pairs=image_pairs(complete, paths),
             headers=list(headers.values()),
         )
         result = self._analyzer.analyse(request)
@@ -311,6 +304,8 @@ class Worker:
                     analysis.patient_score = result.patient_score
                 session.add(analysis)
                 session.flush()
+                if result is not None and result.findings is not None:
+                    _add_finding_rows(session, analysis, result.findings)
                 for older in session.scalars(
                     select(Analysis).where(
                         Analysis.study_id == study.id,
@@ -456,3 +451,38 @@ class _SupersededError(Exception):
     def __init__(self, state: JobState) -> None:
         super().__init__(state.value)
         self.state = state.value
+
+
+def _add_finding_rows(session: Session, analysis: Analysis, findings: Findings) -> None:
+    """Record the findings' schema version, patient label and one row per lesion."""
+    analysis.document_schema_version = findings.schema_version
+    analysis.patient_label = LesionLabel(findings.patient.label)
+    for index, lesion in enumerate(findings.lesions):
+        x0, y0, x1, y1 = lesion.box
+        session.add(
+            Finding(
+                analysis_id=analysis.id,
+                study_id=analysis.study_id,
+                lesion_index=index,
+                image_laterality=lesion.laterality,
+                view=lesion.view,
+                recombined_sop_instance_uid=lesion.recombined_sop_instance_uid,
+                low_energy_sop_instance_uid=lesion.low_energy_sop_instance_uid,
+                bbox_x0=x0,
+                bbox_y0=y0,
+                bbox_x1=x1,
+                bbox_y1=y1,
+                area_mm2=lesion.area_mm2,
+                max_diameter_mm=lesion.max_diameter_mm,
+                probability_dl=lesion.dl_probability,
+                probability_radiomics=lesion.radiomics_probability,
+                probability_fused=lesion.fused_probability,
+                label_dl=LesionLabel(lesion.dl_label),
+                label_radiomics=None
+                if lesion.radiomics_label is None
+                else LesionLabel(lesion.radiomics_label),
+                label_fused=LesionLabel(lesion.fused_label),
+                agreement=lesion.agreement,
+                radiomics_failed_reason=lesion.radiomics_error,
+            )
+        )

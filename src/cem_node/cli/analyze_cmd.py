@@ -1,0 +1,174 @@
+"""``cem-node analyze``: analyse DICOM files without a running node."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cem_node.cli.context import CliContext, console, fail
+
+
+def _table(findings, out_dir: Path):
+    from rich.table import Table
+
+    model = findings.model
+    title = (
+        f"Study {findings.study_instance_uid} · {model.name} {model.version} "
+        f"(sha256 {model.sha256[:12]}) · {findings.device}"
+    )
+    table = Table(title=title, title_justify="left")
+    for name in ("lesion", "breast", "view", "box (x0,y0,x1,y1 px)", "area mm²"):
+        table.add_column(name)
+    for name in ("DL", "radiomics", "fused"):
+        table.add_column(name, justify="right")
+    table.add_column("label")
+    table.add_column("agree")
+    for les in findings.lesions:
+        rad = "—" if les.radiomics_probability is None else f"{les.radiomics_probability:.3f}"
+        table.add_row(
+            les.lesion_id,
+            les.laterality,
+            les.view,
+            ",".join(f"{v:.0f}" for v in les.box),
+            "—" if les.area_mm2 is None else f"{les.area_mm2:.1f}",
+            f"{les.dl_probability:.3f}",
+            rad,
+            f"{les.fused_probability:.3f}" + ("" if les.fused_source == "mean" else " (DL)"),
+            les.fused_label,
+            {True: "yes", False: "no", None: "—"}[les.agreement],
+        )
+    return table
+
+
+def analyze(
+    ctx: typer.Context,
+    paths: Annotated[
+        list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out", "-o", help="Output folder: one sub-folder per study.", file_okay=False
+        ),
+    ],
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model bundle name. Default: the active bundle, else [analysis] model.",
+        ),
+    ] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the findings documents as JSON.")
+    ] = False,
+    device: Annotated[
+        str | None, typer.Option("--device", help='"auto", "cpu" or "cuda" (default: config).')
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir", help="Folder of model bundles (default: [analysis] models_dir)."
+        ),
+    ] = None,
+) -> None:
+    """Analyse CEM images: find, outline and score lesions, without a node.
+
+    Groups the files by study, pairs low-energy and recombined images per
+    breast and view with the node's selection rules, and writes per study
+    findings.json and an overlay PNG per view (outlines and scores on the RC
+    and LE images). Exit code 0 when every study with a pair was analysed,
+    1 when one failed or none could be analysed, 2 for bad input.
+    """
+    from cem_node.models import BundleError, BundleRegistry
+    from cem_node.pipeline.analyse import LoadedModels
+    from cem_node.pipeline.overlay import write_view_overlay
+    from cem_node.pipeline.pixels import read_source_image
+    from cem_node.pipeline.service import analyse_request, requests_from_files
+
+    obj: CliContext = ctx.obj
+    settings = obj.settings_or_exit()
+    analysis = settings.analysis
+    if device is not None:
+        analysis = analysis.model_copy(update={"device": device})
+    if models_dir is not None:
+        analysis = analysis.model_copy(update={"models_dir": models_dir})
+    err = console()
+    err.file = sys.stderr
+    try:
+        studies, skipped = requests_from_files(paths, settings.selection)
+    except FileNotFoundError as exc:
+        raise fail(str(exc), 2) from None
+    if skipped:
+        err.print(f"[yellow]skipped {len(skipped)} file(s) that are not DICOM images[/]")
+        for line in skipped[:3]:
+            err.print(f"  {line}")
+    if not studies:
+        raise fail("no DICOM study among the given paths", 2)
+
+    registry = BundleRegistry(analysis.models_dir)
+    try:
+        bundle = registry.resolve(model, analysis.model)
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+    try:
+        models = LoadedModels.load(bundle, analysis.device)
+    except Exception as exc:  # a bundle that verifies but cannot be loaded
+        raise fail(f"cannot load model bundle {bundle.manifest.bundle.name}: {exc}", 1) from None
+    identity = bundle.identity()
+    if identity.disclaimer:
+        err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
+
+    documents = []
+    failed = 0
+    for study in studies:
+        if study.request is None:
+            err.print(f"[yellow]{study.study_instance_uid}[/]: {study.reason}")
+            failed += 1
+            continue
+        try:
+            findings = analyse_request(models, study.request, analysis)
+        except Exception as exc:
+            err.print(f"[red]{study.study_instance_uid}: analysis failed: {exc}[/]")
+            failed += 1
+            continue
+        study_dir = out / study.study_instance_uid
+        study_dir.mkdir(parents=True, exist_ok=True)
+        (study_dir / "findings.json").write_text(findings.to_json() + "\n")
+        overlays = []
+        for pair in study.request.pairs:
+            overlays.append(
+                write_view_overlay(
+                    findings,
+                    pair.laterality,
+                    pair.view,
+                    read_source_image(pair.recombined_path).pixels,
+                    read_source_image(pair.low_energy_path).pixels,
+                    study_dir / f"overlay-{pair.laterality}-{pair.view}.png",
+                )
+            )
+        documents.append(findings.model_dump(mode="json"))
+        if not as_json:
+            out_console = console()
+            out_console.print(_table(findings, study_dir))
+            summary = ", ".join(
+                f"{b.laterality}: {b.label}" + ("" if b.score is None else f" ({b.score:.2f})")
+                for b in findings.breasts
+            )
+            out_console.print(
+                f"breasts {summary}; patient: {findings.patient.label}"
+                + ("" if findings.patient.score is None else f" ({findings.patient.score:.2f})")
+            )
+            for note in findings.notes:
+                out_console.print(f"  note: {note}")
+            out_console.print(
+                f"  wrote {study_dir / 'findings.json'} and {len(overlays)} overlay PNG(s)"
+            )
+    if as_json:
+        typer.echo(json.dumps({"studies": documents}, indent=2))
+    if failed or not documents:
+        raise typer.Exit(1)

@@ -1,0 +1,337 @@
+"""The analysis of one study: paired LE/RC images in, :class:`~cem_node.findings.Findings` out.
+
+Steps (PAPER.md): preprocess each pair, detect lesions on all views in one
+batch, map every mask back to the full-size source image, compute the
+handcrafted radiomics on the original LE and RC images inside each mask,
+score them with the bundle's XGBoost model, fuse with the DL probability
+and decide per lesion, breast and patient with the bundle's thresholds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydicom.dataset import Dataset
+from pydicom.uid import generate_uid
+
+from cem_node.findings import Findings, Lesion, LesionMask, ViewResult
+from cem_node.models import Bundle
+from cem_node.pipeline import fusion
+from cem_node.pipeline.classifier import RadiomicsClassifier
+from cem_node.pipeline.detector import detect, load_detector, select_device
+from cem_node.pipeline.lesion_geometry import (
+    largest_component,
+    max_diameter,
+    outline,
+    remove_overlaps,
+)
+from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
+from cem_node.pipeline.pixels import SourceImage
+from cem_node.pipeline.preprocess import preprocess_pair
+from cem_node.pipeline.radiomics import extract_many, make_job
+
+__all__ = [
+    "LoadedModels",
+    "PairInput",
+    "StudyContext",
+    "analyse_study",
+    "study_context",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PairInput:
+    """The decoded low-energy and recombined images of one breast and view."""
+
+    laterality: str
+    view: str
+    low_energy: SourceImage
+    recombined: SourceImage
+
+
+@dataclass(frozen=True, slots=True)
+class StudyContext:
+    """What the findings need from the study's headers."""
+
+    study_instance_uid: str
+    patient_id: str | None = None
+    patient_name: str | None = None
+    accession_number: str | None = None
+    patient_age_years: float | None = None
+    analysis_round: int = 1
+
+
+def _age_years(ds: Dataset) -> float | None:
+    age = str(ds.get("PatientAge", "") or "")
+    if len(age) == 4 and age[:3].isdigit() and age[3] in "DWMY":
+        per_year = {"D": 365.25, "W": 52.1775, "M": 12.0, "Y": 1.0}[age[3]]
+        return int(age[:3]) / per_year
+    birth, study = str(ds.get("PatientBirthDate", "") or ""), str(ds.get("StudyDate", "") or "")
+    try:
+        born = dt.datetime.strptime(birth[:8], "%Y%m%d").date()
+        seen = dt.datetime.strptime(study[:8], "%Y%m%d").date()
+    except ValueError:
+        return None
+    return (seen - born).days / 365.25
+
+
+def study_context(headers: Sequence[Dataset], analysis_round: int = 1) -> StudyContext:
+    """Identifiers and age of the study, from its first header that has them."""
+    if not headers:
+        raise ValueError("a study needs at least one header")
+    first = headers[0]
+    ages = [a for a in (_age_years(h) for h in headers) if a is not None]
+    return StudyContext(
+        study_instance_uid=str(first.StudyInstanceUID),
+        patient_id=str(first.get("PatientID", "")) or None,
+        patient_name=str(first.get("PatientName", "")) or None,
+        accession_number=str(first.get("AccessionNumber", "")) or None,
+        patient_age_years=ages[0] if ages else None,
+        analysis_round=analysis_round,
+    )
+
+
+@dataclass
+class LoadedModels:
+    """A verified bundle with its detector and radiomics model loaded."""
+
+    bundle: Bundle
+    detector: object
+    classifier: RadiomicsClassifier
+    device: object
+    device_description: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, bundle: Bundle, device: str = "auto") -> LoadedModels:
+        """Load the bundle's networks (checksums were verified by the registry)."""
+        started = time.perf_counter()
+        torch_device, description = select_device(device)
+        manifest = bundle.manifest
+        detector = load_detector(
+            bundle.file(manifest.detector.weights),
+            manifest.detector.config(),
+            manifest.preprocessing,
+            device=torch_device,
+        )
+        classifier = RadiomicsClassifier.load(
+            bundle.file(manifest.radiomics.model), bundle.file(manifest.radiomics.features)
+        )
+        log.info(
+            "loaded model bundle %s %s (sha256 %s) on %s",
+            manifest.bundle.name,
+            manifest.bundle.version,
+            bundle.sha256[:12],
+            description,
+        )
+        return cls(
+            bundle=bundle,
+            detector=detector,
+            classifier=classifier,
+            device=torch_device,
+            device_description=description,
+            timings_s={"load": time.perf_counter() - started},
+        )
+
+
+@dataclass
+class _Candidate:
+    pair: PairInput
+    mask: np.ndarray
+    box: tuple[float, float, float, float]
+    detector_class: str
+    detector_score: float
+    dl_probability: float
+
+
+def _lesion_id(laterality: str, view: str, index: int) -> str:
+    return f"{laterality}-{view}-{index}"
+
+
+def analyse_study(
+    models: LoadedModels,
+    context: StudyContext,
+    pairs: Sequence[PairInput],
+    postprocess: PostprocessParams | None = None,
+    radiomics_settings: RadiomicsSettings | None = None,
+    radiomics_workers: int = 1,
+) -> Findings:
+    """Analyse the study's pairs with the loaded bundle; return its findings.
+
+    ``postprocess`` and ``radiomics_settings`` default to the bundle's.
+    """
+    manifest = models.bundle.manifest
+    post = postprocess or manifest.postprocessing
+    rad_settings = radiomics_settings or manifest.radiomics.settings()
+    thresholds = manifest.thresholds
+    notes: list[str] = []
+    timings: dict[str, float] = {}
+
+    tick = time.perf_counter()
+    prepared = [
+        preprocess_pair(
+            p.low_energy.pixels, p.recombined.pixels, manifest.preprocessing, p.laterality
+        )
+        for p in pairs
+    ]
+    timings["preprocess"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    detections = detect(models.detector, [p.image for p in prepared], post, models.device)
+    timings["detect"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    candidates: list[_Candidate] = []
+    per_view: list[list[_Candidate]] = []
+    for pair, prep, found in zip(pairs, prepared, detections, strict=True):
+        # a lesion lies in the breast: the network saw nothing outside the breast mask
+        masks = [
+            largest_component(
+                prep.geometry.mask_to_source(d.mask_probability, post.mask_threshold)
+                & prep.breast_mask
+            )
+            for d in found
+        ]
+        view_candidates = []
+        for det, mask in zip(found, remove_overlaps(masks), strict=True):
+            if not mask.any():
+                notes.append(
+                    f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) had "
+                    "an empty mask after mapping to the source image and was dropped"
+                )
+                continue
+            box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
+            view_candidates.append(
+                _Candidate(
+                    pair=pair,
+                    mask=mask,
+                    box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                    detector_class=det.label,
+                    detector_score=det.score,
+                    dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
+                )
+            )
+        per_view.append(view_candidates)
+        candidates.extend(view_candidates)
+    timings["map_back"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    jobs = [
+        make_job(
+            job_id=str(i),
+            low_energy=c.pair.low_energy.pixels,
+            recombined=c.pair.recombined.pixels,
+            mask=c.mask,
+            spacing_mm=c.pair.recombined.pixel_spacing_mm,
+            settings=rad_settings,
+        )
+        for i, c in enumerate(candidates)
+    ]
+    radiomics = extract_many(jobs, rad_settings, workers=radiomics_workers)
+    timings["radiomics"] = time.perf_counter() - tick
+
+    ok = [i for i, r in enumerate(radiomics) if r.features is not None]
+    rad_probability: dict[int, float] = {}
+    if ok:
+        ages = [context.patient_age_years] * len(ok)
+        probs = models.classifier.predict_proba([radiomics[i].features for i in ok], ages=ages)
+        rad_probability = {i: float(p) for i, p in zip(ok, probs, strict=True)}
+
+    lesions: list[Lesion] = []
+    views: list[ViewResult] = []
+    index = 0
+    for pair, view_candidates in zip(pairs, per_view, strict=True):
+        ids = []
+        for number, cand in enumerate(view_candidates, start=1):
+            rad = radiomics[index]
+            rad_p = rad_probability.get(index)
+            index += 1
+            decision = fusion.decide_lesion(cand.dl_probability, rad_p, thresholds)
+            lesion_id = _lesion_id(pair.laterality, pair.view, number)
+            points = outline(cand.mask)
+            spacing = pair.recombined.pixel_spacing_mm
+            area_px = int(cand.mask.sum())
+            error = None if rad_p is not None else (rad.error or "radiomics unavailable")
+            if error is not None:
+                notes.append(f"{lesion_id}: radiomics failed ({error}); fused score = DL only")
+            lesions.append(
+                Lesion(
+                    lesion_id=lesion_id,
+                    tracking_uid=generate_uid(
+                        entropy_srcs=[
+                            context.study_instance_uid,
+                            str(context.analysis_round),
+                            models.bundle.sha256,
+                            lesion_id,
+                        ]
+                    ),
+                    laterality=pair.laterality,  # type: ignore[arg-type]
+                    view=pair.view,
+                    recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
+                    low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+                    box=cand.box,
+                    outline=points,
+                    mask=LesionMask.from_array(cand.mask),
+                    area_px=area_px,
+                    area_mm2=None if spacing is None else area_px * spacing[0] * spacing[1],
+                    max_diameter_mm=max_diameter(points, spacing),
+                    detector_class=cand.detector_class,  # type: ignore[arg-type]
+                    detector_score=cand.detector_score,
+                    dl_probability=cand.dl_probability,
+                    radiomics_probability=rad_p,
+                    radiomics_error=error,
+                    fused_probability=decision.fused_probability,
+                    fused_source=decision.fused_source,
+                    dl_label=decision.dl_label,
+                    radiomics_label=decision.radiomics_label,
+                    fused_label=decision.fused_label,
+                    agreement=decision.agreement,
+                )
+            )
+            notes.extend(f"{lesion_id}: {n}" for n in rad.notes)
+            ids.append(lesion_id)
+        rows, columns = pair.recombined.pixels.shape
+        views.append(
+            ViewResult(
+                laterality=pair.laterality,  # type: ignore[arg-type]
+                view=pair.view,
+                recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
+                low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+                rows=rows,
+                columns=columns,
+                pixel_spacing_mm=pair.recombined.pixel_spacing_mm,
+                lesion_ids=ids,
+            )
+        )
+
+    lateralities = sorted({p.laterality for p in pairs})
+    breasts = fusion.breast_summaries(
+        [(lesion.laterality, lesion.fused_probability) for lesion in lesions],
+        lateralities,
+        thresholds,
+    )
+    patient = fusion.patient_summary([lesion.fused_probability for lesion in lesions], thresholds)
+    return Findings(
+        study_instance_uid=context.study_instance_uid,
+        patient_id=context.patient_id,
+        patient_name=context.patient_name,
+        accession_number=context.accession_number,
+        patient_age_years=context.patient_age_years,
+        model=models.bundle.identity(),
+        device=models.device_description,
+        created=dt.datetime.now(dt.UTC),
+        thresholds=thresholds,
+        views=views,
+        lesions=lesions,
+        breasts=breasts,
+        patient=patient,
+        notes=notes,
+        timings_s={k: round(v, 4) for k, v in timings.items()},
+    )

@@ -1,0 +1,77 @@
+"""Pure geometry of one lesion mask on the source image: outline, area, diameter."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+from skimage.measure import approximate_polygon, find_contours
+
+__all__ = [
+    "largest_component",
+    "max_diameter",
+    "outline",
+    "remove_overlaps",
+]
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected region of ``mask`` (an empty mask stays empty).
+
+    A lesion is reported as one region so its SEG segment, its SR outline
+    and its GSPS outline describe the same pixels.
+    """
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count <= 1:
+        return mask.astype(bool, copy=True)
+    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
+
+
+def remove_overlaps(masks: list[np.ndarray]) -> list[np.ndarray]:
+    """Give each pixel to the first mask (highest score first) that claims it."""
+    taken: np.ndarray | None = None
+    out = []
+    for mask in masks:
+        own = mask if taken is None else mask & ~taken
+        out.append(own)
+        taken = own.copy() if taken is None else taken | own
+    return out
+
+
+def outline(mask: np.ndarray, tolerance_px: float = 0.5) -> list[tuple[float, float]]:
+    """The boundary of the mask's region as a closed polygon of (column, row) points.
+
+    The contour runs along the pixel edges' midpoints (marching squares at
+    0.5), so filling it reproduces the mask; it is simplified with a
+    tolerance of ``tolerance_px`` and closed (last point = first point).
+    """
+    padded = np.pad(mask.astype(np.float32), 1)
+    contours = find_contours(padded, 0.5)
+    if not contours:
+        raise ValueError("the mask is empty: no outline")
+    contour = max(contours, key=len) - 1.0  # undo the padding
+    contour = approximate_polygon(contour, tolerance=tolerance_px)
+    points = [(float(c), float(r)) for r, c in contour]
+    if points[0] != points[-1]:
+        points.append(points[0])
+    while len(points) < 4:  # a one-pixel lesion: keep a valid closed polygon
+        points.insert(-1, points[-2])
+    return points
+
+
+def max_diameter(
+    points: list[tuple[float, float]], spacing_mm: tuple[float, float] | None
+) -> float | None:
+    """Largest distance between two outline points, in mm (None without spacing)."""
+    if spacing_mm is None:
+        return None
+    row_mm, col_mm = spacing_mm
+    xy = np.array(points, dtype=np.float64) * np.array([col_mm, row_mm])
+    # a degenerate (collinear) outline has no hull: then every point is used
+    with contextlib.suppress(QhullError, ValueError):
+        xy = xy[ConvexHull(xy).vertices]
+    diff = xy[:, None, :] - xy[None, :, :]
+    return float(np.sqrt((diff**2).sum(-1)).max())

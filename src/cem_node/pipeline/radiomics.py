@@ -1,0 +1,702 @@
+"""Handcrafted radiomics of one lesion on the low-energy and recombined images.
+
+PAPER.md "Handcrafted radiomics": pyradiomics 3.0.1 on the ORIGINAL (not
+preprocessed) LE and RC images with the lesion mask; image types Original,
+LoG (the sigmas of :class:`~cem_node.pipeline.params.RadiomicsSettings`) and
+Wavelet; feature classes firstorder, shape2D, glcm, glrlm, glszm, gldm,
+ngtdm; ``binWidth`` 3, ``force2D``, no normalisation, no resampling, label 1.
+
+How the pyradiomics pitfall is avoided
+--------------------------------------
+pyradiomics' filters and feature classes do not agree on one input geometry
+for a 2-D mammogram:
+
+* on a one-slice 3-D image (``force2D``, ``force2Ddimension`` 0) the LoG image
+  types are silently skipped ("Image too small to apply LoG filter");
+* on a 2-D image, ``force2Ddimension`` 0 removes the ROW axis: the wavelet
+  gives only ``wavelet-H`` / ``wavelet-L`` and -- not documented anywhere --
+  the texture matrices (glcm, glrlm, ...) see only the horizontal direction.
+
+So each image is extracted like this (:func:`extract_image_features`): the
+image and the mask are cropped to the mask's bounding box plus a margin (see
+"Crop" below); the texture, first-order and shape features of every image
+type are computed by pyradiomics' own feature classes on a ONE-SLICE 3-D
+image with the settings of :func:`pyradiomics_params` (in-plane, all four 2-D
+directions); the Original and Wavelet images are made by pyradiomics'
+``imageoperations`` from that one-slice image (4 sub-bands LL, LH, HL, HH);
+the LoG images are made by ``imageoperations.getLoGImage`` from the 2-D image
+(a 2-D, in-plane LoG) and then lifted to one slice. Unless a bin width is
+widened (below), the values equal those of
+``RadiomicsFeatureExtractor(params).execute(image, mask)`` on the same cropped
+input: as a one-slice image with ``params = pyradiomics_params(s)`` for
+Original and Wavelet, as a 2-D image with ``force2D`` off for LoG (which
+filters in-plane and uses all four in-plane directions too); the Original
+features also equal those of the whole, uncropped image (all checked in
+tests/test_radiomics.py).
+
+Feature names
+-------------
+pyradiomics' names plus the image suffix (``_low_energy`` / ``_recombined``):
+``<imagetype>_<class>_<feature><suffix>`` with image types ``original``,
+``log-sigma-<sigma with "." as "-">-mm-3D`` (pyradiomics calls every LoG
+"-3D" even though it is 2-D here), ``wavelet-LL``, ``wavelet-LH``,
+``wavelet-HL``, ``wavelet-HH``; shape features only as ``original_shape2D_*``.
+With the default settings an image gives 9 shape2D + 9 x 93 = 846 features, a
+lesion 1692.
+
+Crop
+----
+The cost must not depend on the image size, so the image is cropped to the
+mask's bounding box plus :func:`crop_margin` pixels: at least
+``crop_margin_px``, and at least 8 LoG sigmas (in pixels) and 6 pixels for the
+wavelet, so the filters see the same neighbourhood as on the whole image. With
+16 pixels only, at 0.1 mm pixels, the LoG features of sigma 1 mm (10 pixels)
+of a synthetic lesion differed from those of the whole image by up to 270 %
+(boundary effects of the recursive Gaussian), with 8 sigmas by < 1e-5. Original and Wavelet features
+do not change at all. The margin stays bounded (80 pixels at 0.1 mm), so the
+cost does not grow with the image.
+
+Grey-level cap
+--------------
+Every image the features are computed on (the original and each filtered
+one) is discretised with ``binWidth``, unless its range inside the mask
+divided by ``binWidth`` exceeds ``max_grey_levels``: then that image's bin
+width is widened to ``range / max_grey_levels`` (pyradiomics' bin edges start
+at a multiple of the width, so at most ``max_grey_levels`` + 2 levels) and a
+note is recorded and logged (WARNING for the original image, INFO for a
+filtered one). Each image type is capped on its own because pyradiomics' glcm
+costs about Ng^3 (measured on a 240-pixel disc: 0.7 s at 256 levels, 4.3 s at
+512, 60 s at 1024), and a filtered image can have a much wider range than the
+original inside the mask (wavelet-LL about twice; LoG of a bright spot just
+outside the mask). The price: wavelet-LL is widened for lesions with more than
+about 130-150 levels in the original (a 24 mm synthetic RC lesion with 164
+levels gave 287 in wavelet-LL).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import multiprocessing
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk  # noqa: N813 (the usual name)
+from numpy.typing import NDArray
+from radiomics import imageoperations
+from radiomics.featureextractor import RadiomicsFeatureExtractor
+
+from cem_node.pipeline.params import RadiomicsSettings
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "WAVELET_SUBBANDS",
+    "ImageFeatures",
+    "LesionRadiomics",
+    "RadiomicsError",
+    "RadiomicsJob",
+    "crop_box",
+    "crop_margin",
+    "expected_image_types",
+    "extract_image_features",
+    "extract_lesion_features",
+    "extract_many",
+    "log_image_type",
+    "make_job",
+    "pyradiomics_params",
+]
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES: tuple[str, str] = ("_low_energy", "_recombined")
+"""Suffixes of the low-energy and recombined feature names, in that order."""
+
+WAVELET_SUBBANDS: tuple[str, str, str, str] = ("LL", "LH", "HL", "HH")
+"""The four 2-D sub-bands of pyradiomics' (coif1, one level) stationary wavelet."""
+
+_RADIOMICS_LOGGERS = ("radiomics", "pykwalify")
+_SUM_AVERAGE_NAG = "GLCM is symmetrical, therefore Sum Average"
+_SLICE_SPACING_MM = 1.0  # out-of-plane spacing of the one-slice image (enters TotalEnergy)
+_LOG_MARGIN_SIGMAS = 8.0  # crop margin in LoG sigmas: LoG features as on the whole image
+_WAVELET_MARGIN_PX = 6  # support of the one-level coif1 stationary wavelet
+
+
+class RadiomicsError(ValueError):
+    """The features of an image cannot be extracted (the message says why)."""
+
+
+@dataclass(frozen=True)
+class ImageFeatures:
+    """The radiomics of one image (LE or RC) of a lesion.
+
+    Attributes
+    ----------
+    features : dict of str to float
+        Feature name (with the image suffix) -> value; no ``diagnostics_`` entries.
+    notes : list of str
+        What was changed on the way (e.g. a widened bin width).
+    """
+
+    features: dict[str, float]
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class LesionRadiomics:
+    """The radiomics of one lesion on both images, or why there are none.
+
+    Attributes
+    ----------
+    features : dict of str to float or None
+        The features of both images (suffixes ``_low_energy`` and ``_recombined``), or
+        None when the extraction failed.
+    error : str or None
+        What went wrong, None on success.
+    notes : list of str
+        Notes of both images, each prefixed with the image ("recombined: ...").
+    seconds : float
+        Wall-clock time of the extraction.
+    """
+
+    features: dict[str, float] | None
+    error: str | None
+    notes: list[str]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RadiomicsJob:
+    """One lesion to extract, cropped so it is cheap to send to a worker process.
+
+    Build it with :func:`make_job`, which crops the images and the mask to the mask's
+    bounding box plus the settings' margin (the same crop the extraction does).
+
+    Attributes
+    ----------
+    job_id : str
+        The caller's identifier of the lesion (not used by the extraction).
+    low_energy, recombined : numpy.ndarray
+        The original (not preprocessed) images, 2-D.
+    mask : numpy.ndarray
+        The lesion mask, 2-D bool, same shape as the images.
+    spacing_mm : tuple of float or None
+        Pixel spacing (row, column) in mm; None when unknown.
+    """
+
+    job_id: str
+    low_energy: NDArray[Any]
+    recombined: NDArray[Any]
+    mask: NDArray[np.bool_]
+    spacing_mm: tuple[float, float] | None
+
+
+def pyradiomics_params(settings: RadiomicsSettings) -> dict[str, Any]:
+    """The pyradiomics parameter dictionary of ``settings``.
+
+    JSON-serialisable (the model bundle stores it) and accepted by
+    ``RadiomicsFeatureExtractor(params)``. It describes an extraction on a one-slice
+    3-D image (``force2D``, ``force2Ddimension`` 0); see the module docstring for how
+    the LoG images are made.
+
+    Parameters
+    ----------
+    settings : RadiomicsSettings
+        The radiomics settings.
+
+    Returns
+    -------
+    dict
+        With the keys ``setting``, ``imageType`` and ``featureClass``.
+    """
+    image_types: dict[str, dict[str, Any]] = {"Original": {}}
+    if settings.log_sigmas_mm:
+        image_types["LoG"] = {"sigma": [float(s) for s in settings.log_sigmas_mm]}
+    if settings.wavelet:
+        image_types["Wavelet"] = {"wavelet": "coif1", "level": 1, "start_level": 0}
+    return {
+        "setting": {
+            "binWidth": float(settings.bin_width),
+            "force2D": True,
+            "force2Ddimension": 0,
+            "normalize": False,
+            "resampledPixelSpacing": None,
+            "preCrop": False,
+            "label": 1,
+            "minimumROIDimensions": 2,
+            "additionalInfo": False,
+        },
+        "imageType": image_types,
+        "featureClass": {name: [] for name in settings.feature_classes},
+    }
+
+
+def log_image_type(sigma_mm: float) -> str:
+    """pyradiomics' image type name of the LoG with ``sigma_mm``, e.g. ``log-sigma-0-4-mm-3D``.
+
+    Parameters
+    ----------
+    sigma_mm : float
+        The LoG sigma in mm.
+
+    Returns
+    -------
+    str
+        The name (pyradiomics writes "-3D" even for the 2-D LoG used here).
+    """
+    return "log-sigma-{}-mm-3D".format(str(float(sigma_mm)).replace(".", "-"))
+
+
+def expected_image_types(settings: RadiomicsSettings) -> tuple[str, ...]:
+    """The image type names an extraction with ``settings`` must give.
+
+    Parameters
+    ----------
+    settings : RadiomicsSettings
+        The radiomics settings.
+
+    Returns
+    -------
+    tuple of str
+        ``original``, one LoG name per sigma, and the four ``wavelet-*`` sub-bands.
+    """
+    names = ["original", *(log_image_type(s) for s in settings.log_sigmas_mm)]
+    if settings.wavelet:
+        names += [f"wavelet-{band}" for band in WAVELET_SUBBANDS]
+    return tuple(names)
+
+
+def crop_margin(settings: RadiomicsSettings, spacing_mm: tuple[float, float] | None) -> int:
+    """The margin (pixels) kept around the mask's bounding box before extraction.
+
+    Parameters
+    ----------
+    settings : RadiomicsSettings
+        Gives ``crop_margin_px``, the LoG sigmas and whether the wavelet is used.
+    spacing_mm : tuple of float or None
+        Pixel spacing (row, column) in mm; None: 1 mm.
+
+    Returns
+    -------
+    int
+        ``crop_margin_px``, raised to 8 times the largest LoG sigma in pixels and to 6
+        pixels with the wavelet, so that cropping does not change the filtered images
+        inside the mask (see the module docstring).
+    """
+    margin = settings.crop_margin_px
+    if settings.wavelet:
+        margin = max(margin, _WAVELET_MARGIN_PX)
+    if settings.log_sigmas_mm:
+        pixel_mm = 1.0 if spacing_mm is None else float(min(spacing_mm))
+        if pixel_mm > 0 and math.isfinite(pixel_mm):
+            sigma_px = max(settings.log_sigmas_mm) / pixel_mm
+            margin = max(margin, math.ceil(_LOG_MARGIN_SIGMAS * sigma_px))
+    return margin
+
+
+def crop_box(mask: NDArray[Any], margin_px: int) -> tuple[slice, slice]:
+    """The mask's bounding box plus ``margin_px`` on every side, clipped to the image.
+
+    Parameters
+    ----------
+    mask : numpy.ndarray
+        2-D mask (non-zero inside).
+    margin_px : int
+        Margin in pixels.
+
+    Returns
+    -------
+    tuple of slice
+        (rows, columns); empty slices when the mask is empty.
+    """
+    rows = np.flatnonzero(np.any(mask, axis=1))
+    cols = np.flatnonzero(np.any(mask, axis=0))
+    if rows.size == 0:
+        return slice(0, 0), slice(0, 0)
+    height, width = mask.shape
+    return (
+        slice(max(0, int(rows[0]) - margin_px), min(height, int(rows[-1]) + margin_px + 1)),
+        slice(max(0, int(cols[0]) - margin_px), min(width, int(cols[-1]) + margin_px + 1)),
+    )
+
+
+def make_job(
+    job_id: str,
+    low_energy: NDArray[Any],
+    recombined: NDArray[Any],
+    mask: NDArray[Any],
+    spacing_mm: tuple[float, float] | None,
+    settings: RadiomicsSettings,
+) -> RadiomicsJob:
+    """A :class:`RadiomicsJob` with the images and mask cropped as the extraction would.
+
+    Arrays of different shapes (or not 2-D) are kept as they are: the extraction
+    records the error.
+
+    Parameters
+    ----------
+    job_id : str
+        The caller's identifier of the lesion.
+    low_energy, recombined : numpy.ndarray
+        The original images, 2-D.
+    mask : numpy.ndarray
+        The lesion mask, 2-D.
+    spacing_mm : tuple of float or None
+        Pixel spacing (row, column) in mm.
+    settings : RadiomicsSettings
+        Gives the crop margin (:func:`crop_margin`).
+
+    Returns
+    -------
+    RadiomicsJob
+        Holding copies of the cropped arrays.
+    """
+    mask = np.asarray(mask)
+    low_energy = np.asarray(low_energy)
+    recombined = np.asarray(recombined)
+    if mask.ndim == 2 and low_energy.shape == mask.shape == recombined.shape:
+        box = crop_box(mask, crop_margin(settings, spacing_mm))
+        low_energy, recombined, mask = low_energy[box], recombined[box], mask[box]
+    return RadiomicsJob(
+        job_id=job_id,
+        low_energy=low_energy.copy(),
+        recombined=recombined.copy(),
+        mask=mask.astype(bool),
+        spacing_mm=None if spacing_mm is None else (float(spacing_mm[0]), float(spacing_mm[1])),
+    )
+
+
+def _not_sum_average_nag(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_SUM_AVERAGE_NAG)
+
+
+@contextlib.contextmanager
+def _quiet_radiomics() -> Iterator[None]:
+    """pyradiomics' loggers at WARNING at least for the duration, then their old levels.
+
+    Also drops the warning glcm logs on every call ("GLCM is symmetrical, therefore Sum
+    Average = 2 * Joint Average ..."), which says nothing about the lesion. Calls that
+    overlap in several threads may leave the level at WARNING (never lower it).
+    """
+    loggers = [logging.getLogger(name) for name in _RADIOMICS_LOGGERS]
+    saved = [lg.level for lg in loggers]
+    glcm_logger = logging.getLogger("radiomics.glcm")
+    for lg in loggers:
+        if lg.getEffectiveLevel() < logging.WARNING:
+            lg.setLevel(logging.WARNING)
+    glcm_logger.addFilter(_not_sum_average_nag)
+    try:
+        yield
+    finally:
+        glcm_logger.removeFilter(_not_sum_average_nag)
+        for lg, level in zip(loggers, saved, strict=True):
+            lg.setLevel(level)
+
+
+def _cropped_inputs(
+    image: NDArray[Any],
+    mask: NDArray[Any],
+    spacing_mm: tuple[float, float] | None,
+    settings: RadiomicsSettings,
+) -> tuple[NDArray[np.float64], NDArray[np.bool_]]:
+    """The checked image (float64) and mask (bool), cropped; RadiomicsError if unusable."""
+    image = np.asarray(image)
+    mask = np.asarray(mask)
+    if image.ndim != 2 or mask.ndim != 2:
+        raise RadiomicsError(
+            f"image and mask must be 2-D, got shapes {image.shape} and {mask.shape}"
+        )
+    if image.shape != mask.shape:
+        raise RadiomicsError(f"image shape {image.shape} differs from mask shape {mask.shape}")
+    if not (np.issubdtype(image.dtype, np.integer) or np.issubdtype(image.dtype, np.floating)):
+        raise RadiomicsError(f"image must hold numbers, got dtype {image.dtype}")
+    inside = mask != 0
+    count = int(np.count_nonzero(inside))
+    if count < settings.min_mask_pixels:
+        raise RadiomicsError(
+            f"mask has {count} pixels, fewer than min_mask_pixels={settings.min_mask_pixels}"
+        )
+    box = crop_box(inside, crop_margin(settings, spacing_mm))
+    pixels, inside = image[box].astype(np.float64), inside[box]
+    if not np.all(np.isfinite(pixels)):
+        raise RadiomicsError("image has NaN or infinite values around the lesion")
+    values = pixels[inside]
+    if values.max() == values.min():
+        raise RadiomicsError(f"flat region: all {count} pixels inside the mask are {values[0]:g}")
+    return pixels, inside
+
+
+def _sitk_pair(
+    image: NDArray[np.float64], mask: NDArray[np.bool_], spacing_xy: tuple[float, float]
+) -> tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image]:
+    """(2-D image, 2-D mask, one-slice image, one-slice mask) with the pixel spacing."""
+    image_2d = sitk.GetImageFromArray(image)
+    mask_2d = sitk.GetImageFromArray(mask.astype(np.uint32))
+    image_3d = sitk.GetImageFromArray(image[np.newaxis])
+    mask_3d = sitk.GetImageFromArray(mask[np.newaxis].astype(np.uint32))
+    for img in (image_2d, mask_2d):
+        img.SetSpacing(spacing_xy)
+    for img in (image_3d, mask_3d):
+        img.SetSpacing((*spacing_xy, _SLICE_SPACING_MM))
+    return image_2d, mask_2d, image_3d, mask_3d
+
+
+def _lift_to_slice(image_2d: sitk.Image, like_3d: sitk.Image) -> sitk.Image:
+    """A 2-D filtered image as a one-slice image with the geometry of ``like_3d``."""
+    lifted = sitk.GetImageFromArray(sitk.GetArrayFromImage(image_2d)[np.newaxis])
+    lifted.CopyInformation(like_3d)
+    return lifted
+
+
+def _derived_images(
+    extractor: RadiomicsFeatureExtractor,
+    base: dict[str, Any],
+    images: tuple[sitk.Image, sitk.Image, sitk.Image, sitk.Image],
+) -> Iterator[tuple[sitk.Image, str, dict[str, Any]]]:
+    """Every enabled image type as a one-slice image: (image, type name, settings)."""
+    image_2d, mask_2d, image_3d, mask_3d = images
+    for image_type, custom in extractor.enabledImagetypes.items():
+        args = {**base, **custom}
+        make = getattr(imageoperations, f"get{image_type}Image")
+        if image_type == "LoG":
+            # 3-D LoG is skipped on one slice; the 2-D LoG is the in-plane filter.
+            for derived, name, kwargs in make(image_2d, mask_2d, **args):
+                yield _lift_to_slice(derived, image_3d), name, kwargs
+        else:
+            yield from make(image_3d, mask_3d, **args)
+
+
+def _capped_bin_width(
+    values: NDArray[np.float64], bin_width: float, max_levels: int
+) -> tuple[float, float]:
+    """(bin width to use, grey levels it would give at ``bin_width``) for the values."""
+    levels = float(values.max() - values.min()) / bin_width
+    if levels > max_levels:
+        return float(values.max() - values.min()) / max_levels, levels
+    return bin_width, levels
+
+
+def _pyradiomics_features(
+    pixels: NDArray[np.float64],
+    inside: NDArray[np.bool_],
+    spacing_xy: tuple[float, float],
+    settings: RadiomicsSettings,
+    suffix: str,
+    notes: list[str],
+) -> dict[str, Any]:
+    """pyradiomics' features of every image type (unsuffixed); widened bin widths noted."""
+    images = _sitk_pair(pixels, inside, spacing_xy)
+    _, _, image_3d, mask_3d = images
+    extractor = RadiomicsFeatureExtractor(pyradiomics_params(settings))
+    base = dict(extractor.settings)
+    bounding_box, _ = imageoperations.checkMask(image_3d, mask_3d, **base)
+    if bounding_box is None:
+        raise RadiomicsError("pyradiomics rejected the mask")
+    raw: dict[str, Any] = dict(extractor.computeShape(image_3d, mask_3d, bounding_box, **base))
+    for derived, name, kwargs in _derived_images(extractor, base, images):
+        cropped, cropped_mask = imageoperations.cropToTumorMask(derived, mask_3d, bounding_box)
+        roi = sitk.GetArrayViewFromImage(cropped)[sitk.GetArrayViewFromImage(cropped_mask) == 1]
+        width, levels = _capped_bin_width(roi, kwargs["binWidth"], settings.max_grey_levels)
+        if width != kwargs["binWidth"]:
+            note = (
+                f"{name}: {levels:.0f} grey levels at binWidth {kwargs['binWidth']:g} exceed "
+                f"max_grey_levels={settings.max_grey_levels}; binWidth widened to {width:.6g}"
+            )
+            notes.append(note)
+            # The original image's range is the odd case; the filtered images (wavelet-LL
+            # doubles the range) are widened more often.
+            level = logging.WARNING if name == "original" else logging.INFO
+            logger.log(level, "radiomics%s: %s", suffix, note)
+        raw.update(
+            extractor.computeFeatures(cropped, cropped_mask, name, **{**kwargs, "binWidth": width})
+        )
+
+    return raw
+
+
+def extract_image_features(
+    image: NDArray[Any],
+    mask: NDArray[Any],
+    spacing_mm: tuple[float, float] | None,
+    settings: RadiomicsSettings,
+    suffix: str,
+) -> ImageFeatures:
+    """The radiomics of one image inside the mask (see the module docstring).
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        2-D image, original (not preprocessed) values.
+    mask : numpy.ndarray
+        2-D lesion mask (bool or 0/1), same shape as ``image``.
+    spacing_mm : tuple of float or None
+        Pixel spacing (row, column) in mm; None: 1 mm, and a note says so.
+    settings : RadiomicsSettings
+        The radiomics settings.
+    suffix : str
+        Appended to every feature name, e.g. ``"_recombined"``.
+
+    Returns
+    -------
+    ImageFeatures
+        The features and the notes.
+
+    Raises
+    ------
+    RadiomicsError
+        When the inputs are unusable (not 2-D, different shapes, mask smaller than
+        ``min_mask_pixels``, non-finite or constant values inside the mask), an image type
+        is missing from the result, or a value is NaN or infinite.
+    ValueError, RuntimeError
+        pyradiomics' or SimpleITK's own errors, passed on.
+    """
+    notes: list[str] = []
+    pixels, inside = _cropped_inputs(image, mask, spacing_mm, settings)
+    if spacing_mm is None:
+        spacing_xy = (1.0, 1.0)
+        notes.append("pixel spacing unknown: 1 mm assumed")
+    else:
+        row_mm, col_mm = float(spacing_mm[0]), float(spacing_mm[1])
+        if not (row_mm > 0 and col_mm > 0 and math.isfinite(row_mm * col_mm)):
+            raise RadiomicsError(f"invalid pixel spacing {spacing_mm!r}")
+        spacing_xy = (col_mm, row_mm)
+
+    with _quiet_radiomics():
+        raw = _pyradiomics_features(pixels, inside, spacing_xy, settings, suffix, notes)
+    missing = [
+        t for t in expected_image_types(settings) if not any(k.startswith(f"{t}_") for k in raw)
+    ]
+    if missing:
+        raise RadiomicsError(f"pyradiomics gave no features for image types {missing}")
+    features = {
+        f"{k}{suffix}": float(v) for k, v in raw.items() if not k.startswith("diagnostics_")
+    }
+    bad = sorted(k for k, v in features.items() if not math.isfinite(v))
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise RadiomicsError(f"{len(bad)} features are NaN or infinite: {shown}")
+    return ImageFeatures(features=features, notes=notes)
+
+
+def extract_lesion_features(
+    low_energy: NDArray[Any],
+    recombined: NDArray[Any],
+    mask: NDArray[Any],
+    spacing_mm: tuple[float, float] | None,
+    settings: RadiomicsSettings,
+) -> LesionRadiomics:
+    """The radiomics of one lesion on both images; a failure is recorded, never raised.
+
+    Parameters
+    ----------
+    low_energy, recombined : numpy.ndarray
+        The original (not preprocessed) images, 2-D.
+    mask : numpy.ndarray
+        2-D lesion mask, same shape as the images.
+    spacing_mm : tuple of float or None
+        Pixel spacing (row, column) in mm.
+    settings : RadiomicsSettings
+        The radiomics settings.
+
+    Returns
+    -------
+    LesionRadiomics
+        Features of both images (suffixes ``_low_energy`` / ``_recombined``), or None with
+        the error (which image, what happened).
+    """
+    start = time.perf_counter()
+    features: dict[str, float] = {}
+    notes: list[str] = []
+    error: str | None = None
+    for image, suffix in zip((low_energy, recombined), IMAGE_SUFFIXES, strict=True):
+        result = _image_features_or_error(image, mask, spacing_mm, settings, suffix)
+        if isinstance(result, str):
+            error = result
+            break
+        features.update(result.features)
+        notes.extend(f"{suffix.lstrip('_')}: {note}" for note in result.notes)
+    seconds = time.perf_counter() - start
+    if error is not None:
+        logger.info("radiomics failed: %s", error)
+        return LesionRadiomics(features=None, error=error, notes=notes, seconds=seconds)
+    return LesionRadiomics(features=features, error=None, notes=notes, seconds=seconds)
+
+
+def _image_features_or_error(
+    image: NDArray[Any],
+    mask: NDArray[Any],
+    spacing_mm: tuple[float, float] | None,
+    settings: RadiomicsSettings,
+    suffix: str,
+) -> ImageFeatures | str:
+    """:func:`extract_image_features`, or the error text (naming the image) of its failure."""
+    label = suffix.lstrip("_")
+    try:
+        return extract_image_features(image, mask, spacing_mm, settings, suffix)
+    except RadiomicsError as exc:
+        return f"{label}: {exc}"
+    except Exception as exc:  # pyradiomics / SimpleITK errors: recorded, never raised
+        return f"{label}: pyradiomics failed: {type(exc).__name__}: {exc}"
+
+
+def _run_job(job: RadiomicsJob, settings: RadiomicsSettings) -> LesionRadiomics:
+    return extract_lesion_features(
+        job.low_energy, job.recombined, job.mask, job.spacing_mm, settings
+    )
+
+
+def _init_worker() -> None:
+    # A worker process is ours: one ITK thread per worker, as many workers as cores.
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def extract_many(
+    jobs: Sequence[RadiomicsJob], settings: RadiomicsSettings, workers: int
+) -> list[LesionRadiomics]:
+    """The radiomics of many lesions, in parallel over lesions.
+
+    Worker processes are started with the "forkserver" context ("spawn" where there
+    is none), never a plain fork of the (multi-threaded) node; each uses one ITK
+    thread. ``workers`` 1 or a single job runs in the calling process. Like
+    :func:`extract_lesion_features`, a failure is recorded in its result, also one
+    of the worker process itself (killed, or a job that cannot be pickled).
+
+    Parameters
+    ----------
+    jobs : sequence of RadiomicsJob
+        The lesions (see :func:`make_job`).
+    settings : RadiomicsSettings
+        The radiomics settings.
+    workers : int
+        Worker processes (at most one per job).
+
+    Returns
+    -------
+    list of LesionRadiomics
+        One per job, in the order of ``jobs``.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    if workers == 1 or len(jobs) <= 1:
+        return [_run_job(job, settings) for job in jobs]
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    with ProcessPoolExecutor(
+        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker
+    ) as pool:
+        futures = [pool.submit(_run_job, job, settings) for job in jobs]
+        return [_result_or_error(future) for future in futures]
+
+
+def _result_or_error(future: Future[LesionRadiomics]) -> LesionRadiomics:
+    """The worker's result, or its failure (a dead worker, a job that cannot be pickled)."""
+    try:
+        return future.result()
+    except Exception as exc:
+        error = f"radiomics worker failed: {type(exc).__name__}: {exc}"
+        logger.warning("%s", error)
+        return LesionRadiomics(features=None, error=error, notes=[], seconds=0.0)

@@ -1,0 +1,245 @@
+"""The analysis behind the node's worker and ``cem-node analyze``.
+
+:func:`requests_from_files` groups DICOM files into studies and pairs their
+images with the node's own selection rules; :func:`analyse_request` runs
+the analysis of one :class:`~cem_node.jobs.analysis.AnalysisRequest`;
+:class:`BundleAnalyzer` is the node's :class:`~cem_node.jobs.analysis.Analyzer`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pydicom
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+
+from cem_node.config import AnalysisSection, SelectionSection
+from cem_node.dicom.cem_selection import classify_image, pair_images
+from cem_node.findings import Findings
+from cem_node.jobs.analysis import (
+    AnalysisRequest,
+    AnalysisResult,
+    AnalysisUnavailableError,
+    image_pairs,
+)
+from cem_node.models import Bundle, BundleError, BundleRegistry
+from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
+
+if TYPE_CHECKING:
+    from cem_node.pipeline.analyse import LoadedModels
+
+__all__ = [
+    "BundleAnalyzer",
+    "StudyFiles",
+    "analyse_request",
+    "effective_params",
+    "requests_from_files",
+]
+
+log = logging.getLogger(__name__)
+
+
+def effective_params(
+    analysis: AnalysisSection, bundle: Bundle
+) -> tuple[PostprocessParams, RadiomicsSettings, list[str]]:
+    """The bundle's post-processing and radiomics settings with ``[analysis]`` overrides.
+
+    Returns them and one note per override (recorded in the findings: the
+    bundle's thresholds were chosen with its own values).
+    """
+    manifest = bundle.manifest
+    overrides = {
+        name: getattr(analysis, name)
+        for name in ("score_threshold", "nms_iou", "max_lesions", "keep_score")
+        if getattr(analysis, name) is not None
+    }
+    post = manifest.postprocessing.model_copy(update=overrides)
+    radiomics = manifest.radiomics.settings()
+    notes = [
+        f"[analysis] {name} = {value} overrides the bundle's "
+        f"{getattr(manifest.postprocessing, name)}"
+        for name, value in overrides.items()
+        if value != getattr(manifest.postprocessing, name)
+    ]
+    cap = analysis.radiomics_max_grey_levels
+    if cap is not None and cap != radiomics.max_grey_levels:
+        notes.append(
+            f"[analysis] radiomics_max_grey_levels = {cap} overrides the bundle's "
+            f"{radiomics.max_grey_levels}"
+        )
+        radiomics = radiomics.model_copy(update={"max_grey_levels": cap})
+    return post, radiomics, notes
+
+
+@dataclass(frozen=True, slots=True)
+class StudyFiles:
+    """One study found among the given files: a request, or why there is none."""
+
+    study_instance_uid: str
+    request: AnalysisRequest | None
+    reason: str
+    """Pairing summary, or why the study cannot be analysed."""
+
+
+def _dicom_files(paths: Iterable[Path]) -> tuple[list[tuple[Path, Dataset]], list[str]]:
+    found: list[tuple[Path, Dataset]] = []
+    skipped: list[str] = []
+    for root in paths:
+        if not root.exists():
+            raise FileNotFoundError(f"no such file or folder: {root}")
+        candidates = sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else [root]
+        for path in candidates:
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except (InvalidDicomError, OSError, ValueError) as exc:
+                skipped.append(f"{path}: not a readable DICOM file ({exc})")
+                continue
+            if "StudyInstanceUID" not in ds or "SOPInstanceUID" not in ds:
+                skipped.append(f"{path}: no Study or SOP Instance UID")
+                continue
+            found.append((path, ds))
+    return found, skipped
+
+
+def requests_from_files(
+    paths: Sequence[Path], selection: SelectionSection
+) -> tuple[list[StudyFiles], list[str]]:
+    """Group DICOM files by study and pair their images as the node would.
+
+    Returns the studies and the files that were skipped (with the reason).
+    """
+    files, skipped = _dicom_files(paths)
+    by_study: dict[str, list[tuple[Path, Dataset]]] = defaultdict(list)
+    for path, ds in files:
+        by_study[str(ds.StudyInstanceUID)].append((path, ds))
+    studies = []
+    for uid, members in by_study.items():
+        path_of = {str(ds.SOPInstanceUID): path for path, ds in members}
+        classifications = [classify_image(ds, selection) for _, ds in members]
+        pairings = pair_images(classifications)
+        complete = [p for p in pairings if p.complete]
+        summary = (
+            "; ".join(f"{p.laterality or '?'} {p.view or '?'}: {p.reason}" for p in pairings)
+            or "no mammography image"
+        )
+        if not complete:
+            studies.append(StudyFiles(uid, None, f"not analysable: {summary}"))
+            continue
+        request = AnalysisRequest(
+            study_instance_uid=uid,
+            analysis_round=1,
+            pairs=image_pairs(complete, path_of),
+            headers=[ds for _, ds in members],
+        )
+        studies.append(StudyFiles(uid, request, summary))
+    return studies, skipped
+
+
+def analyse_request(models, request: AnalysisRequest, analysis: AnalysisSection) -> Findings:
+    """Decode the request's images and analyse them with the loaded bundle."""
+    from cem_node.pipeline.analyse import PairInput, analyse_study, study_context
+    from cem_node.pipeline.pixels import read_source_image
+
+    started = time.perf_counter()
+    pairs = [
+        PairInput(
+            laterality=p.laterality,
+            view=p.view,
+            low_energy=read_source_image(p.low_energy_path),
+            recombined=read_source_image(p.recombined_path),
+        )
+        for p in request.pairs
+    ]
+    decoded = time.perf_counter() - started
+    post, radiomics, notes = effective_params(analysis, models.bundle)
+    findings = analyse_study(
+        models,
+        study_context(list(request.headers), request.analysis_round),
+        pairs,
+        post,
+        radiomics,
+        radiomics_workers=analysis.radiomics_workers,
+    )
+    timings = {"decode": round(decoded, 4), **findings.timings_s}
+    timings["total"] = round(time.perf_counter() - started, 4)
+    return findings.model_copy(update={"timings_s": timings, "notes": notes + findings.notes})
+
+
+class BundleAnalyzer:
+    """The node's analysis: the active (or configured) model bundle.
+
+    Before each study the bundle is resolved and its checksums verified
+    again; the networks are loaded once and reloaded only when another
+    bundle was activated (its hash changed), so ``cem-node models activate``
+    takes effect without a restart. A missing or corrupt bundle is a
+    permanent failure (:class:`~cem_node.jobs.analysis.AnalysisUnavailableError`):
+    the job fails at once, saying why, instead of retrying.
+    """
+
+    def __init__(self, analysis: AnalysisSection, models_dir: Path | None = None) -> None:
+        self._analysis = analysis
+        self._registry = BundleRegistry(models_dir or analysis.models_dir)
+        self._models: LoadedModels | None = None
+        self._lock = threading.Lock()
+
+    def _loaded(self) -> LoadedModels:
+        try:
+            from cem_node.pipeline.analyse import LoadedModels
+        except ImportError as exc:
+            raise AnalysisUnavailableError(
+                f"the analysis packages are not installed ({exc.name}): "
+                "pip install 'cem-node[ml]' (scripts/setup.sh does)"
+            ) from exc
+
+        with self._lock:
+            try:
+                bundle = self._registry.resolve(None, self._analysis.model)
+            except BundleError as exc:
+                raise AnalysisUnavailableError(f"model bundle: {exc}") from exc
+            if self._models is None or self._models.bundle.sha256 != bundle.sha256:
+                try:
+                    self._models = LoadedModels.load(bundle, self._analysis.device)
+                except Exception as exc:  # verified files that still cannot be used
+                    raise AnalysisUnavailableError(
+                        f"model bundle {bundle.name} {bundle.version} cannot be loaded: {exc}"
+                    ) from exc
+            return self._models
+
+    def preload(self) -> str:
+        """Load the bundle now (at start-up); return a line saying which, or why not."""
+        try:
+            models = self._loaded()
+        except AnalysisUnavailableError as exc:
+            log.error("no analysis until this is fixed: %s", exc)
+            return f"analysis unavailable: {exc}"
+        bundle = models.bundle
+        line = (
+            f"analysis: model bundle {bundle.name} {bundle.version} "
+            f"(sha256 {bundle.sha256[:12]}) on {models.device_description}"
+        )
+        if bundle.identity().disclaimer:
+            line += f"; {bundle.identity().disclaimer}"
+        return line
+
+    def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        models = self._loaded()
+        findings = analyse_request(models, request, self._analysis)
+        identity = findings.model
+        return AnalysisResult(
+            objects=[],  # SEG, SR and GSPS encoders: issue #5
+            model_name=identity.name,
+            model_version=identity.version,
+            model_sha256=identity.sha256,
+            device=findings.device,
+            document=findings.model_dump(mode="json"),
+            patient_score=findings.patient.score,
+            findings=findings,
+        )
