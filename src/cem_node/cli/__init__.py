@@ -19,11 +19,13 @@ from cem_node.cli import (
     db_cmd,
     demo_cmd,
     echo_cmd,
+    evaluate_cmd,
     models_cmd,
     peers_cmd,
     serve_cmd,
     studies_cmd,
     synth_cmd,
+    train_cmd,
 )
 from cem_node.cli.context import CliContext
 
@@ -91,11 +93,13 @@ app.add_typer(db_cmd.app, name="db")
 app.add_typer(peers_cmd.app, name="peers")
 app.add_typer(models_cmd.app, name="models")
 app.add_typer(studies_cmd.app, name="studies")
+app.add_typer(train_cmd.app, name="train")
 app.command(name="serve")(serve_cmd.serve)
 app.command(name="echo")(echo_cmd.echo)
 app.command(name="synth")(synth_cmd.synth)
 app.command(name="demo")(demo_cmd.demo)
 app.command(name="analyze")(analyze_cmd.analyze)
+app.command(name="evaluate")(evaluate_cmd.evaluate)
 
 
 def main() -> None:

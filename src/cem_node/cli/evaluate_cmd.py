@@ -1,0 +1,313 @@
+"""``cem-node evaluate``: a model bundle on a labelled dataset, the paper's Tables 2 and 3."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cem_node.cli.context import CliContext, console, fail
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise fail(f"--fractions {text!r}: expected numbers like 0.8,0.1,0.1", 2) from None
+    if len(values) not in (2, 3):
+        raise fail(f"--fractions {text!r}: give train,val[,test]", 2)
+    return values
+
+
+def _split_file_datasets(path: Path) -> list[str]:
+    """The dataset SPECs a training's split.json names (``"datasets": [...]``)."""
+    import json
+
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise fail(f"cannot read the split file {path}: {exc}", 2) from None
+    specs = record.get("datasets") if isinstance(record, dict) else None
+    if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
+        raise fail(f"split file {path} names no datasets: give --dataset SPEC", 2)
+    return specs
+
+
+def _summary(document: dict) -> list[str]:
+    rule = document["classification_rule"]
+    t2 = document["table2"][rule]
+    lines = []
+    for level in ("per_lesion", "per_image", "per_patient"):
+        sens = t2[level]["sensitivity"]
+        dice = t2[level]["mean_dice"]
+        value = "n/a" if sens["value"] is None else f"{100 * sens['value']:.0f}%"
+        dice_text = "n/a" if dice["value"] is None else f"{dice['value']:.2f}"
+        lines.append(
+            f"{level.replace('_', ' ')}: identification sensitivity {value} ({rule}), "
+            f"mean Dice {dice_text}"
+        )
+    for mode in ("manual", "dl", "dl_all"):
+        auc = document["table3"][mode]["lesion"]["rows"]["fused"]["metrics"]["auc"]
+        text = (
+            f"{auc['value']:.2f}"
+            + (f" [{auc['ci'][0]:.2f}, {auc['ci'][1]:.2f}]" if auc.get("ci") else "")
+            if auc["value"] is not None
+            else f"n/a ({auc['reason']})"
+        )
+        lines.append(f"{document['table3'][mode]['title']}: DL + radiomics AUC per lesion {text}")
+    return lines
+
+
+def evaluate(
+    ctx: typer.Context,
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: report.md, report.json, cases.json and the PNG figures.",
+            file_okay=False,
+        ),
+    ],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--dataset",
+            "-d",
+            help="Dataset SPEC (repeatable): synthetic:N[:SEED[:SIZE]], cdd-cesm:PATH or "
+            "manifest:CSV. Default with --split-file: the datasets the split file names.",
+        ),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model bundle name. Default: the active bundle, else \\[analysis] model.",
+        ),
+    ] = None,
+    models_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--models-dir", help="Folder of model bundles (default: \\[analysis] models_dir)."
+        ),
+    ] = None,
+    split: Annotated[
+        str,
+        typer.Option(
+            "--split",
+            help="test or val: that part of the patient split (as in training); all: every "
+            "sample (an external dataset).",
+        ),
+    ] = "test",
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            "--seed", help="Seed of the patient split (default: the bundle's training seed)."
+        ),
+    ] = None,
+    fractions: Annotated[
+        str,
+        typer.Option("--fractions", help="Split fractions train,val,test (as in training)."),
+    ] = "0.8,0.1,0.1",
+    split_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--split-file",
+            dir_okay=False,
+            help="The training's split.json (cem-node train): take the --split part from it "
+            "instead of recomputing the split from --seed and --fractions.",
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        int,
+        typer.Option("--bootstrap", min=0, help="Bootstrap resamples for the 95% CIs (0: none)."),
+    ] = 2000,
+    bootstrap_seed: Annotated[
+        int, typer.Option("--bootstrap-seed", help="Seed of the bootstrap resampling.")
+    ] = 0,
+    device: Annotated[
+        str | None, typer.Option("--device", help='"auto", "cpu" or "cuda" (default: config).')
+    ] = None,
+    radiomics_workers: Annotated[
+        int | None,
+        typer.Option(
+            "--radiomics-workers",
+            min=1,
+            help="Radiomics worker processes (default: \\[analysis] radiomics_workers).",
+        ),
+    ] = None,
+) -> None:
+    """Evaluate a model bundle on a labelled dataset: the paper's Tables 2 and 3.
+
+    Runs the bundle over the chosen split study by study (as the node would),
+    matches the detections to the ground-truth lesions (mask IoU >= 0.1 and
+    >= 0.5), classifies the lesions with manual and with DL masks, and writes
+    report.md / report.json (every measure with a 95% bootstrap CI, or the
+    reason it cannot be computed), cases.json and ROC, calibration and Dice
+    plots. The thresholds are the bundle's (training); none is tuned here.
+    Exit code 0 when every study was evaluated, 1 when one failed or the
+    bundle cannot be loaded (the report is still written when possible),
+    2 for bad input.
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cem_node.models import BundleError, BundleRegistry
+    from cem_node.pipeline.service import effective_params
+    from cem_node.training.datasets import DatasetError, load_datasets, parse_spec
+    from cem_node.training.evaluation import (
+        SPLITS,
+        evaluate_samples,
+        select_from_split_file,
+        select_samples,
+    )
+    from cem_node.training.report import ReportContext, write_report
+
+    obj: CliContext = ctx.obj
+    settings = obj.settings_or_exit()
+    analysis = settings.analysis
+    if device is not None:
+        if device not in ("auto", "cpu", "cuda"):
+            raise fail(f"--device {device!r}: use auto, cpu or cuda", 2)
+        analysis = analysis.model_copy(update={"device": device})
+    if models_dir is not None:
+        analysis = analysis.model_copy(update={"models_dir": models_dir})
+    if split not in SPLITS:
+        raise fail(f"--split {split!r}: use one of {', '.join(SPLITS)}", 2)
+    split_fractions = _fractions(fractions)
+    specs = list(dataset or [])
+    if not specs and split_file is not None:
+        specs = _split_file_datasets(split_file)
+    if not specs:
+        raise fail("give --dataset SPEC (or --split-file naming its datasets)", 2)
+    try:
+        for spec in specs:
+            parse_spec(spec)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    dataset_text = " + ".join(specs)
+    err = console()
+    err.file = sys.stderr
+
+    registry = BundleRegistry(analysis.models_dir)
+    try:
+        bundle = registry.resolve(model, analysis.model)
+    except BundleError as exc:
+        raise fail(str(exc), 2) from None
+    manifest = bundle.manifest
+    split_seed = manifest.training.seed if seed is None else seed
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        generating = progress.add_task(f"reading {dataset_text}", total=None)
+
+        def on_generate(description: str, done: int, total: int) -> None:
+            progress.update(generating, description=description, completed=done, total=total)
+
+        try:
+            data = load_datasets(specs, progress=on_generate)
+            if split_file is not None:
+                samples = select_from_split_file(data, split_file, split)
+            else:
+                samples = select_samples(data, split, split_seed, split_fractions)
+        except DatasetError as exc:
+            raise fail(str(exc), 2) from None
+        progress.remove_task(generating)
+        if not samples:
+            where = (
+                f"of {split_file}"
+                if split_file is not None
+                else f"(seed {split_seed}, fractions {fractions})"
+            )
+            raise fail(f"the {split} part of {dataset_text} {where} holds no sample", 2)
+
+        from cem_node.pipeline.analyse import LoadedModels
+
+        try:
+            models = LoadedModels.load(bundle, analysis.device)
+        except Exception as exc:  # a bundle that verifies but cannot be loaded
+            raise fail(f"cannot load model bundle {manifest.bundle.name}: {exc}", 1) from None
+        identity = bundle.identity()
+        if identity.disclaimer:
+            err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
+        post, radiomics, notes = effective_params(analysis, bundle)
+        workers = radiomics_workers or analysis.radiomics_workers
+        task = progress.add_task("evaluating", total=None)
+
+        def on_study(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"evaluated {name}")
+
+        records = evaluate_samples(
+            models,
+            samples,
+            postprocess=post,
+            radiomics_settings=radiomics,
+            radiomics_workers=workers,
+            progress=on_study,
+        )
+        progress.update(task, description="bootstrap and figures")
+        context = ReportContext(
+            dataset=dataset_text,
+            split=split,
+            split_file=None if split_file is None else str(split_file),
+            split_seed=None if split == "all" or split_file else split_seed,
+            split_fractions=None if split == "all" or split_file else split_fractions,
+            samples_selected=len(samples),
+            bundle={
+                **identity.model_dump(),
+                "training": manifest.training.model_dump(mode="json"),
+            },
+            device=models.device_description,
+            skipped_samples=list(data.skipped),
+            settings_notes=notes,
+            command=shlex.join(
+                [
+                    "cem-node",
+                    "evaluate",
+                    "--model",
+                    manifest.bundle.name,
+                    *(part for spec in specs for part in ("--dataset", spec)),
+                    "--split",
+                    split,
+                    *(
+                        ["--split-file", str(split_file)]
+                        if split_file is not None
+                        else ["--seed", str(split_seed), "--fractions", fractions]
+                        if split != "all"
+                        else []
+                    ),
+                    "--bootstrap",
+                    str(bootstrap),
+                    "--bootstrap-seed",
+                    str(bootstrap_seed),
+                ]
+            ),
+        )
+        files = write_report(records, context, out, n_resamples=bootstrap, seed=bootstrap_seed)
+
+    import json
+
+    document = json.loads(files.report_json.read_text())
+    out_console = console()
+    for line in _summary(document):
+        out_console.print(line)
+    out_console.print(
+        f"wrote {files.report_md}, {files.report_json.name}, {files.cases_json.name} and "
+        f"{len(files.figures)} figures"
+    )
+    if records.failures:
+        err.print(f"[red]{len(records.failures)} studies failed and are not in the report:[/]")
+        for line in records.failures[:5]:
+            err.print(f"  {line}")
+        raise typer.Exit(1)
+    if not records.images:
+        raise fail("no image could be evaluated", 1)

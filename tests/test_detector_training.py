@@ -1,0 +1,314 @@
+"""Detector training: presets, augmentation geometry, a tiny run, resume, determinism, CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("torchvision")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from cem_node.pipeline.detector import build_detector, detect, load_detector  # noqa: E402
+from cem_node.pipeline.params import (  # noqa: E402
+    DetectorConfig,
+    PostprocessParams,
+    PreprocessParams,
+)
+from cem_node.pipeline.preprocess import resize_shape  # noqa: E402
+from cem_node.training.datasets import load_dataset, split  # noqa: E402
+from cem_node.training.detector_training import (  # noqa: E402
+    AugmentConfig,
+    AugmentParams,
+    PreparedImage,
+    TrainConfig,
+    TrainingError,
+    augment,
+    boxes_from_masks,
+    load_pretrained_weights,
+    prepare_sample,
+    sample_augment_params,
+    train_detector,
+    transform_boxes,
+)
+
+TINY = DetectorConfig(
+    backbone="mobilenet_v3_lite", fpn_channels=32, box_head_width=64, mask_head_channels=32
+)
+SMALL_INPUT = PreprocessParams(short_side=128, max_long_side=256)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One CPU thread: quick on a shared machine, and the results do not depend on it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("dataset-cache")
+
+
+@pytest.fixture(scope="module")
+def parts(cache: Path):
+    data = load_dataset("synthetic:2:0:small", cache_dir=cache)
+    return split(data, (0.5, 0.5, 0.0), seed=0)
+
+
+def _config(epochs: int, **kw) -> TrainConfig:
+    return TrainConfig(
+        preset="fast", epochs=epochs, seed=3, device="cpu", max_steps_per_epoch=2, **kw
+    )
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+def test_presets() -> None:
+    paper = TrainConfig()
+    assert (paper.lr, paper.batch_size, paper.epochs, paper.warmup_steps) == (1e-5, 1, 30, 0)
+    assert paper.augment == AugmentConfig(vertical_flip_p=0.5, shear_rad=0.1, scale=(0.9, 1.1))
+    fast = TrainConfig(preset="fast")
+    assert 1e-4 <= fast.lr <= 3e-4 and fast.batch_size == 2 and fast.epochs <= 10
+    mixed = TrainConfig(preset="fast", lr=5e-5, epochs=None)
+    assert (mixed.lr, mixed.epochs, mixed.batch_size) == (5e-5, fast.epochs, 2)
+    with pytest.raises(ValueError, match="scale range"):
+        AugmentConfig(scale=(1.1, 0.9))
+
+
+# --- augmentation -----------------------------------------------------------------------------
+
+
+def test_augment_params_ranges() -> None:
+    rng = np.random.default_rng(0)
+    draws = [sample_augment_params(rng, AugmentConfig()) for _ in range(400)]
+    assert 0.4 < np.mean([d.flip for d in draws]) < 0.6
+    assert max(abs(d.shear_rad) for d in draws) <= 0.1
+    assert min(d.scale for d in draws) >= 0.9 and max(d.scale for d in draws) <= 1.1
+    assert sample_augment_params(rng, AugmentConfig(enabled=False)) == AugmentParams()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_augmentation_keeps_image_masks_and_boxes_consistent(seed: int) -> None:
+    rows, cols = 90, 70
+    boxes = np.array([[12, 20, 30, 44], [40, 55, 61, 80]], dtype=np.float64)  # edges
+    masks = np.zeros((2, rows, cols), dtype=bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.astype(int), strict=True):
+        mask[y0:y1, x0:x1] = True
+    image = np.zeros((3, rows, cols), dtype=np.float32)
+    image[0] = masks[0]
+    image[2] = masks[1]
+    params = sample_augment_params(np.random.default_rng(seed), AugmentConfig())
+    if seed == 0:
+        params = AugmentParams(flip=True, shear_rad=0.1, scale=1.1)  # the extremes
+    out_image, out_masks = augment(image, masks, params)
+    assert out_image.shape == image.shape and out_masks.shape == masks.shape
+    from_masks = boxes_from_masks(out_masks)
+    expected = transform_boxes(boxes, params, (rows, cols))
+    assert np.abs(from_masks - expected).max() <= 1.0, (params, from_masks, expected)
+    # the image moved with its masks
+    for channel, mask in ((0, out_masks[0]), (2, out_masks[1])):
+        painted = out_image[channel] >= 0.5
+        iou = (painted & mask).sum() / (painted | mask).sum()
+        assert iou > 0.95
+    # a flip alone is exact
+    flipped_image, flipped = augment(image, masks, AugmentParams(flip=True))
+    assert np.array_equal(flipped, masks[:, ::-1, :])
+    assert np.array_equal(flipped_image, image[:, ::-1, :])
+
+
+def test_prepare_sample_shares_the_inference_geometry(parts) -> None:
+    sample = next(s for s in parts.train if s.label != "normal")
+    prepared = prepare_sample(sample, SMALL_INPUT)
+    assert prepared.image.dtype == np.uint8 and prepared.image.shape[0] == 3
+    network = prepared.image.shape[1:]
+    assert min(network) == 128 or max(network) == 256
+    assert prepared.masks.shape == (len(prepared.labels), *network)
+    assert set(prepared.labels.tolist()) <= {1, 2} and len(prepared.labels) >= 1
+    image, target = prepared.tensors(AugmentParams(flip=True, shear_rad=-0.05, scale=0.95))
+    assert image.dtype == torch.float32 and float(image.max()) <= 1.0
+    assert target["boxes"].shape == (len(target["labels"]), 4)
+    assert target["masks"].dtype == torch.uint8
+    loaded = sample.load()
+    from cem_node.pipeline.preprocess import preprocess_pair
+
+    geometry = preprocess_pair(
+        loaded.low_energy, loaded.recombined, SMALL_INPUT, sample.laterality
+    ).geometry
+    assert geometry.network_shape == tuple(network)
+    assert resize_shape(geometry.crop_shape, SMALL_INPUT) == tuple(network)
+    assert np.array_equal(prepared.masks[0], geometry.mask_to_network(loaded.lesions[0].mask))
+
+
+def test_images_without_lesions_give_empty_targets() -> None:
+    empty = PreparedImage(
+        key="normal",
+        image=np.full((3, 128, 100), 80, np.uint8),
+        masks=np.zeros((0, 128, 100), bool),
+        labels=np.zeros(0, np.int64),
+    )
+    image, target = empty.tensors(AugmentParams(flip=True, shear_rad=0.05, scale=1.05))
+    assert target["boxes"].shape == (0, 4) and target["masks"].shape == (0, 128, 100)
+    torch.manual_seed(0)
+    model = build_detector(TINY, SMALL_INPUT)
+    model.train()
+    losses = model([image], [target])
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+def test_tiny_training_run_resume_and_determinism(parts, tmp_path: Path) -> None:
+    first = train_detector(
+        parts.train, parts.val, TINY, SMALL_INPUT, _config(2), tmp_path / "a", progress=False
+    )
+    assert first.epochs_completed == 2 and first.selected_by == "val_loss"
+    assert first.train_images == len(parts.train) and first.val_images == len(parts.val)
+    history = json.loads((tmp_path / "a" / "history.json").read_text())
+    assert [e["epoch"] for e in history["epochs"]] == [1, 2]
+    for entry in history["epochs"]:
+        assert entry["steps"] == 2 and np.isfinite(entry["train_loss"])
+        assert np.isfinite(entry["val_loss"]) and set(entry["val_losses"]) >= {"loss_mask", "loss"}
+    assert history["best_epoch"] == first.best_epoch
+    assert first.best_loss == min(e["val_loss"] for e in history["epochs"])
+
+    # the best weights load with the pipeline's loader and detect
+    model = load_detector(first.best_weights, TINY, SMALL_INPUT)
+    prepared = prepare_sample(parts.val[0], SMALL_INPUT)
+    found = detect(model, [prepared.image.astype(np.float32) / 255], PostprocessParams())
+    assert len(found) == 1
+
+    # same seed, same weights (CPU)
+    second = train_detector(
+        parts.train, parts.val, TINY, SMALL_INPUT, _config(2), tmp_path / "b", progress=False
+    )
+    a, b = load_file(str(first.checkpoint)), load_file(str(second.checkpoint))
+    model_keys = [k for k in a if k.startswith("model/")]
+    assert all(torch.equal(a[k], b[k]) for k in model_keys)
+    assert [e["val_loss"] for e in first.history] == [e["val_loss"] for e in second.history]
+
+    # 1 epoch, then resume to 2: the same as 2 epochs in one go
+    out = tmp_path / "c"
+    one = train_detector(parts.train, parts.val, TINY, SMALL_INPUT, _config(1), out, False)
+    assert one.epochs_completed == 1 and (out / "best.safetensors").is_file()
+    resumed = train_detector(
+        parts.train, parts.val, TINY, SMALL_INPUT, _config(2), out, False, resume=True
+    )
+    assert resumed.resumed_from == 1 and resumed.epochs_completed == 2
+    assert [e["epoch"] for e in resumed.history] == [1, 2]
+    c = load_file(str(resumed.checkpoint))
+    assert all(torch.equal(a[k], c[k]) for k in model_keys)
+
+    # a checkpoint holds tensors and JSON only, and refuses another architecture
+    record = json.loads((out / "last.json").read_text())
+    assert record["epoch"] == 2 and record["detector"] == TINY.model_dump(mode="json")
+    wider = TINY.model_copy(update={"fpn_channels": 48})
+    with pytest.raises(TrainingError, match="other detector settings"):
+        train_detector(
+            parts.train, parts.val, wider, SMALL_INPUT, _config(3), out, False, resume=True
+        )
+
+
+def test_pretrained_weights(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = build_detector(TINY, SMALL_INPUT)
+    full = tmp_path / "detector.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(full))
+    torch.manual_seed(2)
+    target = build_detector(TINY, SMALL_INPUT)
+    loaded, total = load_pretrained_weights(target, full)
+    assert loaded == total == len(source.state_dict())
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in source.state_dict().items())
+
+    # a classification backbone's state_dict (torchvision naming, "features." prefix)
+    from torchvision.models import mobilenet_v3_large
+
+    torch.manual_seed(3)
+    backbone = mobilenet_v3_large(weights=None)
+    pth = tmp_path / "mobilenet.pth"
+    torch.save({"state_dict": backbone.state_dict()}, pth)
+    fresh = build_detector(TINY, SMALL_INPUT)
+    loaded, total = load_pretrained_weights(fresh, pth)
+    assert loaded >= 0.9 * len([k for k in backbone.state_dict() if k.startswith("features.")])
+    assert torch.equal(
+        fresh.state_dict()["backbone.body.0.0.weight"], backbone.state_dict()["features.0.0.weight"]
+    )
+
+    junk = tmp_path / "junk.safetensors"
+    save_file({"nothing.like.it": torch.zeros(3)}, str(junk))
+    with pytest.raises(TrainingError, match=r"no tensor of junk\.safetensors fits"):
+        load_pretrained_weights(fresh, junk)
+    with pytest.raises(TrainingError, match="not found"):
+        load_pretrained_weights(fresh, tmp_path / "absent.pth")
+
+
+# --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_train_detector(cache: Path, tmp_path: Path, parts) -> None:
+    from cem_node.cli import app
+
+    runner = CliRunner()
+    out = tmp_path / "run"
+    base = [
+        "train",
+        "detector",
+        "--dataset",
+        "synthetic:2:0:small",
+        "--out",
+        str(out),
+        "--preset",
+        "fast",
+        "--short-side",
+        "128",
+        "--fpn-channels",
+        "32",
+        "--box-head-width",
+        "64",
+        "--mask-head-channels",
+        "32",
+        "--val-fraction",
+        "0.5",
+        "--max-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+    ]
+    result = runner.invoke(app, [*base, "--epochs", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout[result.stdout.index("{") :])
+    assert summary["best_epoch"] == 1 and summary["backbone"] == "mobilenet_v3_lite"
+    for name in ("detector.safetensors", "detector_config.json", "history.json", "split.json"):
+        assert (out / name).is_file()
+    record = json.loads((out / "detector_config.json").read_text())
+    detector = DetectorConfig.model_validate(record["detector"])
+    preprocess = PreprocessParams.model_validate(record["preprocessing"])
+    assert (detector, preprocess.short_side) == (TINY, 128)
+    load_detector(out / "detector.safetensors", detector, preprocess)
+    split_record = json.loads((out / "split.json").read_text())
+    assert not set(split_record["train"]["patients"]) & set(split_record["val"]["patients"])
+
+    again = runner.invoke(app, [*base, "--epochs", "2"])
+    assert again.exit_code == 2 and "--resume" in again.output
+    resumed = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
+    assert resumed.exit_code == 0, resumed.output
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+
+    other = ["--out", str(tmp_path / "other"), "--epochs", "1"]
+    bad = runner.invoke(app, [*base[:3], "synthetic:zero", *base[4:], *other])
+    assert bad.exit_code == 2 and "must be a whole number" in bad.output
+    spec = f"manifest:{tmp_path / 'none.csv'}"
+    missing = runner.invoke(app, [*base[:3], spec, *base[4:], *other])
+    assert missing.exit_code == 2 and "none.csv" in missing.output
