@@ -92,6 +92,22 @@ def test_cli_writes_findings_and_an_overlay_per_view(cli_run, findings: Findings
         "overlay-R-MLO.png",
     ]
     assert all((study_dir / name).stat().st_size > 10_000 for name in overlays)
+    # the SEG, SR and GSPS the node would send, naming the bundle and its disclaimer
+    import pydicom
+
+    names = sorted(p.name for p in (study_dir / "dicom").iterdir())
+    with_lesions = sorted(f"{v.laterality}-{v.view}" for v in findings.views if v.lesion_ids)
+    assert "sr.dcm" in names
+    assert [n for n in names if n.startswith("seg-")] == [f"seg-{v}.dcm" for v in with_lesions]
+    assert any(n.startswith("gsps-") for n in names)
+    for name in names:
+        ds = pydicom.dcmread(study_dir / "dicom" / name)
+        assert ds.StudyInstanceUID == findings.study_instance_uid
+        assert "not for clinical use" in ds.SeriesDescription.lower() or (
+            "research" in ds.SeriesDescription.lower()
+        )
+        serials = {str(e.get("DeviceSerialNumber", "")) for e in ds.ContributingEquipmentSequence}
+        assert findings.model.sha256 in serials, name
 
 
 def test_findings_name_the_bundle_and_the_device(workspace: Path, findings: Findings) -> None:

@@ -44,6 +44,19 @@ def _table(findings, out_dir: Path):
     return table
 
 
+def _result_name(obj, views: dict[str, str]) -> str:
+    """A readable file name: sr.dcm, seg-R-CC.dcm, gsps-R-CC.dcm."""
+    ds = obj.dataset
+    referenced = [
+        instance.ReferencedSOPInstanceUID
+        for series in ds.get("ReferencedSeriesSequence", [])
+        for instance in list(series.get("ReferencedInstanceSequence", []))
+        + list(series.get("ReferencedImageSequence", []))
+    ]
+    view = next((views[uid] for uid in referenced if uid in views), None)
+    return f"{obj.object_type}-{view}.dcm" if view else f"{obj.object_type}.dcm"
+
+
 def analyze(
     ctx: typer.Context,
     paths: Annotated[
@@ -69,6 +82,13 @@ def analyze(
     device: Annotated[
         str | None, typer.Option("--device", help='"auto", "cpu" or "cuda" (default: config).')
     ] = None,
+    dicom: Annotated[
+        bool,
+        typer.Option(
+            "--dicom/--no-dicom",
+            help="Also write the SEG, SR and GSPS objects into DIR/<study>/dicom/.",
+        ),
+    ] = True,
     models_dir: Annotated[
         Path | None,
         typer.Option(
@@ -80,9 +100,11 @@ def analyze(
 
     Groups the files by study, pairs low-energy and recombined images per
     breast and view with the node's selection rules, and writes per study
-    findings.json and an overlay PNG per view (outlines and scores on the RC
-    and LE images). Exit code 0 when every study with a pair was analysed,
-    1 when one failed or none could be analysed, 2 for bad input.
+    findings.json, an overlay PNG per view (outlines and scores on the RC
+    and LE images) and, unless --no-dicom, the SEG (per view with lesions),
+    SR (per study) and GSPS objects the node would send, in dicom/. Exit
+    code 0 when every study with a pair was analysed, 1 when one failed or
+    none could be analysed, 2 for bad input.
     """
     from cem_node.models import BundleError, BundleRegistry
     from cem_node.pipeline.analyse import LoadedModels
@@ -151,6 +173,22 @@ def analyze(
                     study_dir / f"overlay-{pair.laterality}-{pair.view}.png",
                 )
             )
+        written = []
+        if dicom:
+            from cem_node.dicom.results import encode_results
+
+            views = {
+                v.recombined_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views
+            }
+            views.update(
+                {v.low_energy_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views}
+            )
+            dicom_dir = study_dir / "dicom"
+            dicom_dir.mkdir(exist_ok=True)
+            for obj in encode_results(findings, list(study.request.headers)):
+                path = dicom_dir / _result_name(obj, views)
+                obj.dataset.save_as(path, enforce_file_format=True)
+                written.append(path)
         documents.append(findings.model_dump(mode="json"))
         if not as_json:
             out_console = console()
@@ -166,7 +204,12 @@ def analyze(
             for note in findings.notes:
                 out_console.print(f"  note: {note}")
             out_console.print(
-                f"  wrote {study_dir / 'findings.json'} and {len(overlays)} overlay PNG(s)"
+                f"  wrote {study_dir / 'findings.json'}, {len(overlays)} overlay PNG(s)"
+                + (
+                    f" and {len(written)} DICOM object(s) in {study_dir / 'dicom'}"
+                    if written
+                    else ""
+                )
             )
     if as_json:
         typer.echo(json.dumps({"studies": documents}, indent=2))

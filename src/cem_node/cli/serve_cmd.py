@@ -60,7 +60,9 @@ def serve(
 
     Stops cleanly on Ctrl-C or SIGTERM; work in progress resumes at the next start.
     """
+    from cem_node import __version__
     from cem_node.config import ConfigError
+    from cem_node.dicom.status_report import ReportingDevice
     from cem_node.dicom.tls import TlsConfigError
     from cem_node.logs import configure_logging
     from cem_node.node import Node
@@ -86,7 +88,12 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.logging, json_output=log_json)
-    analyzer = BundleAnalyzer(settings.analysis)
+    analyzer = BundleAnalyzer(
+        settings.analysis,
+        device=ReportingDevice(
+            software_version=__version__, device_serial_number=settings.node.ae_title
+        ),
+    )
     node = Node(settings, analyzer=analyzer)
     try:
         node.start()

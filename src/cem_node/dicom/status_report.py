@@ -58,17 +58,27 @@ Why this shape:
 Nothing depends on the clock or on random numbers when ``series_instance_uid``,
 ``sop_instance_uid`` and ``content_datetime`` are given: the tracking UID and
 the device observer UID are derived from them and from the device.
+
+The module also holds what every result object of the node shares, used by
+the analysis report (:mod:`cem_node.dicom.sr`), the SEG and the GSPS:
+:class:`ReportingDevice`, the checks of the source headers, the TID 1500 root
+and image library, :func:`build_comprehensive_sr`, the model bundle's
+Contributing Equipment item and disclaimer (:func:`model_equipment`,
+:func:`model_disclaimer`, :func:`result_series_description`) and
+:func:`stamp_times`.
 """
 
 from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import pydicom
+from highdicom import ContributingEquipment
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
     AlgorithmIdentification,
     CodeContentItem,
@@ -92,13 +102,28 @@ from pydicom.uid import RE_VALID_UID, UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from cem_node import __version__
+from cem_node.findings import ModelIdentity
 
 __all__ = [
     "COMPREHENSIVE_SR",
     "NOT_FOR_CLINICAL_USE",
     "ReportingDevice",
+    "build_comprehensive_sr",
     "build_not_analysable_sr",
+    "check_series_number",
+    "check_sources",
+    "check_uid",
+    "device_texts",
+    "image_library",
+    "model_description",
+    "model_disclaimer",
+    "model_equipment",
     "not_analysed_series_description",
+    "qualitative_evaluations",
+    "report_root",
+    "result_series_description",
+    "stamp_times",
+    "utf8_if_needed",
 ]
 
 COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
@@ -207,6 +232,70 @@ class ReportingDevice:
         )
 
 
+#: Manufacturer of the model bundle in Contributing Equipment and the SR's observer context.
+MODEL_MANUFACTURER = "cem-node"
+#: Disclaimer when a bundle is not for clinical use and does not bring its own.
+RESEARCH_USE_ONLY = "research use only"
+_ST_MAX = 1024
+
+
+def model_disclaimer(model: ModelIdentity) -> str | None:
+    """The disclaimer every result object of ``model`` carries (None: none needed).
+
+    A bundle that is not for clinical use gets ``"NOT FOR CLINICAL USE: <its
+    disclaimer, or 'research use only'>"``; a clinical bundle keeps its own
+    disclaimer, if it has one.
+    """
+    if model.for_clinical_use:
+        return model.disclaimer
+    return f"{NOT_FOR_CLINICAL_USE}: {model.disclaimer or RESEARCH_USE_ONLY}"
+
+
+def result_series_description(what: str, model: ModelIdentity) -> str:
+    """``"CEM AI: <what>"``, plus ``" (NOT FOR CLINICAL USE)"`` for a research bundle.
+
+    Raises ValueError when the result exceeds 64 characters (DICOM LO).
+    """
+    text = f"CEM AI: {what}"
+    if not model.for_clinical_use:
+        text += f" ({NOT_FOR_CLINICAL_USE})"
+    _check_lo("series description", "value", text)
+    return text
+
+
+def model_description(model: ModelIdentity) -> str:
+    """One line naming the bundle, its hash and intended use (and its disclaimer)."""
+    text = (
+        f"Model bundle {model.name} {model.version} (manifest sha256 {model.sha256}); "
+        f"intended use: {model.intended_use}"
+    )
+    disclaimer = model_disclaimer(model)
+    if disclaimer:
+        text += f"; {disclaimer}"
+    return text
+
+
+def model_equipment(model: ModelIdentity, when: datetime) -> ContributingEquipment:
+    """Contributing Equipment item of the model bundle that produced a result.
+
+    Manufacturer "cem-node", the bundle name as model name, Software Versions
+    [cem-node version, bundle version], the bundle's SHA-256 (64 hex digits,
+    exactly an LO) as Device Serial Number, purpose (109102, DCM, "Processing
+    Equipment"): the bundle computed the object, it did not modify an
+    existing one. The description names the bundle, its intended use and
+    disclaimer.
+    """
+    return ContributingEquipment(
+        manufacturer=MODEL_MANUFACTURER,
+        purpose_of_reference=codes.DCM.ProcessingEquipment,
+        manufacturer_model_name=model.name,
+        software_versions=[__version__, model.version],
+        device_serial_number=model.sha256,
+        contribution_datetime=DT(when),
+        contribution_description=model_description(model)[:_ST_MAX],
+    )
+
+
 def not_analysed_series_description(not_for_clinical_use: bool = True) -> str:
     """Series Description of a "not analysable" SR (at most 64 characters)."""
     if not_for_clinical_use:
@@ -224,8 +313,12 @@ def _describe(index: int, ds: pydicom.Dataset) -> str:
     return f"source_images[{index}]" + (f" (SOPInstanceUID {uid})" if uid else "")
 
 
-def _check_sources(source_images: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """Validate the received headers; return them without exact duplicates."""
+def check_sources(source_images: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """Validate the received headers; return them without exact duplicates.
+
+    Each needs the four UIDs; all must be of one study and one patient; one SOP
+    Instance UID must not come with two SOP classes or series.
+    """
     if isinstance(source_images, pydicom.Dataset | str | bytes) or not isinstance(
         source_images, Sequence
     ):
@@ -282,7 +375,8 @@ def _check_sources(source_images: Sequence[pydicom.Dataset]) -> list[pydicom.Dat
     return [ds for _, ds in unique.values()]
 
 
-def _check_uid(name: str, value: str | None) -> str:
+def check_uid(name: str, value: str | None) -> str:
+    """A caller's UID, checked; a new random one for None."""
     if value is None:
         return generate_uid()
     if not isinstance(value, str):
@@ -345,24 +439,29 @@ def _signature(device: ReportingDevice) -> str:
     )
 
 
-def _content(
-    sources: Sequence[pydicom.Dataset],
-    reason: str,
+def report_root(
     device: ReportingDevice,
-    sop_instance_uid: str,
-    not_for_clinical_use: bool,
+    *,
+    observer_model_name: str | None = None,
+    observer_uid: str | None = None,
 ) -> ContainerContentItem:
-    contains = RelationshipTypeValues.CONTAINS
+    """The root of a TID 1500 report: language, the device observer, procedure reported.
+
+    The device observer (TID 1004) is ``device``; ``observer_model_name`` and
+    ``observer_uid`` replace its model name and UID, e.g. to name the model
+    bundle the device ran (TID 1002 allows one device observer: PixelMed
+    rejects two).
+    """
     root = ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
     root.ContentSequence = ContentSequence()
     root.ContentSequence.extend(LanguageOfContentItemAndDescendants(_LANGUAGE))
     observer = ObserverContext(
         observer_type=codes.cid270.Device,
         observer_identifying_attributes=DeviceObserverIdentifyingAttributes(
-            uid=device.observer_uid,
+            uid=observer_uid or device.observer_uid,
             name=device.model_name,
             manufacturer_name=device.manufacturer,
-            model_name=device.model_name,
+            model_name=observer_model_name or device.model_name,
             serial_number=device.device_serial_number,
         ),
     )
@@ -374,8 +473,15 @@ def _content(
             relationship_type=RelationshipTypeValues.HAS_CONCEPT_MOD,
         )
     )
+    return root
 
-    # TID 1600: present even when empty, OHIF dereferences it unconditionally.
+
+def image_library(sources: Sequence[pydicom.Dataset]) -> ContainerContentItem:
+    """TID 1600 Image Library: one group listing every image (Rows and Columns) once.
+
+    Present even when empty: OHIF dereferences it unconditionally.
+    """
+    contains = RelationshipTypeValues.CONTAINS
     library = ContainerContentItem(name=codes.DCM.ImageLibrary, relationship_type=contains)
     images = [ds for ds in sources if _is_image(ds)]
     if images:
@@ -392,7 +498,29 @@ def _content(
             ]
         )
         library.ContentSequence = ContentSequence([group])
-    root.ContentSequence.append(library)
+    return library
+
+
+def qualitative_evaluations(texts: Sequence[tuple[CodedConcept, str]]) -> ContainerContentItem:
+    """TID 1500 row 12: a Qualitative Evaluations container of TEXT items."""
+    contains = RelationshipTypeValues.CONTAINS
+    evaluations = ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    evaluations.ContentSequence = ContentSequence(
+        [TextContentItem(name=name, value=text, relationship_type=contains) for name, text in texts]
+    )
+    return evaluations
+
+
+def _content(
+    sources: Sequence[pydicom.Dataset],
+    reason: str,
+    device: ReportingDevice,
+    sop_instance_uid: str,
+    not_for_clinical_use: bool,
+) -> ContainerContentItem:
+    contains = RelationshipTypeValues.CONTAINS
+    root = report_root(device)
+    root.ContentSequence.append(image_library(sources))
 
     # Row 6: one TID 1501 group without measurements (OHIF needs the container).
     measurements = ContainerContentItem(
@@ -411,18 +539,121 @@ def _content(
     root.ContentSequence.append(measurements)
 
     # Row 12: the statement itself (TEXT items, any concept name, CONTAINS).
-    evaluations = ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
     texts = [
         (codes.DCM.Finding, STATEMENT_PREFIX + reason),
         (codes.DCM.Comment, _signature(device)),
     ]
     if not_for_clinical_use:
         texts.append((codes.DCM.Comment, DISCLAIMER))
-    evaluations.ContentSequence = ContentSequence(
-        [TextContentItem(name=name, value=text, relationship_type=contains) for name, text in texts]
-    )
-    root.ContentSequence.append(evaluations)
+    root.ContentSequence.append(qualitative_evaluations(texts))
     return root
+
+
+def check_series_number(series_number: object) -> int:
+    """A Series Number: an int in 1..2**31-1 (raises TypeError / ValueError)."""
+    if isinstance(series_number, bool) or not isinstance(series_number, int):
+        raise TypeError(f"series_number must be an int, got {type(series_number).__name__}")
+    if not 1 <= series_number <= 2**31 - 1:
+        raise ValueError(f"series_number must be in 1..2147483647, got {series_number}")
+    return series_number
+
+
+def stamp_times(ds: pydicom.Dataset, when: datetime) -> None:
+    """Replace the clock times highdicom stamps with ``when``.
+
+    Instance creation date/time, every Contribution DateTime, and the
+    Timezone Offset From UTC when ``when`` is timezone-aware: the same inputs
+    then give the same bytes.
+    """
+    ds.InstanceCreationDate = DA(when.date())
+    ds.InstanceCreationTime = TM(when.time())
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = DT(when)
+    utc_offset = when.utcoffset()
+    if utc_offset is not None:
+        offset = int(utc_offset.total_seconds() // 60)
+        sign = "+" if offset >= 0 else "-"
+        ds.TimezoneOffsetFromUTC = f"{sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
+
+
+def device_texts(device: ReportingDevice) -> list[str | None]:
+    """The device's free texts (for :func:`utf8_if_needed`)."""
+    return [
+        device.manufacturer,
+        device.model_name,
+        device.device_serial_number,
+        device.software_version,
+        device.institution_name,
+    ]
+
+
+def utf8_if_needed(texts: Iterable[str | None]) -> dict[str, str]:
+    """``{"specific_character_set": "ISO_IR 192"}`` when a text is not ASCII, else ``{}``.
+
+    Keyword arguments for highdicom's constructors: with ``{}`` the object
+    keeps the source's Specific Character Set; with UTF-8 every value,
+    including those copied from the source, is written in UTF-8.
+    """
+    if all(t is None or t.isascii() for t in texts):
+        return {}
+    return {"specific_character_set": "ISO_IR 192"}
+
+
+def build_comprehensive_sr(
+    sources: Sequence[pydicom.Dataset],
+    content: ContainerContentItem,
+    *,
+    device: ReportingDevice,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    when: datetime,
+    series_description: str,
+    texts: Sequence[str] = (),
+    contributing_equipment: Sequence[ContributingEquipment] | None = None,
+    coding_schemes: Sequence[CodingSchemeIdentificationItem] | None = None,
+) -> ComprehensiveSR:
+    """Wrap a content tree into a Comprehensive SR of the sources' patient and study.
+
+    ``sources`` are checked headers (:func:`check_sources`); all are listed in
+    the Current Requested Procedure Evidence Sequence and nothing else is.
+    ``texts`` are the free texts of the content: any non-ASCII one switches the
+    character set to UTF-8. ``coding_schemes`` identify private coding schemes
+    used in the content.
+    """
+    charset = utf8_if_needed([*texts, *device_texts(device), series_description])
+    evidence = [_evidence_item(ds) for ds in sources]
+    sr = ComprehensiveSR(
+        evidence=[_stand_in(sources[0], sop_instance_uid, series_instance_uid), *evidence],
+        content=content,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=1,
+        manufacturer=device.manufacturer,
+        manufacturer_model_name=device.model_name,
+        software_versions=device.software_version,
+        device_serial_number=device.device_serial_number,
+        institution_name=device.institution_name,
+        series_description=series_description,
+        is_complete=True,
+        is_final=False,
+        content_date=DA(when.date()),
+        content_time=TM(when.time()),
+        series_date=DA(when.date()),
+        series_time=TM(when.time()),
+        contributing_equipment=contributing_equipment,
+        coding_schemes=coding_schemes,
+        **charset,
+    )
+    # The stand-in must not be referenced: list exactly the received instances.
+    current, _ = collect_evidence(evidence, content, study_instance_uid=sr.StudyInstanceUID)
+    sr.CurrentRequestedProcedureEvidenceSequence = current
+    if "PertinentOtherEvidenceSequence" in sr:
+        del sr.PertinentOtherEvidenceSequence
+    stamp_times(sr, when)
+    return sr
 
 
 def build_not_analysable_sr(
@@ -494,10 +725,7 @@ def build_not_analysable_sr(
     reason = reason.strip()
     if not reason:
         raise ValueError("reason must not be empty or blank")
-    if isinstance(series_number, bool) or not isinstance(series_number, int):
-        raise TypeError(f"series_number must be an int, got {type(series_number).__name__}")
-    if not 1 <= series_number <= 2**31 - 1:
-        raise ValueError(f"series_number must be in 1..2147483647, got {series_number}")
+    check_series_number(series_number)
     if content_datetime is not None and not isinstance(content_datetime, datetime):
         raise TypeError(
             f"content_datetime must be a datetime or None, got {type(content_datetime).__name__}"
@@ -506,55 +734,22 @@ def build_not_analysable_sr(
         raise TypeError(
             f"not_for_clinical_use must be a bool, got {type(not_for_clinical_use).__name__}"
         )
-    sources = _check_sources(source_images)
-    series_uid = _check_uid("series_instance_uid", series_instance_uid)
-    sop_uid = _check_uid("sop_instance_uid", sop_instance_uid)
+    sources = check_sources(source_images)
+    series_uid = check_uid("series_instance_uid", series_instance_uid)
+    sop_uid = check_uid("sop_instance_uid", sop_instance_uid)
     if sop_uid in {ds.SOPInstanceUID for ds in sources}:
         raise ValueError(f"sop_instance_uid {sop_uid} is the UID of one of the source_images")
     when = content_datetime if content_datetime is not None else datetime.now()
 
     content = _content(sources, reason, device, sop_uid, not_for_clinical_use)
-    texts = [reason, device.manufacturer, device.model_name, device.device_serial_number]
-    texts += [device.software_version, device.institution_name or ""]
-    charset: dict[str, str] = {}
-    if not all(t.isascii() for t in texts):
-        charset["specific_character_set"] = "ISO_IR 192"
-    evidence = [_evidence_item(ds) for ds in sources]
-    sr = ComprehensiveSR(
-        evidence=[_stand_in(sources[0], sop_uid, series_uid), *evidence],
-        content=content,
+    return build_comprehensive_sr(
+        sources,
+        content,
+        device=device,
         series_instance_uid=series_uid,
         series_number=series_number,
         sop_instance_uid=sop_uid,
-        instance_number=1,
-        manufacturer=device.manufacturer,
-        manufacturer_model_name=device.model_name,
-        software_versions=device.software_version,
-        device_serial_number=device.device_serial_number,
-        institution_name=device.institution_name,
+        when=when,
         series_description=not_analysed_series_description(not_for_clinical_use),
-        is_complete=True,
-        is_final=False,
-        content_date=DA(when.date()),
-        content_time=TM(when.time()),
-        series_date=DA(when.date()),
-        series_time=TM(when.time()),
-        **charset,
+        texts=[reason],
     )
-    # The stand-in must not be referenced: list exactly the received instances.
-    current, _ = collect_evidence(evidence, content, study_instance_uid=sr.StudyInstanceUID)
-    sr.CurrentRequestedProcedureEvidenceSequence = current
-    if "PertinentOtherEvidenceSequence" in sr:
-        del sr.PertinentOtherEvidenceSequence
-    # highdicom stamps these with the clock; use the caller's time.
-    sr.InstanceCreationDate = DA(when.date())
-    sr.InstanceCreationTime = TM(when.time())
-    for item in sr.get("ContributingEquipmentSequence", []):
-        if "ContributionDateTime" in item:
-            item.ContributionDateTime = DT(when)
-    utc_offset = when.utcoffset()
-    if utc_offset is not None:
-        offset = int(utc_offset.total_seconds() // 60)
-        sign = "+" if offset >= 0 else "-"
-        sr.TimezoneOffsetFromUTC = f"{sign}{abs(offset) // 60:02d}{abs(offset) % 60:02d}"
-    return sr

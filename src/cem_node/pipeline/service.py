@@ -34,6 +34,7 @@ from cem_node.models import Bundle, BundleError, BundleRegistry
 from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 
 if TYPE_CHECKING:
+    from cem_node.dicom.status_report import ReportingDevice
     from cem_node.pipeline.analyse import LoadedModels
 
 __all__ = [
@@ -184,8 +185,15 @@ class BundleAnalyzer:
     the job fails at once, saying why, instead of retrying.
     """
 
-    def __init__(self, analysis: AnalysisSection, models_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        analysis: AnalysisSection,
+        models_dir: Path | None = None,
+        *,
+        device: ReportingDevice | None = None,
+    ) -> None:
         self._analysis = analysis
+        self._device = device
         self._registry = BundleRegistry(models_dir or analysis.models_dir)
         self._models: LoadedModels | None = None
         self._lock = threading.Lock()
@@ -230,11 +238,20 @@ class BundleAnalyzer:
         return line
 
     def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        from cem_node.dicom.results import encode_results
+
         models = self._loaded()
         findings = analyse_request(models, request, self._analysis)
         identity = findings.model
+        # every object type: the worker sends each destination the types it wants
+        objects = encode_results(
+            findings,
+            list(request.headers),
+            analysis_round=max(1, request.analysis_round),
+            device=self._device,
+        )
         return AnalysisResult(
-            objects=[],  # SEG, SR and GSPS encoders: issue #5
+            objects=objects,
             model_name=identity.name,
             model_version=identity.version,
             model_sha256=identity.sha256,
