@@ -21,6 +21,13 @@ PYRADIOMICS_SPEC="pyradiomics==3.0.1"
 # Debian packages: dcmtk (storescu/echoscu/storescp), dicom3tools (dciodvfy),
 # PixelMed (DicomSRValidator, DicomInstanceValidator).
 APT_PACKAGES=(dcmtk dicom3tools pixelmed-apps libpixelmed-java orthanc)
+# The browser test (tests/e2e): Orthanc's DICOMweb plugin, Chromium, and
+# Node.js with npm when none is installed (any Node.js >= 18 will do).
+APT_PACKAGES+=(orthanc-dicomweb chromium)
+command -v node >/dev/null || APT_PACKAGES+=(nodejs)
+command -v npm >/dev/null || APT_PACKAGES+=(npm)
+# OHIF's prebuilt viewer for the browser test (tests/e2e/conftest.py: OHIF_VERSION).
+OHIF_VERSION="3.13.2"
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*"; }
 
@@ -83,7 +90,43 @@ PY
     echo "$key" > "$stamp"
 }
 
+install_viewer_test() {
+    # puppeteer-core into tests/e2e/node_modules (it downloads no browser: the
+    # test drives Debian's chromium), and OHIF's prebuilt viewer: only the
+    # dist/ folder of the npm package @ohif/app, into .cache/ohif/VERSION/.
+    command -v npm >/dev/null || { log "WARNING: no npm: the browser test (tests/e2e) cannot run"; return; }
+    local e2e="$ROOT/tests/e2e" stamp="$ROOT/tests/e2e/node_modules/.cem-node-lock"
+    if [ -f "$stamp" ] && cmp -s "$stamp" "$e2e/package-lock.json"; then
+        log "puppeteer-core present (tests/e2e/node_modules)"
+    else
+        log "installing puppeteer-core (npm ci in tests/e2e)"
+        if (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error >/dev/null); then
+            cp "$e2e/package-lock.json" "$stamp"
+        else
+            log "WARNING: npm ci failed in tests/e2e: the browser test cannot run"
+        fi
+    fi
+    local cache="$ROOT/.cache/ohif" dist="$ROOT/.cache/ohif/$OHIF_VERSION/dist" tmp
+    if [ -f "$dist/index.html" ]; then
+        log "OHIF $OHIF_VERSION present ($dist)"
+        return
+    fi
+    log "fetching OHIF $OHIF_VERSION (npm pack @ohif/app, 48 MB, first time only)"
+    mkdir -p "$cache"
+    tmp=$(mktemp -d "$cache/.pack-XXXXXX")
+    if (cd "$tmp" && npm pack --silent "@ohif/app@$OHIF_VERSION" >/dev/null) \
+        && tar -xzf "$tmp"/ohif-app-*.tgz -C "$tmp" package/dist; then
+        rm -rf "$cache/$OHIF_VERSION"
+        mkdir -p "$cache/$OHIF_VERSION"
+        mv "$tmp/package/dist" "$dist"
+    else
+        log "WARNING: could not fetch @ohif/app@$OHIF_VERSION: the browser test cannot run"
+    fi
+    rm -rf "$tmp"
+}
+
 install_apt
 check_python
 install_python
+install_viewer_test
 log "done: activate with 'source .venv/bin/activate' or call .venv/bin/cem-node"

@@ -9,18 +9,20 @@
   without lesions;
 * ``gsps``: one presentation state per view with lesions (:mod:`cem_node.dicom.gsps`).
 
-Series. Each kind of object has its own series; the GSPS are split by breast
-(General Series Laterality is required for them). Series numbers come from a
-block above every Series Number of the source headers: the block starts at
-9000, or at the next multiple of 1000 above the highest source Series Number
-when that is 9000 or more, and each analysis round takes ten numbers in it::
+Series. The SR, each view's SEG and each breast's GSPS have their own series
+(OHIF shows only one SEG instance of a series; General Series Laterality is
+required for a GSPS). Series numbers come from a block above every Series
+Number of the source headers: the block starts at 9000, or at the next
+multiple of 1000 above the highest source Series Number when that is 9000 or
+more, and each analysis round takes twenty numbers in it::
 
-    block + 10 * (round - 1) + 1    SR
-    block + 10 * (round - 1) + 2    SEG
-    block + 10 * (round - 1) + 3    GSPS, right breast
-    block + 10 * (round - 1) + 4    GSPS, left breast
+    block + 20 * (round - 1) + 1         SR
+    block + 20 * (round - 1) + 2         GSPS, right breast
+    block + 20 * (round - 1) + 3         GSPS, left breast
+    block + 20 * (round - 1) + 4 + i     SEG of the i-th view with lesions (i < 16)
 
-so round 1 of a usual study gives 9001 (SR), 9002 (SEG), 9003 / 9004 (GSPS).
+so round 1 of a usual study gives 9001 (SR), 9002 / 9003 (GSPS), 9004...
+(SEG).
 The "not analysable" report (:func:`encode_not_analysable`) takes the SR's
 number.
 
@@ -71,14 +73,18 @@ OBJECT_TYPES = ("seg", "sr", "gsps")
 SERIES_BLOCK_START = 9000
 #: Device Serial Number of the default :class:`ReportingDevice`.
 DEFAULT_DEVICE_SERIAL = "CEMNODE"
-_OFFSETS = {"sr": 1, "seg": 2, "gsps-R": 3, "gsps-L": 4}
+_OFFSETS = {"sr": 1, "gsps-R": 2, "gsps-L": 3, "seg": 4}
+_ROUND_STRIDE = 20
+_MAX_SEG_SERIES = 16
 _MAX_SERIES_NUMBER = 2**31 - 1
 
 
 def result_series_numbers(
     headers: Iterable[pydicom.Dataset], analysis_round: int = 1
 ) -> dict[str, int]:
-    """Series Numbers of the result series: keys ``sr``, ``seg``, ``gsps-R``, ``gsps-L``.
+    """Series Numbers of the result series: keys ``sr``, ``gsps-R``, ``gsps-L``, ``seg``.
+
+    ``seg`` is the number of the first view's SEG; the i-th view's is ``seg + i``.
 
     They are above every Series Number in ``headers`` (see the module
     docstring for the rule) and differ per analysis round.
@@ -94,8 +100,8 @@ def result_series_numbers(
     block = SERIES_BLOCK_START
     if highest >= SERIES_BLOCK_START:
         block = (highest // 1000 + 1) * 1000
-    base = block + 10 * (analysis_round - 1)
-    if base + max(_OFFSETS.values()) > _MAX_SERIES_NUMBER:
+    base = block + _ROUND_STRIDE * (analysis_round - 1)
+    if base + _ROUND_STRIDE > _MAX_SERIES_NUMBER:
         raise ValueError(f"no series numbers left above {highest} for round {analysis_round}")
     return {key: base + offset for key, offset in _OFFSETS.items()}
 
@@ -133,7 +139,7 @@ def encode_results(
     *,
     objects: Iterable[str] = OBJECT_TYPES,
     analysis_round: int = 1,
-    segmentation_type: Literal["BINARY", "FRACTIONAL"] = "BINARY",
+    segmentation_type: Literal["AUTO", "BINARY", "FRACTIONAL"] = "AUTO",
     device: ReportingDevice | None = None,
 ) -> list[ResultObject]:
     """Encode the findings as SEG, SR and GSPS objects (see the module docstring).
@@ -151,8 +157,10 @@ def encode_results(
     analysis_round
         The study's analysis round (enters UIDs and series numbers).
     segmentation_type
-        ``"BINARY"`` or ``"FRACTIONAL"`` (the binary masks as probability
-        1.0 / 0.0: the findings carry no probability maps).
+        ``"AUTO"`` (default: BINARY, or FRACTIONAL for a view whose BINARY
+        frames would not be byte-aligned, see :func:`_seg_type`), ``"BINARY"``
+        or ``"FRACTIONAL"`` (the binary masks as probability 1.0 / 0.0: the
+        findings carry no probability maps).
     device
         The software writing the objects (General Equipment, SR observer);
         default ``ReportingDevice(device_serial_number="CEMNODE")``. The
@@ -174,7 +182,7 @@ def encode_results(
     unknown = [o for o in wanted if o not in OBJECT_TYPES]
     if unknown:
         raise ValueError(f"unknown object type(s) {unknown}: choose from {OBJECT_TYPES}")
-    if segmentation_type not in SEGMENTATION_TYPES:
+    if segmentation_type != "AUTO" and segmentation_type not in SEGMENTATION_TYPES:
         raise ValueError(
             f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}"
         )
@@ -209,17 +217,19 @@ def encode_results(
             )
             out.append(ResultObject("sr", sr))
         elif kind == "seg":
-            for number, view in enumerate(with_lesions, start=1):
+            for index, view in enumerate(with_lesions):
+                kind_of_seg = _seg_type(segmentation_type, view)
+                key = _key(view)
                 seg = build_view_seg(
                     findings,
                     view,
                     by_uid[view.recombined_sop_instance_uid],
                     device=device,
-                    series_instance_uid=uid("series", "seg", segmentation_type),
-                    series_number=numbers["seg"],
-                    sop_instance_uid=uid("instance", "seg", segmentation_type, _key(view)),
-                    instance_number=number,
-                    segmentation_type=segmentation_type,
+                    series_instance_uid=uid("series", "seg", kind_of_seg, key),
+                    series_number=numbers["seg"] + index % _MAX_SEG_SERIES,
+                    sop_instance_uid=uid("instance", "seg", kind_of_seg, key),
+                    instance_number=1,
+                    segmentation_type=kind_of_seg,
                 )
                 out.append(ResultObject("seg", seg))
         else:
@@ -239,6 +249,21 @@ def encode_results(
                 )
                 out.append(ResultObject("gsps", gsps))
     return out
+
+
+def _seg_type(requested: str, view: ViewResult) -> str:
+    """BINARY, unless AUTO and BINARY frames would not start on a byte boundary.
+
+    A BINARY SEG packs its frames' bits back to back, so with several
+    segments (frames) and Rows x Columns not a multiple of 8 every frame after
+    the first starts mid-byte. That is valid DICOM, but OHIF 3 draws such
+    frames as streaks and Orthanc's per-frame retrieval refuses them; the same
+    masks as FRACTIONAL (0 or 1, one byte per pixel) show correctly.
+    """
+    if requested != "AUTO":
+        return requested
+    aligned = (view.rows * view.columns) % 8 == 0
+    return "BINARY" if aligned or len(view.lesion_ids) == 1 else "FRACTIONAL"
 
 
 def _key(view: ViewResult) -> str:

@@ -65,6 +65,7 @@ from datetime import datetime
 import highdicom as hd
 import numpy as np
 import pydicom
+from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
@@ -308,6 +309,7 @@ def build_view_seg(
     # (2022) wrongly wants one value, and the source image carries it.
     seg.PatientOrientation = None
     seg.BodyPartExamined = "BREAST"
+    _add_viewer_geometry(seg, source_image)
     # General Series Laterality would make the series per breast, and dciodvfy
     # refuses it in a SEG; Image Laterality satisfies PixelMed's condition and
     # hanging protocols.
@@ -322,3 +324,24 @@ def build_view_seg(
     seg.SeriesDate, seg.SeriesTime = DA(when.date()), TM(when.time())
     stamp_times(seg, when)
     return seg
+
+
+def _add_viewer_geometry(seg: hd.seg.Segmentation, source_image: Dataset) -> None:
+    """Pixel Measures and Plane Orientation in the shared functional groups.
+
+    Without a frame of reference highdicom leaves the shared functional
+    groups empty, which is valid; but OHIF 3 reads both sequences from every
+    SEG and fails without them. The pixel spacing is the source's Imager
+    Pixel Spacing (detector plane), the orientation the image's own axes.
+    """
+    spacing = source_image.get("ImagerPixelSpacing") or source_image.get("PixelSpacing")
+    shared = seg.SharedFunctionalGroupsSequence[0]
+    if spacing is not None and "PixelMeasuresSequence" not in shared:
+        measures = Dataset()
+        measures.PixelSpacing = [float(v) for v in spacing]
+        measures.SliceThickness = 1.0
+        shared.PixelMeasuresSequence = [measures]
+    if "PlaneOrientationSequence" not in shared:
+        orientation = Dataset()
+        orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        shared.PlaneOrientationSequence = [orientation]

@@ -98,7 +98,6 @@ from highdicom.sr import (
     FindingSite,
     ImageRegion,
     Measurement,
-    MeasurementsAndQualitativeEvaluations,
     PlanarROIMeasurementsAndQualitativeEvaluations,
     QualitativeEvaluation,
     RelationshipTypeValues,
@@ -355,36 +354,6 @@ def _lesion_groups(
     return groups
 
 
-def _summary_group(
-    identifier: str,
-    uid: str,
-    model: ModelIdentity,
-    laterality: str | None,
-    lesion_count: int,
-    score: float | None,
-    label: str,
-) -> ContainerContentItem:
-    measurements = []
-    if score is not None:
-        measurements.append(
-            _probability(
-                PROBABILITY_OF_CANCER, score, f"{identifier}: maximum fused probability of cancer"
-            )
-        )
-    measurements.append(_num(LESION_COUNT, lesion_count, _NO_UNITS, None, 0))
-    evaluations = [QualitativeEvaluation(SUSPICIOUS_FOUND, _YES if lesion_count else _NO)]
-    if score is not None:
-        evaluations.append(QualitativeEvaluation(AI_CLASSIFICATION, _LABELS[label]))
-    group = MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=TrackingIdentifier(uid=uid, identifier=identifier),
-        finding_sites=[_site(laterality)] if laterality else None,
-        algorithm_id=_algorithm(model),
-        measurements=measurements,
-        qualitative_evaluations=evaluations,
-    )
-    return group[0]
-
-
 def _statements(findings: Findings) -> list[str]:
     by_id = {lesion.lesion_id: lesion for lesion in findings.lesions}
     patient = findings.patient
@@ -471,32 +440,11 @@ def _content(
     for lesion in findings.lesions:
         size = views[(lesion.laterality, lesion.view, lesion.recombined_sop_instance_uid)]
         measurements.ContentSequence.extend(_lesion_groups(lesion, headers, model, size))
-    base = [findings.study_instance_uid, model.sha256, findings.created.isoformat()]
-    for breast in findings.breasts:
-        side = _SIDES[breast.laterality]
-        measurements.ContentSequence.append(
-            _summary_group(
-                f"{side} breast",
-                _uid(*base, "breast", breast.laterality),
-                model,
-                breast.laterality,
-                breast.lesion_count,
-                breast.score,
-                breast.label,
-            )
-        )
-    measurements.ContentSequence.append(
-        _summary_group(
-            "Patient",
-            _uid(*base, "patient"),
-            model,
-            None,
-            findings.patient.lesion_count,
-            findings.patient.score,
-            findings.patient.label,
-        )
-    )
-    root.ContentSequence.append(measurements)
+    # Per-breast and per-patient summaries are TEXT findings in the report's
+    # Qualitative Evaluations (below), not TID 1501 groups: OHIF's SR loader
+    # fails on a measurement group without an image region.
+    if findings.lesions:  # an empty container is invalid (Type 1C Content Sequence)
+        root.ContentSequence.append(measurements)
 
     statements = _statements(findings)
     comments = _comments(findings, device, headers)

@@ -755,7 +755,10 @@ def build_mg_dataset(
     ds.WindowCenter = _ds(acq.window_center, 1)
     ds.WindowWidth = _ds(acq.window_width, 1)
     ds.WindowCenterWidthExplanation = "NORMAL"
-    ds.VOILUTFunction = acq.voi_lut_function
+    # LINEAR is the meaning when the attribute is absent; written only for
+    # SIGMOID (OHIF 3.13 cannot display an image that carries VOI LUT Function)
+    if acq.voi_lut_function != "LINEAR":
+        ds.VOILUTFunction = acq.voi_lut_function
     # Contrast/Bolus: one injection per study, at the study time
     if acq.kind != "non_contrast":
         volume = min(_AGENT_DOSE_ML_PER_KG * weight, _AGENT_MAX_ML)
