@@ -6,6 +6,7 @@ the kill -9 tests), the test-double analysis (tests/analysis_double.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,6 +76,7 @@ def make_settings(root: Path, **node: Any) -> Settings:
     settings.storage.disk_high_watermark_percent = 99.99
     settings.node.host = LOOPBACK
     settings.node.port = 0
+    settings.http.port = 0  # /healthz and /metrics on any free port
     # long enough that a loaded machine does not complete a study mid-transfer
     settings.assembly.quiet_period_s = 1.5
     settings.assembly.max_wait_s = 60
@@ -494,3 +496,58 @@ def test_association_limit_rejects_transiently(tmp_path: Path, running_node) -> 
         lambda: echoscu(port=node.port, called_ae=NODE_AE, calling_ae=MODALITY_AE).returncode == 0,
         what="a free association slot",
     )
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _metric(text: str, name: str, labels: str = "") -> float:
+    import re
+
+    pattern = rf"^{re.escape(name)}{re.escape(labels)} ([0-9.e+-]+)$"
+    found = re.search(pattern, text, flags=re.MULTILINE)
+    assert found, f"{name}{labels} not in /metrics"
+    return float(found.group(1))
+
+
+def test_health_and_metrics_endpoint(tmp_path: Path, running_node, studies) -> None:
+    settings = make_settings(tmp_path / "node")
+    node = running_node(settings)
+    assert node.http is not None
+    base = f"http://{LOOPBACK}:{node.http.port}"
+    code, body = _get(f"{base}/healthz")
+    health = json.loads(body)
+    assert code == 200 and health["status"] == "ok" and health["database"] == "ok"
+    assert health["ae_title"] == NODE_AE and health["dicom_port"] == node.port
+
+    files = dicom_files(studies["explicit"])
+    send(node, files)
+    uid = study_uid(files)
+    wait_until(state_is(node, uid, StudyState.DONE, StudyState.FAILED), what="analysed")
+    code, text = _get(f"{base}/metrics")
+    assert code == 200
+    assert _metric(text, "cem_node_instances_received_total") == len(files)
+    assert _metric(text, "cem_node_instances_stored") == len(files)
+    assert _metric(text, "cem_node_database_up") == 1
+    assert _metric(text, "cem_node_analysis_seconds_count") == 1
+    done = _metric(text, "cem_node_studies", '{state="done"}')
+    failed = text.count('cem_node_studies{state="failed"}')
+    assert done + failed >= 1
+    assert _get(f"{base}/nothing")[0] == 404
+
+    # a database that stops answering makes the node unhealthy (503), not silent
+    assert node.engine is not None
+    node.engine.dispose()
+    (tmp_path / "node" / "cem-node.db").rename(tmp_path / "gone.db")
+    (tmp_path / "node" / "cem-node.db").mkdir()  # not a database any more
+    code, body = _get(f"{base}/healthz")
+    assert code == 503 and json.loads(body)["status"].startswith("unhealthy")
+    assert "cem_node_database_up 0.0" in _get(f"{base}/metrics")[1]

@@ -642,13 +642,15 @@ class ExportSection(_Section):
 
 
 class HttpSection(_Section):
-    """The small HTTP endpoint (health, metrics, status)."""
+    """The small HTTP endpoint: GET /healthz (JSON) and /metrics (Prometheus)."""
 
     enabled: bool = Field(True, description="Serve the HTTP endpoint.")
     host: str = Field(
         "127.0.0.1", min_length=1, description="Address to listen on (127.0.0.1: this host only)."
     )
-    port: Port = Field(8765, description="TCP port of the HTTP endpoint.")
+    port: int = Field(
+        8765, ge=0, le=65535, description="TCP port of the HTTP endpoint (0: any free port)."
+    )
 
 
 # "json" shadows the deprecated BaseModel.json(); the field wins on instances, which is

@@ -35,6 +35,7 @@ from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.jobs.worker import Worker
+from cem_node.monitoring import HealthEndpoint, NodeMetrics
 from cem_node.peers import PeerEntry, list_peers
 from cem_node.store import (
     InstanceFileStore,
@@ -43,6 +44,7 @@ from cem_node.store import (
     session_factory,
     upgrade,
 )
+from cem_node.store.audit import ALERT
 from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
 
@@ -184,6 +186,8 @@ class Node:
         self._loops: dict[str, _Loop] = {}
         self._hasher: InstanceHasher | None = None
         self._stopped = threading.Event()
+        self.metrics: NodeMetrics | None = None
+        self.http: HealthEndpoint | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,9 +228,12 @@ class Node:
             report.exports_requeued,
             report.temporary_files_removed,
         )
+        self.metrics = NodeMetrics(self.sessions)
+        self.analyzer = self.metrics.timed(self.analyzer)
         peers = self._start_receiving(share_port=share_port)
         assert self._hasher is not None
         self._hasher.submit_missing()
+        self._start_http()
         worker = Worker(
             settings,
             self.sessions,
@@ -307,6 +314,44 @@ class Node:
         self.wake("assembler")
         self.wake("retention")
 
+    def _stored(self, instance_id: int, relative_path: str) -> None:
+        """An instance was acknowledged: hash it later, count it."""
+        assert self._hasher is not None
+        self._hasher.submit(instance_id, relative_path)
+        if self.metrics is not None:
+            self.metrics.instances_received.inc()
+
+    def _start_http(self) -> None:
+        """Serve /healthz and /metrics; a port in use is logged, not fatal (DICOM comes first)."""
+        http = self.settings.http
+        if not http.enabled or self.metrics is None or self.sessions is None:
+            return
+        try:
+            self.http = HealthEndpoint(
+                http.host, http.port, self.metrics, self.sessions, self._health_status
+            )
+        except OSError as exc:
+            _LOG.error(
+                "%s: cannot serve /healthz and /metrics on %s:%d: %s",
+                ALERT,
+                http.host,
+                http.port,
+                exc,
+            )
+            return
+        self.http.start()
+        _LOG.info("health and metrics on http://%s:%d/healthz", http.host, self.http.port)
+
+    def _health_status(self) -> dict[str, Any]:
+        analysis = getattr(self.analyzer, "status_line", None)
+        return {
+            "node_id": self.node_id,
+            "ae_title": self.settings.node.ae_title,
+            "dicom_port": self.port if self.scp is not None else None,
+            "dicom_listening": self.scp is not None and not self._stopped.is_set(),
+            "analysis": analysis() if callable(analysis) else None,
+        }
+
     def _start_receiving(self, *, share_port: bool) -> _PeerCache:
         """Start the hasher and the DICOM service (and the extra receiver processes)."""
         settings = self.settings
@@ -324,7 +369,7 @@ class Node:
             ),
             unknown_sop_classes=settings.node.accept_unknown_sop_classes,
             actor=self.node_id,
-            on_stored=self._hasher.submit,
+            on_stored=self._stored,
         )
         server_tls = dicom_tls.server_context(settings.tls) if settings.tls.enabled else None
         self.scp = StorageSCP(
@@ -390,6 +435,9 @@ class Node:
         self._receivers.clear()
         if self.scp is not None:
             self.scp.stop()
+        if self.http is not None:
+            self.http.stop()
+            self.http = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
         for loop in self._loops.values():

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -398,27 +399,184 @@ def activate_cmd(
 # --------------------------------------------------------------------------- import
 
 
+class WeightsDtype(StrEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
 @app.command("import")
 def import_cmd(
     ctx: typer.Context,
     source: Annotated[
-        Path, typer.Argument(help="The bundle folder to import (its folder name does not matter).")
-    ],
+        Path | None,
+        typer.Argument(
+            help="The bundle folder to import (its folder name does not matter), or a training "
+            "run to pack: a folder with detector/ and radiomics/ sub-folders (the --out of "
+            "`cem-node train detector` and `cem-node train radiomics`).",
+        ),
+    ] = None,
     name: Annotated[
         str | None,
         typer.Option(
             "--name",
             help="Import under this name (the copy's manifest is renamed, so its hash "
-            "differs from the source's).",
+            "differs from the source's). Required to pack a training run: the bundle's name.",
         ),
     ] = None,
     force: Annotated[
         bool, typer.Option("--force", help="Replace a bundle of the same name.")
     ] = False,
+    detector: Annotated[
+        Path | None,
+        typer.Option(
+            "--detector",
+            file_okay=False,
+            help="Pack a training run: the `cem-node train detector` folder (with --radiomics).",
+        ),
+    ] = None,
+    radiomics: Annotated[
+        Path | None,
+        typer.Option(
+            "--radiomics",
+            file_okay=False,
+            help="Pack a training run: the `cem-node train radiomics` folder (with --detector).",
+        ),
+    ] = None,
+    version: Annotated[
+        str | None, typer.Option("--version", help="Packing: the bundle's version (required).")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", help="Packing: what the bundle is.")
+    ] = None,
+    intended_use: Annotated[
+        str | None,
+        typer.Option("--intended-use", help="Packing: what the models are for (a statement)."),
+    ] = None,
+    clinical: Annotated[
+        bool | None,
+        typer.Option(
+            "--clinical/--not-clinical",
+            help="Packing: declare the models fit for clinical use (default: not; refused for "
+            "models trained on synthetic data).",
+        ),
+    ] = None,
+    metrics: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics",
+            dir_okay=False,
+            help="Packing: an evaluation report.json (`cem-node evaluate`) whose headline "
+            "numbers go into [metrics], or a flat JSON object name -> number.",
+        ),
+    ] = None,
+    weights_dtype: Annotated[
+        WeightsDtype | None,
+        typer.Option(
+            "--weights-dtype",
+            help="Packing: store the detector weights as float16 (half the size) or float32 "
+            "(default: as trained).",
+        ),
+    ] = None,
     models_dir: ModelsDirOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Verify a bundle folder and copy it into the models folder."""
+    """Verify a bundle folder and copy it into the models folder, or pack a training run.
+
+    A training run (a folder with detector/ and radiomics/, or --detector and
+    --radiomics) is packed into a new bundle named --name with --version: the
+    manifest records the training data, seeds, commands, thresholds and
+    checksums; models trained on synthetic data are marked not for clinical use.
+    """
+    from cem_node.models import MANIFEST_NAME
+
+    packing = detector is not None or radiomics is not None
+    if packing:
+        if detector is None or radiomics is None:
+            raise fail("--detector and --radiomics go together (the two runs to pack)", 2)
+        if source is not None:
+            raise fail("give either DIR or --detector and --radiomics, not both", 2)
+    elif source is None:
+        raise fail(
+            "give the bundle folder to import (DIR), or the training run to pack (DIR with "
+            "detector/ and radiomics/, or --detector and --radiomics)",
+            2,
+        )
+    elif source.is_dir() and not (source / MANIFEST_NAME).exists():
+        from cem_node.models.packing import find_training_run
+
+        run = find_training_run(source)
+        if run is None:
+            raise fail(
+                f"{source}: neither a model bundle (no {MANIFEST_NAME}) nor a training run (no "
+                "detector/ and radiomics/ sub-folders; or give --detector and --radiomics)",
+                2,
+            )
+        detector, radiomics = run
+        packing = True
+    if packing:
+        assert detector is not None and radiomics is not None
+        _pack_run(
+            ctx,
+            detector,
+            radiomics,
+            name=name,
+            version=version,
+            description=description,
+            intended_use=intended_use,
+            clinical=bool(clinical),
+            metrics=metrics,
+            weights_dtype=weights_dtype.value if weights_dtype else None,
+            force=force,
+            models_dir=models_dir,
+            as_json=as_json,
+        )
+        return
+    given = {
+        "--version": version,
+        "--description": description,
+        "--intended-use": intended_use,
+        "--clinical": clinical,
+        "--metrics": metrics,
+        "--weights-dtype": weights_dtype,
+    }
+    extra = [option for option, value in given.items() if value is not None]
+    if extra:
+        raise fail(f"{', '.join(extra)}: only for packing a training run; {source} is a bundle", 2)
+    assert source is not None
+    _import_folder(ctx, source, name, force, models_dir, as_json)
+
+
+def _report_imported(
+    registry: BundleRegistry, bundle: Bundle, replaced: bool, extra: dict[str, Any], as_json: bool
+) -> bool:
+    """Print the JSON record (returns True) or nothing; the caller prints its lines."""
+    active = registry.active()
+    stale_active = (
+        active is not None and active.name == bundle.name and active.sha256 != bundle.sha256
+    )
+    if as_json:
+        _echo_json(
+            {
+                "name": bundle.name,
+                "version": bundle.version,
+                "sha256": bundle.sha256,
+                "path": str(bundle.path),
+                **extra,
+                "replaced": replaced,
+                "active_needs_reactivation": stale_active,
+            }
+        )
+    return stale_active
+
+
+def _import_folder(
+    ctx: typer.Context,
+    source: Path,
+    name: str | None,
+    force: bool,
+    models_dir: Path | None,
+    as_json: bool,
+) -> None:
     from cem_node.models import MANIFEST_NAME, BundleError, read_manifest, sha256_file
 
     registry, _default = _registry(ctx, models_dir)
@@ -432,27 +590,18 @@ def import_cmd(
     try:
         bundle = registry.import_bundle(source, name=name, force=force)
         source_sha = sha256_file(source / MANIFEST_NAME)
-        active = registry.active()
+        stale_active = _report_imported(
+            registry,
+            bundle,
+            existed,
+            {"source": str(source), "source_sha256": source_sha},
+            as_json,
+        )
     except BundleError as exc:
         raise _exit_for(exc) from None
     except OSError as exc:
         raise fail(f"cannot import {source}: {exc}", 1) from None
-    stale_active = (
-        active is not None and active.name == bundle.name and active.sha256 != bundle.sha256
-    )
     if as_json:
-        _echo_json(
-            {
-                "name": bundle.name,
-                "version": bundle.version,
-                "sha256": bundle.sha256,
-                "path": str(bundle.path),
-                "source": str(source),
-                "source_sha256": source_sha,
-                "replaced": existed,
-                "active_needs_reactivation": stale_active,
-            }
-        )
         return
     typer.secho(
         f"Imported {bundle.name} {bundle.version} into {bundle.path} "
@@ -464,6 +613,10 @@ def import_cmd(
             f"Renamed from the source's manifest (source sha256 {_short(source_sha)}): "
             "the bundle hash changed."
         )
+    _next_steps(bundle, stale_active)
+
+
+def _next_steps(bundle: Bundle, stale_active: bool) -> None:
     if stale_active:
         typer.secho(
             f"{bundle.name} is the active bundle and its content changed: it is refused until "
@@ -472,3 +625,85 @@ def import_cmd(
         )
     else:
         typer.echo(f"Use it with `cem-node models activate {bundle.name}`.")
+
+
+def _pack_run(
+    ctx: typer.Context,
+    detector: Path,
+    radiomics: Path,
+    *,
+    name: str | None,
+    version: str | None,
+    description: str | None,
+    intended_use: str | None,
+    clinical: bool,
+    metrics: Path | None,
+    weights_dtype: str | None,
+    force: bool,
+    models_dir: Path | None,
+    as_json: bool,
+) -> None:
+    from cem_node.models import BundleError
+    from cem_node.models.manifest import check_bundle_name
+    from cem_node.models.packing import pack_training_run
+
+    if not name:
+        raise fail("packing a training run needs --name (the bundle's name)", 2)
+    if not version:
+        raise fail("packing a training run needs --version (e.g. 1.0.0)", 2)
+    try:
+        check_bundle_name(name)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    registry, _default = _registry(ctx, models_dir)
+    dest = registry.models_dir / name
+    existed = dest.is_dir()
+    if (dest.exists() or dest.is_symlink()) and not force:
+        raise fail(
+            f"a bundle named {name!r} is already in {registry.models_dir}: replace it with "
+            "--force, or choose another --name",
+            2,
+        )
+    try:
+        result = pack_training_run(
+            detector,
+            radiomics,
+            dest,
+            name=name,
+            version=version,
+            description=description,
+            intended_use=intended_use,
+            clinical=clinical,
+            metrics_file=metrics,
+            weights_dtype=weights_dtype,  # type: ignore[arg-type]
+            overwrite=force,
+        )
+        bundle = result.bundle
+        stale_active = _report_imported(
+            registry,
+            bundle,
+            existed,
+            {
+                "packed_from": {"detector": str(detector), "radiomics": str(radiomics)},
+                "weights_dtype": result.weights_dtype,
+                "notes": result.notes,
+            },
+            as_json,
+        )
+    except BundleError as exc:
+        raise _exit_for(exc) from None
+    except OSError as exc:
+        raise fail(f"cannot pack {detector} and {radiomics}: {exc}", 1) from None
+    if as_json:
+        return
+    use = bundle.manifest.intended_use
+    typer.secho(
+        f"Packed {bundle.name} {bundle.version} into {bundle.path} "
+        f"(sha256 {_short(bundle.sha256)}, {len(bundle.manifest.files)} files verified)",
+        fg=typer.colors.GREEN,
+    )
+    for note in result.notes:
+        typer.secho(f"Note: {note}", fg=typer.colors.YELLOW)
+    if not use.for_clinical_use:
+        typer.secho(f"Not for clinical use: {use.disclaimer}", fg=typer.colors.YELLOW, bold=True)
+    _next_steps(bundle, stale_active)

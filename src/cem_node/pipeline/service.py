@@ -197,6 +197,7 @@ class BundleAnalyzer:
         self._registry = BundleRegistry(models_dir or analysis.models_dir)
         self._models: LoadedModels | None = None
         self._lock = threading.Lock()
+        self._status = "analysis: model bundle not loaded yet"
 
     def _loaded(self) -> LoadedModels:
         try:
@@ -219,23 +220,26 @@ class BundleAnalyzer:
                     raise AnalysisUnavailableError(
                         f"model bundle {bundle.name} {bundle.version} cannot be loaded: {exc}"
                     ) from exc
+                line = (
+                    f"analysis: model bundle {bundle.name} {bundle.version} "
+                    f"(sha256 {bundle.sha256[:12]}) on {self._models.device_description}"
+                )
+                disclaimer = bundle.identity().disclaimer
+                self._status = f"{line}; {disclaimer}" if disclaimer else line
             return self._models
 
     def preload(self) -> str:
         """Load the bundle now (at start-up); return a line saying which, or why not."""
         try:
-            models = self._loaded()
+            self._loaded()
         except AnalysisUnavailableError as exc:
             log.error("no analysis until this is fixed: %s", exc)
-            return f"analysis unavailable: {exc}"
-        bundle = models.bundle
-        line = (
-            f"analysis: model bundle {bundle.name} {bundle.version} "
-            f"(sha256 {bundle.sha256[:12]}) on {models.device_description}"
-        )
-        if bundle.identity().disclaimer:
-            line += f"; {bundle.identity().disclaimer}"
-        return line
+            self._status = f"analysis unavailable: {exc}"
+        return self._status
+
+    def status_line(self) -> str:
+        """Which bundle is loaded (or why none), for /healthz."""
+        return self._status
 
     def analyse(self, request: AnalysisRequest) -> AnalysisResult:
         from cem_node.dicom.results import encode_results
