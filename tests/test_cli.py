@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -50,17 +49,44 @@ def test_each_command_has_help(argv: list[str]) -> None:
     assert len(result.output.splitlines()) > 5
 
 
-def test_partial_demo_runs_and_says_what_is_missing(tmp_path: Path, monkeypatch) -> None:
+def test_demo_without_a_model_bundle_says_what_to_do(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--size", "small"])
+    result = runner.invoke(
+        app, ["demo", "--out", str(tmp_path / "demo"), "--models-dir", str(tmp_path / "none")]
+    )
+    assert result.exit_code == 1
+    assert "No usable model bundle" in result.output
+    assert "cem-node models import" in " ".join(result.output.split())
+
+
+def test_demo_end_to_end_with_a_bundle(tmp_path: Path, monkeypatch) -> None:
+    """C-STORE in, analysis, SEG/SR/GSPS out at the demo PACS, validated (tiny bundle)."""
+    from tests.bundle_factory import make_tiny_bundle
+
+    monkeypatch.chdir(tmp_path)
+    make_tiny_bundle(tmp_path / "models")
+    result = runner.invoke(
+        app,
+        [
+            "demo",
+            "--out",
+            str(tmp_path / "demo"),
+            "--size",
+            "small",
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--model",
+            "tiny-test",
+            "--timeout",
+            "300",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    assert "not implemented yet" in result.output
-    truth = json.loads((tmp_path / "demo" / "study-0001" / "ground_truth.json").read_text())
-    assert len(truth["images"]) == 8
-    assert (tmp_path / "demo" / "cem-node.db").is_file()
-    # received by C-STORE on loopback, classified and paired, with the reasons shown
-    assert "Received by C-STORE" in result.output
-    assert "no analysis installed" in " ".join(result.output.split())
+    assert "the results arrived at the PACS and validate" in result.output
+    kinds = {p.name.split("-", 1)[0] for p in (tmp_path / "demo" / "pacs").iterdir()}
+    assert {"sr", "seg", "gsps"} <= kinds
+    assert (tmp_path / "demo" / "findings.json").is_file()
+    assert list((tmp_path / "demo").glob("overlay-*.png"))
     engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'cem-node.db'}")
     with session_factory(engine).begin() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 8

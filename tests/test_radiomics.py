@@ -281,7 +281,7 @@ def test_grey_level_cap_widens_the_bin_width_and_says_so(caplog):
     values = image[mask].astype(np.float64)
     width = (values.max() - values.min()) / settings.max_grey_levels
     assert (values.max() - values.min()) / settings.bin_width > 5000
-    with caplog.at_level(logging.WARNING, logger="cem_node.pipeline.radiomics"):
+    with caplog.at_level(logging.INFO, logger="cem_node.pipeline.radiomics"):
         result = extract_image_features(image, mask, SPACING, settings, "_recombined")
     assert len(result.notes) == 1
     note = result.notes[0]

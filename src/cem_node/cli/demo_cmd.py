@@ -1,18 +1,21 @@
-"""``cem-node demo``: the main job on the embedded defaults.
+"""``cem-node demo``: the whole node on the embedded defaults, end to end.
 
-The full demo (a node receiving a study by C-STORE, analysing it and sending
-SEG/SR/GSPS to a PACS) comes with issue #7. Until then it runs the parts that
-exist and says so: settings, database migration, a synthetic full-size CEM
-study, decoding and DICOM validation of every file, then a node on loopback
-that receives the study by C-STORE, assembles it and pairs its images.
+It generates a synthetic CEM study, starts a node on loopback (SQLite, the
+configured model bundle) and a receiving PACS (an embedded storage SCP),
+sends the study by C-STORE as a mammography unit would, waits for the
+analysis, receives the SEG, SR and GSPS at the PACS, validates them, and
+prints the lesions, scores, labels and the time of each stage with the paths
+of the result files and of an overlay PNG. Exit code 0 only when the results
+arrived and validate; 1 otherwise (the reason is printed).
 """
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -20,10 +23,49 @@ from rich.table import Table
 
 console = Console()
 
-NOT_YET = (
-    "the analysis (#4), SEG/SR/GSPS (#5), the trained demo model (#6) and the end-to-end "
-    "demo with a PACS and a viewer (#7) are not implemented yet"
-)
+DEMO_SOURCE_AE = "DEMO_SENO"
+DEMO_PACS_AE = "DEMO_PACS"
+#: the result objects' storage SOP classes the demo PACS accepts
+RESULT_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.66.4": "seg",
+    "1.2.840.10008.5.1.4.1.1.88.33": "sr",
+    "1.2.840.10008.5.1.4.1.1.11.1": "gsps",
+}
+
+
+class DemoPacs:
+    """A tiny receiving PACS: stores every SEG, SR and GSPS it gets under ``folder``."""
+
+    def __init__(self, folder: Path) -> None:
+        from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+
+        self.folder = folder
+        self.received: list[Path] = []
+        self._lock = threading.Lock()
+        ae = AE(ae_title=DEMO_PACS_AE)
+        for sop_class in RESULT_SOP_CLASSES:
+            ae.add_supported_context(sop_class, ALL_TRANSFER_SYNTAXES)
+        self._server = ae.start_server(
+            ("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, self._store)]
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def _store(self, event: Any) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        kind = RESULT_SOP_CLASSES.get(str(ds.SOPClassUID), "other")
+        path = self.folder / f"{kind}-{ds.SeriesNumber}-{ds.SOPInstanceUID}.dcm"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        ds.save_as(path, enforce_file_format=True)
+        with self._lock:
+            self.received.append(path)
+        return 0x0000
+
+    def stop(self) -> None:
+        self._server.shutdown()
 
 
 def demo(
@@ -33,147 +75,251 @@ def demo(
     ),
     seed: Annotated[int, typer.Option(help="Seed of the synthetic study.")] = 2026,
     size: Annotated[str, typer.Option(help="Image size: full, small or WxH.")] = "full",
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help="Model bundle (default: active, else [analysis])."),
+    ] = None,
+    models_dir: Annotated[
+        Path | None, typer.Option("--models-dir", help="Folder of model bundles.")
+    ] = None,
+    timeout_s: Annotated[
+        float, typer.Option("--timeout", help="Seconds to wait for the results.")
+    ] = 600.0,
 ) -> None:
-    """Run the demo on the embedded defaults (what exists so far; it says what does not)."""
+    """Run the whole node end to end on a synthetic study: C-STORE in, SEG/SR/GSPS out."""
     import pydicom
 
-    from cem_node.dicom.validation import ValidatorMissingError, dciodvfy_errors
-    from cem_node.store.migrate import upgrade
     from cem_node.synthetic import SynthOptions, generate_study
 
     console.rule("[bold]cem-node demo")
-    console.print(f"[yellow]Partial demo:[/yellow] {NOT_YET}. It runs the parts that exist.")
     timings: dict[str, float] = {}
+    settings = ctx.obj.settings()
+    analysis = settings.analysis
+    if models_dir is not None:
+        analysis = analysis.model_copy(update={"models_dir": models_dir})
+    if model is not None:
+        analysis = analysis.model_copy(update={"model": model})
+    _resolve_bundle(analysis, model)
 
     started = time.perf_counter()
-    settings = ctx.obj.settings()
     out.mkdir(parents=True, exist_ok=True)
-    db_url = f"sqlite:///{(out / 'cem-node.db').resolve()}"
-    upgrade(db_url)
-    timings["settings + database migration"] = time.perf_counter() - started
+    study_dir = generate_study(out, seed, 1, SynthOptions(size=size))
+    files = sorted((study_dir / "dicom").glob("*.dcm"))
+    timings["synthetic study (8 images)"] = time.perf_counter() - started
+    uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    console.print(f"synthetic study {uid}: {study_dir}")
+
+    pacs = DemoPacs(out / "pacs")
+    try:
+        outcome = _run_node(settings, analysis, out, files, uid, pacs, timings, timeout_s)
+    finally:
+        pacs.stop()
+    findings, received = outcome
+    ok = _report(findings, received, study_dir, files, out, timings)
+    if not ok:
+        raise typer.Exit(1)
+
+
+def _resolve_bundle(analysis: Any, model: str | None) -> None:
+    from cem_node.models import BundleError, BundleRegistry
+
+    try:
+        bundle = BundleRegistry(analysis.models_dir).resolve(model, analysis.model)
+    except BundleError as exc:
+        console.print(
+            f"[red]No usable model bundle:[/red] {exc}\n"
+            "The demo needs one: import a bundle (`cem-node models import DIR`) or train one "
+            "(scripts/train_demo_bundle.sh); see models/README.md."
+        )
+        raise typer.Exit(1) from None
+    identity = bundle.identity()
     console.print(
-        f"node AE title {settings.node.ae_title!r}, port {settings.node.port}; database {db_url}"
+        f"model bundle {identity.name} {identity.version} (sha256 {identity.sha256[:12]})"
+        + (f": [bold yellow]{identity.disclaimer}[/]" if identity.disclaimer else "")
     )
 
-    started = time.perf_counter()
-    study_dir = generate_study(out, seed, 1, SynthOptions(size=size))
-    timings["synthetic study (8 images)"] = time.perf_counter() - started
 
-    started = time.perf_counter()
-    table = Table(title=f"Synthetic CEM study {study_dir}")
-    for column in ("file", "laterality", "view", "image type", "size", "bits", "dciodvfy errors"):
-        table.add_column(column)
-    failures = 0
-    validated = True
-    for path in sorted((study_dir / "dicom").glob("*.dcm")):
-        ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
-        try:
-            errors: list[str] | None = dciodvfy_errors(path)
-        except ValidatorMissingError:
-            errors, validated = None, False
-        failures += len(errors or [])
-        table.add_row(
-            path.name,
-            ds.ImageLaterality,
-            ds.ViewPosition,
-            "\\".join(ds.ImageType),
-            f"{pixels.shape[1]} x {pixels.shape[0]}",
-            str(ds.BitsStored),
-            "n/a" if errors is None else str(len(errors)),
-        )
-    timings["decode + validate"] = time.perf_counter() - started
-    console.print(table)
+def _run_node(
+    settings: Any,
+    analysis: Any,
+    out: Path,
+    files: list[Path],
+    uid: str,
+    pacs: DemoPacs,
+    timings: dict[str, float],
+    timeout_s: float,
+) -> tuple[dict[str, Any] | None, list[Path]]:
+    """Start a node, send the study, wait for the results at the PACS."""
+    from sqlalchemy import select
 
-    started = time.perf_counter()
-    received = _receive_by_c_store(settings, out, study_dir)
-    timings["C-STORE, assembly, pairing"] = time.perf_counter() - started
-    console.print(received)
-
-    truth = json.loads((study_dir / "ground_truth.json").read_text())
-    lesions = Table(title="Ground truth lesions")
-    for column in ("lesion", "breast", "pathology", "morphology", "enhancement", "size mm"):
-        lesions.add_column(column)
-    for lesion in truth["lesions"]:
-        lesions.add_row(
-            lesion["lesion_id"],
-            lesion["laterality"],
-            lesion["pathology"],
-            lesion["morphology"],
-            lesion["enhancement"],
-            f"{lesion['size_mm']:.1f}",
-        )
-    console.print(lesions if truth["lesions"] else "Ground truth: no lesion in this study.")
-    for stage, seconds in timings.items():
-        console.print(f"  {stage:<32} {seconds:6.2f} s")
-    console.print(f"contact sheet: {study_dir / 'contact_sheet.png'}")
-    console.print(f"ground truth:  {study_dir / 'ground_truth.json'}")
-    if not validated:
-        console.print(
-            "[yellow]dciodvfy is not installed: DICOM validation skipped "
-            "(run scripts/setup.sh)[/yellow]"
-        )
-    if failures:
-        console.print(f"[red]{failures} dciodvfy errors[/red]")
-        raise typer.Exit(1)
-    console.print(f"[yellow]Not run yet:[/yellow] {NOT_YET}.")
-    console.print("[green]demo finished: the parts that exist work[/green]")
-
-
-def _receive_by_c_store(settings: object, out: Path, study_dir: Path) -> Table:
-    """Run a node on loopback, send it the study as a modality would, show its decisions."""
-    import pydicom
-
-    from cem_node.config import Peer, Settings
+    from cem_node import __version__
+    from cem_node.config import Peer
     from cem_node.dicom.scu import RemoteAE, send_files
+    from cem_node.dicom.status_report import ReportingDevice
     from cem_node.jobs.admin import show_study
     from cem_node.node import Node
+    from cem_node.pipeline.service import BundleAnalyzer
+    from cem_node.store.models import Analysis, Study
 
-    assert isinstance(settings, Settings)
     node_settings = settings.model_copy(deep=True)
+    node_settings.analysis = analysis
     node_settings.storage.root = out  # the demo's database: out/cem-node.db
     node_settings.database.url = ""
     node_settings.node.host = "127.0.0.1"
     node_settings.node.port = 0
+    node_settings.http.port = 0
     node_settings.assembly.quiet_period_s = 2.0
     node_settings.assembly.check_interval_s = 0.5
     node_settings.peers = [
-        Peer(name="demo-modality", ae_title="DEMO_SENO", host="127.0.0.1", port=104, role="source")
+        Peer(
+            name="demo-modality", ae_title=DEMO_SOURCE_AE, host="127.0.0.1", port=104, role="source"
+        ),
+        Peer(
+            name="demo-pacs",
+            ae_title=DEMO_PACS_AE,
+            host="127.0.0.1",
+            port=pacs.port,
+            role="destination",
+        ),
     ]
-    node = Node(node_settings, node_id="demo")
+    analyzer = BundleAnalyzer(
+        node_settings.analysis,
+        device=ReportingDevice(software_version=__version__, device_serial_number="DEMO"),
+    )
+    started = time.perf_counter()
+    console.print(analyzer.preload())
+    timings["model bundle load"] = time.perf_counter() - started
+    node = Node(node_settings, analyzer=analyzer, node_id="demo")
     node.start()
     try:
-        files = sorted((study_dir / "dicom").glob("*.dcm"))
+        started = time.perf_counter()
         remote = RemoteAE(node_settings.node.ae_title, "127.0.0.1", node.port)
-        results = send_files(files, remote, calling_ae_title="DEMO_SENO")
+        results = send_files(files, remote, calling_ae_title=DEMO_SOURCE_AE)
         failed = [r for r in results if not r.delivered]
         if failed:
             console.print(f"[red]{len(failed)} C-STORE failures: {failed[0].message}[/red]")
-            raise typer.Exit(1)
-        uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+            return None, []
+        timings["C-STORE to the node"] = time.perf_counter() - started
+        console.print(f"sent {len(files)} images to {remote.ae_title} on port {node.port}")
         assert node.sessions is not None
-        deadline = time.monotonic() + 60
+        started = time.perf_counter()
+        deadline = time.monotonic() + timeout_s
         detail = show_study(node.sessions, uid)
-        while detail["state"] in ("receiving", "complete", "processing"):
-            if time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
-            detail = show_study(node.sessions, uid)
+        with console.status("waiting for the analysis and the export ..."):
+            while detail["state"] not in ("done", "failed", "not_analysable"):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+                detail = show_study(node.sessions, uid)
+        timings["quiet period + analysis + export"] = time.perf_counter() - started
+        console.print(
+            f"study state: {detail['state']}"
+            + (f" ({detail['state_reason']})" if detail["state_reason"] else "")
+        )
+        with node.sessions() as session:
+            study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+            document = session.scalar(
+                select(Analysis.document)
+                .where(Analysis.study_id == study_id, Analysis.superseded_by_id.is_(None))
+                .order_by(Analysis.id.desc())
+            )
     finally:
         node.stop()
-    table = Table(title=f"Received by C-STORE: study state {detail['state']}")
-    for column in ("image", "CEM role", "why", "breast", "view"):
+    return document, list(pacs.received)
+
+
+def _report(
+    document: dict[str, Any] | None,
+    received: list[Path],
+    study_dir: Path,
+    files: list[Path],
+    out: Path,
+    timings: dict[str, float],
+) -> bool:
+    """Print the findings, validate what arrived, write an overlay; True when all is well."""
+    import pydicom
+
+    from cem_node.dicom.validation import ValidatorMissingError, dciodvfy_errors
+    from cem_node.findings import Findings
+    from cem_node.pipeline.overlay import write_view_overlay
+    from cem_node.pipeline.pixels import read_source_image
+
+    if document is None:
+        console.print("[red]No analysis result: see the study state above.[/red]")
+        return False
+    findings = Findings.model_validate(document)
+    table = Table(title=f"Lesions found ({findings.model.name} {findings.model.version})")
+    for column in ("lesion", "breast", "view", "area mm²", "DL", "radiomics", "fused", "label"):
         table.add_column(column)
-    for item in detail["instances"]:
+    for les in findings.lesions:
         table.add_row(
-            f"series {item['series_number']} #{item['instance_number']}",
-            item["role"] or "?",
-            item["role_reason"] or "",
-            item["laterality"] or "",
-            item["view"] or "",
+            les.lesion_id,
+            les.laterality,
+            les.view,
+            "—" if les.area_mm2 is None else f"{les.area_mm2:.0f}",
+            f"{les.dl_probability:.2f}",
+            "—" if les.radiomics_probability is None else f"{les.radiomics_probability:.2f}",
+            f"{les.fused_probability:.2f}",
+            les.fused_label,
         )
-    for pair in detail["pairings"]:
-        table.add_row("pairing", "paired" if pair["paired"] else "unpaired", pair["reason"], "", "")
-    if detail["state_reason"]:
-        table.caption = detail["state_reason"]
-    return table
+    console.print(table if findings.lesions else "No suspicious lesion found.")
+    patient = findings.patient
+    console.print(
+        f"patient: {patient.label}"
+        + ("" if patient.score is None else f" (max fused probability {patient.score:.2f})")
+    )
+    truth = json.loads((study_dir / "ground_truth.json").read_text())
+    console.print(
+        "ground truth: "
+        + (
+            ", ".join(
+                f"{t['lesion_id']} {t['pathology']} {t['size_mm']:.0f} mm" for t in truth["lesions"]
+            )
+            or "no lesion"
+        )
+    )
+
+    kinds = sorted({p.name.split("-", 1)[0] for p in received})
+    errors = 0
+    validated = True
+    for path in received:
+        ds = pydicom.dcmread(path)
+        if ds.StudyInstanceUID != findings.study_instance_uid:
+            console.print(f"[red]{path.name}: another study[/red]")
+            errors += 1
+        try:
+            errors += len(dciodvfy_errors(path))
+        except ValidatorMissingError:
+            validated = False
+    overlay = None
+    by_uid = {read_source_image(p).sop_instance_uid: p for p in files}
+    views = [v for v in findings.views if v.lesion_ids] or list(findings.views)
+    view = views[0] if views else None
+    if view is not None:
+        overlay = write_view_overlay(
+            findings,
+            view.laterality,
+            view.view,
+            read_source_image(by_uid[view.recombined_sop_instance_uid]).pixels,
+            read_source_image(by_uid[view.low_energy_sop_instance_uid]).pixels,
+            out / f"overlay-{view.laterality}-{view.view}.png",
+        )
+    (out / "findings.json").write_text(findings.to_json() + "\n")
+    stages = {**timings, **{f"  analysis: {k}": v for k, v in findings.timings_s.items()}}
+    for stage, seconds in stages.items():
+        console.print(f"  {stage:<40} {seconds:7.2f} s")
+    console.print(f"results at the PACS ({out / 'pacs'}): {len(received)} object(s) {kinds}")
+    console.print(f"findings: {out / 'findings.json'}")
+    if overlay is not None:
+        console.print(f"overlay:  {overlay}")
+    if not validated:
+        console.print("[yellow]dciodvfy is not installed: results not validated[/yellow]")
+    expected = {"sr"} | ({"seg", "gsps"} if findings.lesions else set())
+    if not expected <= set(kinds):
+        console.print(f"[red]missing results at the PACS: {sorted(expected - set(kinds))}[/red]")
+        return False
+    if errors:
+        console.print(f"[red]{errors} validation error(s) in the results[/red]")
+        return False
+    console.print("[green]demo finished: the results arrived at the PACS and validate[/green]")
+    return True

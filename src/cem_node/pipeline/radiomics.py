@@ -507,10 +507,9 @@ def _pyradiomics_features(
                 f"max_grey_levels={settings.max_grey_levels}; binWidth widened to {width:.6g}"
             )
             notes.append(note)
-            # The original image's range is the odd case; the filtered images (wavelet-LL
-            # doubles the range) are widened more often.
-            level = logging.WARNING if name == "original" else logging.INFO
-            logger.log(level, "radiomics%s: %s", suffix, note)
+            # routine for 12-16 bit data (and for wavelet-LL, which doubles the range):
+            # the note goes into the findings, the log line is INFO
+            logger.info("radiomics%s: %s", suffix, note)
         raw.update(
             extractor.computeFeatures(cropped, cropped_mask, name, **{**kwargs, "binWidth": width})
         )
