@@ -4,8 +4,8 @@
 # Seeded end to end: the phantoms (seed 7 for training, 99 for the held-out
 # evaluation set), the patient-level split, the detector's initialisation,
 # augmentation and data order, the radiomics model's CV folds. On a 2-core
-# CPU the detector takes about 6 min per epoch when the machine is otherwise
-# idle; a GPU makes it minutes in all. Same seed and thread count give the
+# CPU the detector takes a few minutes per epoch (short side 320) when the
+# machine is otherwise idle; a GPU makes it minutes in all. Same seed and thread count give the
 # same weights on CPU (--threads 2 below).
 #
 #   scripts/train_demo_bundle.sh [WORK_DIR]     # default .cache/demo-training
@@ -17,13 +17,14 @@ WORK=${1:-.cache/demo-training}
 CEM=.venv/bin/cem-node
 TRAIN=synthetic:120:7:small
 HELD_OUT=synthetic:24:99:small
-EPOCHS=${EPOCHS:-6}
+EPOCHS=${EPOCHS:-12}
 mkdir -p "$WORK"
 
 resume=()
 [ -f "$WORK/run/detector/last.json" ] && resume=(--resume)
 "$CEM" train detector --dataset "$TRAIN" --out "$WORK/run/detector" --preset fast \
-    --epochs "$EPOCHS" --seed 7 --threads 2 --cache-dir "$WORK/datasets" --no-progress "${resume[@]}"
+    --short-side 320 --lr 0.0005 --epochs "$EPOCHS" --seed 7 --threads 2 \
+    --cache-dir "$WORK/datasets" --no-progress "${resume[@]}"
 
 "$CEM" train radiomics --dataset "$TRAIN" --detector "$WORK/run/detector" --masks manual \
     --out "$WORK/run/radiomics" --grid fast --seed 7 --workers 2 --cache-dir "$WORK/datasets" \

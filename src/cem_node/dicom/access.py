@@ -20,9 +20,10 @@ from __future__ import annotations
 
 import ipaddress
 import socket
+import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 
 from cem_node.peers import PeerEntry
 
@@ -71,18 +72,34 @@ class AccessDecision:
 Resolver = Callable[[str], frozenset[str]]
 
 
-@lru_cache(maxsize=256)
-def _resolve_cached(host: str) -> frozenset[str]:
-    try:
-        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
-    except OSError:
-        return frozenset()
-    return frozenset(str(info[4][0]) for info in infos)
+#: how long a host name's addresses are trusted (a peer's address may change)
+RESOLVE_TTL_S = 60.0
+_RESOLVED: dict[str, tuple[float, frozenset[str]]] = {}
+_RESOLVED_LOCK = threading.Lock()
 
 
 def resolve_host(host: str) -> frozenset[str]:
-    """Return the addresses of a host name (empty when it does not resolve)."""
-    return _resolve_cached(host)
+    """Return the addresses of a host name (empty when it does not resolve).
+
+    Answers are cached for :data:`RESOLVE_TTL_S` seconds, failures too, so a
+    burst of associations costs one lookup and a moved peer is seen again
+    within a minute.
+    """
+    now = time.monotonic()
+    with _RESOLVED_LOCK:
+        cached = _RESOLVED.get(host)
+    if cached is not None and now - cached[0] < RESOLVE_TTL_S:
+        return cached[1]
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+        addresses = frozenset(str(info[4][0]) for info in infos)
+    except OSError:
+        addresses = frozenset()
+    with _RESOLVED_LOCK:
+        if len(_RESOLVED) > 1024:
+            _RESOLVED.clear()
+        _RESOLVED[host] = (now, addresses)
+    return addresses
 
 
 def _normalise(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
