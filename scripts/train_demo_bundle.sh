@@ -17,7 +17,7 @@ WORK=${1:-.cache/demo-training}
 CEM=.venv/bin/cem-node
 TRAIN=synthetic:120:7:small
 HELD_OUT=synthetic:24:99:small
-EPOCHS=${EPOCHS:-12}
+EPOCHS=${EPOCHS:-7}
 mkdir -p "$WORK"
 
 resume=()
