@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -109,8 +110,7 @@ def analyze(
     from cem_node.models import BundleError, BundleRegistry
     from cem_node.pipeline.analyse import LoadedModels
     from cem_node.pipeline.overlay import write_view_overlay
-    from cem_node.pipeline.pixels import read_source_image
-    from cem_node.pipeline.service import analyse_request, requests_from_files
+    from cem_node.pipeline.service import analyse_request, decode_pairs, requests_from_files
 
     obj: CliContext = ctx.obj
     settings = obj.settings_or_exit()
@@ -153,7 +153,13 @@ def analyze(
             failed += 1
             continue
         try:
-            findings = analyse_request(models, study.request, analysis)
+            started = time.perf_counter()
+            pairs = decode_pairs(study.request)  # once: the analysis and the overlays use them
+            decoded = time.perf_counter() - started
+            findings = analyse_request(models, study.request, analysis, pairs)
+            timings = {**findings.timings_s, "decode": round(decoded, 4)}
+            timings["total"] = round(time.perf_counter() - started, 4)
+            findings = findings.model_copy(update={"timings_s": timings})
         except Exception as exc:
             err.print(f"[red]{study.study_instance_uid}: analysis failed: {exc}[/]")
             failed += 1
@@ -162,14 +168,14 @@ def analyze(
         study_dir.mkdir(parents=True, exist_ok=True)
         (study_dir / "findings.json").write_text(findings.to_json() + "\n")
         overlays = []
-        for pair in study.request.pairs:
+        for pair in pairs:
             overlays.append(
                 write_view_overlay(
                     findings,
                     pair.laterality,
                     pair.view,
-                    read_source_image(pair.recombined_path).pixels,
-                    read_source_image(pair.low_energy_path).pixels,
+                    pair.recombined.pixels,
+                    pair.low_energy.pixels,
                     study_dir / f"overlay-{pair.laterality}-{pair.view}.png",
                 )
             )

@@ -298,7 +298,7 @@ def _report(
         except ValidatorMissingError:
             validated = False
     overlay = None
-    by_uid = {read_source_image(p).sop_instance_uid: p for p in files}
+    by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
     views = [v for v in findings.views if v.lesion_ids] or list(findings.views)
     view = views[0] if views else None
     if view is not None:

@@ -17,10 +17,12 @@ spec, missing or inconsistent data).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
 import time
+from collections.abc import Callable, Iterator
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -270,9 +272,8 @@ def detector(
     DIR/detector.safetensors, described by DIR/detector_config.json.
     """
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    from cem_node.training.datasets import DatasetError, load_datasets
+    from cem_node.training.datasets import DatasetError
 
     err = Console(stderr=True)
     if val_fraction + test_fraction >= 1.0:
@@ -317,26 +318,8 @@ def detector(
 
         torch.set_num_threads(threads)
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        disable=not progress,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def report(description: str, done: int, total: int) -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total)
-            bar.update(tasks[description], completed=done)
-
-        try:
-            data = load_datasets(dataset, cache_dir=cache_dir, progress=report)
-        except DatasetError as exc:
-            raise fail(str(exc), 2) from None
-        except OSError as exc:
-            raise fail(f"cannot prepare the dataset: {exc}", 1) from None
+    with _progress_bars(err, progress) as report:
+        data = _load(dataset, cache_dir, report)
     if len(data) == 0:
         raise fail(f"the dataset {data.name} holds no image pair", 2)
     out.mkdir(parents=True, exist_ok=True)
@@ -586,10 +569,9 @@ def radiomics(
     """
     from pydantic import ValidationError
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from cem_node.pipeline.params import RadiomicsSettings
-    from cem_node.training.datasets import DatasetError, load_datasets
+    from cem_node.training.datasets import DatasetError
     from cem_node.training.radiomics_training import (
         RadiomicsTrainingError,
         read_detector_run,
@@ -624,26 +606,8 @@ def radiomics(
 
         torch.set_num_threads(threads)
 
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        console=err,
-        disable=not progress,
-    ) as bar:
-        tasks: dict[str, Any] = {}
-
-        def report(description: str, done: int, total: int) -> None:
-            if description not in tasks:
-                tasks[description] = bar.add_task(description, total=total)
-            bar.update(tasks[description], completed=done, total=total)
-
-        try:
-            data = load_datasets(dataset, cache_dir=cache_dir, progress=report)
-        except DatasetError as exc:
-            raise fail(str(exc), 2) from None
-        except OSError as exc:
-            raise fail(f"cannot prepare the dataset: {exc}", 1) from None
+    with _progress_bars(err, progress) as report:
+        data = _load(dataset, cache_dir, report)
         by_key = {s.key: s for s in data.samples}
         missing = [k for k in keys if k not in by_key]
         if missing:
@@ -741,3 +705,39 @@ def radiomics(
     console().print(table)
     for note in result.notes:
         err.print(f"[yellow]note:[/yellow] {note}")
+
+
+@contextlib.contextmanager
+def _progress_bars(err: Any, enabled: bool) -> Iterator[Callable[[str, int, int], None]]:
+    """Rich progress bars, one per task description; yields the ``progress`` callback."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        console=err,
+        disable=not enabled,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(description: str, done: int, total: int) -> None:
+            if description not in tasks:
+                tasks[description] = bar.add_task(description, total=total)
+            bar.update(tasks[description], completed=done, total=total)
+
+        yield report
+
+
+def _load(
+    dataset: list[str], cache_dir: Path | None, report: Callable[[str, int, int], None]
+) -> Any:
+    """The datasets of the SPECs; a bad SPEC exits 2, an I/O failure 1."""
+    from cem_node.training.datasets import DatasetError, load_datasets
+
+    try:
+        return load_datasets(dataset, cache_dir=cache_dir, progress=report)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    except OSError as exc:
+        raise fail(f"cannot prepare the dataset: {exc}", 1) from None

@@ -44,6 +44,7 @@ from cem_node.dicom.seg import lesion_label
 from cem_node.dicom.status_report import (
     ReportingDevice,
     check_series_number,
+    check_view_image,
     device_texts,
     model_disclaimer,
     model_equipment,
@@ -177,19 +178,6 @@ def _voi(image: pydicom.Dataset) -> hd.pr.SoftcopyVOILUTTransformation | None:
     return voi
 
 
-def _check_image(kind: str, uid: str, view: ViewResult, image: pydicom.Dataset) -> None:
-    if image.get("SOPInstanceUID") != uid:
-        raise ValueError(
-            f"{kind}_image {image.get('SOPInstanceUID')} is not the {kind} image {uid} of view "
-            f"{view.laterality}-{view.view}"
-        )
-    if (image.get("Rows"), image.get("Columns")) != (view.rows, view.columns):
-        raise ValueError(
-            f"{kind}_image is {image.get('Rows')} x {image.get('Columns')} pixels, the findings "
-            f"of view {view.laterality}-{view.view} are {view.rows} x {view.columns}"
-        )
-
-
 def build_view_gsps(
     findings: Findings,
     view: ViewResult,
@@ -235,8 +223,12 @@ def build_view_gsps(
     lesions = [by_id[i] for i in view.lesion_ids]
     if not lesions:
         raise ValueError(f"view {view.laterality}-{view.view} has no lesion: no GSPS is made")
-    _check_image("recombined", view.recombined_sop_instance_uid, view, recombined_image)
-    _check_image("low_energy", view.low_energy_sop_instance_uid, view, low_energy_image)
+    check_view_image(
+        "recombined_image", "recombined", view.recombined_sop_instance_uid, view, recombined_image
+    )
+    check_view_image(
+        "low_energy_image", "low_energy", view.low_energy_sop_instance_uid, view, low_energy_image
+    )
     when = content_datetime or findings.created
     model = findings.model
 

@@ -73,6 +73,7 @@ from pydicom.valuerep import DA, TM
 from cem_node.dicom.status_report import (
     ReportingDevice,
     check_series_number,
+    check_view_image,
     device_texts,
     model_disclaimer,
     model_equipment,
@@ -179,19 +180,6 @@ def _check_masks(view: ViewResult, lesions: Sequence[Lesion]) -> list[np.ndarray
     return masks
 
 
-def _check_source(view: ViewResult, source: pydicom.Dataset) -> None:
-    if source.get("SOPInstanceUID") != view.recombined_sop_instance_uid:
-        raise ValueError(
-            f"source_image {source.get('SOPInstanceUID')} is not the recombined image "
-            f"{view.recombined_sop_instance_uid} of view {view.laterality}-{view.view}"
-        )
-    if (source.get("Rows"), source.get("Columns")) != (view.rows, view.columns):
-        raise ValueError(
-            f"source_image is {source.get('Rows')} x {source.get('Columns')} pixels, the "
-            f"findings of view {view.laterality}-{view.view} are {view.rows} x {view.columns}"
-        )
-
-
 def build_view_seg(
     findings: Findings,
     view: ViewResult,
@@ -252,7 +240,9 @@ def build_view_seg(
         raise ValueError(
             f"view {view.laterality}-{view.view} has no lesion: a SEG needs at least one segment"
         )
-    _check_source(view, source_image)
+    check_view_image(
+        "source_image", "recombined", view.recombined_sop_instance_uid, view, source_image
+    )
     masks = _check_masks(view, lesions)
     when = content_datetime or findings.created
     model = findings.model

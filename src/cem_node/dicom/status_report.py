@@ -102,7 +102,7 @@ from pydicom.uid import RE_VALID_UID, UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from cem_node import __version__
-from cem_node.findings import ModelIdentity
+from cem_node.findings import ModelIdentity, ViewResult
 
 __all__ = [
     "COMPREHENSIVE_SR",
@@ -113,6 +113,7 @@ __all__ = [
     "check_series_number",
     "check_sources",
     "check_uid",
+    "check_view_image",
     "device_texts",
     "image_library",
     "model_description",
@@ -753,3 +754,25 @@ def build_not_analysable_sr(
         series_description=not_analysed_series_description(not_for_clinical_use),
         texts=[reason],
     )
+
+
+def check_view_image(
+    argument: str, kind: str, uid: str, view: ViewResult, image: pydicom.Dataset
+) -> None:
+    """Check that ``image`` (passed as ``argument``) is the ``kind`` image of ``view``.
+
+    Raises
+    ------
+    ValueError
+        When its SOP Instance UID or its size is not the one the findings name.
+    """
+    if image.get("SOPInstanceUID") != uid:
+        raise ValueError(
+            f"{argument} {image.get('SOPInstanceUID')} is not the {kind} image {uid} of view "
+            f"{view.laterality}-{view.view}"
+        )
+    if (image.get("Rows"), image.get("Columns")) != (view.rows, view.columns):
+        raise ValueError(
+            f"{argument} is {image.get('Rows')} x {image.get('Columns')} pixels, the findings "
+            f"of view {view.laterality}-{view.view} are {view.rows} x {view.columns}"
+        )

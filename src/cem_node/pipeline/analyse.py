@@ -23,7 +23,7 @@ from cem_node.findings import Findings, Lesion, LesionMask, ViewResult
 from cem_node.models import Bundle
 from cem_node.pipeline import fusion
 from cem_node.pipeline.classifier import RadiomicsClassifier
-from cem_node.pipeline.detector import detect, load_detector, select_device
+from cem_node.pipeline.detector import Detection, detect, load_detector, select_device
 from cem_node.pipeline.lesion_geometry import (
     largest_component,
     max_diameter,
@@ -32,7 +32,7 @@ from cem_node.pipeline.lesion_geometry import (
 )
 from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 from cem_node.pipeline.pixels import SourceImage
-from cem_node.pipeline.preprocess import preprocess_pair
+from cem_node.pipeline.preprocess import PreprocessedPair, preprocess_pair
 from cem_node.pipeline.radiomics import extract_many, make_job
 
 __all__ = [
@@ -40,6 +40,7 @@ __all__ = [
     "PairInput",
     "StudyContext",
     "analyse_study",
+    "source_masks",
     "study_context",
 ]
 
@@ -151,6 +152,27 @@ class _Candidate:
     dl_probability: float
 
 
+def source_masks(
+    prepared: PreprocessedPair, found: Sequence[Detection], post: PostprocessParams
+) -> list[np.ndarray]:
+    """The detections' masks on the source image, as every lesion is reported.
+
+    Each mask probability is mapped back to the source image and binarised
+    (``post.mask_threshold``), restricted to the breast (the network saw
+    nothing outside it) and to its largest region; overlaps go to the
+    higher-scored detection (``found`` is sorted by score), so a SEG's
+    segments never overlap. A mask may come out empty: the caller drops it.
+    """
+    masks = [
+        largest_component(
+            prepared.geometry.mask_to_source(d.mask_probability, post.mask_threshold)
+            & prepared.breast_mask
+        )
+        for d in found
+    ]
+    return remove_overlaps(masks)
+
+
 def _lesion_id(laterality: str, view: str, index: int) -> str:
     return f"{laterality}-{view}-{index}"
 
@@ -191,16 +213,8 @@ def analyse_study(
     candidates: list[_Candidate] = []
     per_view: list[list[_Candidate]] = []
     for pair, prep, found in zip(pairs, prepared, detections, strict=True):
-        # a lesion lies in the breast: the network saw nothing outside the breast mask
-        masks = [
-            largest_component(
-                prep.geometry.mask_to_source(d.mask_probability, post.mask_threshold)
-                & prep.breast_mask
-            )
-            for d in found
-        ]
         view_candidates = []
-        for det, mask in zip(found, remove_overlaps(masks), strict=True):
+        for det, mask in zip(found, source_masks(prep, found, post), strict=True):
             if not mask.any():
                 notes.append(
                     f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) had "

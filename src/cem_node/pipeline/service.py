@@ -35,12 +35,13 @@ from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 
 if TYPE_CHECKING:
     from cem_node.dicom.status_report import ReportingDevice
-    from cem_node.pipeline.analyse import LoadedModels
+    from cem_node.pipeline.analyse import LoadedModels, PairInput
 
 __all__ = [
     "BundleAnalyzer",
     "StudyFiles",
     "analyse_request",
+    "decode_pairs",
     "effective_params",
     "requests_from_files",
 ]
@@ -144,13 +145,12 @@ def requests_from_files(
     return studies, skipped
 
 
-def analyse_request(models, request: AnalysisRequest, analysis: AnalysisSection) -> Findings:
-    """Decode the request's images and analyse them with the loaded bundle."""
-    from cem_node.pipeline.analyse import PairInput, analyse_study, study_context
+def decode_pairs(request: AnalysisRequest) -> list[PairInput]:
+    """Decode the request's LE and RC images (once: callers reuse them, e.g. for overlays)."""
+    from cem_node.pipeline.analyse import PairInput
     from cem_node.pipeline.pixels import read_source_image
 
-    started = time.perf_counter()
-    pairs = [
+    return [
         PairInput(
             laterality=p.laterality,
             view=p.view,
@@ -159,6 +159,20 @@ def analyse_request(models, request: AnalysisRequest, analysis: AnalysisSection)
         )
         for p in request.pairs
     ]
+
+
+def analyse_request(
+    models: LoadedModels,
+    request: AnalysisRequest,
+    analysis: AnalysisSection,
+    pairs: Sequence[PairInput] | None = None,
+) -> Findings:
+    """Analyse the request's images (decoded here unless ``pairs`` holds them already)."""
+    from cem_node.pipeline.analyse import analyse_study, study_context
+
+    started = time.perf_counter()
+    if pairs is None:
+        pairs = decode_pairs(request)
     decoded = time.perf_counter() - started
     post, radiomics, notes = effective_params(analysis, models.bundle)
     findings = analyse_study(

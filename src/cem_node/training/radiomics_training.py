@@ -119,7 +119,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cem_node.pipeline import fusion
-from cem_node.pipeline.lesion_geometry import largest_component, remove_overlaps
+from cem_node.pipeline.analyse import source_masks
 from cem_node.pipeline.params import (
     DecisionThresholds,
     DetectorConfig,
@@ -204,11 +204,8 @@ def map_detections(
 ) -> list[MappedDetection]:
     """The detections of one preprocessed pair mapped to the source image, as the analysis does.
 
-    The same steps as :func:`cem_node.pipeline.analyse.analyse_study`: each
-    mask probability is mapped back to the source image and binarised
-    (``post.mask_threshold``), restricted to the breast mask, reduced to its
-    largest 8-connected component; then every pixel goes to the first (highest
-    scored) mask claiming it; detections left with an empty mask are dropped.
+    :func:`cem_node.pipeline.analyse.source_masks`, the analysis' own mapping;
+    detections left with an empty mask are dropped.
 
     Parameters
     ----------
@@ -219,15 +216,8 @@ def map_detections(
     post
         The post-processing parameters.
     """
-    masks = [
-        largest_component(
-            prepared.geometry.mask_to_source(d.mask_probability, post.mask_threshold)
-            & prepared.breast_mask
-        )
-        for d in found
-    ]
     out = []
-    for det, mask in zip(found, remove_overlaps(masks), strict=True):
+    for det, mask in zip(found, source_masks(prepared, found, post), strict=True):
         if not mask.any():
             continue
         out.append(
