@@ -285,6 +285,18 @@ class OrthancServer:
         expanded = self._get("/instances?expand")
         return {item["MainDicomTags"]["SOPInstanceUID"] for item in expanded}
 
+    def series_of_study(self, study_instance_uid: str) -> list[dict[str, Any]]:
+        """The study's series as Orthanc lists them (``MainDicomTags``, ``Instances`` ids)."""
+        query = {"StudyInstanceUID": study_instance_uid}
+        body = {"Level": "Series", "Query": query, "Expand": True}
+        return list(self._request("POST", "/tools/find", body))
+
+    def instance_file(self, instance_id: str) -> bytes:
+        """The DICOM file of a stored instance, as Orthanc keeps it."""
+        url = f"{self.url}/instances/{urllib.parse.quote(instance_id)}/file"
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return bytes(response.read())
+
     def count_instances(self) -> int:
         """Number of stored instances."""
         return int(self._get("/statistics")["CountInstances"])

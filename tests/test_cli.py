@@ -92,3 +92,22 @@ def test_demo_end_to_end_with_a_bundle(tmp_path: Path, monkeypatch) -> None:
         assert session.scalar(select(func.count()).select_from(Instance)) == 8
         assert session.scalar(select(func.count()).where(Pairing.paired)) == 4
     engine.dispose()
+
+
+def test_demo_on_the_embedded_defaults_uses_the_shipped_bundle(tmp_path: Path, monkeypatch) -> None:
+    """What `make demo` runs: no option but --out, the shipped demo bundle found in models/."""
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    assert (repo / "models" / "cem-demo" / "manifest.toml").is_file(), "the demo bundle ships"
+    monkeypatch.chdir(repo)
+    monkeypatch.delenv("CEM_NODE_ANALYSIS__MODEL", raising=False)
+    monkeypatch.delenv("CEM_NODE_ANALYSIS__MODELS_DIR", raising=False)
+    result = runner.invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--timeout", "300"])
+    assert result.exit_code == 0, result.output
+    assert "the results arrived at the PACS and validate" in result.output
+    findings = json.loads((tmp_path / "demo" / "findings.json").read_text())
+    assert findings["model"]["name"] == "cem-demo"
+    assert findings["model"]["for_clinical_use"] is False
+    assert "not for clinical use" in findings["model"]["disclaimer"].lower()
+    assert findings["lesions"], "the demo study's lesion was not found"

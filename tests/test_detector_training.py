@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from cem_node.training.detector_training import (  # noqa: E402
     TrainingError,
     augment,
     boxes_from_masks,
+    learning_rate,
     load_pretrained_weights,
     prepare_sample,
     sample_augment_params,
@@ -80,8 +82,24 @@ def test_presets() -> None:
     assert 1e-4 <= fast.lr <= 3e-4 and fast.batch_size == 2 and fast.epochs <= 10
     mixed = TrainConfig(preset="fast", lr=5e-5, epochs=None)
     assert (mixed.lr, mixed.epochs, mixed.batch_size) == (5e-5, fast.epochs, 2)
+    assert paper.lr_schedule == "constant" and fast.lr_schedule == "cosine"
     with pytest.raises(ValueError, match="scale range"):
         AugmentConfig(scale=(1.1, 0.9))
+
+
+def test_learning_rate_warmup_then_schedule() -> None:
+    constant = TrainConfig(lr=1e-3, warmup_steps=4, lr_schedule="constant")
+    assert [learning_rate(constant, s, 100) for s in (0, 1, 3)] == pytest.approx(
+        [2.5e-4, 5e-4, 1e-3]
+    )
+    assert learning_rate(constant, 99, 100) == pytest.approx(1e-3)
+    cosine = TrainConfig(lr=1e-3, warmup_steps=4, lr_schedule="cosine")
+    assert learning_rate(cosine, 3, 104) == pytest.approx(1e-3 / 4 * 4)
+    assert learning_rate(cosine, 4, 104) == pytest.approx(1e-3)  # the top of the curve
+    assert learning_rate(cosine, 54, 104) == pytest.approx((1e-3 + 1e-5) / 2)  # half way
+    assert learning_rate(cosine, 104, 104) == pytest.approx(1e-5)  # 1% at the end
+    rates = [learning_rate(cosine, s, 104) for s in range(4, 105)]
+    assert all(a >= b for a, b in itertools.pairwise(rates))
 
 
 # --- augmentation -----------------------------------------------------------------------------

@@ -304,9 +304,16 @@ def test_ohif_shows_seg_and_sr_outlines_at_the_lesions(
 
 
 def _check_shot(
-    name: str, shot: dict[str, Any], out: Path, proxy_failures: list[str], study: StudyUnderTest
+    name: str,
+    shot: dict[str, Any],
+    out: Path,
+    proxy_failures: list[str],
+    study: StudyUnderTest,
+    *,
+    kind: str | None = None,
 ) -> str | None:
-    """Check one shot (``seg`` or ``sr``); return what is wrong, or None."""
+    """Check one shot of a SEG or SR series (``kind``, default: the name); the problem or None."""
+    kind = kind or name
     context = (
         f"\n  page errors: {shot.get('errors')}\n  toasts: {shot.get('toasts')}"
         f"\n  proxy failures: {proxy_failures}\n  screenshot: {out / f'{name}.png'}"
@@ -318,10 +325,10 @@ def _check_shot(
         return f"{name}: OHIF reported errors{context}"
     print(f"{name}: {shot['ms']} ms, toasts {shot.get('toasts')}")
     try:
-        if name == "seg":
+        if kind == "seg":
             assert shot["segmentations"], "no segmentation loaded"
         shown, summary = _check_overlay(name, shot, out / f"{name}-analysis.png", study.lesions)
-        if name == "seg":
+        if kind == "seg":
             print(f"seg: {[s['segments'] for s in shot['segmentations']]}; {summary}")
             return None
         labels = [text["text"] for text in shot["svgTexts"]]

@@ -59,6 +59,11 @@ class Preset(StrEnum):
     fast = "fast"
 
 
+class LrSchedule(StrEnum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 class Backbone(StrEnum):
     resnet101_fpn = "resnet101_fpn"
     resnet50_fpn_v2 = "resnet50_fpn_v2"
@@ -194,7 +199,8 @@ def detector(
         Preset,
         typer.Option(
             help="paper: Adam lr 1e-5, batch 1, 30 epochs, resnet101_fpn, short side 800; "
-            "fast: lr 2e-4, batch 2, 8 epochs, mobilenet_v3_lite, short side 512.",
+            "fast: lr 2e-4 with a cosine decay, batch 2, 8 epochs, mobilenet_v3_lite, "
+            "short side 512.",
         ),
     ] = Preset.paper,
     backbone: Annotated[
@@ -215,6 +221,10 @@ def detector(
     ),
     batch_size: Annotated[
         int | None, typer.Option(min=1, help="Images per step (default: preset).")
+    ] = None,
+    lr_schedule: Annotated[
+        LrSchedule | None,
+        typer.Option(help="After the warm-up: constant, or a cosine decay (default: preset)."),
     ] = None,
     short_side: Annotated[
         int | None,
@@ -305,6 +315,7 @@ def detector(
             epochs=epochs,
             lr=lr,
             batch_size=batch_size,
+            lr_schedule=lr_schedule.value if lr_schedule is not None else None,
             seed=seed,
             device=device.value,
             pretrained=pretrained,
