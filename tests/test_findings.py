@@ -83,6 +83,16 @@ def test_largest_component_and_overlaps():
     one, two = remove_overlaps([first, second])
     assert not (one & two).any() and np.array_equal(one, first)
     assert np.array_equal(one | two, first | second)
+    # a small mask nested in a larger, higher-scored one: a duplicate, dropped at 0.5
+    inner = _disk((50, 50), (25, 22), 4)
+    big, nested, other = remove_overlaps([first, inner, second], max_taken=0.5)
+    assert np.array_equal(big, first) and not nested.any()
+    assert other.any() and not (other & first).any()  # half outside: kept, minus the overlap
+    _, kept_all, _ = remove_overlaps([first, inner, second])
+    assert not kept_all.any()  # entirely claimed: empty either way
+    partly = _disk((50, 50), (25, 31), 4)  # a small part inside first
+    _, third = remove_overlaps([first, partly], max_taken=0.5)
+    assert third.any() and not (third & first).any()
 
 
 def _identity(**kw):

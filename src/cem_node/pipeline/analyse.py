@@ -161,7 +161,9 @@ def source_masks(
     (``post.mask_threshold``), restricted to the breast (the network saw
     nothing outside it) and to its largest region; overlaps go to the
     higher-scored detection (``found`` is sorted by score), so a SEG's
-    segments never overlap. A mask may come out empty: the caller drops it.
+    segments never overlap, and a mask mostly inside higher-scored ones
+    (``post.duplicate_overlap``) is a duplicate and comes out empty. An empty
+    mask is dropped by the caller.
     """
     masks = [
         largest_component(
@@ -170,7 +172,7 @@ def source_masks(
         )
         for d in found
     ]
-    return remove_overlaps(masks)
+    return remove_overlaps(masks, post.duplicate_overlap)
 
 
 def _lesion_id(laterality: str, view: str, index: int) -> str:

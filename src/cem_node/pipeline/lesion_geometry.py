@@ -30,11 +30,21 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == (int(np.argmax(sizes)) + 1)
 
 
-def remove_overlaps(masks: list[np.ndarray]) -> list[np.ndarray]:
-    """Give each pixel to the first mask (highest score first) that claims it."""
+def remove_overlaps(masks: list[np.ndarray], max_taken: float = 1.0) -> list[np.ndarray]:
+    """Give each pixel to the first mask (highest score first) that claims it.
+
+    A mask of which at least ``max_taken`` (a fraction of its pixels) is
+    already claimed is a duplicate: it comes back empty and claims nothing.
+    With ``max_taken`` 1 only a mask entirely claimed comes back empty.
+    """
     taken: np.ndarray | None = None
     out = []
     for mask in masks:
+        area = int(mask.sum())
+        claimed = 0 if taken is None else int((mask & taken).sum())
+        if area and max_taken < 1.0 and claimed >= max_taken * area:
+            out.append(np.zeros_like(mask))
+            continue
         own = mask if taken is None else mask & ~taken
         out.append(own)
         taken = own.copy() if taken is None else taken | own

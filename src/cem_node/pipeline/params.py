@@ -95,6 +95,15 @@ class PostprocessParams(_Params):
     max_lesions: int = Field(5, ge=1, description="Lesions kept per image.")
     keep_score: Fraction = Field(0.1, description="Final score below which a lesion is dropped.")
     mask_threshold: Fraction = Field(0.5, description="Mask probability binarisation threshold.")
+    duplicate_overlap: Fraction = Field(
+        0.5,
+        description=(
+            "A detection whose source mask lies at least this fraction inside the masks of "
+            "higher-scored detections is a duplicate of them and dropped (1: keep every one). "
+            "Box NMS keeps a small box nested in a large one (IoU = their area ratio); the "
+            "paper's post-processing leaves such fragments of one lesion as separate lesions."
+        ),
+    )
 
 
 class RadiomicsSettings(_Params):
