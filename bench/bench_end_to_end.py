@@ -116,10 +116,10 @@ def main(argv: list[str] | None = None) -> int:
                     latency = arrived.seconds - QUIET_PERIOD_S
                     counted = index >= args.warmup
                     objects = {kind: len(ids) for kind, ids in arrived.instances.items()}
-                    rows.append({"study": study.name, "seconds": latency, "counted": counted,
+                    rows.append({"study": study.parent.name, "seconds": latency, "counted": counted,
                                  "objects": objects})  # fmt: skip
                     print(
-                        f"{'study' if counted else 'warm-up'} {study.name}: {latency:.2f} s "
+                        f"{'study' if counted else 'warm-up'} {study.parent.name}: {latency:.2f} s "
                         f"after the quiet period; objects {objects}",
                         flush=True,
                     )

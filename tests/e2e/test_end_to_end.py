@@ -115,13 +115,14 @@ def _to_bytes(ds: Dataset) -> bytes:
 
 
 def _truth_masks(study: Path) -> list[tuple[str, str, np.ndarray]]:
-    """(lesion id, RC image UID, mask) of every ground-truth lesion outline."""
+    """(lesion id and view, RC image UID, mask) of every ground-truth lesion outline."""
     truth = json.loads((study / "ground_truth.json").read_text())
     out = []
     for lesion in truth["lesions"]:
-        for view in lesion["views"].values():
+        for name, view in lesion["views"].items():
             mask = np.asarray(Image.open(study / view["mask_png"])) > 0
-            out.append((lesion["lesion_id"], view["image_sop_instance_uids"]["recombined"], mask))
+            label = f"{lesion['lesion_id']} {name} ({lesion['pathology']}, {lesion['size_mm']} mm)"
+            out.append((label, view["image_sop_instance_uids"]["recombined"], mask))
     return out
 
 
