@@ -53,6 +53,7 @@ from tests.e2e.test_viewer import (
     StudyUnderTest,
     _check_shot,
     _without_voi_lut_function,
+    shot_job,
 )
 from tests.e2e.viewer import ViewerServer
 from tests.test_seg import PIXELMED_DERIVATION_FALSE_POSITIVE
@@ -231,22 +232,7 @@ def test_modality_to_node_to_pacs_to_viewer(
     )
     out = screenshot_dir()
     shots = {"node-seg": ("seg", seg_series), "node-sr": ("sr", under_test.sr_series)}
-    job = {
-        "timeoutMs": PAGE_TIMEOUT_S * 1000,
-        "settleMs": 1000,
-        "width": 1280,
-        "height": 800,
-        "shots": [
-            {
-                "name": name,
-                "url": ohif.viewer_url(study_uid, series),
-                "expect": expect,
-                "screenshot": str(out / f"{name}.png"),
-                "analysisScreenshot": str(out / f"{name}-analysis.png"),
-            }
-            for name, (expect, series) in shots.items()
-        ],
-    }
+    job = shot_job(ohif, study_uid, shots, out)
     t0 = time.monotonic()
     report = browser_tools.run_shots(job, tmp_path, timeout_s=6 * PAGE_TIMEOUT_S)
     (out / "node-shots.json").write_text(json.dumps(report, indent=1))

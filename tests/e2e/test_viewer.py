@@ -248,6 +248,28 @@ def _shows_probability(text: str, probability: float) -> bool:
     return abs(value - 100 * probability) <= 0.51 or abs(value - probability) <= 0.0051
 
 
+def shot_job(
+    ohif: ViewerServer, study_uid: str, shots: dict[str, tuple[str, str]], out: Path
+) -> dict[str, Any]:
+    """The ``shot.mjs`` job that opens each series (name -> (seg|sr, series UID)) in OHIF."""
+    return {
+        "timeoutMs": PAGE_TIMEOUT_S * 1000,
+        "settleMs": 1000,
+        "width": 1280,
+        "height": 800,
+        "shots": [
+            {
+                "name": name,
+                "url": ohif.viewer_url(study_uid, series),
+                "expect": expect,
+                "screenshot": str(out / f"{name}.png"),
+                "analysisScreenshot": str(out / f"{name}-analysis.png"),
+            }
+            for name, (expect, series) in shots.items()
+        ],
+    }
+
+
 # --- the test ---------------------------------------------------------------------------------
 
 
@@ -267,26 +289,8 @@ def test_ohif_shows_seg_and_sr_outlines_at_the_lesions(
     dicomweb_orthanc.store(study.objects)
 
     out = screenshot_dir()
-    shots = {
-        "seg": {"series": study.seg_series, "expect": "seg"},
-        "sr": {"series": study.sr_series, "expect": "sr"},
-    }
-    job = {
-        "timeoutMs": PAGE_TIMEOUT_S * 1000,
-        "settleMs": 1000,
-        "width": 1280,
-        "height": 800,
-        "shots": [
-            {
-                "name": name,
-                "url": ohif.viewer_url(study.study_uid, spec["series"]),
-                "expect": spec["expect"],
-                "screenshot": str(out / f"{name}.png"),
-                "analysisScreenshot": str(out / f"{name}-analysis.png"),
-            }
-            for name, spec in shots.items()
-        ],
-    }
+    shots = {"seg": ("seg", study.seg_series), "sr": ("sr", study.sr_series)}
+    job = shot_job(ohif, study.study_uid, shots, out)
     for stale in (out / f"{name}{suffix}.png" for name in shots for suffix in ("", "-analysis")):
         stale.unlink(missing_ok=True)
     report = browser_tools.run_shots(job, tmp_path, timeout_s=6 * PAGE_TIMEOUT_S)
