@@ -111,3 +111,20 @@ def test_demo_on_the_embedded_defaults_uses_the_shipped_bundle(tmp_path: Path, m
     assert findings["model"]["for_clinical_use"] is False
     assert "not for clinical use" in findings["model"]["disclaimer"].lower()
     assert findings["lesions"], "the demo study's lesion was not found"
+
+
+def test_analyze_condenses_the_widened_bin_width_notes() -> None:
+    from cem_node.cli.analyze_cmd import condensed_notes
+
+    notes = [
+        "R-CC-1: recombined: original: 300 grey levels at binWidth 3 exceed max_grey_levels=64; "
+        "binWidth widened to 14",
+        "R-CC-1: low_energy: wavelet-LL: 900 grey levels at binWidth 3 exceed "
+        "max_grey_levels=64; binWidth widened to 42",
+        "L-MLO-1: radiomics failed (too small); fused score = DL only",
+    ]
+    assert condensed_notes(notes) == [
+        "R-CC-1: radiomics bin width widened on 2 filtered image(s) to stay within "
+        "max_grey_levels (details in findings.json)",
+        "L-MLO-1: radiomics failed (too small); fused score = DL only",
+    ]

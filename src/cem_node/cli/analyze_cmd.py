@@ -207,7 +207,7 @@ def analyze(
                 f"breasts {summary}; patient: {findings.patient.label}"
                 + ("" if findings.patient.score is None else f" ({findings.patient.score:.2f})")
             )
-            for note in findings.notes:
+            for note in condensed_notes(findings.notes):
                 out_console.print(f"  note: {note}")
             out_console.print(
                 f"  wrote {study_dir / 'findings.json'}, {len(overlays)} overlay PNG(s)"
@@ -221,3 +221,29 @@ def analyze(
         typer.echo(json.dumps({"studies": documents}, indent=2))
     if failed or not documents:
         raise typer.Exit(1)
+
+
+def condensed_notes(notes: list[str]) -> list[str]:
+    """The findings' notes for the terminal: a lesion's widened bin widths as one line.
+
+    With 12-16-bit images and a grey-level cap, the radiomics note a widened
+    bin width on most of a lesion's 18 filtered images; findings.json keeps
+    every note, the terminal gets one line per lesion.
+    """
+    widened: dict[str, int] = {}
+    out: list[str] = []
+    for note in notes:
+        lesion, _, rest = note.partition(": ")
+        if "binWidth widened" in rest:
+            if lesion not in widened:
+                out.append(lesion)  # placeholder, in the order seen
+            widened[lesion] = widened.get(lesion, 0) + 1
+        else:
+            out.append(note)
+    return [
+        f"{item}: radiomics bin width widened on {widened[item]} filtered image(s) to stay "
+        "within max_grey_levels (details in findings.json)"
+        if item in widened
+        else item
+        for item in out
+    ]

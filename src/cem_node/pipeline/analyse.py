@@ -219,8 +219,9 @@ def analyse_study(
         for det, mask in zip(found, source_masks(prep, found, post), strict=True):
             if not mask.any():
                 notes.append(
-                    f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) had "
-                    "an empty mask after mapping to the source image and was dropped"
+                    f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) was "
+                    "dropped: no mask of its own on the source image (outside the breast, or "
+                    "mostly inside a higher-scored detection: a duplicate)"
                 )
                 continue
             box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
