@@ -1,8 +1,8 @@
 /** @type {AppTypes.Config} */
 // OHIF's configuration in the compose stack (deploy/compose.yaml): served as
 // /app-config.js by the "ohif" service (deploy/ohif-nginx.conf.template), in place of
-// the image's own. The same settings as the browser test (tests/e2e/app-config.js),
-// which proves them with OHIF 3.13.2: Orthanc's DICOMweb on the viewer's own origin
+// the image's own. The browser tests (tests/e2e, tests/e2e/viewer.py) serve this very
+// file and prove it with OHIF 3.13.2: Orthanc's DICOMweb on the viewer's own origin
 // (the ohif service proxies /dicom-web and /wado to Orthanc), all series loaded first,
 // SEG and SR loaded without a prompt, no tour and no investigational-use dialog.
 // The origin is the one the browser used (http://127.0.0.1:3000 by default), so

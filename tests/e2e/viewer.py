@@ -1,10 +1,12 @@
 """The OHIF viewer for the browser test: its prebuilt files, served next to Orthanc.
 
 :class:`ViewerServer` serves OHIF's ``dist/`` folder on a free loopback port,
-with the single-page-app fallback (``/viewer?...`` gets ``index.html``), our
-own ``app-config.js`` (OHIF's data source = Orthanc's DICOMweb through this
-server) and a reverse proxy of ``/dicom-web`` and ``/wado`` to Orthanc, so the
-browser sees one origin (Orthanc 1.10 sends no CORS headers).
+with the single-page-app fallback (``/viewer?...`` gets ``index.html``), the
+deployment's ``deploy/ohif-app-config.js`` as ``app-config.js`` (OHIF's data
+source = Orthanc's DICOMweb on the page's own origin), so the test proves the
+configuration the compose stack ships, and a reverse proxy of ``/dicom-web``
+and ``/wado`` to Orthanc, so the browser sees one origin (Orthanc 1.10 sends no
+CORS headers).
 
 It runs in a thread of the test process; :meth:`ViewerServer.stop` shuts it
 down. Every proxied request that failed is remembered for the test's messages.
@@ -19,10 +21,10 @@ from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Self
 
-__all__ = ["APP_CONFIG_TEMPLATE", "ViewerServer"]
+__all__ = ["APP_CONFIG", "ViewerServer"]
 
-#: OHIF's configuration; ``__ORIGIN__`` becomes the server's own origin.
-APP_CONFIG_TEMPLATE = Path(__file__).with_name("app-config.js")
+#: OHIF's configuration, the compose stack's: it finds DICOMweb on the page's origin.
+APP_CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "ohif-app-config.js"
 
 PROXIED = ("/dicom-web", "/wado")
 #: Hop-by-hop headers (RFC 9110) and those the proxy sets itself.
@@ -165,9 +167,7 @@ class ViewerServer:
     def start(self) -> Self:
         if self._server is not None:
             return self
-        self._server = _Server(self.dist, self.orthanc_url, b"")
-        config = APP_CONFIG_TEMPLATE.read_text().replace("__ORIGIN__", self.url)
-        self._server.app_config = config.encode()
+        self._server = _Server(self.dist, self.orthanc_url, APP_CONFIG.read_bytes())
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.1},
