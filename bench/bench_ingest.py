@@ -58,6 +58,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
@@ -150,33 +151,27 @@ def _echo(port: int, called_ae: str) -> bool:
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
-_NODE_LAUNCHER = """
-import signal, sys
-from pathlib import Path
-from cem_node.config import Settings
-from cem_node.logs import configure_logging
-from cem_node.node import Node
-s = Settings.defaults()
-s.storage.root = Path(sys.argv[1])
-s.node.host = "127.0.0.1"
-s.node.port = int(sys.argv[2])
-s.node.accept_unknown_sources = True
-s.storage.min_free_mb = 0
-s.storage.disk_high_watermark_percent = 99.9
-s.assembly.max_wait_s = 3600
-s.assembly.quiet_period_s = 3600
-s.logging.level = sys.argv[3]
-configure_logging(s.logging)
-node = Node(s)
-node.start()
-signal.signal(signal.SIGTERM, lambda *_: node.stop())
-node.wait()
-"""
+def _listening_sockets(port: int) -> int:
+    """How many sockets listen on ``port`` (one per receiver process, SO_REUSEPORT)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                count += 1
+    return count
 
 
-def _cem_node_has_serve(cem_node: str) -> bool:
-    cmd = [cem_node, "serve", "--help"]
-    return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
+def _health(port: int) -> dict[str, object] | None:
+    try:
+        with urllib.request.urlopen(f"http://{LOOPBACK}:{port}/healthz", timeout=2) as reply:
+            return json.loads(reply.read())
+    except (OSError, ValueError):
+        return None
 
 
 class NodeReceiver:
@@ -184,39 +179,37 @@ class NodeReceiver:
 
     name = "cem-node"
 
-    def __init__(
-        self, folder: Path, *, log_level: str, use_serve: bool, receivers: int = 1
-    ) -> None:
+    def __init__(self, folder: Path, *, log_level: str, receivers: int = 1) -> None:
         self.receivers = receivers
         self.folder = folder
         self.data_dir = folder / "data"
         self.log_path = folder / "node.log"
         self.port = free_port()
+        self.http_port = free_port()
         self.called_ae = NODE_AE
         self.log_level = log_level
-        self.use_serve = use_serve
+        self.analysis = ""
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> NodeReceiver:
+        """Start ``cem-node serve`` and wait until it has finished starting: the model
+        bundle loaded (its import costs seconds of CPU) and every receiver process
+        listening, as a node that has been up for a while. storescp's start-up is
+        not timed either."""
         self.data_dir.mkdir(parents=True)
-        python = Path(sys.executable)
-        if self.use_serve:
-            cmd = [
-                str(python.with_name("cem-node")),
-                "--data-dir",
-                str(self.data_dir),
-                "serve",
-                "--port",
-                str(self.port),
-                "--host",
-                LOOPBACK,
-                "--accept-unknown-sources",
-                "--receivers",
-                str(self.receivers),
-            ]
-        else:
-            cmd = [str(python), "-c", _NODE_LAUNCHER, str(self.data_dir), str(self.port)]
-            cmd.append(self.log_level)
+        cmd = [
+            str(Path(sys.executable).with_name("cem-node")),
+            "--data-dir",
+            str(self.data_dir),
+            "serve",
+            "--port",
+            str(self.port),
+            "--host",
+            LOOPBACK,
+            "--accept-unknown-sources",
+            "--receivers",
+            str(self.receivers),
+        ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
         env |= {
             "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
@@ -224,6 +217,8 @@ class NodeReceiver:
             "CEM_NODE_ASSEMBLY__MAX_WAIT_S": "3600",
             "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": "3600",
             "CEM_NODE_LOGGING__LEVEL": self.log_level,
+            "CEM_NODE_HTTP__HOST": LOOPBACK,
+            "CEM_NODE_HTTP__PORT": str(self.http_port),
         }
         with self.log_path.open("ab") as log:
             # cwd: a folder without conf/node.toml, so only the defaults apply
@@ -231,12 +226,18 @@ class NodeReceiver:
                 cmd, cwd=self.folder, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log
             )
         deadline = time.monotonic() + NODE_STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            if _echo(self.port, self.called_ae):
+        while time.monotonic() < deadline and self._proc.poll() is None:
+            health = _health(self.http_port)
+            analysis = str((health or {}).get("analysis") or "")
+            if (
+                health is not None
+                and "not loaded yet" not in analysis
+                and _listening_sockets(self.port) >= self.receivers
+                and _echo(self.port, self.called_ae)
+            ):
+                self.analysis = analysis
                 return self
-            time.sleep(0.1)
+            time.sleep(0.2)
         self.stop()
         tail = self.log_path.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"the node did not start; its log:\n{tail}")
@@ -350,8 +351,7 @@ def run_once(
         receiver = NodeReceiver(
             folder,
             log_level=args.node_log_level,
-            use_serve=args.use_serve,
-            receivers=args.receivers if senders > 1 else 1,
+            receivers=(args.receivers or senders) if senders > 1 else 1,
         )
     else:
         receiver = StoreSCPReceiver(folder, fork=senders > 1)
@@ -488,9 +488,10 @@ def main() -> None:
     parser.add_argument(
         "--receivers",
         type=int,
-        default=os.cpu_count() or 1,
+        default=None,
         help="the node's receiver processes for concurrent senders (serve --receivers; "
-        "default: one per core, as storescp --fork uses every core); 1 sender: always 1",
+        "default: one per sender, as storescp --fork forks one per association); "
+        "1 sender: always 1",
     )
     parser.add_argument("--json", type=Path, help="write the figures to this JSON file")
     parser.add_argument(
@@ -507,8 +508,6 @@ def main() -> None:
     for tool in ("storescu", "storescp", "echoscu"):
         if shutil.which(tool) is None:
             parser.error(f"{tool} not found: install dcmtk")
-    cem_node = Path(sys.executable).with_name("cem-node")
-    args.use_serve = cem_node.exists() and _cem_node_has_serve(str(cem_node))
 
     files = ensure_images(args.work_dir, args.images, args.jobs)
     if len(files) < args.images:
@@ -524,7 +523,7 @@ def main() -> None:
     )
     console.print(
         "node: "
-        + ("`cem-node serve`" if args.use_serve else "Node() in a `python -c` process")
+        + "`cem-node serve`, started and settled (bundle loaded, receivers listening)"
         + f", SQLite, fsync on, log level {args.node_log_level}\n"
         "storescp: +B, --max-pdu 131072, no fsync; single process for 1 sender, --fork for more"
     )
@@ -552,7 +551,7 @@ def main() -> None:
             "machine": machine(),
             "cpu_count": os.cpu_count(),
             "dcmtk": dcmtk_version(),
-            "node_launch": "cem-node serve" if args.use_serve else "python -c Node()",
+            "node_launch": "cem-node serve --receivers N, timed once settled",
             "storescp_options": "+xa -pm +B -dhl --max-pdu 131072 (--fork for >1 sender)",
             "storescp_fsync": False,
             "node_fsync": True,

@@ -48,7 +48,8 @@ rm -rf "$WORK/models"
     --description "Demo bundle: MobileNetV3-lite Mask R-CNN + radiomics XGBoost, synthetic phantoms" \
     --weights-dtype float16 --metrics "$WORK/evaluation/report.json"
 # the held-out figures by lesion subgroup (enhancing or not, benign or malignant)
-.venv/bin/python scripts/synthetic_subgroups.py "$WORK/evaluation" \
-    "${XDG_CACHE_HOME:-$HOME/.cache}/cem-node/datasets/synthetic-24-99-small" \
+HELD_OUT_DIR=$(.venv/bin/python -c "from cem_node.training.datasets import default_cache_dir, \
+parse_spec; print(default_cache_dir() / parse_spec('$HELD_OUT').cache_name)")
+.venv/bin/python scripts/synthetic_subgroups.py "$WORK/evaluation" "$HELD_OUT_DIR" \
     | tee "$WORK/evaluation/subgroups.md"
 echo "bundle: $WORK/models/cem-demo (copy to models/ to ship it); report: $WORK/evaluation/report.md"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cem_node.synthetic import PHANTOM_VERSION
 from cem_node.training.datasets import (
     CDD_CESM_LABELS_XLSX,
     CDD_CESM_OUTLINES_CSV,
@@ -50,7 +51,7 @@ def synthetic(cache: Path):
 def test_synthetic_specs(text: str, kind: str, count: int, seed: int, size: str) -> None:
     spec = parse_spec(text)
     assert (spec.kind, spec.count, spec.seed, spec.size) == (kind, count, seed, size)
-    assert spec.cache_name == f"synthetic-{count}-{seed}-{size}"
+    assert spec.cache_name == f"synthetic-{count}-{seed}-{size}-p{PHANTOM_VERSION}"
 
 
 def test_path_specs() -> None:
@@ -93,7 +94,7 @@ def test_synthetic_samples(synthetic, cache: Path) -> None:
     }
     assert len({s.patient_id for s in synthetic}) == 1
     truth = json.loads(
-        (cache / "synthetic-1-5-small" / "study-0001" / "ground_truth.json").read_text()
+        (cache / f"synthetic-1-5-small-p{PHANTOM_VERSION}" / "study-0001" / "ground_truth.json").read_text()
     )
     for sample in synthetic:
         loaded = sample.load()
@@ -113,7 +114,7 @@ def test_synthetic_samples(synthetic, cache: Path) -> None:
 
 
 def test_synthetic_cache_is_reused(synthetic, cache: Path) -> None:
-    marker = cache / "synthetic-1-5-small" / "dataset.json"
+    marker = cache / f"synthetic-1-5-small-p{PHANTOM_VERSION}" / "dataset.json"
     before = marker.stat().st_mtime_ns
     again = load_dataset("synthetic:1:5:small", cache_dir=cache)
     assert marker.stat().st_mtime_ns == before
@@ -269,7 +270,7 @@ def _manifest(path: Path, rows: list[dict]) -> Path:
 
 @pytest.fixture
 def study(synthetic, cache: Path) -> Path:
-    return cache / "synthetic-1-5-small" / "study-0001"
+    return cache / f"synthetic-1-5-small-p{PHANTOM_VERSION}" / "study-0001"
 
 
 def test_manifest_with_png_masks(study: Path, tmp_path: Path) -> None:

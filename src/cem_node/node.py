@@ -357,7 +357,7 @@ class Node:
         settings = self.settings
         assert self.sessions is not None and self.files is not None
         peers = _PeerCache(settings, self.sessions)
-        self._hasher = InstanceHasher(self.sessions, self.files)
+        self._hasher = InstanceHasher(self.sessions, self.files, activity=self.files.receiving_dir)
         self._hasher.start()
         ingestor = InstanceIngestor(
             self.sessions,
@@ -380,6 +380,7 @@ class Node:
             ssl_context=server_tls,
             share_port=share_port,
             actor=self.node_id,
+            receiving_dir=self.files.receiving_dir,
         )
         self.scp.start()
         if not self.receiver_only:

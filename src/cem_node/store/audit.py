@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 
 from cem_node.store.models import AuditEvent
 
-__all__ = ["ALERT", "record_event"]
+__all__ = ["ALERT", "audit_values", "record_event"]
 
 #: ``decision`` of an event that needs an administrator's attention.
 ALERT = "alert"
@@ -30,6 +30,41 @@ def _clip(value: str | None, length: int) -> str | None:
         return None
     value = value.strip()
     return value[:length] or None
+
+
+def audit_values(
+    event_type: str,
+    *,
+    decision: str | None = None,
+    actor: str | None = None,
+    message: str | None = None,
+    calling_ae_title: str | None = None,
+    called_ae_title: str | None = None,
+    remote_address: str | None = None,
+    study_instance_uid: str | None = None,
+    sop_instance_uid: str | None = None,
+    job_id: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The column values of an audit event, clipped to the column lengths.
+
+    For ``insert(AuditEvent).values(...)`` where the ORM unit of work would
+    cost more than the insert (the C-STORE path); see :func:`record_event`
+    for the parameters. Alerts must go through :func:`record_event`.
+    """
+    return {
+        "event_type": event_type[:64],
+        "decision": decision[:32] if decision else None,
+        "actor": actor[:128] if actor else None,
+        "message": message,
+        "calling_ae_title": _clip(calling_ae_title, _MAX_AE),
+        "called_ae_title": _clip(called_ae_title, _MAX_AE),
+        "remote_address": _clip(remote_address, 64),
+        "study_instance_uid": _clip(study_instance_uid, _MAX_UID),
+        "sop_instance_uid": _clip(sop_instance_uid, _MAX_UID),
+        "job_id": job_id,
+        "details": details,
+    }
 
 
 def record_event(
@@ -71,17 +106,19 @@ def record_event(
         The new (pending) row.
     """
     event = AuditEvent(
-        event_type=event_type[:64],
-        decision=decision[:32] if decision else None,
-        actor=actor[:128] if actor else None,
-        message=message,
-        calling_ae_title=_clip(calling_ae_title, _MAX_AE),
-        called_ae_title=_clip(called_ae_title, _MAX_AE),
-        remote_address=_clip(remote_address, 64),
-        study_instance_uid=_clip(study_instance_uid, _MAX_UID),
-        sop_instance_uid=_clip(sop_instance_uid, _MAX_UID),
-        job_id=job_id,
-        details=details,
+        **audit_values(
+            event_type,
+            decision=decision,
+            actor=actor,
+            message=message,
+            calling_ae_title=calling_ae_title,
+            called_ae_title=called_ae_title,
+            remote_address=remote_address,
+            study_instance_uid=study_instance_uid,
+            sop_instance_uid=sop_instance_uid,
+            job_id=job_id,
+            details=details,
+        )
     )
     session.add(event)
     if decision == ALERT:

@@ -38,14 +38,44 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from sqlalchemy import select
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
-from cem_node.store.audit import ALERT, record_event
+from cem_node.store.audit import ALERT, audit_values, record_event
 from cem_node.store.instance_files import InstanceFileStore, StoredFile
-from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
+from cem_node.store.models import (
+    AuditEvent,
+    Instance,
+    Job,
+    JobState,
+    Study,
+    StudyState,
+    utcnow,
+)
+
+#: Statements of the C-STORE path, built once (SQLAlchemy then reuses their compiled form).
+_INSERT_INSTANCE = insert(Instance.__table__)
+_INSERT_AUDIT_EVENT = insert(AuditEvent.__table__)
+_KNOWN_INSTANCE = select(Instance.version, Instance.file_path).where(
+    Instance.sop_instance_uid == bindparam("uid")
+)
+_SELECT_INSTANCE = (
+    select(Instance.id, Instance.file_path, Instance.version)
+    .where(Instance.sop_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_SELECT_STUDY = (
+    select(Study.id, Study.state)
+    .where(Study.study_instance_uid == bindparam("uid"))
+    .with_for_update()
+)
+_TOUCH_STUDY = (
+    update(Study.__table__)
+    .where(Study.__table__.c.id == bindparam("study_id"))
+    .values(last_received_at=bindparam("now"))
+)
 
 __all__ = [
     "DiskGuard",
@@ -352,11 +382,7 @@ class InstanceIngestor:
 
     def _store(self, header: _Header, data: bytes | Path, sender: ReceivedFrom) -> IngestResult:
         with self._sessions.begin() as session:
-            known = session.execute(
-                select(Instance.version, Instance.file_path).where(
-                    Instance.sop_instance_uid == header.sop_instance_uid
-                )
-            ).first()
+            known = session.execute(_KNOWN_INSTANCE, {"uid": header.sop_instance_uid}).first()
         # a resend is compared byte for byte with the stored file (memcmp speed);
         # hashing on this path would cost more than the write and the fsync
         if known is not None and self._same_bytes(known.file_path, data):
@@ -433,18 +459,18 @@ class InstanceIngestor:
     ) -> tuple[IngestOutcome, int, str | None]:
         """Index a stored file in one transaction; return the outcome, the row id and
         the file that no row names any more (to delete after the commit)."""
+        # Core statements, not the ORM unit of work: this runs once per received
+        # image and the ORM's bookkeeping cost more than the SQL itself
         old_path: str | None = None
         with self._sessions.begin() as session:
             now = utcnow()
-            study = self._upsert_study(session, header.dataset, header.study_instance_uid, now)
-            row = session.scalar(
-                select(Instance)
-                .where(Instance.sop_instance_uid == header.sop_instance_uid)
-                .with_for_update()
+            study_id = self._study_for_instance(
+                session, header.dataset, header.study_instance_uid, now
             )
+            row = session.execute(_SELECT_INSTANCE, {"uid": header.sop_instance_uid}).first()
             ds = header.dataset
             fields = {
-                "study_id": study.id,
+                "study_id": study_id,
                 "sop_class_uid": header.sop_class_uid,
                 "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
                 "series_number": _int(ds, "SeriesNumber"),
@@ -465,39 +491,60 @@ class InstanceIngestor:
             }
             if row is None:
                 outcome = IngestOutcome.STORED
-                row = Instance(sop_instance_uid=header.sop_instance_uid, version=1, **fields)
-                session.add(row)
+                inserted = session.execute(
+                    _INSERT_INSTANCE,
+                    {"sop_instance_uid": header.sop_instance_uid, "version": 1, **fields},
+                )
+                instance_id = int(inserted.inserted_primary_key[0])
             elif first and self._same_bytes(
                 row.file_path, self._files.absolute(stored.relative_path)
             ):
                 # an identical copy was indexed meanwhile by another association
                 outcome = IngestOutcome.UNCHANGED
                 old_path = stored.relative_path  # ours is redundant
+                instance_id = row.id
             else:
                 outcome = IngestOutcome.REPLACED
                 old_path = row.file_path
-                for key, value in fields.items():
-                    setattr(row, key, value)
-                row.version = row.version + 1  # also when the row appeared meanwhile
-                row.replaced_at = now
-            if outcome is not IngestOutcome.UNCHANGED:
-                self._audit(
-                    session,
-                    "instance_replaced" if outcome is IngestOutcome.REPLACED else "instance_stored",
-                    sender,
-                    decision="accepted",
-                    study_instance_uid=header.study_instance_uid,
-                    sop_instance_uid=header.sop_instance_uid,
-                    message=(
-                        f"different bytes re-sent: version {version} kept, previous one replaced"
-                        if outcome is IngestOutcome.REPLACED
-                        else None
-                    ),
-                    details={"size_bytes": stored.size_bytes},
+                instance_id = row.id
+                session.execute(
+                    update(Instance)
+                    .where(Instance.id == row.id)
+                    # + 1 on the locked row: also when the row appeared meanwhile
+                    .values(version=row.version + 1, replaced_at=now, **fields)
                 )
-            session.flush()
-            instance_id = row.id
+            if outcome is not IngestOutcome.UNCHANGED:
+                replaced = outcome is IngestOutcome.REPLACED
+                session.execute(
+                    _INSERT_AUDIT_EVENT,
+                    audit_values(
+                        "instance_replaced" if replaced else "instance_stored",
+                        decision="accepted",
+                        actor=self._actor,
+                        calling_ae_title=sender.calling_ae_title,
+                        called_ae_title=sender.called_ae_title,
+                        remote_address=sender.address,
+                        study_instance_uid=header.study_instance_uid,
+                        sop_instance_uid=header.sop_instance_uid,
+                        message=(
+                            f"different bytes re-sent: version {version} kept, "
+                            "previous one replaced"
+                            if replaced
+                            else None
+                        ),
+                        details={"size_bytes": stored.size_bytes},
+                    ),
+                )
         return outcome, instance_id, old_path
+
+    def _study_for_instance(self, session: Session, ds: Dataset, uid: str, now: object) -> int:
+        """The id of the study an instance joins, locked for this transaction; created
+        or reopened (:meth:`_upsert_study`) when needed."""
+        found = session.execute(_SELECT_STUDY, {"uid": uid}).first()
+        if found is not None and found.state == StudyState.RECEIVING:  # the usual case
+            session.execute(_TOUCH_STUDY, {"study_id": found.id, "now": now})
+            return int(found.id)
+        return int(self._upsert_study(session, ds, uid, now).id)
 
     def _upsert_study(self, session: Session, ds: Dataset, uid: str, now: object) -> Study:
         study = session.scalar(

@@ -24,10 +24,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-__all__ = ["InstanceFileStore", "StoredFile", "UnsafePathError"]
+__all__ = ["TEMPORARY_FILE_PREFIX", "InstanceFileStore", "StoredFile", "UnsafePathError"]
 
 _CHUNK = 1 << 20
-_TEMP_PREFIX = ".tmp-"
+#: Every temporary file of the store starts so (crash leftovers are found by it).
+TEMPORARY_FILE_PREFIX = ".tmp-"
 
 
 class UnsafePathError(ValueError):
@@ -92,6 +93,20 @@ class InstanceFileStore:
     def __repr__(self) -> str:
         return f"InstanceFileStore({str(self.root)!r})"
 
+    @property
+    def receiving_dir(self) -> Path:
+        """Folder for datasets being received (created when missing).
+
+        The SCP streams each incoming dataset to a temporary file (named like
+        every temporary file of the store, so a crash's leftovers are found
+        by :meth:`temporary_files`) here, on the store's file system, so that
+        adopting it is a rename. Its modification time marks the last
+        reception of any process of the node.
+        """
+        folder = self.root / ".receiving"
+        folder.mkdir(exist_ok=True)
+        return folder
+
     def instance_path(
         self, study_instance_uid: str, sop_instance_uid: str, *, version: int = 1
     ) -> str:
@@ -152,7 +167,7 @@ class InstanceFileStore:
         folder.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256() if digest else None
         size = 0
-        fd, temp_name = tempfile.mkstemp(prefix=_TEMP_PREFIX, dir=folder)
+        fd, temp_name = tempfile.mkstemp(prefix=TEMPORARY_FILE_PREFIX, dir=folder)
         temp = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -216,4 +231,4 @@ class InstanceFileStore:
 
     def temporary_files(self) -> Iterator[Path]:
         """Yield leftovers of writes interrupted by a crash (safe to delete)."""
-        yield from self.root.rglob(f"{_TEMP_PREFIX}*")
+        yield from self.root.rglob(f"{TEMPORARY_FILE_PREFIX}*")

@@ -7,6 +7,7 @@ modality's output in the demo, the tests and the demo model's training.
 from cem_node.synthetic.study import (
     DISCLAIMER,
     GROUND_TRUTH_SCHEMA,
+    PHANTOM_VERSION,
     SynthOptions,
     generate_studies,
     generate_study,
@@ -16,6 +17,7 @@ from cem_node.synthetic.study import (
 __all__ = [
     "DISCLAIMER",
     "GROUND_TRUTH_SCHEMA",
+    "PHANTOM_VERSION",
     "SynthOptions",
     "generate_studies",
     "generate_study",

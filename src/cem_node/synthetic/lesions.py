@@ -22,6 +22,10 @@ Pathology = Literal["benign", "malignant"]
 Morphology = Literal["round", "oval", "irregular", "spiculated"]
 Enhancement = Literal["homogeneous", "heterogeneous", "rim", "none"]
 
+#: Low-energy contrast of a non-enhancing benign lesion (cyst), normalised
+#: attenuation units; enhancing lesions draw theirs from 0.04-0.09.
+CYST_LE_CONTRAST = (0.14, 0.24)
+
 
 @dataclass(frozen=True)
 class LesionSpec:
@@ -113,6 +117,14 @@ def sample_lesion(rng: np.random.Generator, lesion_id: str, pathology: Pathology
         )
         aspect = float(rng.uniform(0.85, 1.0) if morphology == "round" else rng.uniform(0.5, 0.8))
         le_contrast = float(rng.uniform(0.04, 0.08))
+        if enhancement == "none":
+            # a cyst is water-dense and sharply outlined: it is the low-energy image that
+            # shows it (nothing enhances), so a cyst in the ground truth must be visible
+            # there, as one a radiologist outlined would be. Mapped from the same draw
+            # (no extra random number: every other lesion of a seed stays as it was).
+            le_contrast = CYST_LE_CONTRAST[0] + (le_contrast - 0.04) / 0.04 * (
+                CYST_LE_CONTRAST[1] - CYST_LE_CONTRAST[0]
+            )
         rc_enhancement = 0.0 if enhancement == "none" else float(rng.uniform(0.05, 0.11))
         edge = float(rng.uniform(0.25, 0.5))
         spicules = ()

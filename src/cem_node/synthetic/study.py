@@ -53,6 +53,9 @@ FIELD_COLS_MM = FULL_COLS * FULL_PIXEL_MM
 UID_PREFIX = "1.2.826.0.1.3680043.8.498."
 GROUND_TRUTH_SCHEMA = "cem-node/synthetic-ground-truth/v1"
 DISCLAIMER = "SYNTHETIC PHANTOM - NOT PATIENT DATA - NOT FOR CLINICAL USE"
+#: Bumped whenever a seed draws different images (cached datasets of an older
+#: phantom are then not reused). 2: cysts visible on the low-energy image.
+PHANTOM_VERSION = 2
 
 EdgeCase = Literal["one-breast", "missing-rc", "extra-non-cem"]
 #: Order in which a technologist acquires the views (after the injection).
@@ -626,6 +629,7 @@ def _ground_truth(
         "generator": {
             "name": "cem-node synth",
             "version": __version__,
+            "phantom_version": PHANTOM_VERSION,
             "seed": seed,
             "index": index,
             "size": options.size,

@@ -289,8 +289,11 @@ class DatasetSpec:
 
     @property
     def cache_name(self) -> str:
-        """Folder name of a synthetic dataset in the cache."""
-        return f"synthetic-{self.count}-{self.seed}-{self.size}"
+        """Folder name of a synthetic dataset in the cache (names the phantom version:
+        a newer generator draws other images from the same seed)."""
+        from cem_node.synthetic import PHANTOM_VERSION
+
+        return f"synthetic-{self.count}-{self.seed}-{self.size}-p{PHANTOM_VERSION}"
 
 
 def parse_spec(text: str) -> DatasetSpec:
