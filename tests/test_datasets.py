@@ -93,9 +93,8 @@ def test_synthetic_samples(synthetic, cache: Path) -> None:
         ("R", "MLO"),
     }
     assert len({s.patient_id for s in synthetic}) == 1
-    truth = json.loads(
-        (cache / f"synthetic-1-5-small-p{PHANTOM_VERSION}" / "study-0001" / "ground_truth.json").read_text()
-    )
+    study = cache / f"synthetic-1-5-small-p{PHANTOM_VERSION}" / "study-0001"
+    truth = json.loads((study / "ground_truth.json").read_text())
     for sample in synthetic:
         loaded = sample.load()
         assert loaded.low_energy.dtype == np.float32 and loaded.recombined.dtype == np.float32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 
 import pytest
@@ -129,4 +130,52 @@ def test_a_lost_index_race_keeps_the_moved_file(
     with sessions.begin() as session:
         (row,) = session.scalars(select(Instance)).all()
     assert store.absolute(row.file_path).read_bytes() == files["explicit"][0].read_bytes()
+    engine.dispose()
+
+
+def _hash_of_the_only_row(sessions) -> str | None:
+    with sessions.begin() as session:
+        return session.scalar(select(Instance.sha256))
+
+
+@pytest.mark.parametrize("max_defer_s", [30.0, 0.8])
+def test_hashing_waits_for_a_pause_in_the_whole_nodes_receiving(
+    tmp_path: Path, files: dict[str, list[Path]], max_defer_s: float
+) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    sessions = session_factory(engine)
+    store = InstanceFileStore(tmp_path / "store")
+    receiving = store.receiving_dir
+    hasher = InstanceHasher(
+        sessions, store, idle_s=0.3, activity=receiving, max_defer_s=max_defer_s
+    )
+    ingestor = InstanceIngestor(
+        sessions,
+        store,
+        DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+        on_stored=hasher.submit,
+    )
+    assert ingestor.ingest(files["explicit"][0].read_bytes(), sender=SENDER).outcome is (
+        IngestOutcome.STORED
+    )
+    hasher.start()
+    # another receiver process of the node streams datasets for 2 s
+    hashed_while_receiving = []
+    for index in range(20):
+        (receiving / f".tmp-{index}").touch()
+        (receiving / f".tmp-{index}").unlink()
+        time.sleep(0.1)
+        hashed_while_receiving.append(_hash_of_the_only_row(sessions) is not None)
+    if max_defer_s > 2:
+        assert not any(hashed_while_receiving)
+    else:  # waited at most max_defer_s, receiving or not
+        assert hashed_while_receiving[-1]
+    deadline = time.monotonic() + 10
+    while _hash_of_the_only_row(sessions) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    hasher.stop()
+    with sessions.begin() as session:
+        path = store.absolute(session.scalar(select(Instance.file_path)))
+    assert _hash_of_the_only_row(sessions) == hashlib.sha256(path.read_bytes()).hexdigest()
     engine.dispose()

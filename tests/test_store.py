@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.util import CommandError
 from sqlalchemy import Column, Engine, Integer, MetaData, Table, inspect, select, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import IntegrityError, StatementError
+from sqlalchemy.exc import IntegrityError, OperationalError, StatementError
 from typer.testing import CliRunner
 
 from cem_node.cli import app
@@ -54,6 +55,8 @@ from cem_node.store import (
     upgrade,
     utcnow,
 )
+from cem_node.store import engine as engine_module
+from cem_node.store.engine import SQLITE_BEGIN_OPTION
 from cem_node.store.migrate import downgrade
 
 
@@ -479,3 +482,54 @@ def test_cli_db_upgrade_bad_url(url: str, code: int, message: str) -> None:
     assert message in result.output
     assert "Traceback" not in result.output
     assert "s3cret" not in result.output
+
+
+def _hold_write_lock(url: str, seconds: float, holding: threading.Event) -> None:
+    engine = make_engine(url)
+    with engine.begin() as connection:  # BEGIN IMMEDIATE: the write lock
+        connection.execute(text("SELECT 1"))
+        holding.set()
+        threading.Event().wait(seconds)
+    engine.dispose()
+
+
+def test_writers_wait_for_the_write_lock_and_readers_do_not(sqlite_url: str) -> None:
+    upgrade(make_engine(sqlite_url))
+    holding = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(sqlite_url, 0.5, holding))
+    holder.start()
+    holding.wait(10)
+    engine = make_engine(sqlite_url)
+    started = time.monotonic()
+    with engine.connect() as connection:
+        # a DEFERRED (read) transaction does not wait for the writer
+        read = connection.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+        with read.begin():
+            assert read.execute(text("SELECT count(*) FROM studies")).scalar() == 0
+    assert time.monotonic() - started < 0.3
+    with engine.begin() as connection:  # IMMEDIATE: waits until the holder commits
+        waited = time.monotonic() - started
+        # the busy timeout is back for the statements of the transaction
+        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
+    holder.join()
+    assert 0.3 <= waited < 5
+    engine.dispose()
+
+
+def test_a_writer_gives_up_after_the_busy_timeout(
+    sqlite_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+
+    upgrade(make_engine(sqlite_url))
+    monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
+    holding = threading.Event()
+    holder = threading.Thread(target=_hold_write_lock, args=(sqlite_url, 2.0, holding))
+    holder.start()
+    holding.wait(10)
+    engine = make_engine(sqlite_url)
+    started = time.monotonic()
+    with pytest.raises(OperationalError, match="locked"), engine.begin():
+        pass
+    assert time.monotonic() - started < 1.5
+    holder.join()
+    engine.dispose()

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from cem_node.cli import app
 from cem_node.synthetic import SynthOptions, generate_study, grid_for_size
+from cem_node.synthetic.lesions import CYST_LE_CONTRAST, sample_lesion
 from tests.dicom_validators import run_dciodvfy
 
 SMALL = SynthOptions(size="small")
@@ -259,3 +260,17 @@ def test_cli_synth_writes_studies_and_rejects_bad_size(tmp_path: Path) -> None:
     bad = runner.invoke(app, ["synth", "--out", str(tmp_path / "x"), "--size", "huge"])
     assert bad.exit_code == 2
     assert "size" in bad.output
+
+
+def test_cysts_are_visible_on_the_low_energy_image() -> None:
+    """A non-enhancing lesion shows only on the LE image, so it is drawn denser than
+    the enhancing ones (which the RC image shows); the draw order is unchanged."""
+    rng = np.random.default_rng(5)
+    specs = [sample_lesion(rng, f"L{i}", "benign") for i in range(200)]
+    cysts = [s for s in specs if s.enhancement == "none"]
+    masses = [s for s in specs if s.enhancement != "none"]
+    assert len(cysts) > 40 and len(masses) > 100
+    low, high = CYST_LE_CONTRAST
+    assert all(low <= s.le_contrast <= high for s in cysts)
+    assert all(s.le_contrast < low for s in masses)
+    assert all(s.rc_enhancement == 0 and s.kind == "cyst" for s in cysts)

@@ -59,7 +59,7 @@ from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import record_event
 from cem_node.store.ingest import InstanceIngestor, ReceivedFrom
-from cem_node.store.instance_files import TEMPORARY_FILE_PREFIX
+from cem_node.store.instance_files import TEMPORARY_FILE_PREFIX, start_writeback
 
 __all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "StorageSCP"]
 
@@ -122,6 +122,8 @@ _PYNETDICOM_LOG = logging.getLogger("pynetdicom")
 #: How long the upper layer waits for the next PDU of a dataset streaming in
 #: before it returns to pynetdicom's reactor (which then sleeps between checks).
 _STREAM_WAIT_S = 0.005
+#: Bytes streamed to a dataset's file between two starts of its write-back.
+_WRITEBACK_EVERY_BYTES = 1 << 20
 
 
 class _DirectDataDUL(DULServiceProvider):
@@ -233,6 +235,13 @@ class _DirectDataDUL(DULServiceProvider):
         with memoryview(body) as view:
             for start, stop in spans:
                 target.write(view[start:stop])
+        # start writing it to disk now: the fsync before the answer then finds
+        # little left to do, instead of the whole image
+        unsynced = getattr(self, "_unsynced_bytes", 0) + len(body)
+        if unsynced >= _WRITEBACK_EVERY_BYTES:
+            start_writeback(target.fileno())
+            unsynced = 0
+        self._unsynced_bytes = unsynced
         return True
 
 

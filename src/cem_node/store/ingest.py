@@ -44,6 +44,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.store.audit import ALERT, audit_values, record_event
+from cem_node.store.engine import SQLITE_BEGIN_OPTION
 from cem_node.store.instance_files import InstanceFileStore, StoredFile
 from cem_node.store.models import (
     AuditEvent,
@@ -382,6 +383,8 @@ class InstanceIngestor:
 
     def _store(self, header: _Header, data: bytes | Path, sender: ReceivedFrom) -> IngestResult:
         with self._sessions.begin() as session:
+            # a read: SQLite's write lock is for the index transaction below
+            session.connection(execution_options={SQLITE_BEGIN_OPTION: "DEFERRED"})
             known = session.execute(_KNOWN_INSTANCE, {"uid": header.sop_instance_uid}).first()
         # a resend is compared byte for byte with the stored file (memcmp speed);
         # hashing on this path would cost more than the write and the fsync
