@@ -22,13 +22,17 @@ What is measured
 
 The receivers
     * the node: ``cem-node serve`` in its own process (so that this driver
-      does not share its GIL; where the CLI has no ``serve`` yet, a
-      ``python -c`` process running :class:`cem_node.node.Node`), with the
-      default settings otherwise: every image is written to
-      a temporary file, fsynced, renamed, the folder fsynced, then indexed
-      (study, instance, audit event) in one SQLite transaction with
+      does not share its GIL), one receiver process per sender (``--receivers``,
+      as ``storescp --fork`` forks one process per association), the default
+      settings otherwise: every image is streamed to a temporary file in the
+      store, fsynced, renamed, the folder fsynced, then indexed (study,
+      instance, audit event) in one SQLite transaction with
       ``synchronous=FULL`` before the success status is sent. Assembly is
       held back (quiet period 1 h) so no analysis runs during the benchmark.
+      The timing starts once the node has settled (``/healthz`` names the
+      loaded bundle, every receiver listens): a node that has just started
+      spends seconds of CPU importing its networks, as storescp's start-up
+      is not timed either.
     * dcmtk ``storescp`` in its fastest configuration: bit-preserving
       (``+B``: the received bytes are streamed to the file as they arrive),
       no host name lookup, the largest receive PDU dcmtk allows (128 KiB;
