@@ -8,6 +8,7 @@ unless ``CEM_NODE_REQUIRE_POSTGRES=1``, where they fail.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import sqlite3
@@ -484,34 +485,43 @@ def test_cli_db_upgrade_bad_url(url: str, code: int, message: str) -> None:
     assert "s3cret" not in result.output
 
 
-def _hold_write_lock(url: str, seconds: float, holding: threading.Event) -> None:
-    engine = make_engine(url)
-    with engine.begin() as connection:  # BEGIN IMMEDIATE: the write lock
-        connection.execute(text("SELECT 1"))
-        holding.set()
-        threading.Event().wait(seconds)
-    engine.dispose()
+@contextlib.contextmanager
+def _write_locked(url: str, seconds: float) -> Iterator[None]:
+    """Another connection holds the SQLite write lock for ``seconds`` from entry."""
+    upgrade(make_engine(url))
+    holding = threading.Event()
+
+    def hold() -> None:
+        engine = make_engine(url)
+        with engine.begin() as connection:  # BEGIN IMMEDIATE: the write lock
+            connection.execute(text("SELECT 1"))
+            holding.set()
+            threading.Event().wait(seconds)
+        engine.dispose()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert holding.wait(10)
+    try:
+        yield
+    finally:
+        holder.join()
 
 
 def test_writers_wait_for_the_write_lock_and_readers_do_not(sqlite_url: str) -> None:
-    upgrade(make_engine(sqlite_url))
-    holding = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(sqlite_url, 0.5, holding))
-    holder.start()
-    holding.wait(10)
     engine = make_engine(sqlite_url)
-    started = time.monotonic()
-    with engine.connect() as connection:
-        # a DEFERRED (read) transaction does not wait for the writer
-        read = connection.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
-        with read.begin():
-            assert read.execute(text("SELECT count(*) FROM studies")).scalar() == 0
-    assert time.monotonic() - started < 0.3
-    with engine.begin() as connection:  # IMMEDIATE: waits until the holder commits
-        waited = time.monotonic() - started
-        # the busy timeout is back for the statements of the transaction
-        assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
-    holder.join()
+    with _write_locked(sqlite_url, 0.5):
+        started = time.monotonic()
+        with engine.connect() as connection:
+            # a DEFERRED (read) transaction does not wait for the writer
+            read = connection.execution_options(**{SQLITE_BEGIN_OPTION: "DEFERRED"})
+            with read.begin():
+                assert read.execute(text("SELECT count(*) FROM studies")).scalar() == 0
+        assert time.monotonic() - started < 0.3
+        with engine.begin() as connection:  # IMMEDIATE: waits until the holder commits
+            waited = time.monotonic() - started
+            # the busy timeout is back for the statements of the transaction
+            assert connection.execute(text("PRAGMA busy_timeout")).scalar() == 30_000
     assert 0.3 <= waited < 5
     engine.dispose()
 
@@ -519,17 +529,11 @@ def test_writers_wait_for_the_write_lock_and_readers_do_not(sqlite_url: str) -> 
 def test_a_writer_gives_up_after_the_busy_timeout(
     sqlite_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-
-    upgrade(make_engine(sqlite_url))
     monkeypatch.setattr(engine_module, "SQLITE_BUSY_TIMEOUT_MS", 200)
-    holding = threading.Event()
-    holder = threading.Thread(target=_hold_write_lock, args=(sqlite_url, 2.0, holding))
-    holder.start()
-    holding.wait(10)
     engine = make_engine(sqlite_url)
-    started = time.monotonic()
-    with pytest.raises(OperationalError, match="locked"), engine.begin():
-        pass
-    assert time.monotonic() - started < 1.5
-    holder.join()
+    with _write_locked(sqlite_url, 2.0):
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="locked"), engine.begin():
+            pass
+        assert time.monotonic() - started < 1.5
     engine.dispose()

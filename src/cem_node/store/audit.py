@@ -48,9 +48,26 @@ def audit_values(
 ) -> dict[str, Any]:
     """The column values of an audit event, clipped to the column lengths.
 
-    For ``insert(AuditEvent).values(...)`` where the ORM unit of work would
-    cost more than the insert (the C-STORE path); see :func:`record_event`
-    for the parameters. Alerts must go through :func:`record_event`.
+    :func:`record_event` adds them to a session; the C-STORE path inserts them
+    with ``insert(AuditEvent.__table__)``, where the ORM unit of work would
+    cost more than the insert itself.
+
+    Parameters
+    ----------
+    event_type
+        What happened, e.g. ``association``, ``instance_stored``, ``export``.
+    decision
+        ``accepted``, ``rejected``, ``ignored``, ``alert`` ...
+    actor
+        The process or person that acted (node id, ``admin:<user>``).
+    message
+        One sentence for a human reader.
+    calling_ae_title, called_ae_title, remote_address
+        The peer and the association, where there is one.
+    study_instance_uid, sop_instance_uid, job_id
+        What the event is about.
+    details
+        Anything else, as JSON.
     """
     return {
         "event_type": event_type[:64],
@@ -67,21 +84,7 @@ def audit_values(
     }
 
 
-def record_event(
-    session: Session,
-    event_type: str,
-    *,
-    decision: str | None = None,
-    actor: str | None = None,
-    message: str | None = None,
-    calling_ae_title: str | None = None,
-    called_ae_title: str | None = None,
-    remote_address: str | None = None,
-    study_instance_uid: str | None = None,
-    sop_instance_uid: str | None = None,
-    job_id: int | None = None,
-    details: dict[str, Any] | None = None,
-) -> AuditEvent:
+def record_event(session: Session, event_type: str, **fields: Any) -> AuditEvent:
     """Append an audit event to ``session`` (committed with the caller's work).
 
     Alerts (``decision="alert"``) are also logged at ERROR level, so that a
@@ -91,41 +94,21 @@ def record_event(
     ----------
     session
         The open session whose transaction the event joins.
-    event_type
-        What happened, e.g. ``association``, ``instance_stored``, ``export``.
-    decision
-        ``accepted``, ``rejected``, ``ignored``, ``alert`` ...
-    actor
-        The process or person that acted (node id, ``admin:<user>``).
-    message
-        One sentence for a human reader.
+    event_type, **fields
+        The event: the parameters of :func:`audit_values`.
 
     Returns
     -------
     AuditEvent
         The new (pending) row.
     """
-    event = AuditEvent(
-        **audit_values(
-            event_type,
-            decision=decision,
-            actor=actor,
-            message=message,
-            calling_ae_title=calling_ae_title,
-            called_ae_title=called_ae_title,
-            remote_address=remote_address,
-            study_instance_uid=study_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            job_id=job_id,
-            details=details,
-        )
-    )
+    event = AuditEvent(**audit_values(event_type, **fields))
     session.add(event)
-    if decision == ALERT:
+    if event.decision == ALERT:
         _LOG.error(
             "ALERT %s: %s",
             event_type,
-            message or "",
-            extra={"event_type": event_type, "study_instance_uid": study_instance_uid},
+            event.message or "",
+            extra={"event_type": event_type, "study_instance_uid": event.study_instance_uid},
         )
     return event
