@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 
@@ -179,3 +180,18 @@ def test_hashing_waits_for_a_pause_in_the_whole_nodes_receiving(
         path = store.absolute(session.scalar(select(Instance.file_path)))
     assert _hash_of_the_only_row(sessions) == hashlib.sha256(path.read_bytes()).hexdigest()
     engine.dispose()
+
+
+def test_datasets_of_aborted_associations_are_removed_later(tmp_path: Path) -> None:
+    store = InstanceFileStore(tmp_path / "store")
+    abandoned = store.receiving_dir / ".tmp-abandoned.dcm"
+    streaming = store.receiving_dir / ".tmp-streaming.dcm"
+    unrelated = store.receiving_dir / "notes.txt"
+    for path in (abandoned, streaming, unrelated):
+        path.write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    os.utime(unrelated, (two_hours_ago, two_hours_ago))
+    assert store.remove_abandoned_receptions(3600) == 1
+    assert not abandoned.exists()
+    assert streaming.exists() and unrelated.exists()

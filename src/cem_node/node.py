@@ -59,6 +59,8 @@ PEERS_TTL_S = 2.0
 #: Lease recovery and retention intervals.
 RECOVERY_INTERVAL_S = 60.0
 RETENTION_INTERVAL_S = 3600.0
+#: A streamed dataset untouched this long belongs to an aborted association.
+ABANDONED_RECEPTION_S = 3600.0
 
 NO_ANALYSIS = (
     "this node has no analysis installed (the lesion analysis and its model bundle come "
@@ -287,6 +289,8 @@ class Node:
                 retention_days=settings.storage.retention_days,
                 actor=self.node_id,
             )
+            if removed := files.remove_abandoned_receptions(ABANDONED_RECEPTION_S):
+                _LOG.info("%d dataset(s) of aborted associations removed", removed)
 
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         scheduler.add_job(

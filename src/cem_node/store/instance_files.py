@@ -21,6 +21,7 @@ import ctypes
 import hashlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -258,6 +259,21 @@ class InstanceFileStore:
     def remove(self, relative_path: str) -> None:
         """Delete a stored file if present (after its row no longer names it)."""
         self.absolute(relative_path).unlink(missing_ok=True)
+
+    def remove_abandoned_receptions(self, older_than_s: float) -> int:
+        """Delete datasets of aborted associations (streamed, never adopted) untouched
+        for ``older_than_s`` seconds; return how many. A transfer in progress
+        writes to its file all the time, so its modification time is recent."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for path in self.receiving_dir.glob(f"{TEMPORARY_FILE_PREFIX}*"):
+            try:
+                if path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:  # adopted or removed meanwhile
+                continue
+        return removed
 
     def temporary_files(self) -> Iterator[Path]:
         """Yield leftovers of writes interrupted by a crash (safe to delete)."""
