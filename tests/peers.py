@@ -181,7 +181,7 @@ class OrthancServer:
         return config
 
     def start(self) -> Self:
-        """Start Orthanc and wait until its REST API answers.
+        """Start Orthanc and wait until its REST API answers and its DICOM port listens.
 
         The first start picks free ports (trying again with new ones if a
         port was taken meanwhile); a later start reuses the ports and the
@@ -218,7 +218,9 @@ class OrthancServer:
                 return False
             try:
                 self._get("/system", timeout_s=1.0)
-                return True
+                # on a loaded machine the DICOM port may open after the REST API
+                with socket.create_connection((self.host, self.dicom_port), timeout=1.0):
+                    return True
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         self.stop()

@@ -103,7 +103,7 @@ def test_pacs_that_does_not_know_us_is_a_permanent_failure(
     pacs = orthanc(modalities=modalities)
     results = send_files(study[:2], pacs.remote, calling_ae_title=NODE_AE_TITLE)
     for r in results:
-        assert (r.delivered, r.status, r.failure) == (False, None, FailureKind.PERMANENT)
+        assert (r.delivered, r.status, r.failure) == (False, None, FailureKind.PERMANENT), r.message
         assert "rejected the association" in r.message
         assert f"calling AE title {NODE_AE_TITLE} not recognised" in r.message
         assert "modality list" in r.message
