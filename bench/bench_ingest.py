@@ -76,6 +76,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # for tests.peers
 
+from tests.dicom_validators import find_tool  # noqa: E402
 from tests.peers import LOOPBACK, DcmtkStoreSCP, free_port  # noqa: E402
 
 TARGET_RATIO = 0.8
@@ -150,8 +151,13 @@ def warm_page_cache(files: Sequence[Path]) -> None:
 # --------------------------------------------------------------------------- receivers
 
 
+def dcmtk(tool: str) -> str:
+    """The path of a dcmtk tool (not pynetdicom's namesake in the virtual environment)."""
+    return find_tool(tool) or tool
+
+
 def _echo(port: int, called_ae: str) -> bool:
-    cmd = ["echoscu", "-aet", "BENCH", "-aec", called_ae, "-to", "2", LOOPBACK, str(port)]
+    cmd = [dcmtk("echoscu"), "-aet", "BENCH", "-aec", called_ae, "-to", "2", LOOPBACK, str(port)]
     return subprocess.run(cmd, capture_output=True, check=False).returncode == 0
 
 
@@ -320,7 +326,17 @@ def send(files: Sequence[Path], senders: int, port: int, called_ae: str, folder:
     logs = [(folder / f"storescu-{i}.log").open("wb") for i in range(len(groups))]
     try:
         commands = [
-            ["storescu", "-aet", f"BENCH{i}", "-aec", called_ae, "-to", "60", LOOPBACK, str(port)]
+            [
+                dcmtk("storescu"),
+                "-aet",
+                f"BENCH{i}",
+                "-aec",
+                called_ae,
+                "-to",
+                "60",
+                LOOPBACK,
+                str(port),
+            ]
             + [str(p) for p in group]
             for i, group in enumerate(groups)
         ]
@@ -421,7 +437,9 @@ def machine() -> str:
 
 
 def dcmtk_version() -> str:
-    out = subprocess.run(["storescp", "--version"], capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        [dcmtk("storescp"), "--version"], capture_output=True, text=True, check=False
+    )
     line = (out.stdout or out.stderr).strip().splitlines()
     return line[0].strip("$ ").removeprefix("dcmtk: ") if line else "unknown"
 
@@ -510,7 +528,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     for tool in ("storescu", "storescp", "echoscu"):
-        if shutil.which(tool) is None:
+        if find_tool(tool) is None:
             parser.error(f"{tool} not found: install dcmtk")
 
     files = ensure_images(args.work_dir, args.images, args.jobs)

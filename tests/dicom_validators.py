@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sysconfig
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
@@ -22,6 +23,7 @@ __all__ = [
     "PixelMedReport",
     "dciodvfy_messages",
     "dciodvfy_warnings",
+    "find_tool",
     "missing_tool",
     "pixelmed_jar",
     "pixelmed_parse_errors",
@@ -46,9 +48,22 @@ def missing_tool(message: str) -> None:
     pytest.skip(message)
 
 
+def find_tool(name: str) -> str | None:
+    """Return the path of a system tool on PATH, or None.
+
+    The virtual environment's scripts folder is passed over: pynetdicom 3
+    installs its own ``echoscu``, ``storescu`` and others there, with other
+    options than dcmtk's, and an activated environment puts them first.
+    """
+    scripts = os.path.realpath(sysconfig.get_path("scripts"))
+    folders = os.environ.get("PATH", os.defpath).split(os.pathsep)
+    outside = [f for f in folders if f and os.path.realpath(f) != scripts]
+    return shutil.which(name, path=os.pathsep.join(outside))
+
+
 def require_tool(name: str) -> str:
-    """Return the path of an executable, or skip/fail the test without it."""
-    path = shutil.which(name)
+    """Return the path of a system tool, or skip/fail the test without it."""
+    path = find_tool(name)
     if path is None:
         missing_tool(f"{name} is not installed (Debian packages dicom3tools, dcmtk)")
     assert path is not None

@@ -7,18 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import xgboost as xgb
 
-xgb = pytest.importorskip("xgboost")
-pytest.importorskip("sklearn")
-
-from cem_node.pipeline.classifier import (  # noqa: E402
+from cem_node.pipeline.classifier import (
     AGE_FEATURE,
     FEATURES_FILE,
     MODEL_FILE,
     ClassifierError,
     RadiomicsClassifier,
 )
-from cem_node.training.radiomics_model import (  # noqa: E402
+from cem_node.training.radiomics_model import (
     fit_radiomics_classifier,
     select_features,
 )

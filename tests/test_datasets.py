@@ -22,6 +22,7 @@ from cem_node.training.datasets import (
     parse_spec,
     split,
 )
+from tests.dicom_validators import missing_tool
 
 CDD_CESM_512 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdd-cesm-512"
 
@@ -125,7 +126,7 @@ def test_synthetic_cache_is_reused(synthetic, cache: Path) -> None:
 
 def test_cdd_cesm_512_layout() -> None:
     if not (CDD_CESM_512 / "pairs.csv").is_file():
-        pytest.skip(f"the CDD-CESM 512-px subset is not at {CDD_CESM_512}")
+        missing_tool(f"the CDD-CESM 512-px subset is not at {CDD_CESM_512}")
     data = load_dataset(f"cdd-cesm:{CDD_CESM_512}")
     assert len(data) == 216 and len(data.patients) == 119
     for sample in data.samples[:3]:
@@ -137,7 +138,8 @@ def test_cdd_cesm_512_layout() -> None:
 
 
 def _write_xlsx(path: Path, rows: list[tuple]) -> None:
-    openpyxl = pytest.importorskip("openpyxl")
+    import openpyxl
+
     book = openpyxl.Workbook()
     sheet = book.active
     sheet.title = "all"
@@ -311,7 +313,7 @@ def test_manifest_with_png_masks(study: Path, tmp_path: Path) -> None:
 
 
 def test_manifest_with_dicom_seg(study: Path, tmp_path: Path) -> None:
-    hd = pytest.importorskip("highdicom")
+    import highdicom as hd
     import pydicom
     from pydicom.sr.codedict import codes
 

@@ -8,22 +8,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("torchvision")
-
-from safetensors.torch import load_file, save_file  # noqa: E402
-from typer.testing import CliRunner  # noqa: E402
-
-from cem_node.pipeline.detector import build_detector, detect, load_detector  # noqa: E402
-from cem_node.pipeline.params import (  # noqa: E402
+from cem_node.pipeline.detector import build_detector, detect, load_detector
+from cem_node.pipeline.params import (
     DetectorConfig,
     PostprocessParams,
     PreprocessParams,
 )
-from cem_node.pipeline.preprocess import resize_shape  # noqa: E402
-from cem_node.training.datasets import load_dataset, split  # noqa: E402
-from cem_node.training.detector_training import (  # noqa: E402
+from cem_node.pipeline.preprocess import resize_shape
+from cem_node.training.datasets import load_dataset, split
+from cem_node.training.detector_training import (
     AugmentConfig,
     AugmentParams,
     PreparedImage,

@@ -16,15 +16,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
+import xgboost
+from typer.testing import CliRunner, Result
 
-torch = pytest.importorskip("torch")
-xgboost = pytest.importorskip("xgboost")
-
-from typer.testing import CliRunner, Result  # noqa: E402
-
-from cem_node.cli import app  # noqa: E402
-from cem_node.models import BundleRegistry, BundleUsageError, load_bundle, sha256_file  # noqa: E402
-from cem_node.models.packing import (  # noqa: E402
+from cem_node.cli import app
+from cem_node.models import BundleRegistry, BundleUsageError, load_bundle, sha256_file
+from cem_node.models.packing import (
     RESEARCH_DISCLAIMER,
     SYNTHETIC_DISCLAIMER,
     find_training_run,
@@ -32,15 +30,15 @@ from cem_node.models.packing import (  # noqa: E402
     pack_training_run,
     stored_weights_dtype,
 )
-from cem_node.pipeline.classifier import RadiomicsClassifier  # noqa: E402
-from cem_node.pipeline.detector import build_detector, load_detector, save_detector_weights  # noqa: E402
-from cem_node.pipeline.params import (  # noqa: E402
+from cem_node.pipeline.classifier import RadiomicsClassifier
+from cem_node.pipeline.detector import build_detector, load_detector, save_detector_weights
+from cem_node.pipeline.params import (
     DetectorConfig,
     PostprocessParams,
     PreprocessParams,
 )
-from cem_node.pipeline.radiomics import pyradiomics_params  # noqa: E402
-from tests.bundle_factory import FEATURES, TINY_RADIOMICS  # noqa: E402
+from cem_node.pipeline.radiomics import pyradiomics_params
+from tests.bundle_factory import FEATURES, TINY_RADIOMICS
 
 TINY = DetectorConfig(
     backbone="mobilenet_v3_lite", fpn_channels=32, box_head_width=64, mask_head_channels=32

@@ -33,6 +33,7 @@ from cem_node.pipeline.preprocess import (
     resize_shape,
 )
 from cem_node.synthetic import SynthOptions, generate_study
+from tests.dicom_validators import missing_tool
 
 CDD = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdd-cesm-512"
 VIEWS = [("L", "CC"), ("L", "MLO"), ("R", "CC"), ("R", "MLO")]
@@ -491,7 +492,7 @@ REAL = ["P1_L_CM_MLO", "P119_L_CM_CC", "P28_L_CM_MLO", "P59_R_CM_CC", "P105_R_CM
 @pytest.mark.parametrize("name", REAL)
 def test_real_recombined_breast_mask(name: str) -> None:
     if not (CDD / "images" / f"{name}.jpg").is_file():
-        pytest.skip(f"CDD-CESM data not found at {CDD} (see the shared data README)")
+        missing_tool(f"CDD-CESM data not found at {CDD} (see the shared data README)")
     rc = np.asarray(Image.open(CDD / "images" / f"{name}.jpg").convert("L"))
     lesion = np.asarray(Image.open(CDD / "masks" / f"{name}.jpg").convert("L")) > 127
     mask = breast_mask(rc)

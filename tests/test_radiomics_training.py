@@ -18,27 +18,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from typer.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("radiomics")
-pytest.importorskip("xgboost")
-
-from typer.testing import CliRunner  # noqa: E402
-
-from cem_node.cli import app  # noqa: E402
-from cem_node.models import BundleRegistry  # noqa: E402
-from cem_node.pipeline.classifier import RadiomicsClassifier  # noqa: E402
-from cem_node.pipeline.detector import Detection  # noqa: E402
-from cem_node.pipeline.params import (  # noqa: E402
+from cem_node.cli import app
+from cem_node.models import BundleRegistry
+from cem_node.pipeline.classifier import RadiomicsClassifier
+from cem_node.pipeline.detector import Detection
+from cem_node.pipeline.params import (
     DecisionThresholds,
     DetectorConfig,
     PreprocessParams,
     RadiomicsSettings,
 )
-from cem_node.pipeline.radiomics import pyradiomics_params  # noqa: E402
-from cem_node.training.datasets import load_dataset  # noqa: E402
-from cem_node.training.detector_training import TrainConfig, train_detector  # noqa: E402
-from cem_node.training.radiomics_training import (  # noqa: E402
+from cem_node.pipeline.radiomics import pyradiomics_params
+from cem_node.training.datasets import load_dataset
+from cem_node.training.detector_training import TrainConfig, train_detector
+from cem_node.training.radiomics_training import (
     CACHE_FEATURES,
     CACHE_ROWS,
     RadiomicsTrainingError,

@@ -146,7 +146,8 @@ class _DirectDataDUL(DULServiceProvider):
     from the receive buffer, with no copy. Everything else (the command, the
     last fragment, other PDUs, any doubt) takes pynetdicom's own path, as do
     all PDUs when something listens to them (debug logging, PDU handlers).
-    Same class swap as for the socket: no state of its own beyond a buffer.
+    Same class swap as for the socket; its one state of its own is the count
+    of bytes written since the file's write-back was last started.
     """
 
     def _read_pdu_data(self) -> None:

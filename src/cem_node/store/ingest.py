@@ -32,7 +32,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -522,11 +522,8 @@ class InstanceIngestor:
                     _INSERT_AUDIT_EVENT,
                     audit_values(
                         "instance_replaced" if replaced else "instance_stored",
+                        **self._sender_fields(sender),
                         decision="accepted",
-                        actor=self._actor,
-                        calling_ae_title=sender.calling_ae_title,
-                        called_ae_title=sender.called_ae_title,
-                        remote_address=sender.address,
                         study_instance_uid=header.study_instance_uid,
                         sop_instance_uid=header.sop_instance_uid,
                         message=(
@@ -613,31 +610,20 @@ class InstanceIngestor:
             )
         return study
 
+    def _sender_fields(self, sender: ReceivedFrom) -> dict[str, str | None]:
+        """Who acted and who sent: the audit fields every ingest event shares."""
+        return {
+            "actor": self._actor,
+            "calling_ae_title": sender.calling_ae_title,
+            "called_ae_title": sender.called_ae_title,
+            "remote_address": sender.address,
+        }
+
     def _audit(
-        self,
-        session: Session,
-        event_type: str,
-        sender: ReceivedFrom,
-        *,
-        decision: str,
-        study_instance_uid: str | None = None,
-        sop_instance_uid: str | None = None,
-        message: str | None = None,
-        details: dict[str, object] | None = None,
+        self, session: Session, event_type: str, sender: ReceivedFrom, **fields: Any
     ) -> None:
-        record_event(
-            session,
-            event_type,
-            decision=decision,
-            actor=self._actor,
-            calling_ae_title=sender.calling_ae_title,
-            called_ae_title=sender.called_ae_title,
-            remote_address=sender.address,
-            study_instance_uid=study_instance_uid,
-            sop_instance_uid=sop_instance_uid,
-            message=message,
-            details=details,
-        )
+        """Record an ingest event (``fields``: those of :func:`audit_values`)."""
+        record_event(session, event_type, **self._sender_fields(sender), **fields)
 
     # ------------------------------------------------------------------ refusals
 
