@@ -17,7 +17,8 @@ WORK=${1:-.cache/demo-training}
 CEM=.venv/bin/cem-node
 TRAIN=synthetic:200:7:small
 HELD_OUT=synthetic:24:99:small
-EPOCHS=${EPOCHS:-14}
+EPOCHS=${EPOCHS:-24}
+VERSION=0.2.0  # 0.2: phantom version 2 (visible non-enhancing cysts)
 mkdir -p "$WORK"
 
 resume=()
@@ -35,7 +36,7 @@ resume=()
     --no-progress
 
 rm -rf "$WORK/models"
-"$CEM" models import "$WORK/run" --models-dir "$WORK/models" --name cem-demo --version 0.1.0 \
+"$CEM" models import "$WORK/run" --models-dir "$WORK/models" --name cem-demo --version "$VERSION" \
     --description "Demo bundle: MobileNetV3-lite Mask R-CNN + radiomics XGBoost, synthetic phantoms" \
     --weights-dtype float16
 
@@ -44,7 +45,7 @@ rm -rf "$WORK/models"
 
 # pack again with the held-out metrics in the manifest
 rm -rf "$WORK/models"
-"$CEM" models import "$WORK/run" --models-dir "$WORK/models" --name cem-demo --version 0.1.0 \
+"$CEM" models import "$WORK/run" --models-dir "$WORK/models" --name cem-demo --version "$VERSION" \
     --description "Demo bundle: MobileNetV3-lite Mask R-CNN + radiomics XGBoost, synthetic phantoms" \
     --weights-dtype float16 --metrics "$WORK/evaluation/report.json"
 # the held-out figures by lesion subgroup (enhancing or not, benign or malignant)
