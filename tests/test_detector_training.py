@@ -28,6 +28,8 @@ from cem_node.training.detector_training import (
     TrainingError,
     augment,
     boxes_from_masks,
+    epoch_order,
+    find_hard_examples,
     learning_rate,
     load_pretrained_weights,
     prepare_sample,
@@ -327,3 +329,130 @@ def test_cli_train_detector(cache: Path, tmp_path: Path, parts) -> None:
     spec = f"manifest:{tmp_path / 'none.csv'}"
     missing = runner.invoke(app, [*base[:3], spec, *base[4:], *other])
     assert missing.exit_code == 2 and "none.csv" in missing.output
+    unmined = runner.invoke(app, [*base, *other, "--hard-example-weight", "3"])
+    assert unmined.exit_code == 2 and "--pretrained" in unmined.output
+
+
+# --- hard-example mining ----------------------------------------------------------------------
+
+
+def test_epoch_order_unweighted_is_the_seeded_permutation() -> None:
+    expected = np.random.default_rng([5, 2]).permutation(10)
+    assert np.array_equal(epoch_order(10, 5, 2), expected)
+    assert np.array_equal(epoch_order(10, 5, 2, np.full(10, 3.0)), expected)
+
+
+def test_epoch_order_draws_hard_images_as_often_as_weighted() -> None:
+    weights = np.ones(10)
+    weights[[2, 7]] = 4.0  # 2 hard images: each drawn with probability 4/16 per draw
+    counts = np.zeros(10)
+    for epoch in range(400):
+        items = epoch_order(10, 1, epoch, weights)
+        assert len(items) == 10 and len(set(items.tolist())) == 10  # repeats are told apart
+        indices, draws = items % 10, items // 10
+        for index in set(indices.tolist()):  # the k-th repeat of an image is draw k
+            assert sorted(draws[indices == index].tolist()) == list(range((indices == index).sum()))
+        counts += np.bincount(indices, minlength=10)
+    per_draw = counts / counts.sum()
+    assert per_draw[[2, 7]] == pytest.approx([0.25, 0.25], abs=0.02)
+    assert per_draw[[0, 1, 3]] == pytest.approx([1 / 16] * 3, abs=0.01)
+    assert np.array_equal(epoch_order(10, 1, 3, weights), epoch_order(10, 1, 3, weights))
+    with pytest.raises(ValueError, match="positive"):
+        epoch_order(3, 0, 0, np.array([1.0, 0.0, 2.0]))
+
+
+class _FixedDetections(torch.nn.Module):
+    """Stands in for the detector in eval mode: the same detections for every image, in the
+    output format of :class:`cem_node.pipeline.detector._CemRoIHeads` (score, then the
+    class probabilities)."""
+
+    def __init__(self, scores: list[float], masks: np.ndarray):
+        super().__init__()
+        self.roi_heads = torch.nn.Module()
+        self.scores = torch.tensor([[s, 1 - s, 0.0, s] for s in scores])
+        self.masks = torch.from_numpy(masks.astype(np.float32))[:, None]
+        self.boxes = torch.from_numpy(boxes_from_masks(masks))
+
+    def forward(self, images):
+        assert not self.training
+        labels = torch.full((len(self.scores),), 2)
+        out = {"boxes": self.boxes, "scores": self.scores, "labels": labels, "masks": self.masks}
+        return [out for _ in images]
+
+
+def _lesion(rows: slice, cols: slice) -> np.ndarray:
+    mask = np.zeros((32, 32), dtype=bool)
+    mask[rows, cols] = True
+    return mask
+
+
+def test_find_hard_examples_uses_the_hit_rule_and_the_keep_score() -> None:
+    upper, lower = _lesion(slice(2, 10), slice(2, 10)), _lesion(slice(20, 30), slice(20, 30))
+    # a confident detection on the upper lesion; a weak one (below the keep score) on the lower
+    model = _FixedDetections([0.9, 0.05], np.stack([upper, lower]))
+    image = np.zeros((3, 32, 32), dtype=np.uint8)
+
+    def prepared(key: str, *masks: np.ndarray) -> PreparedImage:
+        stacked = np.stack(masks) if masks else np.zeros((0, 32, 32), dtype=bool)
+        return PreparedImage(key, image, stacked, np.ones(len(masks), dtype=np.int64))
+
+    # IoU of the upper detection with this lesion: 64 / 100 (hit); with a far lesion: 0
+    shifted = _lesion(slice(2, 10), slice(4, 12))
+    images = [
+        prepared("found", upper),
+        prepared("found-shifted", shifted),
+        prepared("weak-only", lower),
+        prepared("one-of-two-missed", upper, lower),
+        prepared("no-lesion"),
+    ]
+    model.train()
+    cpu = torch.device("cpu")
+    post = PostprocessParams(score_threshold=0.01, keep_score=0.1)
+    hard = find_hard_examples(model, images, post, cpu)
+    assert hard == ["weak-only", "one-of-two-missed"]
+    assert model.training  # the mode is restored
+    lenient = post.model_copy(update={"keep_score": 0.01})
+    assert find_hard_examples(model, images, lenient, cpu) == []
+    # a detection whose mask overlaps a lesion with IoU < 0.1 does not find it
+    sliver = _lesion(slice(20, 30), slice(29, 30))  # IoU with the lower mask: 10 / 100
+    assert find_hard_examples(model, [prepared("sliver", sliver)], lenient, cpu) == []
+    thinner = _lesion(slice(20, 29), slice(29, 30))  # 9 / 100 < 0.1
+    assert find_hard_examples(model, [prepared("thin", thinner)], lenient, cpu) == ["thin"]
+
+
+def test_hard_example_fine_tuning_run(parts, tmp_path: Path) -> None:
+    start = train_detector(
+        parts.train, parts.val, TINY, SMALL_INPUT, _config(1), tmp_path / "start", False
+    )
+    with pytest.raises(TrainingError, match="needs a starting detector"):
+        train_detector(
+            parts.train,
+            parts.val,
+            TINY,
+            SMALL_INPUT,
+            _config(1, hard_example_weight=3.0),
+            tmp_path / "no-start",
+            False,
+        )
+    tuned_config = _config(1, hard_example_weight=3.0, pretrained=start.best_weights)
+    out = tmp_path / "tuned"
+    tuned = train_detector(parts.train, parts.val, TINY, SMALL_INPUT, tuned_config, out, False)
+    record = json.loads((out / "hard_examples.json").read_text())
+    assert record["weight"] == 3.0 and record["train_images"] == len(parts.train)
+    assert tuned.hard_examples == len(record["hard"]) and tuned.pretrained is not None
+    # the hard list is what the starting weights miss, and a resumed run keeps it
+    model = load_detector(start.best_weights, TINY, SMALL_INPUT)
+    images = [prepare_sample(s, SMALL_INPUT) for s in parts.train]
+    expected = find_hard_examples(model, images, PostprocessParams(), torch.device("cpu"))
+    assert record["hard"] == expected
+    resumed = train_detector(
+        parts.train,
+        parts.val,
+        TINY,
+        SMALL_INPUT,
+        _config(2, hard_example_weight=3.0, pretrained=start.best_weights),
+        out,
+        False,
+        resume=True,
+    )
+    assert resumed.epochs_completed == 2 and resumed.hard_examples == len(expected)

@@ -194,6 +194,26 @@ def test_pack_a_run_folder(run: Path, tmp_path: Path) -> None:
     assert "radiomics_training_lesions" in info.stdout
 
 
+def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
+    config_path = run / "detector" / "detector_config.json"
+    record = json.loads(config_path.read_text())
+    record["result"] |= {"pretrained": "stage1/best.safetensors (346 of 346 tensors)"}
+    record["result"] |= {"hard_examples": 25}
+    config_path.write_text(json.dumps(record))
+    hard = {"rule": "misses", "weight": 4.0, "train_images": 12, "hard": ["a"]}
+    (run / "detector" / "hard_examples.json").write_text(json.dumps(hard))
+    models = tmp_path / "models"
+    cli_json(
+        "import", str(run), "--name", "tuned", "--version", "1.0.0", "--models-dir", str(models)
+    )
+    m = BundleRegistry(models).load("tuned").manifest
+    assert "starting from the weights stage1/best.safetensors" in m.training.description
+    assert "the 25 training images they missed a lesion on" in m.training.description
+    assert m.training.data["detector_hard_examples"] == 25
+    assert m.training.data["detector_pretrained"].startswith("stage1/best.safetensors")
+    assert "training/hard_examples.json" in m.files
+
+
 def test_pack_explicit_runs_as_float16_with_metrics(run: Path, tmp_path: Path) -> None:
     report = tmp_path / "report.json"
     report.write_text(

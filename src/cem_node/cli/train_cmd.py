@@ -253,6 +253,15 @@ def detector(
             "backbone or the whole detector. Nothing is downloaded.",
         ),
     ] = None,
+    hard_example_weight: Annotated[
+        float,
+        typer.Option(
+            min=1.0,
+            help="Fine-tuning with hard-example mining (needs --pretrained): training images on "
+            "which the pretrained detector misses a lesion (no detection at the keep score with "
+            "mask IoU >= 0.1) are drawn this many times as often as the others. 1: off.",
+        ),
+    ] = 1.0,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     threads: Annotated[
@@ -297,6 +306,12 @@ def detector(
         )
     if pretrained is not None and not pretrained.is_file():
         raise fail(f"--pretrained: file not found: {pretrained}", 2)
+    if hard_example_weight > 1.0 and pretrained is None and not resume:
+        raise fail(
+            "--hard-example-weight mines the misses of a trained detector: give its weights "
+            "with --pretrained",
+            2,
+        )
     detector_config, preprocess = _architecture(
         out,
         resume,
@@ -321,6 +336,7 @@ def detector(
             pretrained=pretrained,
             num_workers=num_workers,
             max_steps_per_epoch=max_steps,
+            hard_example_weight=hard_example_weight,
         )
     except ValueError as exc:
         raise fail(_pydantic_message(exc), 2) from None
@@ -387,6 +403,7 @@ def detector(
         "val_images": result.val_images,
         "device": result.device,
         "pretrained": result.pretrained,
+        "hard_examples": result.hard_examples,
     }
     (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     summary = {
@@ -416,6 +433,12 @@ def detector(
         "best epoch",
         f"{result.best_epoch} ({result.selected_by.replace('_', ' ')} {result.best_loss:.4f})",
     )
+    if result.hard_examples is not None:
+        table.add_row(
+            "hard examples",
+            f"{result.hard_examples} of {result.train_images} training images, drawn "
+            f"{hard_example_weight:g}x as often ({out / 'hard_examples.json'})",
+        )
     table.add_row("weights", summary["weights"])
     table.add_row("config", summary["config"])
     table.add_row("time", f"{summary['seconds']:.1f} s")

@@ -10,7 +10,7 @@ What it reads
 -------------
 The detector folder (``cem-node train detector --out D``):
 ``detector.safetensors`` and ``detector_config.json`` (required),
-``history.json`` and ``split.json`` (kept when present).
+``history.json``, ``split.json`` and ``hard_examples.json`` (kept when present).
 
 The radiomics folder (``cem-node train radiomics --out R``):
 ``radiomics_model.json``, ``radiomics_features.json``,
@@ -77,7 +77,7 @@ __all__ = [
 
 DETECTOR_FILES = ("detector.safetensors", "detector_config.json")
 """Required in the detector folder."""
-DETECTOR_OPTIONAL = ("history.json", "split.json")
+DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json")
 RADIOMICS_FILES = (
     "radiomics_model.json",
     "radiomics_features.json",
@@ -353,6 +353,8 @@ def build_manifest(
         "detector_epochs": det_result.get("epochs_completed"),
         "detector_best_epoch": det_result.get("best_epoch"),
         "detector_selected_by": det_result.get("selected_by"),
+        "detector_pretrained": det_result.get("pretrained"),
+        "detector_hard_examples": det_result.get("hard_examples"),
         "radiomics_mask_mode": summary.get("mask_mode"),
         "radiomics_training_lesions": counts.get("training_rows"),
         "radiomics_malignant": by_label.get("malignant"),
@@ -376,6 +378,17 @@ def build_manifest(
         + (
             f", {det_result['epochs_completed']} epoch(s), best epoch {det_result['best_epoch']}"
             if "epochs_completed" in det_result and "best_epoch" in det_result
+            else ""
+        )
+        + (
+            f", starting from the weights {det_result['pretrained']}"
+            if det_result.get("pretrained")
+            else ""
+        )
+        + (
+            f", the {det_result['hard_examples']} training images they missed a lesion on "
+            "drawn more often (hard examples)"
+            if det_result.get("hard_examples")
             else ""
         )
         + f". Radiomics: XGBoost on {counts.get('training_rows', '?')} lesions "

@@ -75,6 +75,8 @@ __all__ = [
     "TrainingError",
     "augment",
     "boxes_from_masks",
+    "epoch_order",
+    "find_hard_examples",
     "load_pretrained_weights",
     "prepare_sample",
     "sample_augment_params",
@@ -89,6 +91,8 @@ CHECKPOINT_TENSORS = "last.safetensors"
 CHECKPOINT_JSON = "last.json"
 HISTORY = "history.json"
 CHECKPOINT_FORMAT = "cem-node/detector-checkpoint/v1"
+HARD_EXAMPLES = "hard_examples.json"
+HARD_EXAMPLE_MIN_IOU = 0.1  # the evaluation's hit rule (mask IoU >= 0.1)
 LABEL_IDS = {"benign": 1, "malignant": 2}
 LOSS_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
@@ -178,6 +182,16 @@ class TrainConfig(BaseModel):
         None, ge=1, description="Stop an epoch after this many steps (smoke tests)."
     )
     val_batch_size: int | None = Field(None, ge=1, description="Default: batch_size.")
+    hard_example_weight: float = Field(
+        1.0,
+        ge=1.0,
+        description=(
+            "Hard-example mining for a fine-tuning run: the training images on which the "
+            "starting detector (the pretrained weights) misses a lesion are drawn this many "
+            "times as often as the others (epochs keep their length; drawn with replacement). "
+            "1: every image once per epoch."
+        ),
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -361,11 +375,14 @@ class _ImageSet(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, item: int) -> tuple[torch.Tensor, dict]:
+        # item = index + draw * len: the draw-th repeat of an image within an epoch (hard-example
+        # sampling) gets its own augmentation; the first keeps the stream of unweighted runs
+        draw, index = divmod(item, len(self.images))
         params = None
         if self.augment_config is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, index])
-            params = sample_augment_params(rng, self.augment_config)
+            key = [self.seed, self.epoch, index] + ([draw] if draw else [])
+            params = sample_augment_params(np.random.default_rng(key), self.augment_config)
         return self.images[index].tensors(params)
 
 
@@ -598,6 +615,7 @@ class TrainResult:
     skipped: list[str] = field(default_factory=list)
     resumed_from: int | None = None
     pretrained: str | None = None
+    hard_examples: int | None = None
     seconds: float = 0.0
 
 
@@ -614,6 +632,82 @@ def learning_rate(cfg: TrainConfig, step: int, total_steps: int) -> float:
     progress = min(max(step - cfg.warmup_steps, 0) / span, 1.0)
     floor = 0.01 * cfg.lr
     return floor + (cfg.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def epoch_order(count: int, seed: int, epoch: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """The training items of one epoch, in order: ``count`` of them, seeded by (seed, epoch).
+
+    Without ``weights`` (or with all equal) a permutation of the images. With
+    weights, ``count`` draws with replacement, image *i* with probability
+    ``weights[i] / sum(weights)``; the k-th repeat of image *i* in the epoch is
+    returned as ``i + k * count`` so that it gets its own augmentation.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    if weights is None or np.all(weights == weights[0]):
+        return rng.permutation(count)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (count,) or np.any(w <= 0):
+        raise ValueError(f"weights must be {count} positive numbers")
+    picks = rng.choice(count, size=count, replace=True, p=w / w.sum())
+    seen: dict[int, int] = {}
+    out = np.empty(count, dtype=np.int64)
+    for position, index in enumerate(picks.tolist()):
+        draw = seen.get(index, 0)
+        seen[index] = draw + 1
+        out[position] = index + draw * count
+    return out
+
+
+def find_hard_examples(
+    model: nn.Module,
+    images: Sequence[PreparedImage],
+    postprocess: PostprocessParams,
+    device: torch.device,
+    advance: Callable[[int], None] = lambda done: None,
+) -> list[str]:
+    """The keys of the images on which ``model`` misses at least one lesion.
+
+    The model detects as inference does (:func:`~cem_node.pipeline.detector.detect`
+    with ``postprocess``: its score threshold, class-agnostic NMS, keep score);
+    a lesion is found when a detection's mask (thresholded at the mask
+    threshold) overlaps it with IoU >= 0.1, the evaluation's hit rule. The
+    images are the un-augmented network images; an image without lesions is
+    never hard. ``advance(n)`` is called after each batch of ``n`` images.
+    """
+    from cem_node.pipeline.detector import detect
+
+    hard: list[str] = []
+    was_training = model.training
+    batch = 4
+    try:
+        for start in range(0, len(images), batch):
+            chunk = images[start : start + batch]
+            found = detect(
+                model,
+                [im.image.astype(np.float32) / np.float32(255.0) for im in chunk],
+                postprocess,
+                device,
+                batch_size=batch,
+            )
+            for image, detections in zip(chunk, found, strict=True):
+                predicted = [d.mask_probability >= postprocess.mask_threshold for d in detections]
+                if any(
+                    _best_iou(lesion, predicted) < HARD_EXAMPLE_MIN_IOU for lesion in image.masks
+                ):
+                    hard.append(image.key)
+            advance(len(chunk))
+    finally:
+        model.train(was_training)
+    return hard
+
+
+def _best_iou(mask: np.ndarray, predicted: Sequence[np.ndarray]) -> float:
+    best = 0.0
+    for other in predicted:
+        union = np.logical_or(mask, other).sum()
+        if union:
+            best = max(best, float(np.logical_and(mask, other).sum() / union))
+    return best
 
 
 def _set_batchnorm_eval(model: nn.Module) -> None:
@@ -809,6 +903,17 @@ def train_detector(
         for reason in skipped:
             log.warning("skipped %s", reason)
 
+        hard_keys: list[str] | None = None
+        if cfg.hard_example_weight > 1.0:
+            hard_keys = _hard_examples(
+                out_dir, model, train_images, cfg, postprocess, device, has_checkpoint, bar
+            )
+        sampling_weights = None
+        if hard_keys:
+            hard_set = set(hard_keys)
+            sampling_weights = np.array(
+                [cfg.hard_example_weight if im.key in hard_set else 1.0 for im in train_images]
+            )
         train_set = _ImageSet(train_images, cfg.augment, cfg.seed)
         val_set = _ImageSet(val_images, None, cfg.seed)
         steps_per_epoch = math.ceil(len(train_images) / cfg.batch_size)
@@ -821,7 +926,7 @@ def train_detector(
         )
         for epoch in range(start_epoch, cfg.epochs):
             epoch_started = time.perf_counter()
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_images))
+            order = epoch_order(len(train_images), cfg.seed, epoch, sampling_weights)
             batches = [
                 order[i : i + cfg.batch_size].tolist() for i in range(0, len(order), cfg.batch_size)
             ][:steps_per_epoch]
@@ -928,8 +1033,50 @@ def train_detector(
         skipped=skipped,
         resumed_from=resumed_from,
         pretrained=pretrained_note,
+        hard_examples=None if hard_keys is None else len(hard_keys),
         seconds=time.perf_counter() - started,
     )
+
+
+def _hard_examples(
+    out_dir: Path,
+    model: nn.Module,
+    train_images: list[PreparedImage],
+    cfg: TrainConfig,
+    postprocess: PostprocessParams | None,
+    device: torch.device,
+    resumed: bool,
+    bar: Any,
+) -> list[str]:
+    """Mine the hard training images with the starting weights, once per run (kept for resume)."""
+    path = out_dir / HARD_EXAMPLES
+    if resumed:
+        if not path.is_file():
+            raise TrainingError(f"{path} is missing: cannot resume a hard-example run")
+        return list(json.loads(path.read_text())["hard"])
+    if cfg.pretrained is None:
+        raise TrainingError(
+            "hard-example weighting needs a starting detector: give pretrained weights "
+            "(a trained detector's best.safetensors) to mine its misses"
+        )
+    post = postprocess or PostprocessParams()
+    task = bar.add_task("finding hard examples", total=len(train_images), info="")
+    hard = find_hard_examples(
+        model, train_images, post, device, lambda done: bar.advance(task, done)
+    )
+    bar.remove_task(task)
+    document = {
+        "rule": (
+            f"a lesion without a detection scored above {post.keep_score} whose mask has IoU >= "
+            f"{HARD_EXAMPLE_MIN_IOU} with it, for the starting weights {cfg.pretrained}"
+        ),
+        "weight": cfg.hard_example_weight,
+        "train_images": len(train_images),
+        "hard": hard,
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    log.info("hard examples: %d of %d training images", len(hard), len(train_images))
+    return hard
 
 
 def _write_history(
