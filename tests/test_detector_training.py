@@ -21,15 +21,19 @@ from cem_node.pipeline.params import (
 from cem_node.pipeline.preprocess import resize_shape
 from cem_node.training.datasets import load_dataset, split
 from cem_node.training.detector_training import (
+    KEEP_SCORE_GRID,
     AugmentConfig,
     AugmentParams,
+    KeepScoreRow,
     PreparedImage,
     TrainConfig,
     TrainingError,
     augment,
     boxes_from_masks,
+    choose_keep_score,
     epoch_order,
     find_hard_examples,
+    keep_score_sweep,
     learning_rate,
     load_pretrained_weights,
     prepare_sample,
@@ -37,6 +41,7 @@ from cem_node.training.detector_training import (
     train_detector,
     transform_boxes,
 )
+from cem_node.training.radiomics_training import RadiomicsTrainingError, detector_postprocess
 
 TINY = DetectorConfig(
     backbone="mobilenet_v3_lite", fpn_channels=32, box_head_width=64, mask_head_channels=32
@@ -271,7 +276,9 @@ def test_pretrained_weights(tmp_path: Path) -> None:
 # --- the command ------------------------------------------------------------------------------
 
 
-def test_cli_train_detector(cache: Path, tmp_path: Path, parts) -> None:
+def test_cli_train_detector(
+    cache: Path, tmp_path: Path, parts, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from cem_node.cli import app
 
     runner = CliRunner()
@@ -322,6 +329,29 @@ def test_cli_train_detector(cache: Path, tmp_path: Path, parts) -> None:
     resumed = runner.invoke(app, [*base, "--epochs", "2", "--resume"])
     assert resumed.exit_code == 0, resumed.output
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+    # on the finished run, --choose-keep-score only chooses the keep score on the validation
+    # images and records it where radiomics training and packing read it
+    first_command = json.loads((out / "detector_config.json").read_text())["training"]["command"]
+    again_args = [*base, "--epochs", "2", "--resume", "--choose-keep-score"]
+    monkeypatch.setattr("sys.argv", ["cem-node", *again_args])  # what the record quotes
+    chosen = runner.invoke(app, again_args)
+    assert chosen.exit_code == 0, chosen.output
+    assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
+    sweep = json.loads((out / "keep_score.json").read_text())
+    assert [row["keep_score"] for row in sweep["rows"]] == list(KEEP_SCORE_GRID)
+    best = max(row["mean_dice"] for row in sweep["rows"])
+    assert sweep["keep_score"] == min(
+        row["keep_score"] for row in sweep["rows"] if round(row["mean_dice"], 3) == round(best, 3)
+    )
+    record = json.loads((out / "detector_config.json").read_text())
+    assert record["postprocessing"] == {"keep_score": sweep["keep_score"]}
+    assert record["result"]["keep_score"] == sweep["keep_score"]
+    # a resumed run is still described by the command that started it
+    assert record["training"]["command"] == first_command
+    assert record["training"]["resumed_with"] == " ".join(["cem-node", *again_args])
+    assert detector_postprocess(record).keep_score == sweep["keep_score"]
+    with pytest.raises(RadiomicsTrainingError, match="invalid postprocessing"):
+        detector_postprocess({"postprocessing": {"keep_score": 2.0}})
 
     other = ["--out", str(tmp_path / "other"), "--epochs", "1"]
     bad = runner.invoke(app, [*base[:3], "synthetic:zero", *base[4:], *other])
@@ -456,3 +486,43 @@ def test_hard_example_fine_tuning_run(parts, tmp_path: Path) -> None:
         resume=True,
     )
     assert resumed.epochs_completed == 2 and resumed.hard_examples == len(expected)
+
+
+# --- the keep score, chosen on validation images ----------------------------------------------
+
+
+def test_keep_score_sweep_counts_hits_false_positives_and_dice() -> None:
+    small = _lesion(slice(2, 10), slice(2, 10))  # 64 px
+    large = _lesion(slice(20, 30), slice(20, 30))  # 100 px
+    speck = _lesion(slice(0, 4), slice(28, 32))  # 16 px
+    lesions = [[small], [large], []]
+    detections = [
+        [(0.9, small), (0.3, large)],  # the lesion, and a false positive elsewhere
+        [(0.2, large)],  # a weak hit
+        [(0.5, speck), (0.4, speck)],  # a lesion-free image: false positives
+    ]
+    rows = keep_score_sweep(lesions, detections, (0.1, 0.25, 0.4))
+    assert [r.keep_score for r in rows] == [0.1, 0.25, 0.4]
+    assert [r.images_all_found for r in rows] == [2, 1, 1]
+    assert [r.false_positives for r in rows] == [3, 3, 1]  # a score equal to the cut is dropped
+    assert all((r.images, r.images_with_lesion) == (3, 2) for r in rows)
+    with_false_positive = 2 * 64 / (64 + 164)
+    assert [r.mean_dice for r in rows] == pytest.approx(
+        [(with_false_positive + 1) / 2, with_false_positive / 2, 0.5]
+    )
+    assert rows[0].image_sensitivity == 1.0 and rows[2].false_positives_per_image == 1 / 3
+    assert choose_keep_score(rows).keep_score == 0.1
+    with pytest.raises(ValueError, match="no image with a lesion"):
+        keep_score_sweep([[]], [[(0.5, speck)]])
+    with pytest.raises(ValueError, match="2 lesion lists for 1"):
+        keep_score_sweep(lesions[:2], detections[:1])
+
+
+def test_choose_keep_score_prefers_the_lower_score_on_a_tie() -> None:
+    def row(keep: float, dice: float) -> KeepScoreRow:
+        return KeepScoreRow(keep, 10, 5, 5, 0, dice)
+
+    assert choose_keep_score([row(0.1, 0.80), row(0.4, 0.85), row(0.5, 0.85)]).keep_score == 0.4
+    assert choose_keep_score([row(0.2, 0.8501), row(0.3, 0.8503)]).keep_score == 0.2
+    with pytest.raises(ValueError, match="no keep score"):
+        choose_keep_score([])

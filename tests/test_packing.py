@@ -198,10 +198,11 @@ def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
     config_path = run / "detector" / "detector_config.json"
     record = json.loads(config_path.read_text())
     record["result"] |= {"pretrained": "stage1/best.safetensors (346 of 346 tensors)"}
-    record["result"] |= {"hard_examples": 25}
+    record["result"] |= {"hard_examples": 25, "keep_score": 0.45}
     config_path.write_text(json.dumps(record))
     hard = {"rule": "misses", "weight": 4.0, "train_images": 12, "hard": ["a"]}
     (run / "detector" / "hard_examples.json").write_text(json.dumps(hard))
+    (run / "detector" / "keep_score.json").write_text(json.dumps({"keep_score": 0.45}))
     models = tmp_path / "models"
     cli_json(
         "import", str(run), "--name", "tuned", "--version", "1.0.0", "--models-dir", str(models)
@@ -212,6 +213,9 @@ def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
     assert m.training.data["detector_hard_examples"] == 25
     assert m.training.data["detector_pretrained"].startswith("stage1/best.safetensors")
     assert "training/hard_examples.json" in m.files
+    assert "keep score 0.45 chosen on the validation images" in m.training.description
+    assert m.training.data["detector_keep_score"] == 0.45
+    assert "training/keep_score.json" in m.files
 
 
 def test_pack_explicit_runs_as_float16_with_metrics(run: Path, tmp_path: Path) -> None:

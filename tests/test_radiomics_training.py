@@ -514,3 +514,36 @@ def test_pack_the_run_and_analyse_a_study(
     assert findings.thresholds == manual_run.thresholds
     assert len(findings.views) == len(study)
     assert findings.patient.label in ("benign", "malignant")
+
+
+def test_the_detector_runs_keep_score_is_used(
+    manual_run, data, detector_dir: Path, tmp_path: Path
+) -> None:
+    """A keep score chosen on validation images (`train detector --choose-keep-score`)
+    is the one the radiomics run detects with and records for the bundle."""
+    chosen = tmp_path / "detector"
+    shutil.copytree(detector_dir, chosen)
+    record = json.loads((chosen / "detector_config.json").read_text())
+    (chosen / "detector_config.json").write_text(
+        json.dumps({**record, "postprocessing": {"keep_score": 0.35}})
+    )
+    out = tmp_path / "radiomics"
+    shutil.copytree(manual_run.out_dir, out)  # the feature cache: nothing is extracted again
+    result = train_radiomics(
+        data.samples,
+        chosen,
+        out,
+        masks="manual",
+        settings=CHEAP,
+        grid="fast",
+        seed=0,
+        device="cpu",
+        use_age=True,
+    )
+    assert result.summary["postprocessing"]["keep_score"] == 0.35
+    assert manual_run.summary["postprocessing"]["keep_score"] == 0.1
+    (chosen / "detector_config.json").write_text(
+        json.dumps({**record, "postprocessing": {"keep_score": "high"}})
+    )
+    with pytest.raises(RadiomicsTrainingError, match="invalid postprocessing"):
+        train_radiomics(data.samples, chosen, out, masks="manual", settings=CHEAP, device="cpu")

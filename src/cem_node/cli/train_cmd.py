@@ -143,6 +143,40 @@ def _architecture(
     return detector, preprocess
 
 
+def _earlier_record(out: Path) -> dict[str, Any]:
+    """The detector_config.json a resumed run wrote before (empty when none is readable)."""
+    try:
+        record = json.loads((out / DETECTOR_CONFIG).read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _choose_keep_score(out: Path, val_samples, detector_config, preprocess, device: str):
+    """Prepare the validation images and choose the keep score on them (exit 1 on failure)."""
+    from cem_node.pipeline.detector import select_device
+    from cem_node.pipeline.preprocess import PreprocessError
+    from cem_node.training.detector_training import (
+        TrainingError,
+        prepare_sample,
+        select_keep_score,
+    )
+
+    images = []
+    for sample in val_samples:
+        try:
+            images.append(prepare_sample(sample, preprocess))
+        except PreprocessError:
+            continue  # training skipped it too (and logged why)
+    torch_device, _ = select_device(device)
+    try:
+        return select_keep_score(
+            out / DETECTOR_WEIGHTS, detector_config, preprocess, images, out, device=torch_device
+        )
+    except TrainingError as exc:
+        raise fail(f"cannot choose the keep score: {exc}", 1) from None
+
+
 def _split(out: Path, dataset, resume: bool, fractions, seed: int, specs: list[str]):
     from cem_node.training.datasets import DatasetSplit, split
 
@@ -262,6 +296,17 @@ def detector(
             "mask IoU >= 0.1) are drawn this many times as often as the others. 1: off.",
         ),
     ] = 1.0,
+    choose_keep_score: Annotated[
+        bool,
+        typer.Option(
+            "--choose-keep-score",
+            help="After training, choose the keep score (the final detection score cut; the "
+            "paper's is 0.1) on the validation images: the one, from 0.1 to 0.9, with the "
+            "highest mean Dice per image. Recorded in detector_config.json and keep_score.json; "
+            "radiomics training and the bundle use it. With --resume on a finished run, only "
+            "this step runs.",
+        ),
+    ] = False,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
     threads: Annotated[
@@ -363,6 +408,8 @@ def detector(
     for reason in data.skipped[:5]:
         err.print(f"[yellow]skipped:[/yellow] {reason}")
 
+    command = " ".join(["cem-node", *sys.argv[1:]]) if sys.argv else None
+    earlier = _earlier_record(out) if resume else {}
     record: dict[str, Any] = {
         "detector": detector_config.model_dump(mode="json"),
         "preprocessing": preprocess.model_dump(mode="json"),
@@ -370,7 +417,9 @@ def detector(
             "datasets": list(dataset),
             "seed": seed,
             "train_config": train_config.model_dump(mode="json"),
-            "command": " ".join(["cem-node", *sys.argv[1:]]) if sys.argv else None,
+            # a resumed run is described by the command that started it
+            "command": earlier.get("training", {}).get("command") or command,
+            **({"resumed_with": command} if earlier else {}),
         },
     }
     (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
@@ -402,9 +451,22 @@ def detector(
         "train_images": result.train_images,
         "val_images": result.val_images,
         "device": result.device,
-        "pretrained": result.pretrained,
+        # a resumed run starts from its checkpoint: the weights it first started from stay
+        "pretrained": result.pretrained
+        or earlier.get("result", {}).get("pretrained")
+        or (str(train_config.pretrained) if train_config.pretrained else None),
         "hard_examples": result.hard_examples,
     }
+    if choose_keep_score:
+        chosen = _choose_keep_score(out, parts.val, detector_config, preprocess, device.value)
+        record["postprocessing"] = {"keep_score": chosen.keep_score}
+        record["result"]["keep_score"] = chosen.keep_score
+        record["result"]["keep_score_validation"] = {
+            "images_with_lesion": chosen.images_with_lesion,
+            "images_all_found": chosen.images_all_found,
+            "false_positives_per_image": round(chosen.false_positives_per_image, 4),
+            "mean_dice": round(chosen.mean_dice, 4),
+        }
     (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     summary = {
         "out": str(out),
@@ -438,6 +500,15 @@ def detector(
             "hard examples",
             f"{result.hard_examples} of {result.train_images} training images, drawn "
             f"{hard_example_weight:g}x as often ({out / 'hard_examples.json'})",
+        )
+    if "keep_score" in record["result"]:
+        shown = record["result"]["keep_score_validation"]
+        table.add_row(
+            "keep score",
+            f"{record['result']['keep_score']:g}, chosen on the validation images: "
+            f"{shown['images_all_found']}/{shown['images_with_lesion']} lesion images found, "
+            f"{shown['false_positives_per_image']:.2f} false positives per image, mean Dice "
+            f"per image {shown['mean_dice']:.3f} ({out / 'keep_score.json'})",
         )
     table.add_row("weights", summary["weights"])
     table.add_row("config", summary["config"])

@@ -10,7 +10,8 @@ What it reads
 -------------
 The detector folder (``cem-node train detector --out D``):
 ``detector.safetensors`` and ``detector_config.json`` (required),
-``history.json``, ``split.json`` and ``hard_examples.json`` (kept when present).
+``history.json``, ``split.json``, ``hard_examples.json`` and ``keep_score.json``
+(kept when present).
 
 The radiomics folder (``cem-node train radiomics --out R``):
 ``radiomics_model.json``, ``radiomics_features.json``,
@@ -77,7 +78,7 @@ __all__ = [
 
 DETECTOR_FILES = ("detector.safetensors", "detector_config.json")
 """Required in the detector folder."""
-DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json")
+DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json", "keep_score.json")
 RADIOMICS_FILES = (
     "radiomics_model.json",
     "radiomics_features.json",
@@ -355,6 +356,7 @@ def build_manifest(
         "detector_selected_by": det_result.get("selected_by"),
         "detector_pretrained": det_result.get("pretrained"),
         "detector_hard_examples": det_result.get("hard_examples"),
+        "detector_keep_score": det_result.get("keep_score"),
         "radiomics_mask_mode": summary.get("mask_mode"),
         "radiomics_training_lesions": counts.get("training_rows"),
         "radiomics_malignant": by_label.get("malignant"),
@@ -389,6 +391,12 @@ def build_manifest(
             f", the {det_result['hard_examples']} training images they missed a lesion on "
             "drawn more often (hard examples)"
             if det_result.get("hard_examples")
+            else ""
+        )
+        + (
+            f", keep score {det_result['keep_score']:g} chosen on the validation images "
+            "(highest mean Dice per image)"
+            if isinstance(det_result.get("keep_score"), int | float)
             else ""
         )
         + f". Radiomics: XGBoost on {counts.get('training_rows', '?')} lesions "

@@ -47,7 +47,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -66,20 +66,27 @@ __all__ = [
     "CHECKPOINT_JSON",
     "CHECKPOINT_TENSORS",
     "HISTORY",
+    "KEEP_SCORE",
+    "KEEP_SCORE_GRID",
     "PRESETS",
     "AugmentConfig",
     "AugmentParams",
+    "KeepScoreRow",
     "PreparedImage",
     "TrainConfig",
     "TrainResult",
     "TrainingError",
     "augment",
     "boxes_from_masks",
+    "choose_keep_score",
+    "detections_per_image",
     "epoch_order",
     "find_hard_examples",
+    "keep_score_sweep",
     "load_pretrained_weights",
     "prepare_sample",
     "sample_augment_params",
+    "select_keep_score",
     "train_detector",
     "transform_boxes",
 ]
@@ -93,6 +100,9 @@ HISTORY = "history.json"
 CHECKPOINT_FORMAT = "cem-node/detector-checkpoint/v1"
 HARD_EXAMPLES = "hard_examples.json"
 HARD_EXAMPLE_MIN_IOU = 0.1  # the evaluation's hit rule (mask IoU >= 0.1)
+KEEP_SCORE = "keep_score.json"
+# the keep scores tried on the validation images: from the paper's 0.1 up
+KEEP_SCORE_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
 LABEL_IDS = {"benign": 1, "malignant": 2}
 LOSS_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", "loss_rpn_box_reg")
 
@@ -674,9 +684,32 @@ def find_hard_examples(
     images are the un-augmented network images; an image without lesions is
     never hard. ``advance(n)`` is called after each batch of ``n`` images.
     """
+    found = detections_per_image(model, images, postprocess, device, advance)
+    return [
+        image.key
+        for image, detections in zip(images, found, strict=True)
+        if any(
+            _best_iou(lesion, [mask for _, mask in detections]) < HARD_EXAMPLE_MIN_IOU
+            for lesion in image.masks
+        )
+    ]
+
+
+def detections_per_image(
+    model: nn.Module,
+    images: Sequence[PreparedImage],
+    postprocess: PostprocessParams,
+    device: torch.device,
+    advance: Callable[[int], None] = lambda done: None,
+) -> list[list[tuple[float, np.ndarray]]]:
+    """Per image, the ``(score, binary mask)`` of each detection, as inference post-processes them.
+
+    The masks are thresholded at ``postprocess.mask_threshold``, in network-image
+    coordinates; ``advance(n)`` is called after each batch of ``n`` images.
+    """
     from cem_node.pipeline.detector import detect
 
-    hard: list[str] = []
+    out: list[list[tuple[float, np.ndarray]]] = []
     was_training = model.training
     batch = 4
     try:
@@ -689,16 +722,168 @@ def find_hard_examples(
                 device,
                 batch_size=batch,
             )
-            for image, detections in zip(chunk, found, strict=True):
-                predicted = [d.mask_probability >= postprocess.mask_threshold for d in detections]
-                if any(
-                    _best_iou(lesion, predicted) < HARD_EXAMPLE_MIN_IOU for lesion in image.masks
-                ):
-                    hard.append(image.key)
+            for detections in found:
+                out.append(
+                    [
+                        (float(d.score), d.mask_probability >= postprocess.mask_threshold)
+                        for d in detections
+                    ]
+                )
             advance(len(chunk))
     finally:
         model.train(was_training)
-    return hard
+    return out
+
+
+@dataclass(frozen=True)
+class KeepScoreRow:
+    """What one keep score gives on a set of images (lesion hit: mask IoU >= 0.1)."""
+
+    keep_score: float
+    images: int
+    images_with_lesion: int
+    images_all_found: int
+    false_positives: int
+    mean_dice: float
+
+    @property
+    def image_sensitivity(self) -> float:
+        return self.images_all_found / self.images_with_lesion
+
+    @property
+    def false_positives_per_image(self) -> float:
+        return self.false_positives / self.images
+
+
+def keep_score_sweep(
+    lesions: Sequence[Sequence[np.ndarray]],
+    detections: Sequence[Sequence[tuple[float, np.ndarray]]],
+    grid: Sequence[float] = KEEP_SCORE_GRID,
+) -> list[KeepScoreRow]:
+    """Per keep score of ``grid``: the images whose lesions are all found, the false
+    positives, the mean Dice per image (union of the kept masks vs union of the lesions,
+    the evaluation's per-image Dice; 0 when nothing is kept), on the images with a lesion.
+
+    ``lesions[i]`` are image ``i``'s ground-truth masks, ``detections[i]`` its
+    ``(score, mask)`` pairs (:func:`detections_per_image` at a keep score no higher
+    than the grid's lowest). A detection is kept when its score exceeds the keep score,
+    as in inference; a false positive has mask IoU < 0.1 with every lesion.
+
+    Raises
+    ------
+    ValueError
+        When the lists differ in length or no image has a lesion.
+    """
+    if len(lesions) != len(detections):
+        raise ValueError(f"{len(lesions)} lesion lists for {len(detections)} detection lists")
+    with_lesion = sum(1 for masks in lesions if len(masks))
+    if not with_lesion:
+        raise ValueError("no image with a lesion: the keep score cannot be chosen")
+    rows = []
+    for keep in grid:
+        found = false_positives = 0
+        dices = []
+        for masks, dets in zip(lesions, detections, strict=True):
+            kept = [mask for score, mask in dets if score > keep]
+            false_positives += sum(
+                1 for mask in kept if _best_iou(mask, list(masks)) < HARD_EXAMPLE_MIN_IOU
+            )
+            if not len(masks):
+                continue
+            found += all(_best_iou(lesion, kept) >= HARD_EXAMPLE_MIN_IOU for lesion in masks)
+            truth = np.any(np.asarray(masks, dtype=bool), axis=0)
+            predicted = np.any(np.asarray(kept, dtype=bool), axis=0) if kept else None
+            overlap = 0 if predicted is None else int(np.logical_and(truth, predicted).sum())
+            area = int(truth.sum()) + (0 if predicted is None else int(predicted.sum()))
+            dices.append(2.0 * overlap / area if area else 0.0)
+        rows.append(
+            KeepScoreRow(
+                keep_score=float(keep),
+                images=len(lesions),
+                images_with_lesion=with_lesion,
+                images_all_found=found,
+                false_positives=false_positives,
+                mean_dice=float(np.mean(dices)),
+            )
+        )
+    return rows
+
+
+def choose_keep_score(rows: Sequence[KeepScoreRow]) -> KeepScoreRow:
+    """The row with the highest mean Dice per image; on a tie (to 3 decimals), the lowest
+    keep score (the more sensitive).
+
+    Raises
+    ------
+    ValueError
+        When ``rows`` is empty.
+    """
+    if not rows:
+        raise ValueError("no keep score to choose from")
+    return min(rows, key=lambda row: (-round(row.mean_dice, 3), row.keep_score))
+
+
+def select_keep_score(
+    weights: Path,
+    detector_config: DetectorConfig,
+    preprocess: PreprocessParams,
+    val_images: Sequence[PreparedImage],
+    out_dir: Path,
+    postprocess: PostprocessParams | None = None,
+    device: torch.device | None = None,
+    grid: Sequence[float] = KEEP_SCORE_GRID,
+) -> KeepScoreRow:
+    """Choose the detector's keep score on the validation images and write ``keep_score.json``.
+
+    The weights detect once at the grid's lowest keep score; :func:`keep_score_sweep`
+    measures each keep score and :func:`choose_keep_score` takes the one with the
+    highest mean Dice per image. The paper keeps detections scored above 0.1; a
+    detector that scores its doubtful findings higher (after hard-example fine-tuning,
+    say) is better served by its own operating point, chosen on data it was not
+    trained on. ``keep_score.json`` records the rule, every row and the choice.
+
+    Raises
+    ------
+    TrainingError
+        No validation image with a lesion, or weights that cannot be loaded.
+    """
+    from cem_node.pipeline.detector import DetectorError, load_detector
+
+    if not any(len(image.masks) for image in val_images):
+        raise TrainingError(
+            "choosing the keep score needs validation images with lesions: give "
+            "--val-fraction > 0 and a dataset with lesions"
+        )
+    post = (postprocess or PostprocessParams()).model_copy(update={"keep_score": min(grid)})
+    device = device or torch.device("cpu")
+    try:
+        model = load_detector(weights, detector_config, preprocess, post, device)
+    except DetectorError as exc:
+        raise TrainingError(str(exc)) from None
+    found = detections_per_image(model, val_images, post, device)
+    rows = keep_score_sweep([image.masks for image in val_images], found, grid)
+    chosen = choose_keep_score(rows)
+    document = {
+        "rule": (
+            "the keep score with the highest mean Dice per image (union of the kept masks vs "
+            "union of the lesions, 0 when a lesion image keeps nothing) on the validation "
+            "images; ties: the lowest. Hit: mask IoU >= 0.1; false positive: IoU < 0.1 with "
+            "every lesion"
+        ),
+        "weights": str(weights),
+        "validation_images": len(val_images),
+        "keep_score": chosen.keep_score,
+        "rows": [
+            {
+                **asdict(row),
+                "image_sensitivity": row.image_sensitivity,
+                "false_positives_per_image": row.false_positives_per_image,
+            }
+            for row in rows
+        ],
+    }
+    (Path(out_dir) / KEEP_SCORE).write_text(json.dumps(document, indent=2) + "\n")
+    return chosen
 
 
 def _best_iou(mask: np.ndarray, predicted: Sequence[np.ndarray]) -> float:

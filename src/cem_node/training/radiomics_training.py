@@ -265,6 +265,24 @@ def read_detector_run(detector_dir: Path) -> tuple[Path, DetectorConfig, Preproc
     return weights, config, preprocess, record
 
 
+def detector_postprocess(record: Mapping[str, Any]) -> PostprocessParams:
+    """The post-processing a detector run asks for: the defaults, with what its
+    ``detector_config.json`` records under ``postprocessing`` (a chosen keep score).
+
+    Raises
+    ------
+    RadiomicsTrainingError
+        When the recorded values are not valid post-processing parameters.
+    """
+    recorded = record.get("postprocessing") or {}
+    try:
+        return PostprocessParams(**recorded)
+    except (TypeError, ValueError) as exc:
+        raise RadiomicsTrainingError(
+            f"{DETECTOR_CONFIG}: invalid postprocessing {recorded!r}: {exc}"
+        ) from None
+
+
 def read_split_file(path: Path, part: str = "train") -> list[str]:
     """The sample keys that a ``split.json`` (``cem-node train detector``) puts in ``part``.
 
@@ -679,7 +697,8 @@ def train_radiomics(
         The radiomics settings (default :class:`RadiomicsSettings`: the bundle's).
     postprocess
         The detector post-processing (default :class:`PostprocessParams`, the
-        bundle's default).
+        bundle's default, with the detector run's chosen keep score if any:
+        ``cem-node train detector --choose-keep-score``).
     grid, selection, n_features, seed, cv_folds
         As :func:`~cem_node.training.radiomics_model.select_features` and
         :func:`~cem_node.training.radiomics_model.fit_radiomics_classifier`;
@@ -726,8 +745,8 @@ def train_radiomics(
     if cv_folds < 2:
         raise RadiomicsTrainingError(f"cv_folds must be at least 2, got {cv_folds}")
     settings = settings or RadiomicsSettings()
-    post = postprocess or PostprocessParams()
     weights, detector_config, preprocess, detector_record = read_detector_run(detector_dir)
+    post = postprocess or detector_postprocess(detector_record)
     if not samples:
         raise RadiomicsTrainingError("no training sample")
     out = Path(out_dir)
