@@ -60,6 +60,7 @@ from cem_node.pipeline.detector import build_detector, save_detector_weights, se
 from cem_node.pipeline.params import DetectorConfig, PostprocessParams, PreprocessParams
 from cem_node.pipeline.preprocess import PreprocessError, preprocess_pair
 from cem_node.training.datasets import Sample
+from cem_node.training.metrics import HIT_RULES, dice, iou_matrix
 
 __all__ = [
     "BEST_WEIGHTS",
@@ -99,7 +100,7 @@ CHECKPOINT_JSON = "last.json"
 HISTORY = "history.json"
 CHECKPOINT_FORMAT = "cem-node/detector-checkpoint/v1"
 HARD_EXAMPLES = "hard_examples.json"
-HARD_EXAMPLE_MIN_IOU = 0.1  # the evaluation's hit rule (mask IoU >= 0.1)
+HIT_IOU = HIT_RULES["iou>=0.1"]  # the evaluation's primary hit rule
 KEEP_SCORE = "keep_score.json"
 # the keep scores tried on the validation images: from the paper's 0.1 up
 KEEP_SCORE_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
@@ -688,10 +689,7 @@ def find_hard_examples(
     return [
         image.key
         for image, detections in zip(images, found, strict=True)
-        if any(
-            _best_iou(lesion, [mask for _, mask in detections]) < HARD_EXAMPLE_MIN_IOU
-            for lesion in image.masks
-        )
+        if not _all_found(iou_matrix([mask for _, mask in detections], image.masks))
     ]
 
 
@@ -779,23 +777,27 @@ def keep_score_sweep(
     with_lesion = sum(1 for masks in lesions if len(masks))
     if not with_lesion:
         raise ValueError("no image with a lesion: the keep score cannot be chosen")
+    # the IoUs of every detection with every lesion, once per image; a keep score picks rows
+    ious = [
+        iou_matrix([mask for _, mask in dets], masks)
+        for masks, dets in zip(lesions, detections, strict=True)
+    ]
     rows = []
     for keep in grid:
         found = false_positives = 0
         dices = []
-        for masks, dets in zip(lesions, detections, strict=True):
-            kept = [mask for score, mask in dets if score > keep]
-            false_positives += sum(
-                1 for mask in kept if _best_iou(mask, list(masks)) < HARD_EXAMPLE_MIN_IOU
-            )
+        for masks, dets, iou in zip(lesions, detections, ious, strict=True):
+            kept = [i for i, (score, _) in enumerate(dets) if score > keep]
+            kept_iou = iou[kept]
+            false_positives += int((kept_iou.max(axis=1, initial=0.0) < HIT_IOU).sum())
             if not len(masks):
                 continue
-            found += all(_best_iou(lesion, kept) >= HARD_EXAMPLE_MIN_IOU for lesion in masks)
+            found += _all_found(kept_iou)
             truth = np.any(np.asarray(masks, dtype=bool), axis=0)
-            predicted = np.any(np.asarray(kept, dtype=bool), axis=0) if kept else None
-            overlap = 0 if predicted is None else int(np.logical_and(truth, predicted).sum())
-            area = int(truth.sum()) + (0 if predicted is None else int(predicted.sum()))
-            dices.append(2.0 * overlap / area if area else 0.0)
+            predicted = np.zeros_like(truth)
+            for i in kept:
+                np.logical_or(predicted, dets[i][1], out=predicted)
+            dices.append(dice(truth, predicted))
         rows.append(
             KeepScoreRow(
                 keep_score=float(keep),
@@ -886,13 +888,9 @@ def select_keep_score(
     return chosen
 
 
-def _best_iou(mask: np.ndarray, predicted: Sequence[np.ndarray]) -> float:
-    best = 0.0
-    for other in predicted:
-        union = np.logical_or(mask, other).sum()
-        if union:
-            best = max(best, float(np.logical_and(mask, other).sum() / union))
-    return best
+def _all_found(iou: np.ndarray) -> bool:
+    """Whether every lesion (column) has a detection (row) with IoU >= the hit threshold."""
+    return bool((iou.max(axis=0, initial=0.0) >= HIT_IOU).all())
 
 
 def _set_batchnorm_eval(model: nn.Module) -> None:
@@ -1253,7 +1251,7 @@ def _hard_examples(
     document = {
         "rule": (
             f"a lesion without a detection scored above {post.keep_score} whose mask has IoU >= "
-            f"{HARD_EXAMPLE_MIN_IOU} with it, for the starting weights {cfg.pretrained}"
+            f"{HIT_IOU} with it, for the starting weights {cfg.pretrained}"
         ),
         "weight": cfg.hard_example_weight,
         "train_images": len(train_images),
