@@ -30,7 +30,7 @@ from cem_node.training.detector_training import (
     TrainingError,
     augment,
     boxes_from_masks,
-    choose_keep_score,
+    choose_operating_point,
     epoch_order,
     find_hard_examples,
     keep_score_sweep,
@@ -38,6 +38,7 @@ from cem_node.training.detector_training import (
     load_pretrained_weights,
     prepare_sample,
     sample_augment_params,
+    scaled_preprocess,
     train_detector,
     transform_boxes,
 )
@@ -337,12 +338,11 @@ def test_cli_train_detector(
     chosen = runner.invoke(app, again_args)
     assert chosen.exit_code == 0, chosen.output
     assert len(json.loads((out / "history.json").read_text())["epochs"]) == 2
-    sweep = json.loads((out / "keep_score.json").read_text())
+    sweep = json.loads((out / "operating_point.json").read_text())
     assert [row["keep_score"] for row in sweep["rows"]] == list(KEEP_SCORE_GRID)
-    best = max(row["mean_dice"] for row in sweep["rows"])
-    assert sweep["keep_score"] == min(
-        row["keep_score"] for row in sweep["rows"] if round(row["mean_dice"], 3) == round(best, 3)
-    )
+    assert {row["short_side"] for row in sweep["rows"]} == {128}
+    assert sweep["rule"] == "sensitivity"
+    assert (sweep["keep_score"], sweep["short_side"]) == _sensitivity_first(sweep["rows"])
     record = json.loads((out / "detector_config.json").read_text())
     assert record["postprocessing"] == {"keep_score": sweep["keep_score"]}
     assert record["result"]["keep_score"] == sweep["keep_score"]
@@ -353,6 +353,51 @@ def test_cli_train_detector(
     with pytest.raises(RadiomicsTrainingError, match="invalid postprocessing"):
         detector_postprocess({"postprocessing": {"keep_score": 2.0}})
 
+    # the input size too, by the standalone command: inference may use another short side
+    # than training; the trained one stays where --resume reads it
+    bad_sides = runner.invoke(
+        app, ["train", "operating-point", "--detector", str(out), "--choose-short-side", "9,x"]
+    )
+    assert bad_sides.exit_code == 2 and "comma-separated" in bad_sides.output
+    op_args = [
+        "train",
+        "operating-point",
+        "--detector",
+        str(out),
+        "--choose-short-side",
+        "96,128,160",
+        "--device",
+        "cpu",
+        "--cache-dir",
+        str(cache),
+        "--no-progress",
+        "--json",
+    ]
+    monkeypatch.setattr("sys.argv", ["cem-node", *op_args])
+    chosen = runner.invoke(app, op_args)
+    assert chosen.exit_code == 0, chosen.output
+    picked = json.loads(chosen.stdout[chosen.stdout.index("{") :])
+    sweep = json.loads((out / "operating_point.json").read_text())
+    assert sweep["short_sides"] == [96, 128, 160] and sweep["trained_short_side"] == 128
+    assert len(sweep["rows"]) == 3 * len(KEEP_SCORE_GRID)
+    assert (picked["keep_score"], picked["short_side"]) == _sensitivity_first(sweep["rows"])
+    record = json.loads((out / "detector_config.json").read_text())
+    assert record["preprocessing"]["short_side"] == picked["short_side"]
+    assert record["preprocessing"]["max_long_side"] == sweep["max_long_side"]
+    assert record["training"]["preprocessing"]["short_side"] == 128
+    assert record["result"]["trained_short_side"] == 128
+    assert record["postprocessing"] == {"keep_score": picked["keep_score"]}
+    assert record["training"]["operating_point_command"].startswith("cem-node train operating")
+    # the training's own options still resume it
+    monkeypatch.setattr("sys.argv", ["cem-node", *base, "--epochs", "2", "--resume"])
+    again = runner.invoke(app, [*base, "--epochs", "2", "--resume", "--choose-short-side", "128"])
+    assert again.exit_code == 0, again.output
+    record = json.loads((out / "detector_config.json").read_text())
+    assert record["preprocessing"]["short_side"] == 128
+    assert record["result"]["short_sides_tried"] == [128]
+    no_dir = runner.invoke(app, ["train", "operating-point", "--detector", str(tmp_path)])
+    assert no_dir.exit_code == 2 and "detector_config.json: missing" in no_dir.output
+
     other = ["--out", str(tmp_path / "other"), "--epochs", "1"]
     bad = runner.invoke(app, [*base[:3], "synthetic:zero", *base[4:], *other])
     assert bad.exit_code == 2 and "must be a whole number" in bad.output
@@ -361,6 +406,17 @@ def test_cli_train_detector(
     assert missing.exit_code == 2 and "none.csv" in missing.output
     unmined = runner.invoke(app, [*base, *other, "--hard-example-weight", "3"])
     assert unmined.exit_code == 2 and "--pretrained" in unmined.output
+
+
+def _sensitivity_first(rows: list[dict]) -> tuple[float, int]:
+    """The (keep score, short side) that the default operating rule should pick from rows."""
+    most = max(row["images_all_found"] for row in rows)
+    best = max(round(row["mean_dice"], 3) for row in rows if row["images_all_found"] == most)
+    return min(
+        (row["keep_score"], row["short_side"])
+        for row in rows
+        if row["images_all_found"] == most and round(row["mean_dice"], 3) == best
+    )
 
 
 # --- hard-example mining ----------------------------------------------------------------------
@@ -511,18 +567,51 @@ def test_keep_score_sweep_counts_hits_false_positives_and_dice() -> None:
         [(with_false_positive + 1) / 2, with_false_positive / 2, 0.5]
     )
     assert rows[0].image_sensitivity == 1.0 and rows[2].false_positives_per_image == 1 / 3
-    assert choose_keep_score(rows).keep_score == 0.1
+    assert choose_operating_point(rows).keep_score == 0.1
     with pytest.raises(ValueError, match="no image with a lesion"):
         keep_score_sweep([[]], [[(0.5, speck)]])
     with pytest.raises(ValueError, match="2 lesion lists for 1"):
         keep_score_sweep(lesions[:2], detections[:1])
 
 
-def test_choose_keep_score_prefers_the_lower_score_on_a_tie() -> None:
-    def row(keep: float, dice: float) -> KeepScoreRow:
-        return KeepScoreRow(keep, 10, 5, 5, 0, dice)
+def test_choose_operating_point_by_dice_prefers_the_lower_score_then_the_smaller_side() -> None:
+    def row(keep: float, dice: float, side: int | None = None) -> KeepScoreRow:
+        return KeepScoreRow(keep, 10, 5, 5, 0, dice, side)
 
-    assert choose_keep_score([row(0.1, 0.80), row(0.4, 0.85), row(0.5, 0.85)]).keep_score == 0.4
-    assert choose_keep_score([row(0.2, 0.8501), row(0.3, 0.8503)]).keep_score == 0.2
-    with pytest.raises(ValueError, match="no keep score"):
-        choose_keep_score([])
+    def by_dice(rows: list[KeepScoreRow]) -> KeepScoreRow:
+        return choose_operating_point(rows, "dice")
+
+    assert by_dice([row(0.1, 0.80), row(0.4, 0.85), row(0.5, 0.85)]).keep_score == 0.4
+    assert by_dice([row(0.2, 0.8501), row(0.3, 0.8503)]).keep_score == 0.2
+    sides = [row(0.3, 0.90, 384), row(0.3, 0.9004, 320), row(0.2, 0.88, 512), row(0.4, 0.90, 320)]
+    assert (by_dice(sides).short_side, by_dice(sides).keep_score) == (320, 0.3)
+    assert by_dice([row(0.3, 0.87, 320), row(0.4, 0.91, 512), row(0.2, 0.9, 448)]).short_side == 512
+    with pytest.raises(ValueError, match="no operating point"):
+        by_dice([])
+    with pytest.raises(ValueError, match="unknown operating rule 'f1'"):
+        choose_operating_point([row(0.1, 0.8)], "f1")  # type: ignore[arg-type]
+
+
+def test_choose_operating_point_by_sensitivity_finds_most_then_best_dice() -> None:
+    def row(keep: float, found: int, dice: float, side: int = 320) -> KeepScoreRow:
+        return KeepScoreRow(keep, 20, 10, found, 0, dice, side)
+
+    # the demo detector's shape: a higher keep score has the best Dice but misses one more
+    rows = [row(0.1, 10, 0.86), row(0.3, 10, 0.91, 512), row(0.55, 9, 0.92, 512)]
+    assert choose_operating_point(rows).keep_score == 0.3
+    assert choose_operating_point(rows, "dice").keep_score == 0.55
+    # among equally sensitive points Dice decides, then the lower score, then the smaller side
+    tied = [row(0.2, 10, 0.9001, 448), row(0.2, 10, 0.9003, 384), row(0.3, 10, 0.90, 320)]
+    assert choose_operating_point(tied).short_side == 384
+
+
+def test_scaled_preprocess_keeps_the_aspect_cap() -> None:
+    trained = PreprocessParams(short_side=320, max_long_side=533)
+    assert scaled_preprocess(trained, 512).model_dump() == {
+        **trained.model_dump(),
+        "short_side": 512,
+        "max_long_side": 853,
+    }
+    assert scaled_preprocess(trained, 320) == trained
+    square = PreprocessParams(short_side=100, max_long_side=100)
+    assert scaled_preprocess(square, 64).max_long_side == 64

@@ -321,6 +321,31 @@ def test_every_number_in_report_json_has_a_ci_or_a_reason(evaluated) -> None:
     assert _assert_numbers_have_a_ci_or_a_reason(document) > 50
 
 
+def test_the_bundle_manifest_takes_the_reports_figures_with_their_intervals(evaluated) -> None:
+    """`models import --metrics report.json` records the figures of a real report."""
+    from cem_node.models.packing import metrics_from_report
+
+    out, result = evaluated
+    assert result.exit_code == 0, result.output
+    document = json.loads((out / "report.json").read_text())
+    metrics = metrics_from_report(out / "report.json")
+    per_image = document["table2"]["iou>=0.1"]["per_image"]
+    sensitivity = per_image["sensitivity"]
+    assert metrics["table2_iou_0_1_per_image_sensitivity"] == sensitivity["value"]
+    low, high = sensitivity["ci"]
+    assert metrics["table2_iou_0_1_per_image_sensitivity_ci95"] == f"[{low:.4g}, {high:.4g}]"
+    assert metrics["table2_per_image_mean_dice"] == per_image["mean_dice"]["value"]
+    fp = document["false_positives"]["iou>=0.1"]["false_positives_per_image"]
+    assert metrics["false_positives_per_image_iou_0_1"] == fp["value"]
+    # every headline number that has an interval in the report has one in the manifest
+    for item in document["paper"]["headline"]:
+        ours = item["ours"]
+        if ours.get("ci"):
+            keys = [k for k, v in metrics.items() if v == ours["value"]]
+            assert any(f"{k}_ci95" in metrics for k in keys), item["ours_path"]
+    assert metrics["evaluation_dataset"] == "synthetic:1:5:256x320"
+
+
 def test_no_benign_lesion_is_stated_instead_of_a_number(evaluated) -> None:
     out, result = evaluated
     assert result.exit_code == 0, result.output

@@ -199,10 +199,12 @@ def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
     record = json.loads(config_path.read_text())
     record["result"] |= {"pretrained": "stage1/best.safetensors (346 of 346 tensors)"}
     record["result"] |= {"hard_examples": 25, "keep_score": 0.45}
+    record["result"] |= {"short_side": 512, "trained_short_side": 320}
+    record["training"]["operating_point_command"] = "cem-node train operating-point --detector d"
     config_path.write_text(json.dumps(record))
     hard = {"rule": "misses", "weight": 4.0, "train_images": 12, "hard": ["a"]}
     (run / "detector" / "hard_examples.json").write_text(json.dumps(hard))
-    (run / "detector" / "keep_score.json").write_text(json.dumps({"keep_score": 0.45}))
+    (run / "detector" / "operating_point.json").write_text(json.dumps({"keep_score": 0.45}))
     models = tmp_path / "models"
     cli_json(
         "import", str(run), "--name", "tuned", "--version", "1.0.0", "--models-dir", str(models)
@@ -213,9 +215,17 @@ def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
     assert m.training.data["detector_hard_examples"] == 25
     assert m.training.data["detector_pretrained"].startswith("stage1/best.safetensors")
     assert "training/hard_examples.json" in m.files
-    assert "keep score 0.45 chosen on the validation images" in m.training.description
+    assert (
+        "input short side 512 (trained at 320) and keep score 0.45 chosen on the validation images"
+        in m.training.description
+    )
     assert m.training.data["detector_keep_score"] == 0.45
-    assert "training/keep_score.json" in m.files
+    assert m.training.data["detector_short_side"] == 512
+    assert m.training.data["detector_trained_short_side"] == 320
+    assert "training/operating_point.json" in m.files
+    # the command that reproduces the bundle runs the three steps in order
+    steps = m.training.command.split(" && ")
+    assert [step.split()[2] for step in steps] == ["detector", "operating-point", "radiomics"]
 
 
 def test_pack_explicit_runs_as_float16_with_metrics(run: Path, tmp_path: Path) -> None:
@@ -230,12 +240,12 @@ def test_pack_explicit_runs_as_float16_with_metrics(run: Path, tmp_path: Path) -
                         {
                             "measure": "AUC",
                             "ours_path": "table3.manual.lesion.rows.fused.metrics.auc",
-                            "ours": {"value": 0.875, "ci_low": 0.8, "ci_high": 0.93},
+                            "ours": {"value": 0.875, "ci": [0.8, 0.93]},
                         },
                         {
                             "measure": "sensitivity",
                             "ours_path": "table2.iou>=0.1.per_lesion.sensitivity",
-                            "ours": {"value": 0.9, "ci_low": None, "ci_high": None},
+                            "ours": {"value": 0.9, "ci": None},
                         },
                         {
                             "measure": "undefined",

@@ -7,6 +7,9 @@ the images are split by patient (``DIR/split.json``), trained as
 best epoch's weights are written to ``DIR/detector.safetensors`` with the
 architecture and preprocessing in ``DIR/detector_config.json``.
 
+``cem-node train operating-point`` chooses a trained detector's keep score (and,
+optionally, its input size) on the validation patients of that split.
+
 ``cem-node train radiomics`` trains the radiomics classifier on the train part
 of that split, with the detector run as the analysis runs it, and chooses the
 decision thresholds (:func:`cem_node.training.radiomics_training.train_radiomics`).
@@ -40,6 +43,7 @@ app = typer.Typer(
 DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_CONFIG = "detector_config.json"
 SPLIT_FILE = "split.json"
+OPERATING_POINT_FILE = "operating_point.json"
 
 #: Architecture and input size each preset starts from (options override them).
 PRESET_ARCHITECTURE: dict[str, dict[str, Any]] = {
@@ -68,6 +72,35 @@ class Backbone(StrEnum):
     resnet101_fpn = "resnet101_fpn"
     resnet50_fpn_v2 = "resnet50_fpn_v2"
     mobilenet_v3_lite = "mobilenet_v3_lite"
+
+
+class OperatingRule(StrEnum):
+    sensitivity = "sensitivity"
+    dice = "dice"
+
+
+OPERATING_RULE_HELP = (
+    "How the operating point is chosen on the validation images: 'sensitivity', the most "
+    "images whose lesions are all found, then the highest mean Dice per image; 'dice', the "
+    "highest mean Dice per image (fewer false positives, at the risk of a keep score on the "
+    "edge of a drop in sensitivity)."
+)
+
+
+#: Options the training commands share.
+ThreadsOption = Annotated[
+    int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
+]
+CacheDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        file_okay=False,
+        help="Where synthetic datasets are generated (default: ~/.cache/cem-node/datasets).",
+    ),
+]
+ProgressOption = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
+]
 
 
 class Device(StrEnum):
@@ -103,8 +136,11 @@ def _architecture(
         try:
             record = json.loads(stored.read_text())
             detector = DetectorConfig.model_validate(record["detector"])
-            preprocess = PreprocessParams.model_validate(record["preprocessing"])
-        except (OSError, ValueError, KeyError) as exc:
+            # the input the detector was trained on (an operating point may have changed the
+            # one inference uses, under "preprocessing")
+            trained = (record.get("training") or {}).get("preprocessing")
+            preprocess = PreprocessParams.model_validate(trained or record["preprocessing"])
+        except (OSError, ValueError, KeyError, AttributeError) as exc:
             raise fail(f"cannot read {stored}: {_pydantic_message(exc)}", 2) from None
         given = {
             "backbone": backbone.value if backbone else None,
@@ -152,29 +188,86 @@ def _earlier_record(out: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def _choose_keep_score(out: Path, val_samples, detector_config, preprocess, device: str):
-    """Prepare the validation images and choose the keep score on them (exit 1 on failure)."""
+def _short_sides(text: str | None) -> list[int] | None:
+    """``--choose-short-side 320,384,448`` as a list of ints (exit 2 when malformed)."""
+    if text is None:
+        return None
+    try:
+        sides = sorted({int(part) for part in text.split(",") if part.strip()})
+    except ValueError:
+        raise fail(f"--choose-short-side: comma-separated pixel counts, got {text!r}", 2) from None
+    if not sides or min(sides) < 32:
+        raise fail(f"--choose-short-side: pixel counts of at least 32, got {text!r}", 2)
+    return sides
+
+
+def _choose_operating_point(
+    out: Path,
+    record: dict[str, Any],
+    val_samples,
+    detector_config,
+    preprocess,
+    device: str,
+    short_sides: list[int] | None,
+    rule: OperatingRule = OperatingRule.sensitivity,
+):
+    """Choose the operating point on the validation samples and write it into ``record``
+    (exit 1 on failure): ``preprocessing`` becomes what inference uses, the trained one
+    stays under ``training.preprocessing``."""
     from cem_node.pipeline.detector import select_device
-    from cem_node.pipeline.preprocess import PreprocessError
     from cem_node.training.detector_training import (
         TrainingError,
-        prepare_sample,
-        select_keep_score,
+        scaled_preprocess,
+        select_operating_point,
     )
 
-    images = []
-    for sample in val_samples:
-        try:
-            images.append(prepare_sample(sample, preprocess))
-        except PreprocessError:
-            continue  # training skipped it too (and logged why)
     torch_device, _ = select_device(device)
     try:
-        return select_keep_score(
-            out / DETECTOR_WEIGHTS, detector_config, preprocess, images, out, device=torch_device
+        chosen = select_operating_point(
+            out / DETECTOR_WEIGHTS,
+            detector_config,
+            preprocess,
+            val_samples,
+            out,
+            short_sides=short_sides,
+            device=torch_device,
+            rule=rule.value,
         )
     except TrainingError as exc:
-        raise fail(f"cannot choose the keep score: {exc}", 1) from None
+        raise fail(f"cannot choose the operating point: {exc}", 1) from None
+    inference = scaled_preprocess(preprocess, chosen.short_side or preprocess.short_side)
+    record.setdefault("training", {})["preprocessing"] = preprocess.model_dump(mode="json")
+    record["preprocessing"] = inference.model_dump(mode="json")
+    record["postprocessing"] = {"keep_score": chosen.keep_score}
+    result = record.setdefault("result", {})
+    result["keep_score"] = chosen.keep_score
+    result["short_side"] = inference.short_side
+    result["trained_short_side"] = preprocess.short_side
+    result["short_sides_tried"] = short_sides or [preprocess.short_side]
+    result["operating_rule"] = rule.value
+    result["operating_point_validation"] = {
+        "images_with_lesion": chosen.images_with_lesion,
+        "images_all_found": chosen.images_all_found,
+        "false_positives_per_image": round(chosen.false_positives_per_image, 4),
+        "mean_dice": round(chosen.mean_dice, 4),
+    }
+    return chosen
+
+
+def _operating_point_row(out: Path, record: dict[str, Any]) -> str:
+    result = record["result"]
+    shown = result["operating_point_validation"]
+    side = (
+        f"input short side {result['short_side']} (trained at {result['trained_short_side']}), "
+        if len(result.get("short_sides_tried") or []) > 1
+        else ""
+    )
+    return (
+        f"{side}keep score {result['keep_score']:g}, chosen on the validation images: "
+        f"{shown['images_all_found']}/{shown['images_with_lesion']} lesion images found, "
+        f"{shown['false_positives_per_image']:.2f} false positives per image, mean Dice "
+        f"per image {shown['mean_dice']:.3f} ({out / OPERATING_POINT_FILE})"
+    )
 
 
 def _split(out: Path, dataset, resume: bool, fractions, seed: int, specs: list[str]):
@@ -301,31 +394,34 @@ def detector(
         typer.Option(
             "--choose-keep-score",
             help="After training, choose the keep score (the final detection score cut; the "
-            "paper's is 0.1) on the validation images: the one, from 0.1 to 0.9, with the "
-            "highest mean Dice per image. Recorded in detector_config.json and keep_score.json; "
-            "radiomics training and the bundle use it. With --resume on a finished run, only "
-            "this step runs.",
+            "paper's is 0.1) on the validation images, from 0.1 to 0.9, by --operating-rule. "
+            "Recorded in detector_config.json and "
+            "operating_point.json; radiomics training and the bundle use it. With --resume on "
+            "a finished run, only this step runs (or use 'cem-node train operating-point').",
         ),
     ] = False,
+    choose_short_side: Annotated[
+        str | None,
+        typer.Option(
+            "--choose-short-side",
+            metavar="SIDES",
+            help="With the keep score, choose the network input's short side for inference "
+            "among these (comma-separated pixels, e.g. 320,384,448,512) on the validation "
+            "images, by the same rule. Implies --choose-keep-score.",
+        ),
+    ] = None,
+    operating_rule: Annotated[
+        OperatingRule, typer.Option(help=OPERATING_RULE_HELP)
+    ] = OperatingRule.sensitivity,
     device: Annotated[Device, typer.Option(help="Where to train.")] = Device.auto,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
-    ] = None,
+    threads: ThreadsOption = None,
     max_steps: Annotated[
         int | None,
         typer.Option(min=1, help="Stop each epoch after this many steps (smoke tests)."),
     ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            file_okay=False,
-            help="Where synthetic datasets are generated (default: ~/.cache/cem-node/datasets).",
-        ),
-    ] = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
+    cache_dir: CacheDirOption = None,
+    progress: ProgressOption = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train the lesion detector (Mask R-CNN, classes benign / malignant).
@@ -357,6 +453,7 @@ def detector(
             "with --pretrained",
             2,
         )
+    sides = _short_sides(choose_short_side)
     detector_config, preprocess = _architecture(
         out,
         resume,
@@ -457,16 +554,10 @@ def detector(
         or (str(train_config.pretrained) if train_config.pretrained else None),
         "hard_examples": result.hard_examples,
     }
-    if choose_keep_score:
-        chosen = _choose_keep_score(out, parts.val, detector_config, preprocess, device.value)
-        record["postprocessing"] = {"keep_score": chosen.keep_score}
-        record["result"]["keep_score"] = chosen.keep_score
-        record["result"]["keep_score_validation"] = {
-            "images_with_lesion": chosen.images_with_lesion,
-            "images_all_found": chosen.images_all_found,
-            "false_positives_per_image": round(chosen.false_positives_per_image, 4),
-            "mean_dice": round(chosen.mean_dice, 4),
-        }
+    if choose_keep_score or sides is not None:
+        _choose_operating_point(
+            out, record, parts.val, detector_config, preprocess, device.value, sides, operating_rule
+        )
     (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
     summary = {
         "out": str(out),
@@ -501,15 +592,8 @@ def detector(
             f"{result.hard_examples} of {result.train_images} training images, drawn "
             f"{hard_example_weight:g}x as often ({out / 'hard_examples.json'})",
         )
-    if "keep_score" in record["result"]:
-        shown = record["result"]["keep_score_validation"]
-        table.add_row(
-            "keep score",
-            f"{record['result']['keep_score']:g}, chosen on the validation images: "
-            f"{shown['images_all_found']}/{shown['images_with_lesion']} lesion images found, "
-            f"{shown['false_positives_per_image']:.2f} false positives per image, mean Dice "
-            f"per image {shown['mean_dice']:.3f} ({out / 'keep_score.json'})",
-        )
+    if "operating_point_validation" in record["result"]:
+        table.add_row("operating point", _operating_point_row(out, record))
     table.add_row("weights", summary["weights"])
     table.add_row("config", summary["config"])
     table.add_row("time", f"{summary['seconds']:.1f} s")
@@ -565,6 +649,107 @@ def _read_ages(path: Path) -> dict[str, float]:
     except OSError as exc:
         raise fail(f"cannot read --ages {path}: {exc}", 2) from None
     return ages
+
+
+@app.command("operating-point")
+def operating_point(
+    detector_dir: Annotated[
+        Path,
+        typer.Option(
+            "--detector",
+            file_okay=False,
+            help="The detector folder (the --out of 'cem-node train detector').",
+        ),
+    ],
+    dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="The dataset SPEC(s) the detector was trained on (default: those its "
+            "detector_config.json names); the validation patients come from its split.json.",
+        ),
+    ] = None,
+    short_sides: Annotated[
+        str | None,
+        typer.Option(
+            "--choose-short-side",
+            metavar="SIDES",
+            help="Input short sides to try (comma-separated pixels; default: the trained one).",
+        ),
+    ] = None,
+    rule: Annotated[
+        OperatingRule, typer.Option("--operating-rule", help=OPERATING_RULE_HELP)
+    ] = OperatingRule.sensitivity,
+    device: Annotated[Device, typer.Option(help="Where to detect.")] = Device.auto,
+    threads: ThreadsOption = None,
+    cache_dir: CacheDirOption = None,
+    progress: ProgressOption = True,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the choice as JSON.")] = False,
+) -> None:
+    """Choose a trained detector's operating point on its validation patients.
+
+    The keep score (the final detection score cut) and, with --choose-short-side, the
+    network input's short side, by --operating-rule, measured on the source images
+    (ties: the lowest keep score, then the smallest side). Written to
+    DIR/operating_point.json and DIR/detector_config.json, where 'train radiomics' and
+    'models import' read it; the weights are not changed.
+    """
+    from rich.console import Console
+
+    from cem_node.pipeline.params import DetectorConfig, PreprocessParams
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.evaluation import select_from_split_file
+
+    err = Console(stderr=True)
+    config_path = detector_dir / DETECTOR_CONFIG
+    for needed in (config_path, detector_dir / DETECTOR_WEIGHTS, detector_dir / SPLIT_FILE):
+        if not needed.is_file():
+            raise fail(
+                f"{needed}: missing: --detector must be a 'cem-node train detector' folder", 2
+            )
+    try:
+        record = json.loads(config_path.read_text())
+        training = record.get("training") or {}
+        detector_config = DetectorConfig.model_validate(record["detector"])
+        preprocess = PreprocessParams.model_validate(
+            training.get("preprocessing") or record["preprocessing"]
+        )
+    except (OSError, ValueError, KeyError, AttributeError) as exc:
+        raise fail(f"cannot read {config_path}: {_pydantic_message(exc)}", 2) from None
+    specs = list(dataset or training.get("datasets") or [])
+    if not specs:
+        raise fail(f"{config_path} names no dataset: give --dataset", 2)
+    sides = _short_sides(short_sides)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    with _progress_bars(err, progress) as report:
+        data = _load(specs, cache_dir, report)
+    try:
+        val_samples = select_from_split_file(data, detector_dir / SPLIT_FILE, "val")
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    started = time.perf_counter()
+    _choose_operating_point(
+        detector_dir, record, val_samples, detector_config, preprocess, device.value, sides, rule
+    )
+    command = " ".join(["cem-node", *sys.argv[1:]]) if sys.argv else None
+    record.setdefault("training", {})["operating_point_command"] = command
+    config_path.write_text(json.dumps(record, indent=2) + "\n")
+    result = record["result"]
+    summary = {
+        "detector": str(detector_dir),
+        "keep_score": result["keep_score"],
+        "short_side": result["short_side"],
+        "trained_short_side": result["trained_short_side"],
+        "validation": result["operating_point_validation"],
+        "sweep": str(detector_dir / OPERATING_POINT_FILE),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    console().print(f"operating point: {_operating_point_row(detector_dir, record)}")
 
 
 @app.command("radiomics")
@@ -648,19 +833,9 @@ def radiomics(
     ] = 1,
     seed: Annotated[int, typer.Option(min=0, help="Seed of the selection, folds, XGBoost.")] = 0,
     device: Annotated[Device, typer.Option(help="Where the detector runs.")] = Device.auto,
-    threads: Annotated[
-        int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's).")
-    ] = None,
-    cache_dir: Annotated[
-        Path | None,
-        typer.Option(
-            file_okay=False,
-            help="Where synthetic datasets are generated (default: ~/.cache/cem-node/datasets).",
-        ),
-    ] = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
+    threads: ThreadsOption = None,
+    cache_dir: CacheDirOption = None,
+    progress: ProgressOption = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Train the radiomics classifier on the detector's training images; choose the thresholds.

@@ -10,7 +10,7 @@ What it reads
 -------------
 The detector folder (``cem-node train detector --out D``):
 ``detector.safetensors`` and ``detector_config.json`` (required),
-``history.json``, ``split.json``, ``hard_examples.json`` and ``keep_score.json``
+``history.json``, ``split.json``, ``hard_examples.json`` and ``operating_point.json``
 (kept when present).
 
 The radiomics folder (``cem-node train radiomics --out R``):
@@ -78,7 +78,7 @@ __all__ = [
 
 DETECTOR_FILES = ("detector.safetensors", "detector_config.json")
 """Required in the detector folder."""
-DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json", "keep_score.json")
+DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json", "operating_point.json")
 RADIOMICS_FILES = (
     "radiomics_model.json",
     "radiomics_features.json",
@@ -119,6 +119,24 @@ def find_training_run(source: Path) -> tuple[Path, Path] | None:
 
 
 # --- reading the runs ----------------------------------------------------------------------------
+
+
+def _operating_point_text(result: Mapping[str, Any]) -> str:
+    """The description's words for an operating point chosen on the validation images."""
+    keep = result.get("keep_score")
+    if not isinstance(keep, int | float):
+        return ""
+    side, trained = result.get("short_side"), result.get("trained_short_side")
+    resized = (
+        f"input short side {side} (trained at {trained}) and "
+        if isinstance(side, int) and isinstance(trained, int) and side != trained
+        else ""
+    )
+    rule = {
+        "sensitivity": "most images with every lesion found, then highest mean Dice per image",
+        "dice": "highest mean Dice per image",
+    }.get(str(result.get("operating_rule") or "dice"), "highest mean Dice per image")
+    return f", {resized}keep score {keep:g} chosen on the validation images ({rule})"
 
 
 def _require_files(folder: Path, names: tuple[str, ...], what: str) -> None:
@@ -194,6 +212,28 @@ def _scalar(value: Any) -> bool | int | float | str | None:
 # --- metrics ------------------------------------------------------------------------------------
 
 
+#: Figures of an evaluation report recorded besides the paper's headline: the per-image
+#: identification and segmentation figures a detector is usually judged by.
+PER_IMAGE_METRICS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("table2_iou_0_1_per_image_sensitivity", ("table2", "iou>=0.1", "per_image", "sensitivity")),
+    ("table2_per_image_mean_dice", ("table2", "iou>=0.1", "per_image", "mean_dice")),
+    (
+        "false_positives_per_image_iou_0_1",
+        ("false_positives", "iou>=0.1", "false_positives_per_image"),
+    ),
+)
+
+
+def _report_value(document: Mapping[str, Any], path: tuple[str, ...]) -> Any:
+    """The value at ``path`` (keys) in a report, or None where a key is missing."""
+    value: Any = document
+    for key in path:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
 def _metric_key(path: str) -> str:
     parts = [p for p in str(path).split(".") if p not in ("rows", "metrics")]
     return "_".join(re.sub(r"[^a-z0-9]+", "_", p.lower()).strip("_") for p in parts)
@@ -203,9 +243,10 @@ def metrics_from_report(path: Path) -> dict[str, float | str]:
     """The ``[metrics]`` table from an evaluation report or a flat JSON object.
 
     An evaluation ``report.json`` (``cem-node evaluate``) gives its headline
-    numbers (the measures the paper reports; see its ``paper.headline``), each
-    with its 95 % interval as text (``<name>_ci95``) when it has one, and the
-    evaluated data (``evaluation_dataset``, ``evaluation_split``). Any other
+    numbers (the measures the paper reports; see its ``paper.headline``) and
+    :data:`PER_IMAGE_METRICS`, each with its 95 % interval as text
+    (``<name>_ci95``) when it has one, and the evaluated data
+    (``evaluation_dataset``, ``evaluation_split``). Any other
     JSON object must map names to numbers or text.
 
     Raises
@@ -222,17 +263,25 @@ def metrics_from_report(path: Path) -> dict[str, float | str]:
     metrics: dict[str, float | str] = {}
     if str(document.get("format", "")).startswith("cem-node-evaluation-report/"):
         headline = document.get("paper", {}).get("headline", [])
-        for item in headline if isinstance(headline, list) else []:
-            ours = item.get("ours") if isinstance(item, dict) else None
-            if not isinstance(ours, dict) or not isinstance(ours.get("value"), int | float):
+        found = [
+            (_metric_key(item.get("ours_path", "")), item.get("ours"))
+            for item in (headline if isinstance(headline, list) else [])
+            if isinstance(item, dict)
+        ]
+        found += [(key, _report_value(document, path)) for key, path in PER_IMAGE_METRICS]
+        for key, ours in found:
+            if not key or not isinstance(ours, dict):
                 continue
-            key = _metric_key(item.get("ours_path", ""))
-            if not key:
+            if not isinstance(ours.get("value"), int | float):
                 continue
             metrics[key] = float(ours["value"])
-            low, high = ours.get("ci_low"), ours.get("ci_high")
-            if isinstance(low, int | float) and isinstance(high, int | float):
-                metrics[f"{key}_ci95"] = f"[{low:.4g}, {high:.4g}]"
+            ci = ours.get("ci")
+            if (
+                isinstance(ci, list | tuple)
+                and len(ci) == 2
+                and all(isinstance(v, int | float) for v in ci)
+            ):
+                metrics[f"{key}_ci95"] = f"[{ci[0]:.4g}, {ci[1]:.4g}]"
         data = document.get("data") if isinstance(document.get("data"), dict) else {}
         for name in ("dataset", "split"):
             if isinstance(data.get(name), str):
@@ -348,6 +397,9 @@ def build_manifest(
         "detector_seed": det_training.get("seed") if isinstance(det_training, dict) else None,
         "radiomics_seed": summary.get("seed"),
         "detector_command": det_training.get("command") if isinstance(det_training, dict) else None,
+        "detector_operating_point_command": (
+            det_training.get("operating_point_command") if isinstance(det_training, dict) else None
+        ),
         "radiomics_command": summary.get("command"),
         "detector_train_images": det_result.get("train_images"),
         "detector_val_images": det_result.get("val_images"),
@@ -357,6 +409,8 @@ def build_manifest(
         "detector_pretrained": det_result.get("pretrained"),
         "detector_hard_examples": det_result.get("hard_examples"),
         "detector_keep_score": det_result.get("keep_score"),
+        "detector_trained_short_side": det_result.get("trained_short_side"),
+        "detector_short_side": det_result.get("short_side"),
         "radiomics_mask_mode": summary.get("mask_mode"),
         "radiomics_training_lesions": counts.get("training_rows"),
         "radiomics_malignant": by_label.get("malignant"),
@@ -393,12 +447,7 @@ def build_manifest(
             if det_result.get("hard_examples")
             else ""
         )
-        + (
-            f", keep score {det_result['keep_score']:g} chosen on the validation images "
-            "(highest mean Dice per image)"
-            if isinstance(det_result.get("keep_score"), int | float)
-            else ""
-        )
+        + _operating_point_text(det_result)
         + f". Radiomics: XGBoost on {counts.get('training_rows', '?')} lesions "
         f"({summary.get('mask_mode', '?')} masks), {len(selected)} selected feature(s)"
         + (f", CV AUC {cv['mean']:.3f}" if isinstance(cv.get("mean"), float) else "")
@@ -409,7 +458,8 @@ def build_manifest(
         )
         + ". Thresholds: Youden on the training predictions."
     )
-    commands = [c for c in (data.get("detector_command"), data.get("radiomics_command")) if c]
+    steps = ("detector_command", "detector_operating_point_command", "radiomics_command")
+    commands = [data[step] for step in steps if data.get(step)]
     seed = data.get("detector_seed", data.get("radiomics_seed", 0))
     postprocessing = summary.get("postprocessing")
     manifest: dict[str, Any] = {
