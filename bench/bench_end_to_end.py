@@ -102,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                 pacs,
                 quiet_period_s=QUIET_PERIOD_S,
                 check_interval_s=0.2,
-                models_dir=args.models_dir,
+                models_dir=args.models_dir.resolve(),  # the node runs elsewhere
                 model=args.model,
             )
             with node:
