@@ -872,11 +872,12 @@ def source_detections(
     device: torch.device,
     batch: int = 4,
 ) -> tuple[list[list[np.ndarray]], list[list[tuple[float, np.ndarray]]], list[str]]:
-    """Detect on each sample as the analysis does and return, on the source image, each
-    sample's lesion masks and its ``(score, mask)`` detections (masks thresholded at
-    ``postprocess.mask_threshold``), with the keys of the samples that could not be
-    preprocessed (skipped). Measuring on the source image makes operating points with
-    different input sizes comparable, as the evaluation is."""
+    """Detect on each sample with the inference preprocessing and the detector's
+    post-processing (not the analysis's mask clean-up: largest region, overlaps) and
+    return, on the source image, each sample's lesion masks and its ``(score, mask)``
+    detections (masks thresholded at ``postprocess.mask_threshold``), with the keys of
+    the samples that could not be preprocessed (skipped). Measuring on the source image
+    makes operating points with different input sizes comparable, as the evaluation is."""
     from cem_node.pipeline.detector import detect
 
     lesions: list[list[np.ndarray]] = []
