@@ -132,10 +132,10 @@ def _operating_point_text(result: Mapping[str, Any]) -> str:
         if isinstance(side, int) and isinstance(trained, int) and side != trained
         else ""
     )
-    rule = {
-        "sensitivity": "most images with every lesion found, then highest mean Dice per image",
-        "dice": "highest mean Dice per image",
-    }.get(str(result.get("operating_rule") or "dice"), "highest mean Dice per image")
+    from cem_node.training.detector_training import OPERATING_RULES
+
+    # runs from before the rule could be chosen used Dice alone
+    rule = OPERATING_RULES.get(str(result.get("operating_rule")), OPERATING_RULES["dice"])
     return f", {resized}keep score {keep:g} chosen on the validation images ({rule})"
 
 

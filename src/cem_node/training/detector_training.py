@@ -108,12 +108,11 @@ OPERATING_POINT = "operating_point.json"
 # the keep scores tried on the validation images: from the paper's 0.1 up
 KEEP_SCORE_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
 #: How an operating point is chosen on the validation images (both measured on the source
-#: images, with the evaluation's hit rule and per-image Dice).
+#: images, with the evaluation's hit rule and per-image Dice), in the words that
+#: ``operating_point.json`` and a bundle's description use.
 OPERATING_RULES = {
-    "sensitivity": (
-        "the most images whose lesions are all found, then the highest mean Dice per image"
-    ),
-    "dice": "the highest mean Dice per image",
+    "sensitivity": "most images with every lesion found, then highest mean Dice per image",
+    "dice": "highest mean Dice per image",
 }
 OperatingRule = Literal["sensitivity", "dice"]
 LABEL_IDS = {"benign": 1, "malignant": 2}
