@@ -1,4 +1,4 @@
-"""The SCP's streamed receive path (cem_node.dicom.scp._DirectDataDUL) against dcmtk's
+"""The SCP's streamed receive path (cem_node.dicom.pynetdicom_internals.GuardedDUL) against dcmtk's
 storescu: the middle fragments of a dataset are written straight to its file, and
 the stored dataset is byte for byte what was sent, whichever path a PDU took."""
 
@@ -12,7 +12,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from cem_node.dicom import scp
+from cem_node.dicom import pynetdicom_internals as internals
 from cem_node.node import Node
 from cem_node.store import Instance
 from cem_node.synthetic.study import SynthOptions, generate_study
@@ -59,14 +59,14 @@ def test_streamed_datasets_arrive_byte_identical(
     node: Node, sent_files: list[Path], monkeypatch: pytest.MonkeyPatch, path: str
 ) -> None:
     written = []
-    direct = scp._DirectDataDUL._write_middle_fragments
+    direct = internals.GuardedDUL._write_middle_fragments
 
-    def counting(self: scp._DirectDataDUL, body: bytearray) -> bool:
+    def counting(self: internals.GuardedDUL, body: bytearray) -> bool:
         done = direct(self, body)
         written.append(done)
         return done
 
-    monkeypatch.setattr(scp._DirectDataDUL, "_write_middle_fragments", counting)
+    monkeypatch.setattr(internals.GuardedDUL, "_write_middle_fragments", counting)
     pynetdicom_log = logging.getLogger("pynetdicom")
     level = pynetdicom_log.level
     if path == "pynetdicom":

@@ -110,7 +110,8 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     messages = [r["message"] for r in records]
     assert any("serving AE MY_NODE" in m for m in messages)
-    assert any("association rejected" in m for m in messages)
+    # before the source was added, its address was closed at accept, and said why
+    assert any("refused (accept)" in m and "no source peer allows" in m for m in messages)
     assert messages[-1] == "cem-node stopped"
 
 

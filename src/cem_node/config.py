@@ -208,12 +208,46 @@ class NodeSection(_Section):
         ),
     )
     max_pdu_size: int = Field(
-        0,
-        ge=0,
+        131072,
+        ge=4096,
+        le=16 * 1024 * 1024,
         description=(
-            "Maximum PDU size in bytes that this node receives; 0 means unlimited, "
-            "which is the fastest for large mammograms."
+            "Maximum length in bytes of the P-DATA-TF PDUs this node receives (announced to "
+            "every sender). A PDU announced longer is refused with an A-ABORT and never "
+            "allocated. 131072 is the largest dcmtk sends, and as fast as unlimited."
         ),
+    )
+    max_association_pdu_size: int = Field(
+        1024 * 1024,
+        ge=4096,
+        le=64 * 1024 * 1024,
+        description=(
+            "Maximum length in bytes of an A-ASSOCIATE-RQ PDU (read before the sender is "
+            "authenticated). A real request with every storage SOP class stays far below "
+            "the default of 1 MiB; a larger one is refused with an A-ABORT."
+        ),
+    )
+    artim_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=300,
+        description=(
+            "Seconds a new connection has, from TCP accept, to complete the TLS handshake "
+            "and send its A-ASSOCIATE-RQ (the ARTIM timer, PS3.8 9.1.5); then it is closed."
+        ),
+    )
+    max_pending_connections: int = Field(
+        32,
+        ge=1,
+        description=(
+            "Connections that have not yet sent an A-ASSOCIATE-RQ, in total (per process); "
+            "more are closed at accept, so idle sockets cannot take the association slots."
+        ),
+    )
+    max_pending_per_address: int = Field(
+        4,
+        ge=1,
+        description="The same limit for the connections from one address.",
     )
     acse_timeout_s: float = Field(
         30.0, gt=0, description="Seconds to wait for association messages (ACSE)."

@@ -1,7 +1,9 @@
 """Health and Prometheus metrics of a running node, on a small loopback HTTP endpoint.
 
-``GET /healthz``: JSON, 200 when the database answers and the DICOM service
-listens, 503 otherwise (with the reason). ``GET /metrics``: the Prometheus
+``GET /healthz``: JSON, 200 when the database answers, the DICOM service
+listens and can accept, the store takes images (below the disk watermark)
+and exports are not failing again and again; 503 otherwise, with the reasons
+(and ``cem_node_health_problem`` says which check). ``GET /metrics``: the Prometheus
 text format. Counts that several processes share (studies, jobs and exports
 by state, instances in the store) are read from the database at scrape
 time, so they are right with extra receiver processes or several nodes on
@@ -11,6 +13,7 @@ counter are this process's.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import threading
@@ -28,9 +31,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
 from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult, Analyzer
-from cem_node.store.models import Export, Instance, Job, Study
+from cem_node.store.models import Export, ExportState, Instance, Job, Study
 
-__all__ = ["HealthEndpoint", "NodeMetrics"]
+__all__ = ["HealthEndpoint", "NodeMetrics", "export_problem"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -98,6 +101,68 @@ class _StoreCollector:
         return family
 
 
+class _HealthCollector:
+    """``cem_node_health_problem{check}``: 1 while that check makes /healthz answer 503."""
+
+    def __init__(self, checks: Callable[[], dict[str, str | None]]) -> None:
+        self._checks = checks
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "cem_node_health_problem",
+            "1 while the check makes /healthz unhealthy (storage, listener, exports).",
+            labels=["check"],
+        )
+        try:
+            checks = self._checks()
+        except Exception as exc:  # a scrape must answer
+            _LOG.warning("metrics: health checks failed: %s", exc)
+            checks = {}
+        for name, problem in sorted(checks.items()):
+            family.add_metric([name], 1 if problem else 0)
+        yield family
+
+
+#: An export retried this many times and still failing makes the node unhealthy.
+EXPORT_FAILING_ATTEMPTS = 3
+#: An export given up on within this time makes the node unhealthy.
+EXPORT_GIVEN_UP_WITHIN = dt.timedelta(hours=1)
+
+
+def export_problem(session: Session, now: dt.datetime) -> str | None:
+    """Why exports keep failing, or None: results that retry after
+    :data:`EXPORT_FAILING_ATTEMPTS` failures, or were given up on lately."""
+    retrying = session.scalar(
+        select(func.count(Export.id)).where(
+            Export.state.in_([ExportState.PENDING, ExportState.SENDING]),
+            Export.attempts >= EXPORT_FAILING_ATTEMPTS,
+            Export.last_error.is_not(None),
+        )
+    )
+    given_up = session.scalar(
+        select(func.count(Export.id)).where(
+            Export.state == ExportState.FAILED,
+            Export.claimed_at >= now - EXPORT_GIVEN_UP_WITHIN,
+        )
+    )
+    if not retrying and not given_up:
+        return None
+    last = session.scalar(
+        select(Export.last_error)
+        .where(Export.state != ExportState.DONE, Export.last_error.is_not(None))
+        .order_by(Export.claimed_at.desc())
+        .limit(1)
+    )
+    return (
+        f"exports failing: {retrying or 0} result object(s) still retrying after "
+        f"{EXPORT_FAILING_ATTEMPTS}+ attempts, {given_up or 0} given up in the last hour"
+        + (f" (last error: {last})" if last else "")
+    )
+
+
 class NodeMetrics:
     """The node's metrics in their own registry (no process-global state)."""
 
@@ -120,7 +185,18 @@ class NodeMetrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.connections_refused = Counter(
+            "cem_node_connections_refused",
+            "Connections refused before their association, by stage "
+            "(accept, tls, association-request, association).",
+            ["stage"],
+            registry=self.registry,
+        )
         self.registry.register(_StoreCollector(sessions))
+
+    def watch_health(self, checks: Callable[[], dict[str, str | None]]) -> None:
+        """Expose ``checks`` (check name -> problem or None) as ``cem_node_health_problem``."""
+        self.registry.register(_HealthCollector(checks))
 
     def timed(self, analyzer: Analyzer) -> Analyzer:
         """Wrap an analyzer so each call is timed and counted."""
@@ -161,7 +237,9 @@ class HealthEndpoint:
         The database checked by ``/healthz``.
     status
         Extra facts for ``/healthz`` (AE title, DICOM port, model bundle ...);
-        its ``"dicom_listening"`` key, when False, makes the node unhealthy.
+        its ``"dicom_listening"`` key, when False, and each entry of its
+        ``"problems"`` list (storage refused, listener stuck, exports failing)
+        make the node unhealthy.
     """
 
     def __init__(
@@ -222,6 +300,7 @@ class HealthEndpoint:
             problems.append("database unavailable")
         if body.get("dicom_listening") is False:
             problems.append("DICOM service not listening")
+        problems += [p for p in body.pop("problems", []) if p]
         body["status"] = "ok" if not problems else "unhealthy: " + "; ".join(problems)
         return (HTTPStatus.OK if not problems else HTTPStatus.SERVICE_UNAVAILABLE), body
 

@@ -35,7 +35,7 @@ from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.jobs.worker import Worker
-from cem_node.monitoring import HealthEndpoint, NodeMetrics
+from cem_node.monitoring import HealthEndpoint, NodeMetrics, export_problem
 from cem_node.peers import PeerEntry, list_peers
 from cem_node.store import (
     InstanceFileStore,
@@ -190,6 +190,7 @@ class Node:
         self._stopped = threading.Event()
         self.metrics: NodeMetrics | None = None
         self.http: HealthEndpoint | None = None
+        self._disk: DiskGuard | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -231,6 +232,7 @@ class Node:
             report.temporary_files_removed,
         )
         self.metrics = NodeMetrics(self.sessions)
+        self.metrics.watch_health(self.health_checks)
         self.analyzer = self.metrics.timed(self.analyzer)
         peers = self._start_receiving(share_port=share_port)
         assert self._hasher is not None
@@ -325,6 +327,10 @@ class Node:
         if self.metrics is not None:
             self.metrics.instances_received.inc()
 
+    def _connection_refused(self, stage: str) -> None:
+        if self.metrics is not None:
+            self.metrics.connections_refused.labels(stage).inc()
+
     def _start_http(self) -> None:
         """Serve /healthz and /metrics; a port in use is logged, not fatal (DICOM comes first)."""
         http = self.settings.http
@@ -348,13 +354,37 @@ class Node:
 
     def _health_status(self) -> dict[str, Any]:
         analysis = getattr(self.analyzer, "status_line", None)
+        checks = self.health_checks()
         return {
             "node_id": self.node_id,
             "ae_title": self.settings.node.ae_title,
             "dicom_port": self.port if self.scp is not None else None,
             "dicom_listening": self.scp is not None and not self._stopped.is_set(),
             "analysis": analysis() if callable(analysis) else None,
+            "checks": {name: problem or "ok" for name, problem in checks.items()},
+            "problems": [problem for problem in checks.values() if problem],
         }
+
+    def health_checks(self) -> dict[str, str | None]:
+        """What keeps the node from doing its work now, per check (None: fine).
+
+        ``storage``: images are refused at the disk watermark; ``listener``:
+        the DICOM listener cannot take new connections; ``exports``: result
+        objects keep failing to reach their destinations.
+        """
+        checks: dict[str, str | None] = {"storage": None, "listener": None, "exports": None}
+        if self._disk is not None:
+            refusal = self._disk.refusal(0)
+            checks["storage"] = f"refusing storage: {refusal}" if refusal else None
+        if self.scp is not None:
+            checks["listener"] = self.scp.listener_problem()
+        if self.sessions is not None:
+            try:
+                with self.sessions() as session:
+                    checks["exports"] = export_problem(session, datetime.now(UTC))
+            except Exception as exc:  # the database check reports it
+                _LOG.debug("export health check failed: %s", exc)
+        return checks
 
     def _start_receiving(self, *, share_port: bool) -> _PeerCache:
         """Start the hasher and the DICOM service (and the extra receiver processes)."""
@@ -363,14 +393,15 @@ class Node:
         peers = _PeerCache(settings, self.sessions)
         self._hasher = InstanceHasher(self.sessions, self.files, activity=self.files.receiving_dir)
         self._hasher.start()
+        self._disk = DiskGuard(
+            str(self.files.root),
+            high_watermark_percent=settings.storage.disk_high_watermark_percent,
+            min_free_mb=settings.storage.min_free_mb,
+        )
         ingestor = InstanceIngestor(
             self.sessions,
             self.files,
-            DiskGuard(
-                str(self.files.root),
-                high_watermark_percent=settings.storage.disk_high_watermark_percent,
-                min_free_mb=settings.storage.min_free_mb,
-            ),
+            self._disk,
             unknown_sop_classes=settings.node.accept_unknown_sop_classes,
             actor=self.node_id,
             on_stored=self._stored,
@@ -385,6 +416,7 @@ class Node:
             share_port=share_port,
             actor=self.node_id,
             receiving_dir=self.files.receiving_dir,
+            on_refusal=self._connection_refused,
         )
         self.scp.start()
         if not self.receiver_only:

@@ -12,8 +12,10 @@ A-ASSOCIATE-RJ result / source / reason):
    network): rejected-permanent, service-user, "no-reason-given" (1) -- the
    standard has no reason for an address, and a stranger learns nothing.
 
-Too many simultaneous associations are refused by pynetdicom itself
-(rejected-transient, service-provider presentation, "local-limit-exceeded").
+Too many simultaneous associations (``node.max_associations``) are refused by
+the SCP, after these checks: rejected-transient, service-provider
+(presentation), "local-limit-exceeded" (2). Connections that never send an
+A-ASSOCIATE-RQ are dealt with earlier, by :mod:`cem_node.dicom.admission`.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ class Rejection:
 CALLED_AE_NOT_RECOGNISED = Rejection(1, 1, 7)
 CALLING_AE_NOT_RECOGNISED = Rejection(1, 1, 3)
 NO_REASON_GIVEN = Rejection(1, 1, 1)
+#: rejected-transient, service-provider (presentation), local-limit-exceeded
+TOO_MANY_ASSOCIATIONS = Rejection(2, 3, 2)
 
 
 @dataclass(frozen=True, slots=True)
