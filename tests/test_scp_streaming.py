@@ -5,6 +5,8 @@ the stored dataset is byte for byte what was sent, whichever path a PDU took."""
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -97,3 +99,44 @@ def test_streamed_datasets_arrive_byte_identical(
     # nothing left behind in the receiving folder
     assert node.files is not None
     assert not list(node.files.receiving_dir.iterdir())
+
+
+def test_fallback_on_another_pynetdicom_receives_the_same_bytes(
+    sent_files: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a pynetdicom the fast path was not written for, pynetdicom's own reading path
+    receives (the front door still applies): same stored bytes."""
+    monkeypatch.setattr(internals, "FAST_PATH", False)
+    settings = make_settings(tmp_path / "fallback")
+    settings.assembly.max_wait_s = settings.assembly.quiet_period_s = 3600
+    running = Node(settings, analyzer=DoubleAnalyzer(), node_id="fallback-test")
+    running.start()
+    try:
+        result = storescu(sent_files, port=running.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
+        assert result.returncode == 0, result.stderr
+        stored = stored_datasets(running)
+    finally:
+        running.stop()
+    for sent in sent_files:
+        uid = pydicom.dcmread(sent, stop_before_pixels=True).SOPInstanceUID
+        assert stored[uid] == dataset_bytes(sent)
+
+
+@pytest.mark.parametrize(
+    ("version", "supported"), [("3.0.4", True), ("3.1.0", False), ("x", False)]
+)
+def test_version_check(version: str, supported: bool) -> None:
+    assert internals.fast_path_supported(version) is supported
+
+
+def test_unsupported_pynetdicom_warns_at_import() -> None:
+    code = (
+        "import logging, sys; logging.basicConfig(stream=sys.stdout);"
+        "import pynetdicom; pynetdicom.__version__ = '3.1.0';"
+        "import cem_node.dicom.pynetdicom_internals as m; print('FAST_PATH', m.FAST_PATH)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "FAST_PATH False" in done.stdout
+    assert "pynetdicom 3.1.0 is not the 3.0 series" in done.stdout

@@ -26,7 +26,7 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import generate_latest
-from sqlalchemy import func, select, text
+from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
@@ -135,25 +135,23 @@ EXPORT_GIVEN_UP_WITHIN = dt.timedelta(hours=1)
 def export_problem(session: Session, now: dt.datetime) -> str | None:
     """Why exports keep failing, or None: results that retry after
     :data:`EXPORT_FAILING_ATTEMPTS` failures, or were given up on lately."""
-    retrying = session.scalar(
-        select(func.count(Export.id)).where(
-            Export.state.in_([ExportState.PENDING, ExportState.SENDING]),
-            Export.attempts >= EXPORT_FAILING_ATTEMPTS,
-            Export.last_error.is_not(None),
-        )
+    retrying_rows = and_(
+        Export.state.in_([ExportState.PENDING, ExportState.SENDING]),
+        Export.attempts >= EXPORT_FAILING_ATTEMPTS,
+        Export.last_error.is_not(None),
     )
-    given_up = session.scalar(
-        select(func.count(Export.id)).where(
-            Export.state == ExportState.FAILED,
-            Export.claimed_at >= now - EXPORT_GIVEN_UP_WITHIN,
-        )
+    given_up_rows = and_(
+        Export.state == ExportState.FAILED,
+        Export.claimed_at >= now - EXPORT_GIVEN_UP_WITHIN,
     )
+    retrying = session.scalar(select(func.count(Export.id)).where(retrying_rows))
+    given_up = session.scalar(select(func.count(Export.id)).where(given_up_rows))
     if not retrying and not given_up:
         return None
     last = session.scalar(
         select(Export.last_error)
-        .where(Export.state != ExportState.DONE, Export.last_error.is_not(None))
-        .order_by(Export.claimed_at.desc())
+        .where(or_(retrying_rows, given_up_rows))
+        .order_by(Export.claimed_at.desc().nulls_last(), Export.id.desc())
         .limit(1)
     )
     return (

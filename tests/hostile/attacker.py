@@ -49,6 +49,8 @@ class NodeOptions:
     node: dict[str, Any] | None = None  # extra [node] keys
     storage: dict[str, Any] | None = None  # extra [storage] keys
     destinations: Sequence[tuple[str, str, int]] = ()  # (AE, host, port)
+    artim_timeout_s: float | None = 2.0  # None: the default (and a config older nodes read)
+    code: Path | None = None  # run the node from another checkout's src/ (bench: before/after)
 
 
 def _toml_value(value: Any) -> str:
@@ -79,7 +81,11 @@ class AttackedNode:
             "ae_title": NODE_AE,
             "host": "127.0.0.1",
             "port": self.port,
-            "artim_timeout_s": 2.0,
+            **(
+                {"artim_timeout_s": self.options.artim_timeout_s}
+                if self.options.artim_timeout_s is not None
+                else {}
+            ),
             **(self.options.node or {}),
         }
         storage = {"root": self.root, "min_free_mb": 0, **(self.options.storage or {})}
@@ -112,6 +118,8 @@ class AttackedNode:
 
     def start(self, timeout_s: float = 90.0, *, healthy: bool = True) -> AttackedNode:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
+        if self.options.code is not None:
+            env["PYTHONPATH"] = str(self.options.code / "src")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cem_node", "--config", str(self.config), "serve"],
             cwd=REPO,
