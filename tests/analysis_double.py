@@ -4,7 +4,9 @@ It does what the worker needs from an analyzer and nothing medical: for a
 study with pairs it returns one SR naming the pairs it was given, tagged
 "TEST DOUBLE" and "NOT FOR CLINICAL USE", and a model identity saying it
 is a test double. It can be told to fail (transiently) a number of times,
-or to pause, so tests can kill the node mid-analysis.
+or to pause, so tests can kill the node mid-analysis, or to decode the
+pairs' pixel data as the real analysis does (an undecodable image then
+raises the real analysis' :class:`~cem_node.jobs.analysis.InstanceUnusableError`).
 """
 
 from __future__ import annotations
@@ -37,14 +39,22 @@ class DoubleAnalyzer:
         Sleep this long before answering (to kill the node mid-analysis).
     started_marker
         A file created when an analysis starts (tests wait for it).
+    decode_pixels
+        Decode every pair's images first, with the real analysis' decoder.
     """
 
     def __init__(
-        self, *, fail_times: int = 0, pause_s: float = 0.0, started_marker: Path | None = None
+        self,
+        *,
+        fail_times: int = 0,
+        pause_s: float = 0.0,
+        started_marker: Path | None = None,
+        decode_pixels: bool = False,
     ) -> None:
         self.fail_times = fail_times
         self.pause_s = pause_s
         self.started_marker = started_marker
+        self.decode_pixels = decode_pixels
         self.calls: list[AnalysisRequest] = []
         self._lock = threading.Lock()
 
@@ -58,6 +68,10 @@ class DoubleAnalyzer:
             time.sleep(self.pause_s)
         if calls <= self.fail_times:
             raise RuntimeError(f"test double failing on purpose (call {calls})")
+        if self.decode_pixels:
+            from cem_node.pipeline.service import decode_pairs
+
+            decode_pairs(request)
         pairs = ", ".join(f"{p.laterality} {p.view}" for p in request.pairs)
         report = build_not_analysable_sr(
             list(request.headers),

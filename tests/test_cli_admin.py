@@ -20,7 +20,7 @@ from typer.testing import CliRunner, Result
 
 from cem_node.cli import app
 from cem_node.cli.context import CliContext
-from cem_node.store import AuditEvent, InstanceFileStore, head_revision
+from cem_node.store import AuditEvent, Instance, InstanceFileStore, head_revision
 from cem_node.store import upgrade as upgrade_schema
 from cem_node.store.ingest import DiskGuard, IngestOutcome, InstanceIngestor, ReceivedFrom
 from cem_node.synthetic import SynthOptions
@@ -322,6 +322,23 @@ class Node:
         )
         assert worker.run_once()
 
+    def analyse(self) -> None:
+        """Complete the study and let a worker analyse it with the test double."""
+        from cem_node.jobs.assembler import complete_due_studies
+        from cem_node.jobs.worker import Worker
+        from tests.analysis_double import DoubleAnalyzer
+
+        assert complete_due_studies(self.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+        worker = Worker(
+            self.context.settings(),
+            self.sessions,
+            self.files,
+            DoubleAnalyzer(),
+            destinations=lambda: [],
+            node_id="t",
+        )
+        assert worker.run_once()
+
     def close(self) -> None:
         self.context.close()
 
@@ -466,3 +483,28 @@ def test_each_admin_command_has_help(argv: list[str]) -> None:
     result = runner.invoke(app, [*argv, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+
+
+def test_studies_show_lists_an_excluded_image_and_why(
+    data_dir: Path, node: Node, study_files: list[Path]
+) -> None:
+    uid = node.ingest(study_files)
+    bad = next(p for p in study_files if p.name == "RC_RCC.dcm")
+    bad_uid = str(pydicom.dcmread(bad, stop_before_pixels=True).SOPInstanceUID)
+    with node.sessions.begin() as session:
+        relative = session.scalar(
+            select(Instance.file_path).where(Instance.sop_instance_uid == bad_uid)
+        )
+    node.files.absolute(relative).write_bytes(b"overwritten: not DICOM\n" * 50)
+    node.analyse()
+
+    shown = show_json(data_dir, uid)
+    assert shown["state"] == "done"  # analysed without it (nothing to export here)
+    (excluded,) = [i for i in shown["instances"] if i["role"] == "excluded"]
+    assert excluded["sop_instance_uid"] == bad_uid
+    assert excluded["role_reason"].startswith("cannot read the header: InvalidDicomError")
+    assert sum(p["paired"] for p in shown["pairings"]) == 3
+
+    result = cli(data_dir, "studies", "show", uid)
+    assert result.exit_code == 0, result.output
+    assert "excluded" in result.output and "InvalidDicomError" in result.output

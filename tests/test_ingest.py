@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
-from cem_node.store import Instance, InstanceFileStore, make_engine, session_factory, upgrade
+from cem_node.store import (
+    AuditEvent,
+    Instance,
+    InstanceFileStore,
+    make_engine,
+    session_factory,
+    upgrade,
+)
 from cem_node.store.hasher import InstanceHasher
-from cem_node.store.ingest import DiskGuard, IngestOutcome, InstanceIngestor, ReceivedFrom, Status
+from cem_node.store.ingest import (
+    DiskGuard,
+    IngestOutcome,
+    IngestResult,
+    InstanceIngestor,
+    ReceivedFrom,
+    Status,
+)
 from cem_node.synthetic.study import SynthOptions, generate_study
 
 SENDER = ReceivedFrom("MODALITY", "CEM_NODE", "127.0.0.1")
@@ -195,3 +213,122 @@ def test_datasets_of_aborted_associations_are_removed_later(tmp_path: Path) -> N
     assert store.remove_abandoned_receptions(3600) == 1
     assert not abandoned.exists()
     assert streaming.exists() and unrelated.exists()
+
+
+@pytest.fixture
+def ingestor(tmp_path: Path) -> Iterator[InstanceIngestor]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    upgrade(engine)
+    yield InstanceIngestor(
+        session_factory(engine),
+        InstanceFileStore(tmp_path / "store"),
+        DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+    )
+    engine.dispose()
+
+
+def _with(data: bytes, **values: object) -> bytes:
+    """``data`` with some attributes set (a list: several values) or deleted (None)."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # pydicom warns about the invalid UIDs we want
+        for keyword, value in values.items():
+            if value is None:
+                delattr(ds, keyword)
+            else:
+                setattr(ds, keyword, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def _vr_replaced(data: bytes, element: bytes, vr: bytes = b"ZZ") -> bytes:
+    """``data`` with the VR of its first ``element`` (tag bytes + VR) replaced."""
+    at = data.index(element)
+    return data[: at + 4] + vr + data[at + 6 :]
+
+
+def _refusals_and_rows(ingestor: InstanceIngestor) -> tuple[list[str], int, int]:
+    sessions = ingestor._sessions
+    with sessions.begin() as session:
+        refusals = session.scalars(
+            select(AuditEvent.message).where(AuditEvent.decision == "refused")
+        ).all()
+        rows = len(session.scalars(select(Instance.id)).all())
+    files = [p for p in ingestor._files.root.rglob("*.dcm") if p.is_file()]
+    return [m or "" for m in refusals], rows, len(files)
+
+
+BAD_IDENTIFIERS = [
+    ({"StudyInstanceUID": ["/etc/x", "x"]}, "Invalid StudyInstanceUID: not a single UID"),
+    (
+        {"SeriesInstanceUID": "1.2.840.abc"},
+        "Invalid SeriesInstanceUID: characters other than 0-9 and .",
+    ),
+    ({"SeriesInstanceUID": None}, "Missing SeriesInstanceUID"),
+    ({"SOPInstanceUID": "1.2.03.4"}, "Invalid SOPInstanceUID: component with a leading zero"),
+    ({"StudyInstanceUID": "1.2..4"}, "Invalid StudyInstanceUID: empty component"),
+    ({"SOPClassUID": "1.2.840.10008.5.1.4.1.1.1.2\\1.2"}, "Invalid SOPClassUID: not a single UID"),
+    ({"StudyInstanceUID": "1." + "2" * 70}, "Invalid StudyInstanceUID: longer than 64 characters"),
+]
+
+
+@pytest.mark.parametrize(("values", "comment"), BAD_IDENTIFIERS)
+def test_malformed_identifiers_are_refused_naming_the_attribute(
+    ingestor: InstanceIngestor, files: dict[str, list[Path]], values: dict, comment: str
+) -> None:
+    good = files["explicit"][0].read_bytes()
+    result = ingestor.ingest(_with(good, **values), sender=SENDER)
+    assert (result.status, result.outcome) == (Status.CANNOT_UNDERSTAND, IngestOutcome.REFUSED)
+    assert result.error_comment == comment
+    refusals, rows, stored = _refusals_and_rows(ingestor)
+    assert refusals == [f"0xC000: {comment}"] and rows == 0 and stored == 0
+    # the node keeps serving
+    assert ingestor.ingest(good, sender=SENDER).outcome is IngestOutcome.STORED
+
+
+def _garbage_sequence_item(data: bytes) -> bytes:
+    """The ViewCodeSequence's item filled with bytes that are no elements."""
+    sq = data.index(b"\x54\x00\x20\x02SQ\x00\x00")
+    item = sq + 12  # after tag, VR, reserved, length: the item tag and its length
+    length = int.from_bytes(data[item + 4 : item + 8], "little")
+    noise = bytes(range(0x41, 0x41 + 26)) * (length // 26 + 1)
+    return data[: item + 8] + noise[:length] + data[item + 8 + length :]
+
+
+UNPARSEABLE = [
+    (
+        lambda d: _vr_replaced(d, b"\x10\x00\x10\x00PN"),
+        "Cannot parse (0010,0010) PatientName: unknown VR 'ZZ'",
+    ),
+    (
+        lambda d: _vr_replaced(d, b"\x08\x00\x20\x00DA"),
+        "Cannot parse (0008,0020) StudyDate: unknown VR 'ZZ'",
+    ),
+    (
+        lambda d: _vr_replaced(d, b"\x20\x00\x0d\x00UI"),
+        "Cannot parse (0020,000D) StudyInstanceUID: unknown VR 'ZZ'",
+    ),
+    (_garbage_sequence_item, "Cannot parse (4241,4443): unknown VR 'EF'"),
+]
+
+
+@pytest.mark.parametrize(("corrupt", "comment"), UNPARSEABLE)
+def test_unparseable_values_are_refused_as_cannot_understand(
+    ingestor: InstanceIngestor, files: dict[str, list[Path]], corrupt, comment: str
+) -> None:
+    """Values pydicom reads lazily used to raise later, in the index (the SCP's catch-all
+    then answered 0x0110); they are refused at parse time, saying where."""
+    good = files["explicit"][1].read_bytes()
+    result = ingestor.ingest(corrupt(good), sender=SENDER)
+    assert (result.status, result.error_comment) == (Status.CANNOT_UNDERSTAND, comment)
+    refusals, rows, stored = _refusals_and_rows(ingestor)
+    assert refusals == [f"0xC000: {comment}"] and rows == 0 and stored == 0
+    assert ingestor.ingest(good, sender=SENDER).outcome is IngestOutcome.STORED
+
+
+def test_error_comments_keep_to_the_default_repertoire() -> None:
+    result = IngestResult(
+        int(Status.CANNOT_UNDERSTAND), IngestOutcome.REFUSED, "Bad\\value é\n" + "x" * 80
+    )
+    assert result.error_comment == "Bad/value ??" + "x" * 52

@@ -6,26 +6,31 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 from sqlalchemy import select
 
 from cem_node.config import Settings
 from cem_node.dicom.scu import FailureKind, SendResult
-from cem_node.jobs.admin import reprocess_study, retry_study
+from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
+from cem_node.jobs.admin import reprocess_study, retry_study, show_study
 from cem_node.jobs.analysis import UnavailableAnalyzer
 from cem_node.jobs.assembler import complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.jobs.states import IllegalTransitionError, transition
-from cem_node.jobs.worker import Worker, backoff_seconds
+from cem_node.jobs.worker import Worker, backoff_seconds, summarise_exclusions
 from cem_node.peers import PeerEntry
 from cem_node.store import (
+    Analysis,
     Export,
     ExportState,
+    Instance,
     InstanceFileStore,
     Job,
     JobState,
@@ -325,3 +330,162 @@ def test_concurrent_workers_claim_different_jobs_on_postgres(
         t.join()
     assert sorted(claimed) == sorted(set(claimed)) and len(claimed) == 4
     store.engine.dispose()
+
+
+# --- one unusable image does not fail its study ------------------------------------------
+
+
+def _stored_path(store: Store, source: Path) -> Path:
+    """The store's file of the instance received from ``source``."""
+    uid = str(pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID)
+    with store.sessions.begin() as session:
+        relative = session.scalar(
+            select(Instance.file_path).where(Instance.sop_instance_uid == uid)
+        )
+    assert relative is not None
+    return store.files.absolute(relative)
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"overwritten: not a DICOM file any more\n" * 20)
+
+
+def _bad_series_uid(path: Path) -> None:
+    # stored before identifiers were checked at ingest: pydicom writes it as given
+    ds = pydicom.dcmread(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds.SeriesInstanceUID = "1.2.840.abc\\1.2"
+        ds.save_as(path, enforce_file_format=True)
+
+
+def _instances(store: Store, uid: str) -> dict[str, dict]:
+    return {i["sop_instance_uid"]: i for i in show_study(store.sessions, uid)["instances"]}
+
+
+@pytest.mark.parametrize(
+    ("corrupt", "why"),
+    [
+        (_garbage, "cannot read the header: "),
+        (_bad_series_uid, "Invalid SeriesInstanceUID: not a single UID"),
+    ],
+)
+def test_an_unreadable_image_is_excluded_and_the_rest_analysed(
+    store: Store, study_files: list[Path], corrupt, why: str
+) -> None:
+    uid = store.receive(study_files)
+    bad = next(f for f in study_files if f.name == "LE_LCC.dcm")
+    bad_uid = str(pydicom.dcmread(bad, stop_before_pixels=True).SOPInstanceUID)
+    corrupt(_stored_path(store, bad))
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    analyzer = DoubleAnalyzer()
+    assert store.worker(analyzer, [PACS]).run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.EXPORTING and job.attempts == 1  # analysed, not retried
+    (request,) = analyzer.calls
+    assert sorted((p.laterality, p.view) for p in request.pairs) == [
+        ("L", "MLO"),
+        ("R", "CC"),
+        ("R", "MLO"),
+    ]
+    assert bad_uid not in {str(h.SOPInstanceUID) for h in request.headers}
+    instances = _instances(store, uid)
+    assert instances[bad_uid]["role"] == "excluded"
+    assert instances[bad_uid]["role_reason"].startswith(why)
+    assert sorted(i["role"] for i in instances.values()).count("excluded") == 1
+    shown = show_study(store.sessions, uid)
+    assert {p["reason"] for p in shown["pairings"] if not p["paired"]} == {
+        "L CC: no low-energy image"
+    }
+    assert any(
+        a["event"] == "instance_excluded" and why in (a["message"] or "") for a in shown["audit"]
+    )
+
+
+def _undecodable(source: Path) -> bytes:
+    """``source`` (JPEG 2000) with its codestream zeroed: complete, but no image."""
+    data = source.read_bytes()
+    codestream = data.index(b"\xff\x4f\xff\x51")
+    return data[:codestream] + bytes(len(data) - codestream - 8) + data[-8:]
+
+
+def test_undecodable_pixel_data_is_excluded_at_analysis(
+    store: Store, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    study = generate_study(
+        tmp_path_factory.mktemp("j2k"), 5, 0, SynthOptions(size="small", transfer_syntax="jpeg2000")
+    )
+    files = sorted((study / "dicom").glob("*.dcm"))
+    bad = next(f for f in files if f.name == "RC_RMLO.dcm")
+    bad_uid = str(pydicom.dcmread(bad, stop_before_pixels=True).SOPInstanceUID)
+    uid = store.receive([f for f in files if f != bad])
+    # the ingest accepts it: a compressed frame is only decoded by the analysis
+    result = store.ingestor.ingest(_undecodable(bad), sender=ReceivedFrom("MOD", "CEM", "::1"))
+    assert result.status == 0, result.message
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    analyzer = DoubleAnalyzer(decode_pixels=True)
+    assert store.worker(analyzer, [PACS]).run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.EXPORTING and job.attempts == 1
+    assert [len(c.pairs) for c in analyzer.calls] == [4, 3]  # then without R MLO
+    reason = _instances(store, uid)[bad_uid]["role_reason"]
+    assert reason.startswith("cannot decode the pixel data of transfer syntax JPEG 2000"), reason
+    with store.sessions.begin() as session:
+        (analysis,) = session.scalars(select(Analysis)).all()
+        assert analysis.not_analysable_reason is None and analysis.document is not None
+
+
+def test_a_study_with_nothing_usable_left_gets_the_not_analysed_report(
+    store: Store, study_files: list[Path]
+) -> None:
+    uid = store.receive(study_files)
+    for f in study_files:
+        if f.name.startswith("LE_"):
+            _garbage(_stored_path(store, f))
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    reports: list[tuple[int, str]] = []
+
+    def report(headers, reason: str):
+        reports.append((len(headers), reason))
+        return build_not_analysable_sr(
+            list(headers), reason, device=ReportingDevice(device_serial_number="T")
+        )
+
+    worker = Worker(
+        store.settings,
+        store.sessions,
+        store.files,
+        DoubleAnalyzer(),
+        destinations=lambda: [PACS],
+        node_id="w1",
+        not_analysable_report=report,
+    )
+    assert worker.run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.EXPORTING and job.attempts == 1
+    study = store.study(uid)
+    assert study.state is StudyState.NOT_ANALYSABLE
+    assert "4 image(s) excluded: cannot read the header: " in (study.state_reason or "")
+    ((headers, reason),) = reports  # the report names the readable images and why
+    assert headers == 4 and "4 image(s) excluded" in reason and "no low-energy" in reason
+    with store.sessions.begin() as session:
+        assert [e.object_type for e in session.scalars(select(Export))] == ["sr"]
+
+
+def test_a_missing_file_is_an_io_error_and_retried(store: Store, study_files: list[Path]) -> None:
+    """The store's disk, not the instance: transient, retried as before, nothing excluded."""
+    uid = store.receive(study_files)
+    _stored_path(store, study_files[0]).unlink()
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    assert store.worker(DoubleAnalyzer(), [PACS]).run_once()
+    (job,) = store.jobs()
+    assert job.state is JobState.QUEUED and "FileNotFoundError" in (job.last_error or "")
+    assert "excluded" not in {i["role"] for i in _instances(store, uid).values()}
+
+
+def test_exclusions_are_summarised_by_reason() -> None:
+    assert summarise_exclusions({"1.1": "a", "1.2": "a", "1.3": "b"}) == (
+        "3 image(s) excluded: a (2 images); b"
+    )
+    many = {f"1.{i}": f"reason {i}" for i in range(5)}
+    assert summarise_exclusions(many).endswith("reason 2; 2 other reason(s)")

@@ -283,6 +283,42 @@ def test_bad_input_gets_a_failure_status_and_the_node_keeps_serving(
     assert refused == 3
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR UI")
+def test_bad_identifiers_and_unknown_vrs_are_refused_naming_the_attribute(
+    tmp_path: Path, studies: dict[str, Path], running_node
+) -> None:
+    """Once answered 0x0110 by the SCP's catch-all (unknown VR) or stored and indexed as
+    the text "['/etc/x', 'x']" (a multi-valued Study Instance UID)."""
+    node = running_node(make_settings(tmp_path / "node"))
+    good, other = dicom_files(studies["explicit"])[:2]
+    raw = other.read_bytes()
+    name = raw.index(b"\x10\x00\x10\x00PN")
+    unknown_vr = tmp_path / "unknown-vr.dcm"
+    unknown_vr.write_bytes(raw[: name + 4] + b"ZZ" + raw[name + 6 :])
+    two_uids = pydicom.dcmread(other)
+    two_uids.StudyInstanceUID = ["/etc/x", "x"]
+    multi = tmp_path / "multi.dcm"
+    two_uids.save_as(multi)
+
+    pynetdicom_config.STORE_SEND_CHUNKED_DATASET = True  # the files' bytes as they are
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(two_uids.SOPClassUID, ["1.2.840.10008.1.2.1"])
+    assoc = ae.associate(LOOPBACK, node.port, ae_title=NODE_AE)
+    assert assoc.is_established
+    try:
+        answers = [assoc.send_c_store(path) for path in (unknown_vr, multi, good)]
+    finally:
+        assoc.release()
+    assert [(int(a.Status), a.get("ErrorComment")) for a in answers] == [
+        (0xC000, "Cannot parse (0010,0010) PatientName: unknown VR 'ZZ'"),
+        (0xC000, "Invalid StudyInstanceUID: not a single UID"),
+        (0x0000, None),
+    ]
+    assert node.sessions is not None
+    with node.sessions.begin() as session:
+        assert session.scalars(select(Study.study_instance_uid)).all() == [study_uid([good])]
+
+
 def test_other_sop_classes_ignored_or_refused_by_config(
     tmp_path: Path, studies: dict[str, Path], running_node
 ) -> None:

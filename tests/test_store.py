@@ -171,6 +171,66 @@ def test_downgrade_to_base_and_up_again(sqlite_url: str) -> None:
     assert current_revision(sqlite_url) == head_revision()
 
 
+def test_excluded_role_migration_keeps_pairings_and_rows(db_url: str) -> None:
+    """0004 widens the role CHECK constraint; on SQLite that recreates the instances
+    table, which must not cascade into the pairings that reference it."""
+    upgrade(db_url, "0003")
+    engine = make_engine(db_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO studies (id, study_instance_uid, state, analysis_round,"
+                    " first_received_at, last_received_at, created_at, updated_at) VALUES"
+                    " (1, '1.2.3', 'done', 1, :t, :t, :t, :t)"
+                ),
+                {"t": utcnow()},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO instances (id, study_id, sop_instance_uid, sop_class_uid,"
+                    " transfer_syntax_uid, file_path, size_bytes, version, received_at, role,"
+                    " created_at, updated_at) VALUES (7, 1, '1.2.3.4',"
+                    " '1.2.840.10008.5.1.4.1.1.1.2', '1.2.840.10008.1.2.1', 'a.dcm', 1, 1, :t,"
+                    " 'low_energy', :t, :t)"
+                ),
+                {"t": utcnow()},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO jobs (id, study_id, kind, state, analysis_round, priority,"
+                    " attempts, created_at, updated_at) VALUES"
+                    " (1, 1, 'analyse', 'done', 1, 0, 1, :t, :t)"
+                ),
+                {"t": utcnow()},
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO pairings (job_id, low_energy_instance_id, paired, reason,"
+                    " created_at) VALUES (1, 7, false, 'L CC: no recombined image', :t)"
+                ),
+                {"t": utcnow()},
+            )
+        with (
+            pytest.raises(IntegrityError, match="ck_instances_image_role"),
+            engine.begin() as connection,
+        ):
+            connection.execute(text("UPDATE instances SET role = 'excluded'"))
+        upgrade(db_url)
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE instances SET role = 'excluded'"))
+            pairings = connection.execute(
+                text("SELECT low_energy_instance_id, reason FROM pairings")
+            ).all()
+            assert [tuple(p) for p in pairings] == [(7, "L CC: no recombined image")]
+        downgrade(db_url, "0003")
+        with engine.begin() as connection:
+            assert connection.execute(text("SELECT role FROM instances")).scalar() is None
+            assert connection.execute(text("SELECT count(*) FROM pairings")).scalar() == 1
+    finally:
+        engine.dispose()
+
+
 def test_unknown_revision_is_refused(sqlite_url: str) -> None:
     with pytest.raises(CommandError):
         upgrade(sqlite_url, "9999")

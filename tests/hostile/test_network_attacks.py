@@ -12,18 +12,23 @@ answering.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 from pydicom.dataset import Dataset
 from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
+from pydicom.uid import generate_uid
 from pynetdicom import AE
 from pynetdicom.sop_class import DigitalMammographyXRayImageStorageForPresentation, Verification
 
+from cem_node.synthetic.study import SynthOptions, generate_study
 from tests.hostile.attacker import (
     MODALITY_AE,
     NODE_AE,
@@ -227,3 +232,80 @@ def test_node_survives_and_stays_small(node: AttackedNode) -> None:
     code, body = node.health()
     assert code == 200, body
     assert node.echo_seconds() < 1.0
+
+
+# ---------------------------------------------------------------------- identifiers
+
+
+@pytest.fixture(scope="module")
+def mammogram(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    """A real header of the phantom's, with 64 x 64 pixels."""
+    study = generate_study(tmp_path_factory.mktemp("bad-ids"), 18, 1, SynthOptions(size="small"))
+    ds = pydicom.dcmread(sorted(study.rglob("*.dcm"))[0])
+    ds.Rows = ds.Columns = 64
+    ds.PixelData = np.full((64, 64), 100, dtype=np.uint16).tobytes()
+    return ds
+
+
+def _encoded(ds: Dataset) -> bytes:
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_dataset(buffer, ds)
+    return buffer.getvalue()
+
+
+def _store(node: AttackedNode, dataset: bytes, uid: str) -> tuple[int, str, bool]:
+    """Send ``dataset`` (Explicit VR Little Endian bytes); return the status, its
+    comment and whether the association lives on."""
+    ae = AE(ae_title=MODALITY_AE)
+    ae.add_requested_context(MAMMOGRAPHY, "1.2.840.10008.1.2.1")
+    ae.dimse_timeout = 10
+    assoc = ae.associate("127.0.0.1", node.port, ae_title=NODE_AE)
+    try:
+        assert assoc.is_established
+        context_id = assoc.accepted_contexts[0].context_id
+        response = raw_c_store(assoc, context_id, MAMMOGRAPHY, uid, dataset)
+        assert response is not None and response.Status is not None, "no status"
+        alive = assoc.is_established
+        return int(response.Status), str(response.ErrorComment or ""), alive
+    finally:
+        if assoc.is_established:
+            assoc.release()
+        ae.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("StudyInstanceUID", "1.2.3\\1.2.4"),  # two values: was indexed as "['1.2.3', '1.2.4']"
+        ("SeriesInstanceUID", "1.2.abc"),
+        ("StudyInstanceUID", "1.02.3"),  # a component with a leading zero
+        ("SOPInstanceUID", "1." + "2" * 70),
+    ],
+)
+def test_bad_identifiers_are_refused_naming_the_attribute(
+    node: AttackedNode, mammogram: Dataset, attribute: str, value: str
+) -> None:
+    ds = copy.deepcopy(mammogram)
+    uid = generate_uid() if attribute != "SOPInstanceUID" else value
+    ds.SOPInstanceUID = uid
+    setattr(ds, attribute, value)
+    status, comment, alive = _store(node, _encoded(ds), uid)
+    assert 0xC000 <= status <= 0xCFFF or status == 0x0117, hex(status)
+    assert attribute in comment or status == 0x0117, comment
+    assert alive
+    rows = [r for r in node.audit() if r["sop_instance_uid"] == uid]
+    assert all(r["decision"] != "stored" for r in rows)
+
+
+def test_unknown_vr_is_cannot_understand(node: AttackedNode, mammogram: Dataset) -> None:
+    """Was 0x0110 (processing failure) from the SCP's catch-all."""
+    ds = copy.deepcopy(mammogram)
+    ds.SOPInstanceUID = uid = generate_uid()
+    ds.ReferringPhysicianName = "Nobody"
+    data = bytearray(_encoded(ds))
+    at = data.index(b"\x08\x00\x90\x00PN")  # (0008,0090) with its VR
+    data[at + 4 : at + 6] = b"ZZ"
+    status, comment, alive = _store(node, bytes(data), uid)
+    assert 0xC000 <= status <= 0xCFFF, (hex(status), comment)
+    assert alive

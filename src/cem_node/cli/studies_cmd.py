@@ -55,6 +55,13 @@ def _state(value: str | None) -> Text:
     return Text(value or "", style=_STATE_STYLE.get(value or "", ""))
 
 
+def _role(value: str | None) -> Text | str:
+    if value is None:
+        return Text("not classified yet", style="dim")
+    # left out of the analysis for a reason of its own (shown next to it)
+    return Text(value, style="yellow") if value == "excluded" else value
+
+
 def _when(iso: str | None) -> str:
     """``2025-01-06T08:00:00.123+00:00`` -> ``2025-01-06 08:00:00`` (UTC)."""
     return iso[:19].replace("T", " ") if iso else ""
@@ -179,8 +186,10 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
             [
                 _image_label(i),
                 i["sop_instance_uid"] + (f" (v{i['version']})" if i["version"] > 1 else ""),
-                i["role"] or Text("not classified yet", style="dim"),
-                f"{i['laterality'] or '?'} {i['view'] or '?'}" if i["role"] else "",
+                _role(i["role"]),
+                f"{i['laterality'] or '?'} {i['view'] or '?'}"
+                if i["role"] not in (None, "excluded")
+                else "",
                 i["role_reason"],
             ]
             for i in study["instances"]

@@ -23,6 +23,7 @@ __all__ = [
     "AnalysisUnavailableError",
     "Analyzer",
     "ImagePair",
+    "InstanceUnusableError",
     "ResultObject",
     "UnavailableAnalyzer",
     "image_pairs",
@@ -96,6 +97,26 @@ class AnalysisUnavailableError(RuntimeError):
     """The analysis cannot run at all (no model installed ...): retrying will not help."""
 
 
+class InstanceUnusableError(ValueError):
+    """One image of the request cannot be used (its pixel data cannot be decoded ...).
+
+    A permanent problem of that instance, not of the study: the worker
+    excludes it, with ``reason``, and analyses the rest again.
+
+    Parameters
+    ----------
+    sop_instance_uid
+        The image's SOP Instance UID.
+    reason
+        Why, in words for an administrator.
+    """
+
+    def __init__(self, sop_instance_uid: str, reason: str) -> None:
+        super().__init__(f"instance {sop_instance_uid}: {reason}")
+        self.sop_instance_uid = sop_instance_uid
+        self.reason = reason
+
+
 class Analyzer(Protocol):
     """Analyse one study round."""
 
@@ -106,6 +127,9 @@ class Analyzer(Protocol):
         ------
         AnalysisUnavailableError
             For a permanent failure (the job fails at once).
+        InstanceUnusableError
+            For a permanent problem of one image of the request (it is
+            excluded and the rest analysed).
         Exception
             Anything else counts as transient and is retried with backoff.
         """

@@ -6,6 +6,15 @@ lease that expires (or, for the same node restarted, is handed back at
 start-up by :func:`cem_node.jobs.recovery.recover`), after which it is
 analysed again. Results of a round that a newer round superseded while it
 ran are discarded.
+
+Failures are sorted by whose they are. An image that cannot be used for a
+reason of its own (a header that does not parse, an invalid identifier,
+pixel data that cannot be decoded) is excluded from the round, its reason
+recorded as its role (``studies show``), and the rest is analysed; with
+nothing analysable left the study gets the "not analysed: reason" report.
+Such errors are never retried. Anything else (the database, the store's
+disk, the analysis itself) is transient and retried with backoff, up to
+:data:`MAX_ANALYSIS_ATTEMPTS`.
 """
 
 from __future__ import annotations
@@ -13,28 +22,32 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pydicom
 from pydicom.dataset import Dataset
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import Settings
+from cem_node.dicom import cem_selection
 from cem_node.dicom.cem_selection import (
     MAMMOGRAPHY_SOP_CLASSES,
     Classification,
     classify_image,
     pair_images,
 )
+from cem_node.dicom.identifiers import header_problem
 from cem_node.findings import Findings
 from cem_node.jobs.analysis import (
     AnalysisRequest,
     AnalysisResult,
     AnalysisUnavailableError,
     Analyzer,
+    InstanceUnusableError,
     ResultObject,
     image_pairs,
 )
@@ -59,7 +72,7 @@ from cem_node.store.models import (
     utcnow,
 )
 
-__all__ = ["Worker", "backoff_seconds", "summarise_not_analysable"]
+__all__ = ["Worker", "backoff_seconds", "summarise_exclusions", "summarise_not_analysable"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -74,12 +87,39 @@ def backoff_seconds(attempts: int, *, initial_s: float, max_s: float) -> float:
     return min(max_s, initial_s * 2 ** max(0, attempts - 1))
 
 
+def summarise_exclusions(excluded: Mapping[str, str]) -> str:
+    """Say which images were left out and why, in one phrase (equal reasons counted once).
+
+    Parameters
+    ----------
+    excluded
+        Reason by SOP Instance UID.
+    """
+    reasons = Counter(excluded.values())
+    listed = "; ".join(
+        f"{reason} ({count} images)" if count > 1 else reason
+        for reason, count in reasons.most_common(3)
+    )
+    more = f"; {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
+    return f"{len(excluded)} image(s) excluded: {listed}{more}"
+
+
 def summarise_not_analysable(
-    classifications: Sequence[Classification], pairings: Sequence[object]
+    classifications: Sequence[Classification],
+    pairings: Sequence[object],
+    excluded: Mapping[str, str] | None = None,
 ) -> str:
-    """Say in one sentence why a study without a complete pair cannot be analysed."""
+    """Say in one sentence why a study without a complete pair cannot be analysed.
+
+    ``classifications`` are those of the usable images; ``excluded`` gives the
+    reason of each image left out (SOP Instance UID -> reason).
+    """
     parts: list[str] = []
     cem = [c for c in classifications if c.role in ("low_energy", "recombined")]
+    if excluded:
+        if not classifications:
+            return f"no usable mammography image: {summarise_exclusions(excluded)}"
+        parts.append(summarise_exclusions(excluded) + ";")
     if not classifications:
         return "no mammography image received"
     if not cem:
@@ -101,6 +141,27 @@ class _Claimed:
     study_instance_uid: str
     analysis_round: int
     attempts: int
+
+
+@dataclass(slots=True)
+class _Images:
+    """A study round's mammography images as the worker read them (by SOP Instance UID)."""
+
+    headers: dict[str, Dataset] = field(default_factory=dict)
+    """Headers of the usable images."""
+    classifications: list[Classification] = field(default_factory=list)
+    ids: dict[str, int] = field(default_factory=dict)
+    paths: dict[str, Path] = field(default_factory=dict)
+    excluded: dict[str, str] = field(default_factory=dict)
+    """Images left out of the round, with the reason."""
+
+    def usable(self) -> list[Classification]:
+        """Classifications of the images not excluded."""
+        return [c for c in self.classifications if c.sop_instance_uid not in self.excluded]
+
+    def usable_headers(self) -> list[Dataset]:
+        """Headers of the images not excluded."""
+        return [ds for uid, ds in self.headers.items() if uid not in self.excluded]
 
 
 class Worker:
@@ -193,6 +254,8 @@ class Worker:
             self._process(claimed)
         except AnalysisUnavailableError as exc:
             self._fail(claimed, f"analysis unavailable: {exc}", retry=False)
+        except InstanceUnusableError as exc:  # an image the round did not hand over
+            self._fail(claimed, f"unusable image: {exc}", retry=False)
         except Exception as exc:
             _LOG.exception("job %d failed", claimed.job_id)
             self._fail(claimed, f"{type(exc).__name__}: {exc}", retry=True)
@@ -201,45 +264,68 @@ class Worker:
     # ------------------------------------------------------------------ the work
 
     def _process(self, claimed: _Claimed) -> None:
-        headers, classifications, instance_ids, paths = self._classify(claimed)
-        pairings = pair_images(classifications)
-        complete = [p for p in pairings if p.complete]
-        with self._sessions.begin() as session:
-            for p in pairings:
-                session.add(
-                    Pairing(
-                        job_id=claimed.job_id,
-                        image_laterality=p.laterality,
-                        view=p.view,
-                        low_energy_instance_id=instance_ids.get(p.low_energy or ""),
-                        recombined_instance_id=instance_ids.get(p.recombined or ""),
-                        paired=p.complete,
-                        reason=p.reason,
-                    )
+        images = self._classify(claimed)
+        # each pass leaves out one more image the analysis could not use: it ends
+        while True:
+            usable = images.usable()
+            pairings = pair_images(usable)
+            complete = [p for p in pairings if p.complete]
+            self._record_pairings(claimed, pairings, images.ids)
+            if not complete:
+                reason = summarise_not_analysable(usable, pairings, images.excluded)
+                objects: list[ResultObject] = []
+                headers = images.usable_headers()  # the report copies patient and study
+                wanted = self._settings.selection.not_analysable_report
+                if self._report is not None and wanted and headers:
+                    objects.append(ResultObject("sr", self._report(headers, reason)))
+                self._finish(claimed, objects, result=None, not_analysable=reason, images=images)
+                return
+            request = AnalysisRequest(
+                study_instance_uid=claimed.study_instance_uid,
+                analysis_round=claimed.analysis_round,
+                pairs=image_pairs(complete, images.paths),
+                headers=images.usable_headers(),
+            )
+            try:
+                result = self._analyzer.analyse(request)
+            except InstanceUnusableError as exc:
+                paired = {uid for p in complete for uid in (p.low_energy, p.recombined)}
+                if exc.sop_instance_uid not in paired:
+                    raise  # not one we handed over: the job fails (run_once)
+                _LOG.warning(
+                    "job %d: instance %s excluded: %s",
+                    claimed.job_id,
+                    exc.sop_instance_uid,
+                    exc.reason,
                 )
-        if not complete:
-            reason = summarise_not_analysable(classifications, pairings)
-            objects: list[ResultObject] = []
-            if self._report is not None and self._settings.selection.not_analysable_report:
-                all_headers = list(headers.values())
-                if all_headers:
-                    objects.append(ResultObject("sr", self._report(all_headers, reason)))
-            self._finish(claimed, objects, result=None, not_analysable=reason)
+                images.excluded[exc.sop_instance_uid] = exc.reason
+                self._record_exclusions(claimed, {exc.sop_instance_uid: exc.reason})
+                continue
+            self._finish(
+                claimed, list(result.objects), result=result, not_analysable=None, images=images
+            )
             return
-        request = AnalysisRequest(
-            study_instance_uid=claimed.study_instance_uid,
-            analysis_round=claimed.analysis_round,
-            pairs=image_pairs(complete, paths),
-            headers=list(headers.values()),
-        )
-        result = self._analyzer.analyse(request)
-        self._finish(claimed, list(result.objects), result=result, not_analysable=None)
 
-    def _classify(
-        self, claimed: _Claimed
-    ) -> tuple[dict[str, Dataset], list[Classification], dict[str, int], dict[str, Path]]:
-        """Read and classify the study's images; return their headers, classifications,
-        row ids and file paths by SOP Instance UID."""
+    def _read_header(self, uid: str, path: Path) -> tuple[Dataset | None, str | None]:
+        """Read one stored image's header; return it, or why it cannot be used.
+
+        An ``OSError`` (the store's disk or mount) is raised: the job is retried.
+        Anything wrong with the file itself is permanent: the image is excluded.
+        """
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (OSError, MemoryError):
+            raise
+        except Exception as exc:  # pydicom raises many types for a corrupt file
+            return None, f"cannot read the header: {type(exc).__name__}: {exc}"
+        problem = header_problem(ds)
+        if problem is None and str(ds.SOPInstanceUID) != uid:
+            problem = f"the file holds SOP instance {ds.SOPInstanceUID}, not {uid}"
+        return (None, problem) if problem else (ds, None)
+
+    def _classify(self, claimed: _Claimed) -> _Images:
+        """Read and classify the study's images; record their roles (and the reasons of
+        those excluded)."""
         with self._sessions.begin() as session:
             rows = session.execute(
                 select(Instance.id, Instance.sop_instance_uid, Instance.file_path).where(
@@ -247,15 +333,23 @@ class Worker:
                     Instance.sop_class_uid.in_(list(MAMMOGRAPHY_SOP_CLASSES)),
                 )
             ).all()
-        headers: dict[str, Dataset] = {}
-        classifications: list[Classification] = []
-        for _id, uid, path in rows:
-            ds = pydicom.dcmread(self._files.absolute(path), stop_before_pixels=True)
-            headers[uid] = ds
-            classifications.append(classify_image(ds, self._settings.selection))
+        images = _Images()
+        for id_, uid, path in rows:
+            images.ids[uid] = id_
+            images.paths[uid] = self._files.absolute(path)
+            ds, problem = self._read_header(uid, images.paths[uid])
+            if ds is not None:
+                try:
+                    images.classifications.append(classify_image(ds, self._settings.selection))
+                    images.headers[uid] = ds
+                except Exception as exc:  # a value the rules did not expect, in this file
+                    problem = f"cannot classify: {type(exc).__name__}: {exc}"
+            if problem:
+                _LOG.warning("job %d: instance %s excluded: %s", claimed.job_id, uid, problem)
+                images.excluded[uid] = problem
         now = utcnow()
         with self._sessions.begin() as session:
-            by_uid = {c.sop_instance_uid: c for c in classifications}
+            by_uid = {c.sop_instance_uid: c for c in images.classifications}
             rows_of_study = select(Instance).where(Instance.study_id == claimed.study_id)
             for row in session.scalars(rows_of_study):
                 c = by_uid.get(row.sop_instance_uid)
@@ -266,9 +360,53 @@ class Worker:
                 row.image_laterality = c.laterality
                 row.view = c.view
                 row.classified_at = now
-        ids = {uid: id_ for id_, uid, _ in rows}
-        paths = {uid: self._files.absolute(path) for _, uid, path in rows}
-        return headers, classifications, ids, paths
+        self._record_exclusions(claimed, images.excluded)
+        return images
+
+    def _record_exclusions(self, claimed: _Claimed, excluded: Mapping[str, str]) -> None:
+        """Mark images left out of the round, with why, and audit each."""
+        if not excluded:
+            return
+        now = utcnow()
+        with self._sessions.begin() as session:
+            rows = select(Instance).where(
+                Instance.study_id == claimed.study_id,
+                Instance.sop_instance_uid.in_(list(excluded)),
+            )
+            for row in session.scalars(rows):
+                row.role = ImageRole.EXCLUDED
+                row.role_reason = excluded[row.sop_instance_uid]
+                row.classified_at = now
+                record_event(
+                    session,
+                    "instance_excluded",
+                    decision="excluded",
+                    actor=self._node_id,
+                    job_id=claimed.job_id,
+                    study_instance_uid=claimed.study_instance_uid,
+                    sop_instance_uid=row.sop_instance_uid,
+                    message=f"left out of round {claimed.analysis_round}: "
+                    f"{excluded[row.sop_instance_uid]}",
+                )
+
+    def _record_pairings(
+        self, claimed: _Claimed, pairings: Sequence[cem_selection.Pairing], ids: Mapping[str, int]
+    ) -> None:
+        """Record the pairing decisions of this attempt (replacing an earlier attempt's)."""
+        with self._sessions.begin() as session:
+            session.execute(delete(Pairing).where(Pairing.job_id == claimed.job_id))
+            for p in pairings:
+                session.add(
+                    Pairing(
+                        job_id=claimed.job_id,
+                        image_laterality=p.laterality,
+                        view=p.view,
+                        low_energy_instance_id=ids.get(p.low_energy or ""),
+                        recombined_instance_id=ids.get(p.recombined or ""),
+                        paired=p.complete,
+                        reason=p.reason,
+                    )
+                )
 
     def _finish(
         self,
@@ -277,6 +415,7 @@ class Worker:
         *,
         result: AnalysisResult | None,
         not_analysable: str | None,
+        images: _Images,
     ) -> None:
         written = [self._write(claimed, obj) for obj in objects]
         destinations = list(self._destinations())
@@ -378,6 +517,7 @@ class Worker:
                         if not_analysable
                         else f"analysed with {result.model_name} {result.model_version} "
                         f"(sha256 {result.model_sha256[:12]})"
+                        + (f"; {summarise_exclusions(images.excluded)}" if images.excluded else "")
                         if result
                         else None
                     ),
@@ -385,6 +525,7 @@ class Worker:
                         "objects": [o.object_type for o in objects],
                         "destinations": [p.name for p in destinations],
                         "model_sha256": result.model_sha256 if result else None,
+                        "excluded": dict(images.excluded),
                     },
                 )
         except _SupersededError as exc:

@@ -95,9 +95,10 @@ def read_source_image(source: str | os.PathLike[str] | Dataset) -> SourceImage:
     Raises
     ------
     PixelDataError
-        When the file is not DICOM, holds no pixel data, several frames or a
-        colour image, or when its pixel data cannot be decoded (the message
-        names the transfer syntax and the decoder that is missing).
+        When the file is not DICOM or does not parse, holds no pixel data,
+        several frames or a colour image, or when its pixel data cannot be
+        decoded (the message names the transfer syntax and the decoder that
+        is missing). An ``OSError`` reading the file is raised as it is.
     """
     if isinstance(source, Dataset):
         ds, name = source, f"SOP instance {source.get('SOPInstanceUID', '(no UID)')}"
@@ -107,6 +108,12 @@ def read_source_image(source: str | os.PathLike[str] | Dataset) -> SourceImage:
             ds = pydicom.dcmread(Path(source))
         except InvalidDicomError as exc:
             raise PixelDataError(f"{name}: not a DICOM file ({exc})") from exc
+        except (OSError, MemoryError):
+            raise  # the file system or the machine, not the file: may pass
+        except Exception as exc:  # pydicom raises many types for a corrupt file
+            raise PixelDataError(
+                f"{name}: cannot parse the file ({type(exc).__name__}: {exc})"
+            ) from exc
     _check_header(ds, name)
     stored = _decode(ds, name)
     if stored.ndim != 2:

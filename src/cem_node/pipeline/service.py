@@ -28,6 +28,7 @@ from cem_node.jobs.analysis import (
     AnalysisRequest,
     AnalysisResult,
     AnalysisUnavailableError,
+    InstanceUnusableError,
     image_pairs,
 )
 from cem_node.models import Bundle, BundleError, BundleRegistry
@@ -36,6 +37,7 @@ from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 if TYPE_CHECKING:
     from cem_node.dicom.status_report import ReportingDevice
     from cem_node.pipeline.analyse import LoadedModels, PairInput
+    from cem_node.pipeline.pixels import SourceImage
 
 __all__ = [
     "BundleAnalyzer",
@@ -146,16 +148,31 @@ def requests_from_files(
 
 
 def decode_pairs(request: AnalysisRequest) -> list[PairInput]:
-    """Decode the request's LE and RC images (once: callers reuse them, e.g. for overlays)."""
+    """Decode the request's LE and RC images (once: callers reuse them, e.g. for overlays).
+
+    Raises
+    ------
+    InstanceUnusableError
+        For the first image whose pixel data cannot be used (the worker
+        excludes it and analyses the rest).
+    """
     from cem_node.pipeline.analyse import PairInput
-    from cem_node.pipeline.pixels import read_source_image
+    from cem_node.pipeline.pixels import PixelDataError, read_source_image
+
+    def read(path: Path, sop_instance_uid: str) -> SourceImage:
+        try:
+            return read_source_image(path)
+        except PixelDataError as exc:
+            # the message starts with the file's path: the UID says which image
+            reason = str(exc).removeprefix(f"{path}: ")
+            raise InstanceUnusableError(sop_instance_uid, reason) from exc
 
     return [
         PairInput(
             laterality=p.laterality,
             view=p.view,
-            low_energy=read_source_image(p.low_energy_path),
-            recombined=read_source_image(p.recombined_path),
+            low_energy=read(p.low_energy_path, p.low_energy_sop_instance_uid),
+            recombined=read(p.recombined_path, p.recombined_sop_instance_uid),
         )
         for p in request.pairs
     ]

@@ -2,8 +2,10 @@
 
 Order of operations (an acknowledged instance must survive ``kill -9``):
 
-1. parse the header from the received bytes and check them (SOP class and
-   instance match the request, the dataset is complete);
+1. parse the header from the received bytes and check them (every value
+   converts, the identifying UIDs are single valid UIDs, SOP class and
+   instance match the request, the dataset is complete): a failure is
+   refused with a status whose comment names the attribute, never raised;
 2. check the disk watermark (``0xA700`` above it; nothing is ever deleted
    to make room);
 3. if the SOP Instance UID is known with the same bytes, do nothing;
@@ -38,11 +40,18 @@ import pydicom
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
+from cem_node.dicom.identifiers import (
+    IDENTIFYING_UIDS,
+    identifier_problem,
+    uid_problem,
+    unreadable_element,
+)
 from cem_node.store.audit import ALERT, audit_values, record_event
 from cem_node.store.engine import SQLITE_BEGIN_OPTION
 from cem_node.store.instance_files import InstanceFileStore, StoredFile
@@ -138,8 +147,13 @@ class IngestResult:
 
     @property
     def error_comment(self) -> str:
-        """The message cut to an ErrorComment (LO, 64 characters)."""
-        return self.message[:64]
+        """The message as an ErrorComment (LO: 64 characters of the default repertoire).
+
+        Parts of a message may come from the received bytes: other characters
+        become ``?`` and a backslash (LO's value delimiter) ``/``.
+        """
+        text = self.message.replace("\\", "/")
+        return "".join(c if " " <= c <= "~" else "?" for c in text[:64])
 
 
 class DiskGuard:
@@ -200,8 +214,9 @@ def _text(ds: Dataset, keyword: str, length: int) -> str | None:
     value = ds.get(keyword)
     if value is None:
         return None
-    text = str(value).strip()
-    return text[:length] or None
+    # several values are written as DICOM writes them, not as a Python list
+    text = "\\".join(map(str, value)) if isinstance(value, MultiValue) else str(value)
+    return text.strip()[:length] or None
 
 
 def _int(ds: Dataset, keyword: str) -> int | None:
@@ -278,42 +293,21 @@ class InstanceIngestor:
         except InvalidDicomError as exc:
             return fail(Status.CANNOT_UNDERSTAND, f"Not a DICOM dataset: {exc}")
         except Exception as exc:  # any parser failure is the sender's data, not our bug
-            return fail(Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}")
+            return fail(
+                Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}: {exc}"
+            )
         if truncated:
             return fail(
                 Status.INCOMPLETE_DATASET,
                 "Truncated dataset: end of data before the end of an element",
             )
-        with warnings.catch_warnings():
-            # malformed values are judged below; pydicom's warnings say nothing more
-            warnings.simplefilter("ignore")
-            uid_class = str(ds.get("SOPClassUID", "") or "")
-            uid_instance = str(ds.get("SOPInstanceUID", "") or "")
-            uid_study = str(ds.get("StudyInstanceUID", "") or "")
-        if not uid_class or not uid_instance or not uid_study:
+        try:
+            return _checked(ds, _size(data), sop_class_uid, sop_instance_uid)
+        except Exception as exc:  # a value no check foresaw: still the sender's data
+            _LOG.warning("dataset check failed", exc_info=True)
             return fail(
-                Status.CANNOT_UNDERSTAND,
-                "Missing SOPClassUID, SOPInstanceUID or StudyInstanceUID",
+                Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}: {exc}"
             )
-        if max(len(uid_class), len(uid_instance), len(uid_study)) > 64:
-            return fail(Status.CANNOT_UNDERSTAND, "A UID is longer than 64 characters")
-        if sop_class_uid and uid_class != sop_class_uid:
-            return fail(
-                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                f"SOPClassUID {uid_class} differs from the request's",
-            )
-        if sop_instance_uid and uid_instance != sop_instance_uid:
-            return fail(
-                Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
-                "SOPInstanceUID differs from the request's",
-            )
-        meta = getattr(ds, "file_meta", None)
-        syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-        if uid_class in MAMMOGRAPHY_SOP_CLASSES:
-            problem = _pixel_data_problem(ds, syntax, truncated, _size(data))
-            if problem:
-                return fail(Status.INCOMPLETE_DATASET, problem)
-        return _Header(uid_class, uid_instance, uid_study, syntax, ds)
 
     # ------------------------------------------------------------------ ingest
 
@@ -695,6 +689,9 @@ class InstanceIngestor:
             result.status,
             result.message,
         )
+        # the request's UID may be as malformed as the dataset's: not into a UI column
+        if sop_instance_uid and uid_problem(sop_instance_uid):
+            sop_instance_uid = None
         try:
             with self._sessions.begin() as session:
                 self._audit(
@@ -713,14 +710,62 @@ def _size(data: bytes | Path) -> int:
     return len(data) if isinstance(data, bytes | bytearray) else data.stat().st_size
 
 
-def _pixel_data_problem(ds: Dataset, syntax: str, truncated: bool, total: int) -> str | None:
+def _checked(
+    ds: Dataset, size: int, sop_class_uid: str | None, sop_instance_uid: str | None
+) -> _Header | IngestResult:
+    """Check a dataset read in full (``size`` bytes); return its header or the refusal."""
+
+    def fail(status: Status, message: str) -> IngestResult:
+        return IngestResult(int(status), IngestOutcome.REFUSED, message)
+
+    # pydicom converts values when first read: one that cannot be converted would
+    # raise later (in the index, or at the worker) instead of being refused here
+    meta = getattr(ds, "file_meta", None)
+    unreadable = unreadable_element(ds, convert_plain=False) or (
+        unreadable_element(meta, convert_plain=False) if meta is not None else None
+    )
+    if unreadable:
+        return fail(Status.CANNOT_UNDERSTAND, unreadable)
+    with warnings.catch_warnings():
+        # malformed values are judged below; pydicom's warnings say nothing more
+        warnings.simplefilter("ignore")
+        uid_class = str(ds.get("SOPClassUID", "") or "")
+        # the Series Instance UID is Type 1 in every image IOD; other objects are
+        # discarded unread, so theirs is only checked when present
+        image = uid_class in MAMMOGRAPHY_SOP_CLASSES
+        bad_uid = identifier_problem(
+            ds,
+            required=IDENTIFYING_UIDS[: 4 if image else 3],
+            optional=() if image else IDENTIFYING_UIDS[3:],
+        )
+        if bad_uid:
+            return fail(Status.CANNOT_UNDERSTAND, bad_uid)
+        uid_instance = str(ds.SOPInstanceUID)
+        uid_study = str(ds.StudyInstanceUID)
+    if sop_class_uid and uid_class != sop_class_uid:
+        return fail(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            f"SOPClassUID {uid_class} differs from the request's",
+        )
+    if sop_instance_uid and uid_instance != sop_instance_uid:
+        return fail(
+            Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
+            "SOPInstanceUID differs from the request's",
+        )
+    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    if image:
+        problem = _pixel_data_problem(ds, syntax, size)
+        if problem:
+            return fail(Status.INCOMPLETE_DATASET, problem)
+    return _Header(uid_class, uid_instance, uid_study, syntax, ds)
+
+
+def _pixel_data_problem(ds: Dataset, syntax: str, total: int) -> str | None:
     """Say why an image's pixel data is missing or incomplete, or return ``None``.
 
     Native pixel data is left unread (deferred): its declared length and
     position say whether all of it arrived, without copying megabytes.
     """
-    if truncated:
-        return "Truncated dataset: end of data before the end of an element"
     if "PixelData" not in ds:
         return "Image without Pixel Data (truncated dataset?)"
     element = ds.get_item(0x7FE00010, keep_deferred=True)

@@ -163,6 +163,9 @@ class ImageRole(enum.StrEnum):
     RECOMBINED = "recombined"
     HIGH_ENERGY = "high_energy"
     OTHER = "other"
+    EXCLUDED = "excluded"
+    """Cannot be used (unreadable header, invalid identifier, undecodable pixel data):
+    left out of the analysis round, the reason in ``role_reason``."""
 
 
 class JobKind(enum.StrEnum):
