@@ -35,6 +35,7 @@ __all__ = [
     "Rejection",
     "address_matches",
     "decide_association",
+    "normalise_address",
 ]
 
 
@@ -106,7 +107,8 @@ def resolve_host(host: str) -> frozenset[str]:
     return addresses
 
 
-def _normalise(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def normalise_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The address as an ``ipaddress`` object (IPv4-mapped IPv6 as IPv4), or None."""
     try:
         parsed = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
@@ -122,7 +124,7 @@ def address_matches(address: str, host: str, *, resolve: Resolver = resolve_host
     ``host`` is an address, a network in CIDR form (``10.1.2.0/24``) or a
     host name (resolved through the system resolver).
     """
-    remote = _normalise(address)
+    remote = normalise_address(address)
     if remote is None:
         return False
     if "/" in host:
@@ -130,10 +132,10 @@ def address_matches(address: str, host: str, *, resolve: Resolver = resolve_host
             return remote in ipaddress.ip_network(host, strict=False)
         except ValueError:
             return False
-    literal = _normalise(host)
+    literal = normalise_address(host)
     if literal is not None:
         return remote == literal
-    return any(_normalise(a) == remote for a in resolve(host))
+    return any(normalise_address(a) == remote for a in resolve(host))
 
 
 def decide_association(

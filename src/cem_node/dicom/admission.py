@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cem_node.dicom.access import resolve_host
+from cem_node.dicom.access import normalise_address, resolve_host
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import record_event
 
@@ -112,16 +112,6 @@ def _network(text: str) -> Network | None:
     return network
 
 
-def _address(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        parsed = ipaddress.ip_address(text.split("%", 1)[0])
-    except ValueError:
-        return None
-    if isinstance(parsed, ipaddress.IPv6Address) and parsed.ipv4_mapped is not None:
-        return parsed.ipv4_mapped
-    return parsed
-
-
 def networks_of(
     sources: Sequence[PeerEntry], resolve: Callable[[str], frozenset[str]] = resolve_host
 ) -> tuple[Network, ...]:
@@ -190,7 +180,7 @@ class AddressAllowList:
         networks = self._networks
         if not self._enabled or networks is None:
             return True
-        remote = _address(address)
+        remote = normalise_address(address)
         return remote is not None and any(remote in n for n in networks)
 
 
