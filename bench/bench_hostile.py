@@ -259,6 +259,8 @@ def attack_tls_idle(node: AttackedNode, pki: Path) -> Figures:
 
 
 def _make_pki(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+
     def openssl(*args: str) -> None:
         subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
 
@@ -278,10 +280,12 @@ def _make_pki(folder: Path) -> Path:
     return folder
 
 
-def run_all(code: Path | None, work: Path) -> dict[str, Figures]:
-    """Every attack against nodes running ``code`` (None: this checkout)."""
+def run_all(
+    code: Path | None, work: Path, results: dict[str, Figures], save: Callable[[], None]
+) -> None:
+    """Every attack against nodes running ``code`` (None: this checkout), into ``results``
+    (``save`` after each: a run that breaks keeps what it measured)."""
     common = {"artim_timeout_s": None, "code": code}
-    results: dict[str, Figures] = {}
     options = NodeOptions(node={"max_associations": 4}, **common)  # type: ignore[arg-type]
     with attacked_node(work / "plain", options) as node:
         for name, attack in (
@@ -297,16 +301,18 @@ def run_all(code: Path | None, work: Path) -> dict[str, Figures]:
             except Exception as exc:  # a figure of its own: the attack broke the bench's peer
                 results[name] = {"error": f"{type(exc).__name__}: {exc}"[:80]}
             results[name]["node alive"] = "yes" if node.alive() else "no"
+            save()
     pki = _make_pki(work / "pki")
     with attacked_node(work / "tls", NodeOptions(tls=pki, **common)) as node:  # type: ignore[arg-type]
         results["TLS: idle socket, then plain bytes"] = attack_tls_idle(node, pki)
+    save()
     full = NodeOptions(storage={"disk_high_watermark_percent": 0.001}, **common)  # type: ignore[arg-type]
     with attacked_node(work / "full", full, healthy=False) as node:
         code_, body = node.health()
         results["store above the disk watermark"] = {
             "/healthz": f"{code_} {str(body.get('status', ''))[:70]}"
         }
-    return results
+    save()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,10 +321,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     args = parser.parse_args(argv)
     runs: dict[str, dict[str, Figures]] = {}
+
+    def save() -> None:
+        if args.json is not None:
+            args.json.write_text(json.dumps(runs, indent=2))
+
     with tempfile.TemporaryDirectory(prefix="bench-hostile-") as tmp:
         if args.before is not None:
-            runs["before"] = run_all(args.before.resolve(), Path(tmp) / "before")
-        runs["after"] = run_all(None, Path(tmp) / "after")
+            runs["before"] = {}
+            run_all(args.before.resolve(), Path(tmp) / "before", runs["before"], save)
+        runs["after"] = {}
+        run_all(None, Path(tmp) / "after", runs["after"], save)
     table = Table(title="cem-node under attack (loopback, 2-core VM)")
     table.add_column("attack")
     table.add_column("measure")
@@ -335,8 +348,7 @@ def main(argv: list[str] | None = None) -> int:
             attack = ""
         table.add_section()
     Console(width=200).print(table)
-    if args.json is not None:
-        args.json.write_text(json.dumps(runs, indent=2))
+    save()
     return 0
 
 

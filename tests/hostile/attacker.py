@@ -128,6 +128,14 @@ class AttackedNode:
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+        try:
+            return self._wait_settled(timeout_s, healthy=healthy)
+        except BaseException:
+            self.stop()  # never leave a node behind
+            raise
+
+    def _wait_settled(self, timeout_s: float, *, healthy: bool) -> AttackedNode:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -187,6 +187,7 @@ class AddressAllowList:
 @dataclass
 class _Coalesced:
     stage: str
+    answer: str
     count: int = 0
     first: datetime = field(default_factory=lambda: datetime.now(UTC))
     last: datetime = field(default_factory=lambda: datetime.now(UTC))
@@ -223,8 +224,10 @@ class ConnectionAuditor:
         self._thread: threading.Thread | None = None
         self._recent: deque[tuple[float, str]] = deque(maxlen=4096)
 
-    def refused(self, address: str, reason: str, stage: str) -> None:
-        """Record one refusal (cheap: no I/O)."""
+    def refused(
+        self, address: str, reason: str, stage: str, answer: str = "connection closed"
+    ) -> None:
+        """Record one refusal (cheap: no I/O) and what the peer was answered."""
         now = datetime.now(UTC)
         with self._lock:
             key = (address, reason)
@@ -232,7 +235,7 @@ class ConnectionAuditor:
                 key = ("*", "other refusals (too many distinct addresses to list)")
             entry = self._pending.get(key)
             if entry is None:
-                entry = self._pending[key] = _Coalesced(stage)
+                entry = self._pending[key] = _Coalesced(stage, answer)
             entry.count += 1
             entry.last = now
             self._recent.append((time.monotonic(), stage))
@@ -286,6 +289,7 @@ class ConnectionAuditor:
                         message=reason,
                         details={
                             "stage": entry.stage,
+                            "answer": entry.answer,
                             "count": entry.count,
                             "first": entry.first.isoformat(),
                             "last": entry.last.isoformat(),
@@ -345,7 +349,7 @@ class Admission:
                     self._pending[address] = mine + 1
                     self._total += 1
         if reason is not None:
-            self.auditor.refused(address, reason, "accept")
+            self.auditor.refused(address, reason, "accept", "connection closed at accept")
             return False
         return True
 

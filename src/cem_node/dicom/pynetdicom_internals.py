@@ -188,7 +188,7 @@ class GuardedDUL(DULServiceProvider):  # type: ignore[misc,valid-type]
 
     #: Set by :class:`NodeRequestHandler` after the class swap.
     max_association_pdu: int = 1 << 20
-    on_violation: Callable[[str], None] | None = None
+    on_violation: Callable[[str, int], None] | None = None
     _unsynced_bytes: int = 0
 
     def _read_pdu_data(self) -> None:
@@ -241,7 +241,7 @@ class GuardedDUL(DULServiceProvider):  # type: ignore[misc,valid-type]
         sock = cast(BoundedSocket, self.socket).socket
         _LOG.warning("association aborted: %s", reason)
         if self.on_violation is not None:
-            self.on_violation(reason)
+            self.on_violation(reason, abort_reason)
         if sock is not None:
             try:
                 sock.settimeout(1.0)
@@ -532,7 +532,12 @@ class NodeRequestHandler(RequestHandler):
                 _wait_readable(sock, deadline=deadline, timeout_s=limits.artim_timeout_s)
             sock.settimeout(None)  # pynetdicom's reactors expect a blocking socket
         except RefusedConnectionError as refused:
-            admission.auditor.refused(address, refused.reason, refused.stage)
+            answer = (
+                f"A-ABORT (reason {refused.abort_reason}), connection closed"
+                if refused.abort
+                else "connection closed"
+            )
+            admission.auditor.refused(address, refused.reason, refused.stage, answer)
             _close(self.request, abort_pdu(refused.abort_reason) if refused.abort else b"")
             return
         finally:
@@ -544,8 +549,8 @@ class NodeRequestHandler(RequestHandler):
             assoc.dul.socket.replay(first_pdu)
             assoc.dul.__class__ = GuardedDUL
             assoc.dul.max_association_pdu = limits.max_association_pdu
-            assoc.dul.on_violation = lambda reason: admission.auditor.refused(
-                address, reason, "association"
+            assoc.dul.on_violation = lambda reason, abort: admission.auditor.refused(
+                address, reason, "association", f"A-ABORT (reason {abort}), connection closed"
             )
             assoc.dimse.__class__ = ResponsiveDIMSE
         evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": self.client_address})

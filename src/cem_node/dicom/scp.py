@@ -15,7 +15,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import cast
 
@@ -50,6 +50,7 @@ from cem_node.dicom.access import (
     TOO_MANY_ASSOCIATIONS,
     AccessDecision,
     AssociationRequest,
+    Rejection,
     decide_association,
 )
 from cem_node.dicom.admission import (
@@ -302,11 +303,13 @@ class StorageSCP:
             sources = self._sources()
         except Exception:  # the database is down: nobody can be checked, nobody gets in
             _LOG.exception("cannot read the source peers; association from %s refused", caller)
-            self._audit_association(
-                caller,
-                AccessDecision(False, "the source peers cannot be read (database unavailable)"),
+            unavailable = AccessDecision(
+                False,
+                "the source peers cannot be read (database unavailable)",
+                rejection=Rejection(2, 1, 1),  # transient: the sender will retry
             )
-            event.assoc.acse.send_reject(2, 1, 1)  # transient: the sender will retry
+            self._audit_association(caller, unavailable)
+            event.assoc.acse.send_reject(2, 1, 1)
             event.assoc.kill()
             return
         node = self._settings.node
@@ -378,7 +381,19 @@ class StorageSCP:
                     called_ae_title=caller.called,
                     remote_address=caller.address,
                     message=decision.reason,
-                    details={"peer": decision.peer},
+                    details={
+                        "peer": decision.peer,
+                        # what the requestor was told (PS3.8 Table 9-21)
+                        "answer": "A-ASSOCIATE-AC"
+                        if decision.accepted
+                        else (
+                            "A-ASSOCIATE-RJ (result {}, source {}, reason {})".format(
+                                *astuple(decision.rejection)
+                            )
+                            if decision.rejection is not None
+                            else "A-ASSOCIATE-RJ"
+                        ),
+                    },
                 )
         except Exception:  # an audit failure must not decide an association
             _LOG.exception("cannot audit the association decision")
