@@ -201,7 +201,10 @@ class AttackedNode:
     def echo_seconds(self, *, calling_ae: str = MODALITY_AE, extra: Sequence[str] = ()) -> float:
         """Wall time of a C-ECHO by dcmtk's echoscu from 127.0.0.1; inf if it failed."""
         started = time.perf_counter()
-        done = echoscu(port=self.port, called_ae=NODE_AE, calling_ae=calling_ae, extra=extra)
+        try:
+            done = echoscu(port=self.port, called_ae=NODE_AE, calling_ae=calling_ae, extra=extra)
+        except subprocess.TimeoutExpired:  # echoscu itself hung (a stuck TLS accept)
+            return float("inf")
         elapsed = time.perf_counter() - started
         return elapsed if done.returncode == 0 else float("inf")
 
