@@ -57,6 +57,7 @@ from cem_node.dicom.admission import (
     read_association_request,
     tls_handshake,
 )
+from cem_node.store.instance_files import start_writeback
 
 __all__ = [
     "FAST_PATH",
@@ -146,18 +147,20 @@ class BoundedSocket(AssociationSocket):  # type: ignore[misc,valid-type]
         return bool(self._replay) or cast(bool, AssociationSocket.ready.fget(self))
 
     def recv(self, nr_bytes: int) -> bytearray:
-        buffer = bytearray()
-        if self._replay:
-            buffer += self._replay[:nr_bytes]
+        replayed = self._replay[:nr_bytes]
+        if replayed:
             self._replay = self._replay[nr_bytes:]
-        read = len(buffer)
-        if read >= nr_bytes:
-            return buffer
+            if len(replayed) == nr_bytes:
+                return bytearray(replayed)
+        # up to _INITIAL_READ (a PDU within the negotiated maximum) in one allocation;
+        # beyond it, the buffer doubles only as bytes arrive
+        buffer = bytearray(max(len(replayed), min(nr_bytes, _INITIAL_READ)))
+        buffer[: len(replayed)] = replayed
+        read = len(replayed)
         sock = cast(socket.socket, self.socket)
-        buffer.extend(bytes(min(nr_bytes, max(_INITIAL_READ, read)) - read))
         while read < nr_bytes:
             if read == len(buffer):
-                buffer.extend(bytes(min(len(buffer), nr_bytes - read)))  # as bytes arrive
+                buffer.extend(bytes(min(len(buffer), nr_bytes - read)))
             with memoryview(buffer) as view:
                 count = sock.recv_into(view[read:], len(buffer) - read)
             if not count:
@@ -320,13 +323,12 @@ class GuardedDUL(DULServiceProvider):  # type: ignore[misc,valid-type]
                 return False  # malformed, a command or the last fragment: pynetdicom's way
             spans.append((offset + 6, stop))
             offset = stop
+        raw = getattr(target, "file", target)  # past NamedTemporaryFile's Python wrapper
         with memoryview(body) as view:
             for start, stop in spans:
-                target.write(view[start:stop])
+                raw.write(view[start:stop])
         # start writing it to disk now: the fsync before the answer then finds
         # little left to do, instead of the whole image
-        from cem_node.store.instance_files import start_writeback
-
         unsynced = self._unsynced_bytes + len(body)
         if unsynced >= _WRITEBACK_EVERY_BYTES:
             start_writeback(target.fileno())
