@@ -35,8 +35,9 @@ The receivers
       is not timed either.
     * dcmtk ``storescp`` in its fastest configuration: bit-preserving
       (``+B``: the received bytes are streamed to the file as they arrive),
-      no host name lookup, the largest receive PDU dcmtk allows (128 KiB;
-      the node's is unlimited, and storescu sends it 128 KiB PDUs too).
+      no host name lookup, the largest receive PDU dcmtk allows (128 KiB,
+      the node's default ``max_pdu_size`` too; storescu sends 128 KiB PDUs
+      to either).
       storescp does **not** fsync the files and keeps no index, so the
       comparison is conservative for the node. One storescu is received by
       storescp in its default single-process mode; 4 concurrent storescu
