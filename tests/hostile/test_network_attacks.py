@@ -81,6 +81,7 @@ def _count(rows: list[dict]) -> int:
 
 
 def _last_audit_id(node: AttackedNode) -> int:
+    time.sleep(1.0)  # the previous test's refusals are written every 0.5 s
     rows = node.audit()
     return rows[-1]["id"] if rows else 0
 
@@ -131,6 +132,9 @@ def test_pdata_pdu_larger_than_negotiated_is_aborted(node: AttackedNode) -> None
     before = node.rss_mb()
     with _association(node.port) as assoc:
         assert assoc.is_established
+        # the requestor's own reactor would read the answer first: stop it
+        assoc.dul.kill_dul()
+        assoc.dul.join(5)
         raw = assoc.dul.socket.socket
         raw.sendall(pdu_header(0x04, 0xFFFFFFF0) + b"\x00" * 1024)
         abort = raw.recv(16)
