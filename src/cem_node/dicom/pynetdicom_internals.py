@@ -7,10 +7,12 @@ checks, the TLS handshake and the A-ASSOCIATE-RQ read of
 pynetdicom sees a byte. What follows reaches into pynetdicom's internals,
 written for pynetdicom 3.0 (:data:`WRITTEN_FOR`):
 
-* :class:`BoundedSocket` reads a PDU into a buffer that grows with the bytes
-  that arrived (pynetdicom reads 4 KiB pieces in a Python loop, which made
-  receiving the node's slowest step), and replays the A-ASSOCIATE-RQ that
-  the front door already read;
+* :class:`BoundedSocket` reads a PDU with a few ``recv_into`` calls
+  (pynetdicom reads 4 KiB pieces in a Python loop, which made receiving the
+  node's slowest step): at most 256 KiB are allocated at once, which covers
+  a PDU within the negotiated maximum, and beyond that the buffer grows only
+  as bytes arrive. The lengths were checked before (:class:`GuardedDUL`). It
+  also replays the A-ASSOCIATE-RQ that the front door already read;
 * :class:`GuardedDUL` refuses a PDU whose announced length breaks the limits
   (a P-DATA-TF larger than the node's maximum receive length, an
   association PDU larger than the front door's limit, a release or abort PDU
