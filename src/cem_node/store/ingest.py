@@ -378,8 +378,8 @@ class InstanceIngestor:
     def _store(self, header: _Header, data: bytes | Path, sender: ReceivedFrom) -> IngestResult:
         with self._sessions.begin() as session:
             # a read: SQLite's write lock is for the index transaction below
-            session.connection(execution_options={SQLITE_BEGIN_OPTION: "DEFERRED"})
-            known = session.execute(_KNOWN_INSTANCE, {"uid": header.sop_instance_uid}).first()
+            connection = session.connection(execution_options={SQLITE_BEGIN_OPTION: "DEFERRED"})
+            known = connection.execute(_KNOWN_INSTANCE, {"uid": header.sop_instance_uid}).first()
         # a resend is compared byte for byte with the stored file (memcmp speed);
         # hashing on this path would cost more than the write and the fsync
         if known is not None and self._same_bytes(known.file_path, data):
@@ -464,7 +464,10 @@ class InstanceIngestor:
             study_id = self._study_for_instance(
                 session, header.dataset, header.study_instance_uid, now
             )
-            row = session.execute(_SELECT_INSTANCE, {"uid": header.sop_instance_uid}).first()
+            # Core statements on the session's connection: the ORM's execute path costs
+            # more than the SQL
+            connection = session.connection()
+            row = connection.execute(_SELECT_INSTANCE, {"uid": header.sop_instance_uid}).first()
             ds = header.dataset
             fields = {
                 "study_id": study_id,
@@ -488,7 +491,7 @@ class InstanceIngestor:
             }
             if row is None:
                 outcome = IngestOutcome.STORED
-                inserted = session.execute(
+                inserted = connection.execute(
                     _INSERT_INSTANCE,
                     {"sop_instance_uid": header.sop_instance_uid, "version": 1, **fields},
                 )
@@ -512,7 +515,7 @@ class InstanceIngestor:
                 )
             if outcome is not IngestOutcome.UNCHANGED:
                 replaced = outcome is IngestOutcome.REPLACED
-                session.execute(
+                connection.execute(
                     _INSERT_AUDIT_EVENT,
                     audit_values(
                         "instance_replaced" if replaced else "instance_stored",
@@ -534,9 +537,10 @@ class InstanceIngestor:
     def _study_for_instance(self, session: Session, ds: Dataset, uid: str, now: object) -> int:
         """The id of the study an instance joins, locked for this transaction; created
         or reopened (:meth:`_upsert_study`) when needed."""
-        found = session.execute(_SELECT_STUDY, {"uid": uid}).first()
+        connection = session.connection()
+        found = connection.execute(_SELECT_STUDY, {"uid": uid}).first()
         if found is not None and found.state == StudyState.RECEIVING:  # the usual case
-            session.execute(_TOUCH_STUDY, {"study_id": found.id, "now": now})
+            connection.execute(_TOUCH_STUDY, {"study_id": found.id, "now": now})
             return int(found.id)
         return int(self._upsert_study(session, ds, uid, now).id)
 
