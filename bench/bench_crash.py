@@ -90,6 +90,8 @@ from bench.bench_ingest import (  # noqa: E402
     dcmtk_version,
     ensure_images,
     machine,
+    serve_command,
+    serve_environment,
     warm_page_cache,
 )
 from tests.dicom_validators import find_tool  # noqa: E402
@@ -264,29 +266,8 @@ class CrashNode:
         bundle loaded, every receiver listening, C-ECHO answered."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port, self.http_port = free_port(), free_port()
-        cmd = [
-            str(Path(sys.executable).with_name("cem-node")),
-            "--data-dir",
-            str(self.data_dir),
-            "serve",
-            "--port",
-            str(self.port),
-            "--host",
-            LOOPBACK,
-            "--accept-unknown-sources",
-            "--receivers",
-            str(self.receivers),
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
-        env |= {
-            "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
-            "CEM_NODE_STORAGE__DISK_HIGH_WATERMARK_PERCENT": "99.9",
-            "CEM_NODE_ASSEMBLY__MAX_WAIT_S": "3600",
-            "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": "3600",
-            "CEM_NODE_LOGGING__LEVEL": self.log_level,
-            "CEM_NODE_HTTP__HOST": LOOPBACK,
-            "CEM_NODE_HTTP__PORT": str(self.http_port),
-        }
+        cmd = serve_command(self.data_dir, self.port, self.receivers)
+        env = serve_environment(self.log_level, self.http_port)
         started = time.perf_counter()
         with self.log_path.open("ab") as log:
             # cwd: a folder without conf/node.toml, so only the defaults apply

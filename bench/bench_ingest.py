@@ -185,6 +185,38 @@ def _health(port: int) -> dict[str, object] | None:
         return None
 
 
+def serve_command(data_dir: Path, port: int, receivers: int) -> list[str]:
+    """``cem-node serve`` on loopback for a benchmark: any sender, ``receivers`` processes."""
+    return [
+        str(Path(sys.executable).with_name("cem-node")),
+        "--data-dir",
+        str(data_dir),
+        "serve",
+        "--port",
+        str(port),
+        "--host",
+        LOOPBACK,
+        "--accept-unknown-sources",
+        "--receivers",
+        str(receivers),
+    ]
+
+
+def serve_environment(log_level: str, http_port: int) -> dict[str, str]:
+    """The environment of :func:`serve_command`: no free-space minimum, assembly held
+    back (no analysis during the benchmark), /healthz on ``http_port``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
+    return env | {
+        "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
+        "CEM_NODE_STORAGE__DISK_HIGH_WATERMARK_PERCENT": "99.9",
+        "CEM_NODE_ASSEMBLY__MAX_WAIT_S": "3600",
+        "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": "3600",
+        "CEM_NODE_LOGGING__LEVEL": log_level,
+        "CEM_NODE_HTTP__HOST": LOOPBACK,
+        "CEM_NODE_HTTP__PORT": str(http_port),
+    }
+
+
 class NodeReceiver:
     """The node in its own process on a fresh data folder, until :meth:`stop`."""
 
@@ -208,29 +240,8 @@ class NodeReceiver:
         listening, as a node that has been up for a while. storescp's start-up is
         not timed either."""
         self.data_dir.mkdir(parents=True)
-        cmd = [
-            str(Path(sys.executable).with_name("cem-node")),
-            "--data-dir",
-            str(self.data_dir),
-            "serve",
-            "--port",
-            str(self.port),
-            "--host",
-            LOOPBACK,
-            "--accept-unknown-sources",
-            "--receivers",
-            str(self.receivers),
-        ]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
-        env |= {
-            "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
-            "CEM_NODE_STORAGE__DISK_HIGH_WATERMARK_PERCENT": "99.9",
-            "CEM_NODE_ASSEMBLY__MAX_WAIT_S": "3600",
-            "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": "3600",
-            "CEM_NODE_LOGGING__LEVEL": self.log_level,
-            "CEM_NODE_HTTP__HOST": LOOPBACK,
-            "CEM_NODE_HTTP__PORT": str(self.http_port),
-        }
+        cmd = serve_command(self.data_dir, self.port, self.receivers)
+        env = serve_environment(self.log_level, self.http_port)
         with self.log_path.open("ab") as log:
             # cwd: a folder without conf/node.toml, so only the defaults apply
             self._proc = subprocess.Popen(
