@@ -8,12 +8,13 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 from typer.testing import CliRunner
 
 from cem_node.cli import app
 from cem_node.config import (
     ConfigError,
+    NodeSection,
     Peer,
     Settings,
     load_settings,
@@ -352,3 +353,12 @@ def test_cli_init_writes_the_default_and_refuses_to_overwrite(tmp_path: Path) ->
     result = _invoke("config", "init", "--out", str(out), "--force")
     assert result.exit_code == 0, result.output
     assert out.read_text(encoding="utf-8") == render_default_toml()
+
+
+def test_unlimited_pdu_size_of_earlier_versions_is_refused_with_the_fix() -> None:
+    """Earlier `config init` wrote max_pdu_size = 0 (unlimited): refused, saying what to set."""
+    with pytest.raises(ValidationError, match=r"0 \(unlimited\) is no longer allowed.*131072"):
+        NodeSection(max_pdu_size=0)
+    with pytest.raises(ValidationError, match="below the smallest useful PDU length"):
+        NodeSection(max_pdu_size=1024)
+    assert NodeSection().max_pdu_size == 131072

@@ -209,7 +209,6 @@ class NodeSection(_Section):
     )
     max_pdu_size: int = Field(
         131072,
-        ge=4096,
         le=16 * 1024 * 1024,
         description=(
             "Maximum length in bytes of the P-DATA-TF PDUs this node receives (announced to "
@@ -280,6 +279,19 @@ class NodeSection(_Section):
             'study then sees success), "refuse" rejects them.'
         ),
     )
+
+    @field_validator("max_pdu_size")
+    @classmethod
+    def _finite_pdu_size(cls, value: int) -> int:
+        # 0 meant "unlimited" in earlier versions, and their `config init` wrote it
+        if value == 0:
+            raise ValueError(
+                "0 (unlimited) is no longer allowed: an unlimited PDU length lets any "
+                "peer make the node reserve gigabytes; use 131072 (the default)"
+            )
+        if value < 4096:
+            raise ValueError(f"{value} is below the smallest useful PDU length, 4096")
+        return value
 
 
 class TlsSection(_Section):
