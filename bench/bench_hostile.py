@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import json
 import random
-import subprocess
 import sys
 import tempfile
 import threading
@@ -66,6 +65,7 @@ from tests.hostile.attacker import (  # noqa: E402
     raw_c_store,
 )
 from tests.hostile.test_fuzz import _random_pdu  # noqa: E402
+from tests.test_tls import make_pki  # noqa: E402
 
 Figures = dict[str, Any]
 
@@ -268,28 +268,6 @@ def attack_tls_idle(node: AttackedNode, pki: Path) -> Figures:
     }
 
 
-def _make_pki(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def openssl(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
-
-    openssl(
-        "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=bench-ca",
-        "-keyout", "ca.key", "-out", "ca.pem",
-    )  # fmt: skip
-    openssl(
-        "req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=server", "-keyout", "server.key",
-        "-out", "server.csr",
-    )  # fmt: skip
-    (folder / "server.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    openssl(
-        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-        "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.crt",
-    )  # fmt: skip
-    return folder
-
-
 def run_all(
     code: Path | None, work: Path, results: dict[str, Figures], save: Callable[[], None]
 ) -> None:
@@ -319,7 +297,9 @@ def run_all(
             save()
     tls_attack = "TLS: idle socket, then plain bytes"
     if tls_attack not in results:
-        pki = _make_pki(work / "pki")
+        pki = work / "pki"
+        pki.mkdir(parents=True, exist_ok=True)
+        make_pki(pki)
         with attacked_node(work / "tls", NodeOptions(tls=pki, **common)) as node:  # type: ignore[arg-type]
             try:
                 results[tls_attack] = attack_tls_idle(node, pki)

@@ -149,7 +149,6 @@ def test_refusals_are_coalesced_into_audit_rows(sqlite_url: str) -> None:
         auditor.refused("10.0.0.9", "no source peer allows this address", "accept")
     auditor.refused("10.0.0.8", "PDU type 0x41", "association-request")
     auditor.refused("10.0.0.7", "other", "accept")  # beyond max_keys: counted as "other"
-    assert auditor.recent("accept", 60) == 51
     auditor.flush()
     with sessions() as session:
         rows = session.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()

@@ -31,7 +31,12 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A CA, a server certificate for 127.0.0.1 and a client certificate."""
     if shutil.which("openssl") is None:
         missing_tool("openssl is not installed")
-    d = tmp_path_factory.mktemp("pki")
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def make_pki(d: Path) -> Path:
+    """Write ``ca.pem``, ``server.crt``/``.key`` (127.0.0.1) and ``client.crt``/``.key``
+    into ``d`` with openssl (also used by bench/bench_hostile.py)."""
     _openssl(
         "req",
         "-x509",

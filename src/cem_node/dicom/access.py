@@ -35,6 +35,7 @@ __all__ = [
     "Rejection",
     "address_matches",
     "decide_association",
+    "host_networks",
     "normalise_address",
 ]
 
@@ -118,24 +119,38 @@ def normalise_address(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Add
     return parsed
 
 
-def address_matches(address: str, host: str, *, resolve: Resolver = resolve_host) -> bool:
-    """Return whether a connection from ``address`` comes from ``host``.
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    ``host`` is an address, a network in CIDR form (``10.1.2.0/24``) or a
-    host name (resolved through the system resolver).
+
+def _network(text: str) -> Network | None:
+    try:
+        network = ipaddress.ip_network(text.split("%", 1)[0], strict=False)
+    except ValueError:
+        return None
+    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 128:
+        mapped = network.network_address.ipv4_mapped
+        if mapped is not None:  # ::ffff:10.0.0.1 is 10.0.0.1
+            return ipaddress.ip_network(mapped)
+    return network
+
+
+def host_networks(host: str, *, resolve: Resolver = resolve_host) -> tuple[Network, ...]:
+    """The networks a peer's ``host`` stands for.
+
+    ``host`` is an address (one address wide), a network in CIDR form
+    (``10.1.2.0/24``) or a host name (its addresses, through ``resolve``).
     """
+    direct = _network(host)
+    if direct is not None:
+        return (direct,)
+    return tuple(n for a in resolve(host) if (n := _network(a)) is not None)
+
+
+def address_matches(address: str, host: str, *, resolve: Resolver = resolve_host) -> bool:
+    """Return whether a connection from ``address`` comes from ``host`` (see
+    :func:`host_networks`)."""
     remote = normalise_address(address)
-    if remote is None:
-        return False
-    if "/" in host:
-        try:
-            return remote in ipaddress.ip_network(host, strict=False)
-        except ValueError:
-            return False
-    literal = normalise_address(host)
-    if literal is not None:
-        return remote == literal
-    return any(normalise_address(a) == remote for a in resolve(host))
+    return remote is not None and any(remote in n for n in host_networks(host, resolve=resolve))
 
 
 def decide_association(

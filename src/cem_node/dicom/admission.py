@@ -21,7 +21,6 @@ flood of identical refusals into one row with a count.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import select
 import socket
@@ -35,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cem_node.dicom.access import normalise_address, resolve_host
+from cem_node.dicom.access import Network, host_networks, normalise_address, resolve_host
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import record_event
 
@@ -57,8 +56,6 @@ A_ASSOCIATE_RQ = 0x01
 _PDU_HEADER = struct.Struct(">BBL")
 #: Bytes read per call while a PDU arrives: the buffer grows with what came.
 _READ_CHUNK = 64 * 1024
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 class RefusedConnectionError(Exception):
@@ -100,30 +97,13 @@ class AdmissionLimits:
     max_association_pdu: int = 1 << 20
 
 
-def _network(text: str) -> Network | None:
-    try:
-        network = ipaddress.ip_network(text.split("%", 1)[0], strict=False)
-    except ValueError:
-        return None
-    if isinstance(network, ipaddress.IPv6Network) and network.prefixlen == 128:
-        mapped = network.network_address.ipv4_mapped
-        if mapped is not None:
-            return ipaddress.ip_network(mapped)
-    return network
-
-
 def networks_of(
     sources: Sequence[PeerEntry], resolve: Callable[[str], frozenset[str]] = resolve_host
 ) -> tuple[Network, ...]:
     """The networks the source peers' hosts cover (names resolved; pure but for ``resolve``)."""
-    found: list[Network] = []
-    for peer in sources:
-        direct = _network(peer.host)
-        if direct is not None:
-            found.append(direct)
-            continue
-        found += [n for a in resolve(peer.host) if (n := _network(a)) is not None]
-    return tuple(dict.fromkeys(found))
+    return tuple(
+        dict.fromkeys(n for peer in sources for n in host_networks(peer.host, resolve=resolve))
+    )
 
 
 class AddressAllowList:
@@ -222,7 +202,6 @@ class ConnectionAuditor:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._recent: deque[tuple[float, str]] = deque(maxlen=4096)
 
     def refused(
         self, address: str, reason: str, stage: str, answer: str = "connection closed"
@@ -238,15 +217,8 @@ class ConnectionAuditor:
                 entry = self._pending[key] = _Coalesced(stage, answer)
             entry.count += 1
             entry.last = now
-            self._recent.append((time.monotonic(), stage))
         if self._on_refusal is not None:
             self._on_refusal(stage)
-
-    def recent(self, stage: str, within_s: float) -> int:
-        """How many refusals of ``stage`` happened in the last ``within_s`` seconds."""
-        since = time.monotonic() - within_s
-        with self._lock:
-            return sum(1 for at, s in self._recent if at >= since and s == stage)
 
     def start(self) -> None:
         def run() -> None:

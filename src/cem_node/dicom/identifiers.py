@@ -23,6 +23,7 @@ __all__ = [
     "IDENTIFYING_UIDS",
     "header_problem",
     "identifier_problem",
+    "image_identifiers_problem",
     "uid_problem",
     "unreadable_element",
 ]
@@ -213,19 +214,23 @@ def _cannot_parse(tag: object, why: str) -> str:
     return f"Cannot parse {t}{' ' + keyword if keyword else ''}: {why}"
 
 
+def image_identifiers_problem(ds: Dataset, *, series_required: bool = True) -> str | None:
+    """Check the four identifying UIDs of a received object (:func:`identifier_problem`).
+
+    The Series Instance UID is Type 1 in every image IOD (``series_required``);
+    for other objects it is checked only when present.
+    """
+    return identifier_problem(
+        ds,
+        required=IDENTIFYING_UIDS[: 4 if series_required else 3],
+        optional=() if series_required else IDENTIFYING_UIDS[3:],
+    )
+
+
 def header_problem(ds: Dataset, *, series_required: bool = True) -> str | None:
     """Say why an image header cannot be used, or return ``None``.
 
     Every element must convert (:func:`unreadable_element`) and the four
-    identifying UIDs be valid (:func:`identifier_problem`; the Series
-    Instance UID only when ``series_required``).
+    identifying UIDs be valid (:func:`image_identifiers_problem`).
     """
-    problem = unreadable_element(ds)
-    if problem:
-        return problem
-    series = ["SeriesInstanceUID"]
-    return identifier_problem(
-        ds,
-        required=[*IDENTIFYING_UIDS[:3], *(series if series_required else [])],
-        optional=[] if series_required else series,
-    )
+    return unreadable_element(ds) or image_identifiers_problem(ds, series_required=series_required)

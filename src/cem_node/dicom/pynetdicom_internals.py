@@ -248,12 +248,7 @@ class GuardedDUL(DULServiceProvider):  # type: ignore[misc,valid-type]
         if self.on_violation is not None:
             self.on_violation(reason, abort_reason)
         if sock is not None:
-            try:
-                sock.settimeout(1.0)
-                sock.sendall(abort_pdu(abort_reason))
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shut_down(sock, abort_pdu(abort_reason))  # pynetdicom closes it
         self.event_queue.put("Evt17")  # transport connection closed: the FSM ends it
 
     def _read_one_pdu(self) -> bool:
@@ -481,7 +476,6 @@ class NodeAssociationServer(ThreadedAssociationServer):
     block_on_close = False
     admission: Admission
     tls_context: ssl.SSLContext | None = None
-    on_association_violation: Callable[[str, str], None] | None = None
 
     def verify_request(self, request: Any, client_address: Any) -> bool:
         return self.admission.admit(str(client_address[0]))
@@ -542,7 +536,8 @@ class NodeRequestHandler(RequestHandler):
                 else "connection closed"
             )
             admission.auditor.refused(address, refused.reason, refused.stage, answer)
-            _close(self.request, abort_pdu(refused.abort_reason) if refused.abort else b"")
+            _shut_down(self.request, abort_pdu(refused.abort_reason) if refused.abort else b"")
+            self.request.close()
             return
         finally:
             admission.release(address)
@@ -590,7 +585,8 @@ def _wait_readable(sock: socket.socket, *, deadline: float, timeout_s: float) ->
             return
 
 
-def _close(sock: socket.socket, last_words: bytes) -> None:
+def _shut_down(sock: socket.socket, last_words: bytes) -> None:
+    """Send ``last_words`` (an A-ABORT, or nothing) and shut the connection down."""
     try:
         if last_words:
             sock.settimeout(1.0)
@@ -598,7 +594,6 @@ def _close(sock: socket.socket, last_words: bytes) -> None:
         sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    sock.close()
 
 
 def stream_datasets_to(folder: Path | None, *, prefix: str) -> None:

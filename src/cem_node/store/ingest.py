@@ -47,8 +47,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.dicom.identifiers import (
-    IDENTIFYING_UIDS,
-    identifier_problem,
+    image_identifiers_problem,
     uid_problem,
     unreadable_element,
 )
@@ -734,14 +733,9 @@ def _checked(
         # malformed values are judged below; pydicom's warnings say nothing more
         warnings.simplefilter("ignore")
         uid_class = str(ds.get("SOPClassUID", "") or "")
-        # the Series Instance UID is Type 1 in every image IOD; other objects are
-        # discarded unread, so theirs is only checked when present
+        # other objects are discarded unread: their Series Instance UID may be absent
         image = uid_class in MAMMOGRAPHY_SOP_CLASSES
-        bad_uid = identifier_problem(
-            ds,
-            required=IDENTIFYING_UIDS[: 4 if image else 3],
-            optional=() if image else IDENTIFYING_UIDS[3:],
-        )
+        bad_uid = image_identifiers_problem(ds, series_required=image)
         if bad_uid:
             return fail(Status.CANNOT_UNDERSTAND, bad_uid)
         uid_instance = str(ds.SOPInstanceUID)
