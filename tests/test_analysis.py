@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
 from typer.testing import CliRunner
 
@@ -278,3 +279,38 @@ def test_the_node_worker_stores_the_findings(workspace: Path, tmp_path: Path) ->
             assert row.probability_fused == lesion.fused_probability
             assert row.recombined_sop_instance_uid == lesion.recombined_sop_instance_uid
     store.engine.dispose()
+
+
+def test_analyze_says_why_real_mammograms_stored_as_secondary_capture_are_not_cem(
+    workspace: Path, tmp_path: Path
+) -> None:
+    # observation (#19): `analyze` said "no mammography image" for CBIS-DDSM files,
+    # which are mammograms stored as Secondary Capture
+    study_dir = next((workspace / "studies").iterdir())
+    for path in sorted((study_dir / "dicom").glob("*.dcm"))[:2]:
+        ds = pydicom.dcmread(path)
+        ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # Secondary Capture Image Storage
+        ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+        ds.save_as(tmp_path / path.name)
+    (study,), skipped = requests_from_files([tmp_path], SelectionSection())
+    assert skipped == [] and study.request is None
+    assert "no mammography image" not in study.reason
+    assert (
+        "SOP class 1.2.840.10008.5.1.4.1.1.7 is not a mammography image (2 images)" in study.reason
+    )
+    assert "not a CEM study" in study.reason
+
+
+def test_analyze_names_each_breast_and_view_once(workspace: Path, tmp_path: Path) -> None:
+    # observation (#19): "L CC: L CC: no recombined image"
+    import re
+    import shutil
+
+    study_dir = next((workspace / "studies").iterdir())
+    for path in sorted((study_dir / "dicom").glob("LE_*.dcm")):
+        shutil.copy(path, tmp_path / path.name)
+    (study,), _ = requests_from_files([tmp_path], SelectionSection())
+    assert study.request is None
+    assert study.reason.count("no recombined image") == 4
+    assert not re.search(r"\b([LR] (CC|MLO)): \1:", study.reason), study.reason
+    assert not study.reason.startswith("not analysable: not analysable")

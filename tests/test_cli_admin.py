@@ -7,6 +7,7 @@ the assembler and failed by the worker (no model).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -395,6 +396,41 @@ def test_studies_list_and_show_a_received_study(
     assert result.exit_code == 0, result.output
     for expected_text in ("Instances", "receiving", "not classified yet", "Audit trail"):
         assert expected_text in result.output
+
+
+def test_studies_list_shows_the_objects_accepted_and_ignored(
+    data_dir: Path, node: Node, study_files: list[Path]
+) -> None:
+    # observation (#19): accepted-and-ignored objects were invisible in `studies list`
+    ds = pydicom.dcmread(study_files[0])
+    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.7"  # a mammogram stored as Secondary Capture
+    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
+    ingestor = InstanceIngestor(
+        node.sessions,
+        node.files,
+        DiskGuard(str(node.files.root), high_watermark_percent=99.9, min_free_mb=0),
+    )
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    result = ingestor.ingest(
+        buffer.getvalue(), sender=ReceivedFrom("MODALITY", "CEM_NODE", "127.0.0.1")
+    )
+    assert result.outcome is IngestOutcome.IGNORED
+
+    listed = cli(data_dir, "studies", "list", "--json")
+    assert json.loads(listed.stdout) == []  # no study: nothing of it was kept
+    ignored = cli(data_dir, "studies", "list", "--ignored", "--json")
+    assert ignored.exit_code == 0, ignored.output
+    (entry,) = json.loads(ignored.stdout)
+    assert entry["sop_instance_uid"] == ds.SOPInstanceUID
+    assert entry["study_instance_uid"] == ds.StudyInstanceUID
+    assert entry["calling_ae_title"] == "MODALITY"
+    assert entry["sop_class_uid"] == "1.2.840.10008.5.1.4.1.1.7"
+    assert "not a mammography image" in entry["reason"]
+    text = cli(data_dir, "studies", "list", "--ignored")
+    assert "not a mammography image" in text.output and "MODALITY" in text.output
+    refused = cli(data_dir, "studies", "list", "--ignored", "--state", "done")
+    assert refused.exit_code == 2 and "--ignored" in refused.output
 
 
 def test_studies_unknown_uid(data_dir: Path) -> None:

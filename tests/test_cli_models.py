@@ -20,6 +20,7 @@ from cem_node.models import ACTIVE_FILE, MANIFEST_NAME, Bundle, write_bundle
 from tests.test_bundles import FILES, draft, make_bundle, rewrite_manifest
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -93,19 +94,34 @@ def test_list_shows_a_broken_bundle_as_invalid(models: Path) -> None:
     assert "radiomics_params.json: checksum mismatch" in result.stdout
 
 
-def test_models_dir_from_the_config(tmp_path: Path) -> None:
-    make_bundle(tmp_path / "elsewhere", "site-model")
-    config = tmp_path / "node.toml"
+def test_models_dir_from_the_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    make_bundle(tmp_path / "conf" / "elsewhere", "site-model")
+    config = tmp_path / "conf" / "node.toml"
     config.write_text('[analysis]\nmodels_dir = "elsewhere"\nmodel = "site-model"\n')
+    # a relative path in the file is relative to the file's folder, from any folder
+    (tmp_path / "somewhere" / "else").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "somewhere" / "else")
     result = runner.invoke(app, ["--config", str(config), "models", "list", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["models_dir"] == "elsewhere"
+    assert data["models_dir"] == str(tmp_path / "conf" / "elsewhere")
     assert data["selected"] == "site-model"
     assert [b["name"] for b in data["bundles"]] == ["site-model"]
     verify = runner.invoke(app, ["--config", str(config), "models", "verify"])
     assert verify.exit_code == 0, verify.output
     assert "OK      site-model" in verify.stdout
+
+
+def test_the_shipped_bundle_is_found_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # no config file, no --models-dir: the bundles shipped with cem-node, wherever we are
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    data = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
+    assert data["models_dir"] == str(REPO / "models")
+    assert "cem-demo" in [b["name"] for b in data["bundles"]]
+    assert data["selected"] == "cem-demo"
 
 
 def test_invalid_config_is_exit_2(tmp_path: Path) -> None:

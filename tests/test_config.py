@@ -36,6 +36,7 @@ def _isolated(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 
 
 def _write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -74,6 +75,42 @@ def test_config_file_resolution(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"missing\.toml: config file not found"):
         load_settings(tmp_path / "missing.toml", environ={})
+
+
+def test_relative_paths_in_a_file_are_relative_to_its_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # observation: models_dir = "models" was read against the working directory, so
+    # `cem-node analyze` run from elsewhere could not find the bundles the file named
+    config = _write(
+        tmp_path / "site" / "conf" / "node.toml",
+        '[storage]\nroot = "../data"\n[analysis]\nmodels_dir = "models"\n'
+        '[tls]\ncertificate = "tls/node.crt"\nprivate_key = "/etc/ssl/node.key"\n'
+        '[logging]\nfile = "~/cem.log"\n',
+    )
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    folder = config.resolve().parent
+    settings = load_settings(config, environ={"CEM_NODE_HTTP__PORT": "8766"})
+    assert settings.storage.root == folder / "../data"
+    assert settings.analysis.models_dir == folder / "models"
+    assert settings.analysis.bundles_dir == folder / "models"
+    assert settings.tls.certificate == folder / "tls" / "node.crt"
+    assert settings.tls.private_key == Path("/etc/ssl/node.key")  # absolute: as written
+    assert settings.logging.file == Path.home() / "cem.log"
+    assert settings.database_url() == f"sqlite:///{folder / '../data'}/cem-node.db"
+    # the environment and the command line stay relative to the working directory
+    env = {"CEM_NODE_ANALYSIS__MODELS_DIR": "bundles"}
+    assert load_settings(config, environ=env).analysis.models_dir == Path("bundles")
+
+
+def test_the_default_template_names_no_path_that_a_file_would_move(tmp_path: Path) -> None:
+    # a path written in the template would be read against the file's folder and so
+    # would no longer mean the default: paths are commented out there
+    config = _write(tmp_path / "conf" / "node.toml", render_default_toml())
+    assert load_settings(config, environ={}) == Settings.defaults()
+    assert '# root = "var/cem-node"' in render_default_toml()
+    assert Settings.defaults().analysis.bundles_dir == REPO / "models"
 
 
 def test_environment_wins_over_file(tmp_path: Path) -> None:

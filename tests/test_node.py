@@ -441,7 +441,8 @@ def test_study_without_pairs_is_reported_not_analysable(
     assert analyzer.calls == []
     assert node.sessions is not None
     detail = show_study(node.sessions, uid)
-    assert detail["state_reason"].startswith("not analysable: no low-energy/recombined pair")
+    # said once: the state is "not analysable", its reason does not repeat it
+    assert detail["state_reason"].startswith("no low-energy/recombined pair")
     assert "no recombined image" in detail["state_reason"]
     assert {p["paired"] for p in detail["pairings"]} == {False}
     (sr_id,) = pacs.instances()

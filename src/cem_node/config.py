@@ -156,6 +156,18 @@ AETitle = Annotated[str, AfterValidator(_check_ae_title)]
 
 PeerName = Annotated[str, AfterValidator(_check_peer_name)]
 OptionalPath = Annotated[Path | None, BeforeValidator(_empty_to_none)]
+
+
+def shipped_models_dir() -> Path:
+    """The folder of the model bundles shipped with cem-node.
+
+    The ``models`` folder of the source tree that holds this package (an
+    editable install or a checkout), found from this module's location, so
+    that it does not depend on the working directory.
+    """
+    return Path(__file__).resolve().parents[2] / "models"
+
+
 OptionalSecret = Annotated[SecretStr | None, BeforeValidator(_empty_to_none)]
 Port = Annotated[int, Field(ge=1, le=65535)]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
@@ -347,7 +359,8 @@ class StorageSection(_Section):
         Path("var/cem-node"),
         description=(
             "Root folder of the instance and result store (and of the default SQLite "
-            "database). A relative path is relative to the working directory."
+            "database). Written in a config file, a relative path is relative to the "
+            "file's folder; the default, var/cem-node, to the working directory."
         ),
     )
     incoming_subdir: str = Field(
@@ -611,12 +624,24 @@ class SelectionSection(_Section):
 class AnalysisSection(_Section):
     """The analysis: model bundle, device and detection parameters."""
 
+    @property
+    def bundles_dir(self) -> Path:
+        """The folder of model bundles in use: ``models_dir``, else the shipped one."""
+        return self.models_dir if self.models_dir is not None else shipped_models_dir()
+
     model: str = Field(
         "cem-demo",
         min_length=1,
         description="Name of the model bundle to use (a folder in models_dir).",
     )
-    models_dir: Path = Field(Path("models"), description="Folder holding the model bundles.")
+    models_dir: OptionalPath = Field(
+        None,
+        description=(
+            "Folder holding the model bundles. Unset: the bundles shipped with cem-node "
+            "(the models folder of its installation), whatever the working directory."
+        ),
+        examples=["/var/lib/cem-node/models"],
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto",
         description='Where to run the networks: "auto" (a GPU if there is one), "cpu" or "cuda".',
@@ -1120,6 +1145,58 @@ def _merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _is_path_field(field: Any) -> bool:
+    inner = _unwrap(field.annotation)
+    return isinstance(inner, type) and issubclass(inner, PurePath)
+
+
+def _anchor_table(model: type[BaseModel], table: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(table)
+    for name, field in model.model_fields.items():
+        key = field.alias or name
+        value = out.get(key)
+        if isinstance(value, str) and value.strip() and _is_path_field(field):
+            path = Path(value).expanduser()
+            out[key] = str(path if path.is_absolute() else base / path)
+    return out
+
+
+def anchor_relative_paths(data: Mapping[str, Any], base: Path) -> dict[str, Any]:
+    """Make the relative paths of a config file's data relative to ``base``.
+
+    A path written in a config file means the same file whatever folder
+    cem-node is started from: it is relative to the folder holding the config
+    file. Paths given by environment variables or on the command line stay
+    relative to the working directory, as any command-line path.
+
+    Parameters
+    ----------
+    data : Mapping[str, Any]
+        The file's data, as read from TOML (sections and ``peers``).
+    base : pathlib.Path
+        The folder holding the file.
+
+    Returns
+    -------
+    dict
+        A copy of `data` with every relative path setting joined to `base`.
+    """
+    out = dict(data)
+    for name, field in Settings.model_fields.items():
+        value = out.get(name)
+        model = _unwrap(field.annotation)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            continue
+        if isinstance(value, Mapping):
+            out[name] = _anchor_table(model, value, base)
+        elif isinstance(value, list):
+            out[name] = [
+                _anchor_table(model, item, base) if isinstance(item, Mapping) else item
+                for item in value
+            ]
+    return out
+
+
 def load_settings_with_origin(
     path: Path | None = None, *, environ: Mapping[str, str] | None = None
 ) -> LoadedSettings:
@@ -1130,6 +1207,8 @@ def load_settings_with_origin(
     env = os.environ if environ is None else environ
     file = resolve_config_path(path, environ=env)
     file_data = _read_toml(file) if file is not None else {}
+    if file is not None:
+        file_data = anchor_relative_paths(file_data, file.resolve().parent)
     env_data, origins = _env_overrides(env)
     try:
         settings = Settings.from_mapping(_merge(file_data, env_data))
@@ -1277,6 +1356,9 @@ def _render_table(
         if value is None:
             example = field.examples[0] if describe and field.examples else None
             yield f"{prefix}# {key} = {_toml_value(example) if example is not None else '(unset)'}"
+        elif describe and _is_path_field(field):
+            # written in a file, a relative path would be read against the file's folder
+            yield f"{prefix}# {key} = {_toml_value(value)}"
         else:
             yield f"{prefix}{key} = {_toml_value(value)}"
         if describe:
@@ -1329,8 +1411,9 @@ _HEADER = """\
 cem-node configuration.
 
 Written by `cem-node config init`: every key is listed with its description and
-its default value. Relative paths are relative to the working directory of
-cem-node.
+its default value. A relative path written in this file is relative to the
+folder holding this file (paths are commented out here: unset, they take their
+defaults, relative to the working directory of cem-node).
 
 Any key can be overridden by an environment variable
 CEM_NODE_<SECTION>__<KEY>, e.g. CEM_NODE_NODE__PORT=11113 or

@@ -132,7 +132,7 @@ def analyze(
     if not studies:
         raise fail("no DICOM study among the given paths", 2)
 
-    registry = BundleRegistry(analysis.models_dir)
+    registry = BundleRegistry(analysis.bundles_dir)
     try:
         bundle = registry.resolve(model, analysis.model)
     except BundleError as exc:

@@ -130,7 +130,7 @@ def _resolve_bundle(analysis: Any, model: str | None) -> None:
     from cem_node.models import BundleError, BundleRegistry
 
     try:
-        bundle = BundleRegistry(analysis.models_dir).resolve(model, analysis.model)
+        bundle = BundleRegistry(analysis.bundles_dir).resolve(model, analysis.model)
     except BundleError as exc:
         console.print(
             f"[red]No usable model bundle:[/red] {exc}\n"

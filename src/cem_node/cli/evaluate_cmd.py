@@ -192,7 +192,7 @@ def evaluate(
     err = console()
     err.file = sys.stderr
 
-    registry = BundleRegistry(analysis.models_dir)
+    registry = BundleRegistry(analysis.bundles_dir)
     try:
         bundle = registry.resolve(model, analysis.model)
     except BundleError as exc:

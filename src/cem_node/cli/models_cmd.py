@@ -52,7 +52,7 @@ def _registry(ctx: typer.Context, models_dir: Path | None) -> tuple[BundleRegist
 
     obj: CliContext = ctx.obj
     settings = obj.settings_or_exit()
-    folder = models_dir if models_dir is not None else settings.analysis.models_dir
+    folder = models_dir if models_dir is not None else settings.analysis.bundles_dir
     return BundleRegistry(folder), settings.analysis.model
 
 

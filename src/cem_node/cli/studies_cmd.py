@@ -90,12 +90,25 @@ def list_cmd(
     limit: Annotated[
         int, typer.Option("--limit", "-n", min=1, help="Show at most this many studies.")
     ] = 50,
+    ignored: Annotated[
+        bool,
+        typer.Option(
+            "--ignored",
+            help="List the objects accepted and ignored instead (not mammography images: "
+            "acknowledged to the sender, then discarded), with their reason.",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
     """List the most recently received studies, newest first."""
     from cem_node.jobs.admin import list_studies
 
     sessions = _sessions(ctx)
+    if ignored:
+        if state is not None:
+            raise fail("--ignored lists objects, not studies: it takes no --state", 2)
+        _list_ignored(sessions, limit, as_json)
+        return
     with database_errors():
         studies = list_studies(sessions, state=state.value if state else None, limit=limit)
     if as_json:
@@ -124,6 +137,31 @@ def list_cmd(
             str(s["analysis_round"]),
             str(s["instances"]),
             _when(s["last_received_at"]),
+        )
+    console().print(table)
+
+
+def _list_ignored(sessions: sessionmaker[Session], limit: int, as_json: bool) -> None:
+    from cem_node.jobs.admin import list_ignored
+
+    with database_errors():
+        objects = list_ignored(sessions, limit=limit)
+    if as_json:
+        typer.echo(json.dumps(objects, indent=2))
+        return
+    if not objects:
+        typer.echo("No object was accepted and ignored.")
+        return
+    table = Table(title=f"Objects accepted and ignored (newest first, at most {limit})")
+    for column in ("received (UTC)", "from", "Study Instance UID", "SOP Instance UID", "why"):
+        table.add_column(column, overflow="fold")
+    for o in objects:
+        table.add_row(
+            _when(o["received_at"]),
+            " ".join(filter(None, (o["calling_ae_title"], o["remote_address"]))),
+            _text(o["study_instance_uid"]),
+            _text(o["sop_instance_uid"]),
+            _text(o["reason"]),
         )
     console().print(table)
 

@@ -93,6 +93,35 @@ def list_studies(
         return out
 
 
+def list_ignored(sessions: sessionmaker[Session], *, limit: int = 50) -> list[dict[str, Any]]:
+    """Return the objects most recently accepted and ignored, newest first.
+
+    A peer that sends a non-mammography object (a report, a presentation state,
+    a Secondary Capture) gets a success status when the node is set to
+    ``accept_unknown_sop_classes = "ignore"``; the object is discarded and
+    only its audit event remains, which this lists.
+    """
+    with sessions.begin() as session:
+        events = session.scalars(
+            select(AuditEvent)
+            .where(AuditEvent.event_type == "instance_ignored")
+            .order_by(AuditEvent.id.desc())
+            .limit(limit)
+        ).all()
+        return [
+            {
+                "received_at": _iso(e.occurred_at),
+                "calling_ae_title": e.calling_ae_title,
+                "remote_address": e.remote_address,
+                "study_instance_uid": e.study_instance_uid,
+                "sop_instance_uid": e.sop_instance_uid,
+                "sop_class_uid": (e.details or {}).get("sop_class_uid"),
+                "reason": e.message,
+            }
+            for e in events
+        ]
+
+
 def show_study(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
     """Return everything known about one study: instances and their CEM roles
     with reasons, the pairing decisions of the latest round, jobs, analyses,

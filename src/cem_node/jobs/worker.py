@@ -123,10 +123,17 @@ def summarise_not_analysable(
     if not classifications:
         return "no mammography image received"
     if not cem:
-        roles = sorted({c.role.replace("_", "-") for c in classifications})
+        # why each image is not CEM (a Secondary Capture is not a mammography image
+        # class at all; a mammogram without contrast is another role)
+        why = Counter(c.reason for c in classifications)
+        listed = "; ".join(
+            f"{reason} ({count} images)" if count > 1 else reason
+            for reason, count in why.most_common(3)
+        )
+        more = f"; {len(why) - 3} other reason(s)" if len(why) > 3 else ""
         parts.append(
-            f"no low-energy or recombined image among {len(classifications)} mammography "
-            f"image(s) ({', '.join(roles)}): not a CEM study?"
+            f"no low-energy or recombined image among {len(classifications)} image(s) "
+            f"({listed}{more}): not a CEM study?"
         )
     else:
         reasons = [getattr(p, "reason", "") for p in pairings]
@@ -502,7 +509,7 @@ class Worker:
                 if current:
                     if not_analysable is not None:
                         study.state = StudyState.NOT_ANALYSABLE
-                        study.state_reason = f"not analysable: {not_analysable}"
+                        study.state_reason = not_analysable  # the state says "not analysable"
                     elif not exports:
                         study.state = StudyState.DONE
                 record_event(

@@ -13,7 +13,7 @@ files, the analysis loads them.
 Examples
 --------
 >>> from cem_node.models import BundleRegistry
->>> registry = BundleRegistry(settings.analysis.models_dir)  # doctest: +SKIP
+>>> registry = BundleRegistry(settings.analysis.bundles_dir)  # doctest: +SKIP
 >>> bundle = registry.resolve(None, default=settings.analysis.model)  # doctest: +SKIP
 >>> weights = bundle.file(bundle.manifest.detector.weights)  # doctest: +SKIP
 """

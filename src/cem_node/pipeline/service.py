@@ -130,13 +130,14 @@ def requests_from_files(
         classifications = [classify_image(ds, selection) for _, ds in members]
         pairings = pair_images(classifications)
         complete = [p for p in pairings if p.complete]
-        summary = (
-            "; ".join(f"{p.laterality or '?'} {p.view or '?'}: {p.reason}" for p in pairings)
-            or "no mammography image"
-        )
         if not complete:
-            studies.append(StudyFiles(uid, None, f"not analysable: {summary}"))
+            # the node's own words, so that analyze and studies show agree
+            from cem_node.jobs.worker import summarise_not_analysable
+
+            reason = summarise_not_analysable(classifications, pairings)
+            studies.append(StudyFiles(uid, None, f"not analysable: {reason}"))
             continue
+        summary = "; ".join(p.reason for p in pairings)  # each reason names its breast and view
         request = AnalysisRequest(
             study_instance_uid=uid,
             analysis_round=1,
@@ -225,7 +226,7 @@ class BundleAnalyzer:
     ) -> None:
         self._analysis = analysis
         self._device = device
-        self._registry = BundleRegistry(models_dir or analysis.models_dir)
+        self._registry = BundleRegistry(models_dir or analysis.bundles_dir)
         self._models: LoadedModels | None = None
         self._lock = threading.Lock()
         self._status = "analysis: model bundle not loaded yet"
