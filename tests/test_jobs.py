@@ -445,7 +445,8 @@ def test_a_study_with_nothing_usable_left_gets_the_not_analysed_report(
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
     reports: list[tuple[int, str]] = []
 
-    def report(headers, reason: str):
+    def report(headers, reason: str, analysis_round: int):
+        assert analysis_round == 1
         reports.append((len(headers), reason))
         return build_not_analysable_sr(
             list(headers), reason, device=ReportingDevice(device_serial_number="T")

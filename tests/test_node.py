@@ -406,9 +406,11 @@ def test_late_instance_triggers_a_new_round(
     node = running_node(settings)
     files = dicom_files(studies["explicit"])
     uid = study_uid(files)
-    assert send(node, files[:-1]).returncode == 0
+    # a low-energy image late (a view without its recombined image would wait for max_wait_s)
+    late = [f for f in files if f.name == "LE_RMLO.dcm"]
+    assert send(node, [f for f in files if f not in late]).returncode == 0
     wait_until(state_is(node, uid, StudyState.DONE), what="round 1 done")
-    assert send(node, files[-1:]).returncode == 0
+    assert send(node, late).returncode == 0
     wait_until(
         lambda: (
             (s := study_state(node, uid)) and s.analysis_round == 2 and s.state is StudyState.DONE
@@ -430,6 +432,7 @@ def test_study_without_pairs_is_reported_not_analysable(
 ) -> None:
     pacs = orthanc()
     settings = make_settings(tmp_path / "node")
+    settings.assembly.max_wait_s = 3  # how long a study waits for its recombined images
     add_destination(settings, pacs)
     analyzer = DoubleAnalyzer()
     node = running_node(settings, analyzer)
@@ -437,6 +440,8 @@ def test_study_without_pairs_is_reported_not_analysable(
     uid = study_uid(low_energy_only)
     assert send(node, low_energy_only).returncode == 0
     wait_until(state_is(node, uid, StudyState.NOT_ANALYSABLE), what="not analysable")
+    study = study_state(node, uid)
+    assert study is not None and study.completion_reason == "max_wait"
     wait_until(lambda: len(pacs.sop_instance_uids()) == 1, what="the not-analysable SR at the PACS")
     assert analyzer.calls == []
     assert node.sessions is not None

@@ -39,6 +39,8 @@ def start_serve(
     defaults), with a fast assembly and no free-space minimum."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("CEM_NODE_")}
     env["CEM_NODE_ASSEMBLY__QUIET_PERIOD_S"] = "1"
+    # how long a study without its recombined images waits for them
+    env["CEM_NODE_ASSEMBLY__MAX_WAIT_S"] = "3"
     env["CEM_NODE_ASSEMBLY__CHECK_INTERVAL_S"] = "0.2"
     env["CEM_NODE_STORAGE__MIN_FREE_MB"] = "0"
     command = [sys.executable, "-m", "cem_node", "serve", "--data-dir", str(data)]

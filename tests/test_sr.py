@@ -18,6 +18,7 @@ from cem_node.dicom import validation
 from cem_node.dicom.results import (
     encode_not_analysable,
     encode_results,
+    replacing_earlier_reports,
     result_series_numbers,
 )
 from cem_node.dicom.sr import (
@@ -28,7 +29,7 @@ from cem_node.dicom.sr import (
     low_energy_tracking_uid,
     spacing_source,
 )
-from cem_node.dicom.status_report import COMPREHENSIVE_SR, NOT_FOR_CLINICAL_USE
+from cem_node.dicom.status_report import COMPREHENSIVE_SR, NOT_FOR_CLINICAL_USE, REPLACES_PREFIX
 from cem_node.findings import Findings
 from cem_node.jobs.analysis import ResultObject
 from tests.dicom_validators import dciodvfy_messages, pixelmed_jar, require_tool
@@ -86,13 +87,22 @@ def written(
     headers: list[pydicom.Dataset],
     tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, Path]:
-    """Every SR file these tests write: the lesion report and the no-lesion report."""
+    """Every SR file these tests write: the lesion report, the no-lesion report, and
+    the no-lesion report of round 2 replacing the lesion report sent in round 1."""
     out = tmp_path_factory.mktemp("sr")
     (lesions,) = [o.dataset for o in objects if o.object_type == "sr"]
     (none,) = [o.dataset for o in encode_results(empty, headers, objects=["sr"])]
-    files = {"lesions": out / "lesions.dcm", "none": out / "none.dcm"}
+    (replacing,) = replacing_earlier_reports(
+        encode_results(empty, headers, objects=["sr"], analysis_round=2), [lesions]
+    )
+    files = {
+        "lesions": out / "lesions.dcm",
+        "none": out / "none.dcm",
+        "replacing": out / "replacing.dcm",
+    }
     lesions.save_as(files["lesions"], enforce_file_format=True)
     none.save_as(files["none"], enforce_file_format=True)
+    replacing.dataset.save_as(files["replacing"], enforce_file_format=True)
     return files
 
 
@@ -104,7 +114,7 @@ def _validate(path: Path) -> tuple[list[str], validation.PixelMedReport]:
 def reports(
     written: dict[str, Path],
 ) -> dict[str, tuple[list[str], validation.PixelMedReport]]:
-    """dciodvfy and PixelMed's DicomSRValidator (about 20 s a file) on both files at once."""
+    """dciodvfy and PixelMed's DicomSRValidator (about 20 s a file) on the files, two at once."""
     require_tool("dciodvfy")
     pixelmed_jar()
     with pytest.MonkeyPatch.context() as patch, ThreadPoolExecutor(max_workers=2) as pool:
@@ -139,7 +149,7 @@ def _texts(ds: pydicom.Dataset, meaning: str) -> list[str]:
 
 @pytest.mark.tools
 @pytest.mark.slow
-def test_both_reports_pass_dciodvfy_and_pixelmed(
+def test_every_report_passes_dciodvfy_and_pixelmed(
     reports: dict[str, tuple[list[str], validation.PixelMedReport]],
 ) -> None:
     for name, (messages, pixelmed) in reports.items():
@@ -362,6 +372,40 @@ def test_no_lesion_study_gives_a_no_lesion_report_and_nothing_else(
             if item.ConceptNameCodeSequence[0].CodeMeaning == "Suspicious lesion found"
         ]
         assert found == ["No"]
+
+
+# --- a later round's report -----------------------------------------------------------------------
+
+
+def test_a_later_rounds_report_names_the_report_it_replaces(
+    objects: list[ResultObject], written: dict[str, Path]
+) -> None:
+    """Issue #19: round 2 supersedes a report already sent (validated with the others)."""
+    (lesions,) = [o.dataset for o in objects if o.object_type == "sr"]
+    sr = pydicom.dcmread(written["replacing"])
+    (study,) = sr.PredecessorDocumentsSequence
+    (series,) = study.ReferencedSeriesSequence
+    (sop,) = series.ReferencedSOPSequence
+    assert (study.StudyInstanceUID, series.SeriesInstanceUID) == (
+        lesions.StudyInstanceUID,
+        lesions.SeriesInstanceUID,
+    )
+    assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (
+        COMPREHENSIVE_SR,
+        lesions.SOPInstanceUID,
+    )
+    (statement,) = [t for t in _texts(sr, "Comment") if t.startswith(REPLACES_PREFIX)]
+    assert f"series {lesions.SeriesNumber}" in statement and lesions.SOPInstanceUID in statement
+    assert lesions.SeriesDescription in statement
+    # the findings of round 2 follow the statement, unchanged
+    assert _texts(sr, "Finding")[0] == f"{NO_LESION_STATEMENT} (4 views analysed)."
+    assert sr.SeriesNumber == 9021
+    # SEG and GSPS are not reports: left as they are
+    earlier = pydicom.dcmread(written["replacing"])  # any other SR of the study
+    again = replacing_earlier_reports(objects, [earlier])
+    assert [o.object_type for o in again] == [o.object_type for o in objects]
+    pairs = zip(again, objects, strict=True)
+    assert all(a.dataset is b.dataset for a, b in pairs if a.object_type != "sr")
 
 
 # --- encode_results -----------------------------------------------------------------------------

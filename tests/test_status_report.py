@@ -15,12 +15,15 @@ from pydicom import Dataset
 
 from cem_node import __version__
 from cem_node.dicom import validation
+from cem_node.dicom.results import encode_not_analysable
 from cem_node.dicom.status_report import (
     COMPREHENSIVE_SR,
     NOT_FOR_CLINICAL_USE,
+    REPLACES_PREFIX,
     STATEMENT_PREFIX,
     ReportingDevice,
     build_not_analysable_sr,
+    replace_earlier_reports,
 )
 from cem_node.synthetic import SynthOptions, generate_study
 from tests.dicom_validators import pixelmed_jar, run_dciodvfy
@@ -414,3 +417,100 @@ def test_reporting_device_defaults_and_observer_uid() -> None:
     assert device.observer_uid != ReportingDevice(device_serial_number="NODE2").observer_uid
     with pytest.raises(dataclasses.FrozenInstanceError):
         device.model_name = "other"  # type: ignore[misc]
+
+
+# --- a later round's report replaces the earlier ones (issue #19) -------------------------------
+
+
+def _round(study_headers: list[Dataset], analysis_round: int) -> Dataset:
+    (obj,) = encode_not_analysable(
+        study_headers, REASON, analysis_round=analysis_round, device=DEVICE
+    )
+    return obj.dataset
+
+
+def _references(sr: Dataset) -> list[tuple[str, str, str, str]]:
+    """(study, series, SOP class, SOP instance) of each Predecessor Documents item, in order."""
+    return [
+        (item.StudyInstanceUID, series.SeriesInstanceUID, sop.ReferencedSOPClassUID,
+         sop.ReferencedSOPInstanceUID)
+        for item in sr.PredecessorDocumentsSequence
+        for series in item.ReferencedSeriesSequence
+        for sop in series.ReferencedSOPSequence
+    ]  # fmt: skip
+
+
+@pytest.mark.tools
+@pytest.mark.slow
+def test_a_report_replacing_an_earlier_one_names_it_and_says_so(
+    study_headers: list[Dataset], tmp_path: Path
+) -> None:
+    first, second = _round(study_headers, 1), _round(study_headers, 2)
+    replacing = replace_earlier_reports(second, [first])
+    path = _save(replacing, tmp_path / "round2.dcm")
+    _assert_valid(path)  # dciodvfy and PixelMed, Predecessor Documents Sequence included
+    back = pydicom.dcmread(path)
+    (item,) = back.PredecessorDocumentsSequence  # PS3.3 C.17.2, Table C.17-3 hierarchy
+    assert item.StudyInstanceUID == first.StudyInstanceUID
+    (series,) = item.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == first.SeriesInstanceUID
+    (sop,) = series.ReferencedSOPSequence
+    assert (sop.ReferencedSOPClassUID, sop.ReferencedSOPInstanceUID) == (
+        COMPREHENSIVE_SR,
+        first.SOPInstanceUID,
+    )
+    # said first among the evaluations, naming the earlier report for people
+    statement = _child(back, "Qualitative Evaluations").ContentSequence[0]
+    assert statement.ConceptNameCodeSequence[0].CodeMeaning == "Comment"
+    assert statement.TextValue.startswith(REPLACES_PREFIX + "the earlier report of this study")
+    assert "series 9001" in statement.TextValue and first.SOPInstanceUID in statement.TextValue
+    assert _texts(back)["Finding"] == [STATEMENT_PREFIX + REASON]  # the rest as it was
+    # a copy: the identity kept, the given report untouched
+    assert (back.SOPInstanceUID, back.SeriesNumber) == (second.SOPInstanceUID, 9021)
+    assert "PredecessorDocumentsSequence" not in second
+    assert REPLACES_PREFIX not in str(second)
+
+
+def test_several_earlier_reports_are_grouped_by_series(study_headers: list[Dataset]) -> None:
+    first, second = _round(study_headers, 1), _round(study_headers, 2)
+    third = replace_earlier_reports(_round(study_headers, 3), [first, second, first])
+    assert _references(third) == [
+        (first.StudyInstanceUID, first.SeriesInstanceUID, COMPREHENSIVE_SR, first.SOPInstanceUID),
+        (
+            second.StudyInstanceUID,
+            second.SeriesInstanceUID,
+            COMPREHENSIVE_SR,
+            second.SOPInstanceUID,
+        ),
+    ]
+    assert len(third.PredecessorDocumentsSequence) == 1  # one study
+    (statement,) = [t for t in _texts(third)["Comment"] if t.startswith(REPLACES_PREFIX)]
+    assert statement.startswith(REPLACES_PREFIX + "the 2 earlier reports of this study")
+    assert replace_earlier_reports(second, []) is second  # nothing to replace
+
+
+def test_an_sr_without_qualitative_evaluations_gets_them(study_headers: list[Dataset]) -> None:
+    first, second = _round(study_headers, 1), _round(study_headers, 2)
+    second.ContentSequence = [
+        item
+        for item in second.ContentSequence
+        if item.ConceptNameCodeSequence[0].CodeMeaning != "Qualitative Evaluations"
+    ]
+    replacing = replace_earlier_reports(second, [first])
+    (statement,) = _child(replacing, "Qualitative Evaluations").ContentSequence
+    assert statement.TextValue.startswith(REPLACES_PREFIX)
+
+
+def test_what_cannot_be_replaced_is_refused(study_headers: list[Dataset]) -> None:
+    first, second = _round(study_headers, 1), _round(study_headers, 2)
+    other_study = _build([_header(RDSR)])
+    with pytest.raises(ValueError, match=r"predecessors\[0\] is of study .* the report of study"):
+        replace_earlier_reports(second, [other_study])
+    with pytest.raises(ValueError, match="is the report itself"):
+        replace_earlier_reports(second, [second])
+    with pytest.raises(ValueError, match="not a structured report"):
+        replace_earlier_reports(second, [study_headers[0]])
+    with pytest.raises(ValueError, match="not a structured report with a root container"):
+        replace_earlier_reports(study_headers[0], [first])
+    with pytest.raises(TypeError, match=r"sequence of pydicom\.Dataset"):
+        replace_earlier_reports(second, first)  # type: ignore[arg-type]

@@ -472,7 +472,9 @@ class AssemblySection(_Section):
         gt=0,
         description=(
             "Seconds after the first instance after which a study is completed even if "
-            "instances keep arriving. Later instances trigger a re-analysis."
+            "instances keep arriving. Later instances trigger a re-analysis. A quiet study "
+            "whose low-energy images have no recombined image yet also waits this long "
+            "before it is analysed (or reported not analysable)."
         ),
     )
     check_interval_s: float = Field(

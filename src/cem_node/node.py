@@ -30,7 +30,7 @@ from cem_node.config import Settings, settings_to_dict
 from cem_node.dicom import tls as dicom_tls
 from cem_node.dicom.scp import StorageSCP
 from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
-from cem_node.jobs.assembler import complete_due_studies
+from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
@@ -139,14 +139,23 @@ def _die_with_parent() -> None:
         pass
 
 
-def _not_analysable_report(settings: Settings) -> Callable[[Sequence[Dataset], str], Dataset]:
-    def build(headers: Sequence[Dataset], reason: str) -> Dataset:
-        from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
+def _not_analysable_report(
+    settings: Settings,
+) -> Callable[[Sequence[Dataset], str, int], Dataset]:
+    """The "not analysed" SR of a study round: UIDs derived from the study and the round,
+    the round's SR series number, so that a later round's report can name it."""
+
+    def build(headers: Sequence[Dataset], reason: str, analysis_round: int) -> Dataset:
+        from cem_node.dicom.results import encode_not_analysable
+        from cem_node.dicom.status_report import ReportingDevice
 
         device = ReportingDevice(
             software_version=__version__, device_serial_number=settings.node.ae_title
         )
-        return build_not_analysable_sr(headers, reason, device=device)
+        (report,) = encode_not_analysable(
+            headers, reason, analysis_round=analysis_round, device=device
+        )
+        return report.dataset
 
     return build
 
@@ -257,6 +266,8 @@ class Node:
         )
         scheduler = BackgroundScheduler(timezone="UTC")
         sessions, files = self.sessions, self.files
+        # a study missing only its recombined images waits for them until max_wait_s
+        awaiting = RecombinedAwaited(sessions, files, settings.selection)
 
         def assemble() -> None:
             done = complete_due_studies(
@@ -264,6 +275,7 @@ class Node:
                 quiet_period_s=settings.assembly.quiet_period_s,
                 max_wait_s=settings.assembly.max_wait_s,
                 actor=self.node_id,
+                awaiting=awaiting,
             )
             for study in done:
                 _LOG.info(

@@ -26,6 +26,10 @@ so round 1 of a usual study gives 9001 (SR), 9002 / 9003 (GSPS), 9004...
 The "not analysable" report (:func:`encode_not_analysable`) takes the SR's
 number.
 
+Rounds. A later round of a study supersedes the results of the earlier ones;
+its SR names the SRs already sent in its Predecessor Documents Sequence and
+says that it replaces them (:func:`replacing_earlier_reports`).
+
 UIDs. Every Series and SOP Instance UID is derived (``generate_uid`` with
 entropy sources) from the study, the analysis round, the bundle's SHA-256,
 the object type and the view, so encoding the same round again gives the same
@@ -55,6 +59,7 @@ from cem_node.dicom.status_report import (
     ReportingDevice,
     build_not_analysable_sr,
     check_sources,
+    replace_earlier_reports,
 )
 from cem_node.findings import Findings, ViewResult
 from cem_node.jobs.analysis import ResultObject
@@ -65,6 +70,7 @@ __all__ = [
     "SERIES_BLOCK_START",
     "encode_not_analysable",
     "encode_results",
+    "replacing_earlier_reports",
     "result_series_numbers",
 ]
 
@@ -294,3 +300,20 @@ def encode_not_analysable(
         not_for_clinical_use=not_for_clinical_use,
     )
     return [ResultObject("sr", sr)]
+
+
+def replacing_earlier_reports(
+    objects: Iterable[ResultObject], predecessors: Sequence[pydicom.Dataset]
+) -> list[ResultObject]:
+    """``objects`` with every SR naming ``predecessors`` as the reports it replaces.
+
+    ``predecessors`` are the headers of the study's SRs of earlier rounds that
+    were sent (see :func:`~cem_node.dicom.status_report.replace_earlier_reports`);
+    SEG and GSPS objects are returned as they are.
+    """
+    return [
+        ResultObject(o.object_type, replace_earlier_reports(o.dataset, predecessors))
+        if o.object_type == "sr" and predecessors
+        else o
+        for o in objects
+    ]

@@ -4,21 +4,56 @@ A study is complete after ``quiet_period_s`` without a new instance, or
 ``max_wait_s`` after the first instance of its round however busy the
 sender still is. Completion moves the round's job to ``queued``; jobs of
 earlier rounds that had not produced results yet are superseded.
+
+One incompleteness is worth the longer wait: a view with its low-energy
+image but no recombined image yet. The recombined image is computed by the
+modality from the low- and high-energy exposures after the acquisition and
+often sent later, in a series or association of its own (a forwarding PACS
+may hold it back longer still); completing such a study at the quiet period
+sends a "not analysed" report that the real results contradict a minute
+later. Such a study therefore waits until ``max_wait_s`` (``awaiting`` in
+:func:`complete_due_studies`, :class:`RecombinedAwaited` reading the stored
+headers). The other incompletenesses do not wait: a recombined image without
+its low-energy image was derived from an exposure the modality already had,
+so the low-energy image was not sent rather than late, and an image without
+laterality or view can never be paired.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
+import threading
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import pydicom
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from cem_node.config import SelectionSection
+from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES, Classification, classify_image
 from cem_node.jobs.claims import for_claim
 from cem_node.jobs.states import ACTIVE_STATES, transition
-from cem_node.store.models import Job, JobState, Study, StudyState, utcnow
+from cem_node.store.instance_files import InstanceFileStore
+from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
 
-__all__ = ["CompletedStudy", "complete_due_studies"]
+__all__ = [
+    "WAITING_PREFIX",
+    "AwaitingCheck",
+    "CompletedStudy",
+    "RecombinedAwaited",
+    "complete_due_studies",
+    "views_awaiting_recombined",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: Opens the state reason of a quiet study held back for its recombined images.
+WAITING_PREFIX = "waiting for the recombined images of "
+
+AwaitingCheck = Callable[[int, dt.datetime], str | None]
+"""``(study id, last arrival) -> what the study still waits for``, or ``None``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +66,77 @@ class CompletedStudy:
     job_id: int
 
 
+def views_awaiting_recombined(images: Iterable[Classification]) -> list[str]:
+    """The views (``"R CC"``) with a low-energy image and no recombined image, sorted.
+
+    Only views with a laterality and a view count: an image without them can
+    never be paired, and waiting does not change that. A view with a
+    recombined image is not awaited even when it has more low-energy images
+    than recombined ones (a duplicate, or a For Processing copy).
+    """
+    by_role: dict[str, set[tuple[str, str]]] = {"low_energy": set(), "recombined": set()}
+    for image in images:
+        if image.role in by_role and image.laterality and image.view:
+            by_role[image.role].add((image.laterality, image.view))
+    return [f"{lat} {view}" for lat, view in sorted(by_role["low_energy"] - by_role["recombined"])]
+
+
+class RecombinedAwaited:
+    """Whether a study still waits for recombined images, from its stored headers.
+
+    Called by the assembler for a study whose quiet period has elapsed; the
+    answer is kept until another instance of the study arrives, so a study
+    that waits is read once per arrival, not at every check.
+
+    Parameters
+    ----------
+    sessions, files
+        The database and the instance store.
+    rules
+        The selection rules the worker classifies with.
+    """
+
+    def __init__(
+        self, sessions: sessionmaker[Session], files: InstanceFileStore, rules: SelectionSection
+    ) -> None:
+        self._sessions = sessions
+        self._files = files
+        self._rules = rules
+        self._lock = threading.Lock()
+        self._answers: dict[int, tuple[dt.datetime, str | None]] = {}
+
+    def __call__(self, study_id: int, last_received_at: dt.datetime) -> str | None:
+        """What the study waits for (``"waiting for the recombined images of ..."``) or None."""
+        with self._lock:
+            known = self._answers.get(study_id)
+        if known is not None and known[0] == last_received_at:
+            return known[1]
+        views = views_awaiting_recombined(self._classify(study_id))
+        answer = WAITING_PREFIX + ", ".join(views) if views else None
+        with self._lock:
+            if len(self._answers) > 10_000:  # studies long completed: forget them
+                self._answers.clear()
+            self._answers[study_id] = (last_received_at, answer)
+        return answer
+
+    def _classify(self, study_id: int) -> list[Classification]:
+        with self._sessions.begin() as session:
+            rows = session.execute(
+                select(Instance.sop_instance_uid, Instance.file_path).where(
+                    Instance.study_id == study_id,
+                    Instance.sop_class_uid.in_(list(MAMMOGRAPHY_SOP_CLASSES)),
+                )
+            ).all()
+        out: list[Classification] = []
+        for uid, path in rows:
+            try:
+                ds = pydicom.dcmread(self._files.absolute(path), stop_before_pixels=True)
+                out.append(classify_image(ds, self._rules))
+            except Exception as exc:  # the worker excludes it with its reason; nothing to await
+                _LOG.debug("instance %s not classified for assembly: %s", uid, exc)
+        return out
+
+
 def complete_due_studies(
     sessions: sessionmaker[Session],
     *,
@@ -38,8 +144,16 @@ def complete_due_studies(
     max_wait_s: float,
     actor: str,
     now: dt.datetime | None = None,
+    awaiting: AwaitingCheck | None = None,
 ) -> list[CompletedStudy]:
     """Complete every receiving study whose quiet period or maximum wait has elapsed.
+
+    Parameters
+    ----------
+    awaiting
+        Says what a quiet study still waits for (see :class:`RecombinedAwaited`);
+        such a study is held until its maximum wait, with that note as its
+        state reason. ``None``: the quiet period alone completes a study.
 
     Returns
     -------
@@ -49,24 +163,42 @@ def complete_due_studies(
     now = now or utcnow()
     quiet_before = now - dt.timedelta(seconds=quiet_period_s)
     forced_before = now - dt.timedelta(seconds=max_wait_s)
+    due_now = (
+        Study.state == StudyState.RECEIVING,
+        or_(Study.last_received_at <= quiet_before, Study.receiving_since <= forced_before),
+    )
+    notes: dict[int, str] = {}  # what each due study still waits for
+    held: dict[int, str] = {}  # ... and those of them not yet at their maximum wait
+    checked = None  # the studies the check cleared (None: no check)
+    if awaiting is not None:
+        # read the headers outside the claiming transaction (files, not rows)
+        with sessions.begin() as session:
+            candidates = session.execute(
+                select(Study.id, Study.last_received_at, Study.receiving_since).where(*due_now)
+            ).all()
+        for study_id, last, since in candidates:
+            note = awaiting(study_id, last)
+            if note is None:
+                continue
+            notes[study_id] = note
+            if since is None or since > forced_before:
+                held[study_id] = note
+        checked = [study_id for study_id, _, _ in candidates if study_id not in held]
     completed: list[CompletedStudy] = []
     with sessions.begin() as session:
-        due = session.scalars(
-            for_claim(
-                select(Study)
-                .where(
-                    Study.state == StudyState.RECEIVING,
-                    or_(
-                        Study.last_received_at <= quiet_before,
-                        Study.receiving_since <= forced_before,
-                    ),
-                )
-                .order_by(Study.last_received_at),
-                session,
-            )
-        ).all()
+        if held:
+            _note_waiting(session, held, max_wait_s)
+        query = select(Study).where(*due_now)
+        if checked is not None:  # a study due only since the check waits for the next one
+            query = query.where(Study.id.in_(checked))
+        due = session.scalars(for_claim(query.order_by(Study.last_received_at), session)).all()
         for study in due:
             reason = "quiet_period" if study.last_received_at <= quiet_before else "max_wait"
+            waited_for = notes.get(study.id)
+            if waited_for is not None:  # held back until now: the maximum wait completes it
+                reason = "max_wait"
+            if _is_waiting_note(study.state_reason):
+                study.state_reason = None
             study.state = StudyState.COMPLETE
             study.completed_at = now
             study.completion_reason = reason
@@ -94,11 +226,12 @@ def complete_due_studies(
                 )
                 session.add(current)
                 session.flush()
-            why = (
-                "quiet period elapsed"
-                if reason == "quiet_period"
-                else "maximum wait elapsed (instances still arriving)"
-            )
+            if reason == "quiet_period":
+                why = "quiet period elapsed"
+            elif waited_for is not None:
+                why = f"maximum wait elapsed, still {waited_for}"
+            else:
+                why = "maximum wait elapsed (instances still arriving)"
             transition(
                 session,
                 current,
@@ -118,3 +251,17 @@ def complete_due_studies(
                 CompletedStudy(study.study_instance_uid, study.analysis_round, reason, current.id)
             )
     return completed
+
+
+def _is_waiting_note(reason: str | None) -> bool:
+    return reason is not None and reason.startswith(WAITING_PREFIX)
+
+
+def _note_waiting(session: Session, held: dict[int, str], max_wait_s: float) -> None:
+    """Say in the study's state reason what it waits for (``studies show``), once."""
+    for study in session.scalars(select(Study).where(Study.id.in_(list(held)))):
+        if study.state is not StudyState.RECEIVING:
+            continue
+        note = f"{held[study.id]} (at most {max_wait_s:g} s after the round's first image)"
+        if study.state_reason != note:
+            study.state_reason = note

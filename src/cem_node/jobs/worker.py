@@ -41,6 +41,7 @@ from cem_node.dicom.cem_selection import (
     pair_images,
 )
 from cem_node.dicom.identifiers import header_problem
+from cem_node.dicom.results import replacing_earlier_reports
 from cem_node.findings import Findings
 from cem_node.jobs.analysis import (
     AnalysisRequest,
@@ -52,6 +53,7 @@ from cem_node.jobs.analysis import (
     image_pairs,
 )
 from cem_node.jobs.claims import for_claim
+from cem_node.jobs.predecessors import reports_sent_before
 from cem_node.jobs.states import transition
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import ALERT, record_event
@@ -189,8 +191,8 @@ class Worker:
     node_id
         This process's identity in claims and the audit trail.
     not_analysable_report
-        Builds the SR sent for a study that cannot be analysed:
-        ``(headers, reason) -> Dataset``; ``None`` sends nothing.
+        Builds the SR sent for a study round that cannot be analysed:
+        ``(headers, reason, analysis round) -> Dataset``; ``None`` sends nothing.
     """
 
     def __init__(
@@ -202,7 +204,7 @@ class Worker:
         *,
         destinations: Callable[[], Sequence[PeerEntry]],
         node_id: str,
-        not_analysable_report: Callable[[Sequence[Dataset], str], Dataset] | None = None,
+        not_analysable_report: Callable[[Sequence[Dataset], str, int], Dataset] | None = None,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -284,7 +286,8 @@ class Worker:
                 headers = images.usable_headers()  # the report copies patient and study
                 wanted = self._settings.selection.not_analysable_report
                 if self._report is not None and wanted and headers:
-                    objects.append(ResultObject("sr", self._report(headers, reason)))
+                    report = self._report(headers, reason, claimed.analysis_round)
+                    objects.append(ResultObject("sr", report))
                 self._finish(claimed, objects, result=None, not_analysable=reason, images=images)
                 return
             request = AnalysisRequest(
@@ -424,6 +427,11 @@ class Worker:
         not_analysable: str | None,
         images: _Images,
     ) -> None:
+        # a later round's SR names the reports already sent that it replaces
+        sent = reports_sent_before(
+            self._sessions, self._files, claimed.study_id, claimed.analysis_round
+        )
+        objects = replacing_earlier_reports(objects, sent)
         written = [self._write(claimed, obj) for obj in objects]
         destinations = list(self._destinations())
         try:
