@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -50,6 +51,14 @@ def start_serve(
     )
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
     data = tmp_path / "data"
     port = free_port()
@@ -57,13 +66,9 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
         tmp_path, data, port, "--ae-title", "MY_NODE", "--log-json", stderr=subprocess.PIPE
     )
     try:
-        wait_until(
-            lambda: (
-                echoscu(port=port, called_ae="MY_NODE", calling_ae="X").returncode != 0
-                and (data / "cem-node.db").exists()
-            ),
-            what="the node listening",
-        )
+        # listening, not merely started: a refused C-ECHO also fails before the node
+        # listens, and then no refusal would be logged (a race seen under load)
+        wait_until(lambda: _listening(port) and (data / "cem-node.db").exists(), what="listening")
         # nobody is a source yet: rejected; an administrator adds the modality
         assert echoscu(port=port, called_ae="MY_NODE", calling_ae="SENO").returncode != 0
         added = cem_node(
