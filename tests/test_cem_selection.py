@@ -105,8 +105,10 @@ def test_header_rules(attrs: dict, role: str, reason: str) -> None:
 def test_rules_are_configurable() -> None:
     ge_style = _header(ImageType=["DERIVED", "PRIMARY", "", "RECOMBINED"])
     assert classify_image(ge_style, RULES).role == "recombined"  # GE's form, on by default
-    rules = RULES.model_copy(update={"recombined_image_type_values": ["SUBTRACTION"]})
+    rules = RULES.model_copy(update={"vendor_presets": ["hologic", "siemens", "fujifilm"]})
     assert classify_image(ge_style, rules).role == "other"
+    rules = rules.model_copy(update={"recombined_image_type_values": ["RECOMBINED"]})
+    assert classify_image(ge_style, rules).role == "recombined"  # a site's own term
 
 
 def test_an_image_without_laterality_is_not_paired() -> None:
@@ -173,3 +175,359 @@ def test_private_tag_rules_are_configurable() -> None:
         PrivateTagRule(
             group="0044", private_creator="X", element="10", pattern="x", role="recombined"
         )
+
+
+# --------------------------------------------------------------------------- issue #19
+
+MG_FOR_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.2.1"
+LE_TYPE = ["ORIGINAL", "PRIMARY", "", "", "LOW_ENERGY"]
+RC_TYPE = ["DERIVED", "PRIMARY", "", "SUBTRACTION", ""]
+
+
+def _view_item(value: str, scheme: str, meaning: str) -> Dataset:
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
+    return item
+
+
+def _study_of_four_views(*, raw_first: bool) -> list[Dataset]:
+    """LE and RC of each breast and view, plus a For Processing copy of each LE
+    taken at the same time (what a modality sends when it also sends raw images)."""
+    headers = []
+    for n, (lat, view) in enumerate([("L", "CC"), ("R", "CC"), ("L", "MLO"), ("R", "MLO")]):
+        time = f"10{n:02d}00"
+        common = {"ImageLaterality": lat, "ViewPosition": view, "AcquisitionTime": time}
+        raw = _header(
+            ImageType=LE_TYPE,
+            SOPClassUID=MG_FOR_PROCESSING,
+            PresentationIntentType="FOR PROCESSING",
+            SOPInstanceUID=f"9.{n}",
+            **common,
+        )
+        le = _header(ImageType=LE_TYPE, SOPInstanceUID=f"1.{n}", **common)
+        rc = _header(ImageType=RC_TYPE, SOPInstanceUID=f"2.{n}", **common)
+        headers += [raw, le, rc] if raw_first else [le, raw, rc]
+    return headers
+
+
+@pytest.mark.parametrize("raw_first", [True, False])
+def test_for_presentation_images_are_paired_before_for_processing_copies(
+    raw_first: bool,
+) -> None:
+    # observation 2 (#19): the raw (For Processing) LE copy was paired on every view
+    classes = [classify_image(ds, RULES) for ds in _study_of_four_views(raw_first=raw_first)]
+    assert [c.for_processing for c in classes].count(True) == 4
+    pairs = pair_images(classes, RULES)
+    complete = [p for p in pairs if p.complete]
+    assert len(complete) == 4
+    assert all(p.low_energy and p.low_energy.startswith("1.") for p in complete), complete
+    left_out = [p for p in pairs if not p.complete]
+    assert sorted(p.low_energy or "" for p in left_out) == ["9.0", "9.1", "9.2", "9.3"]
+    for p in left_out:
+        assert "For Processing" in p.reason and "For Presentation" in p.reason, p.reason
+
+
+def test_a_for_processing_image_is_paired_only_as_a_fallback_with_its_reason() -> None:
+    headers = [
+        ds
+        for ds in _study_of_four_views(raw_first=True)
+        if not str(ds.SOPInstanceUID).startswith("1.")  # no For Presentation LE sent
+    ]
+    classes = [classify_image(ds, RULES) for ds in headers]
+    pairs = pair_images(classes, RULES)
+    assert len(pairs) == 4 and all(p.complete for p in pairs)
+    for p in pairs:
+        assert "For Processing low-energy image" in p.reason, p.reason
+    exclude = RULES.model_copy(update={"for_processing": "exclude"})
+    pairs = pair_images(classes, exclude)
+    assert not any(p.complete for p in pairs)
+    assert all("For Processing" in p.reason for p in pairs if p.low_energy), pairs
+    prefer = RULES.model_copy(update={"for_processing": "prefer"})
+    full = [classify_image(ds, prefer) for ds in _study_of_four_views(raw_first=False)]
+    chosen = [p.low_energy for p in pair_images(full, prefer) if p.complete]
+    assert sorted(chosen) == ["9.0", "9.1", "9.2", "9.3"]  # type: ignore[type-var]
+
+
+@pytest.mark.parametrize(
+    ("value", "scheme", "view"),
+    [
+        ("R-10242", "SRT", "CC"),
+        ("R-10226", "SRT", "MLO"),
+        ("R-10224", "SRT", "ML"),
+        ("R-10228", "SRT", "LM"),
+        ("R-10230", "SRT", "LMO"),
+        ("R-10244", "SRT", "FB"),
+        ("R-102D0", "SRT", "SIO"),
+        ("R-40AAA", "SRT", "ISO"),
+        ("R-1024A", "SRT", "XCCL"),
+        ("R-1024B", "SRT", "XCCM"),
+        ("Y-X1770", "SNM3", "XCCL"),
+        ("Y-X1771", "SNM3", "XCCM"),
+        ("G-8310", "SRT", "SPECIMEN"),
+        ("399162004", "SCT", "CC"),
+        ("399368009", "SCT", "MLO"),
+        ("399260004", "SCT", "ML"),
+        ("399352003", "SCT", "LM"),
+        ("399099002", "SCT", "LMO"),
+        ("399196006", "SCT", "FB"),
+        ("399188001", "SCT", "SIO"),
+        ("441555000", "SCT", "ISO"),
+        ("399192008", "SCT", "XCCL"),
+        ("399101009", "SCT", "XCCM"),
+        ("127457009", "SCT", "SPECIMEN"),
+    ],
+)
+def test_every_cid_4014_view_code_gives_its_view(value: str, scheme: str, view: str) -> None:
+    # observation 4 (#19): SNOMED-RT codes only, no View Position
+    ds = _header(ImageType=LE_TYPE, ViewCodeSequence=[_view_item(value, scheme, "x")])
+    del ds.ViewPosition
+    assert classify_image(ds, RULES).view == view
+
+
+def test_old_snomed_rt_view_codes_pair() -> None:
+    headers = []
+    for kind, image_type in (("1", LE_TYPE), ("2", RC_TYPE)):
+        for n, (code, meaning) in enumerate(
+            (("R-10242", "cranio-caudal"), ("R-10226", "medio-lateral oblique"))
+        ):
+            ds = _header(
+                ImageType=image_type,
+                SOPInstanceUID=f"{kind}.{n}",
+                ViewCodeSequence=[_view_item(code, "SRT", meaning)],
+            )
+            del ds.ViewPosition
+            headers.append(ds)
+    pairs = pair_images([classify_image(ds, RULES) for ds in headers], RULES)
+    assert sorted((p.laterality, p.view, p.complete) for p in pairs) == [
+        ("L", "CC", True),
+        ("L", "MLO", True),
+    ]
+
+
+@pytest.mark.parametrize("view", ["ML", "LM", "XCCL"])
+def test_views_the_model_does_not_use_are_left_out_with_that_reason(view: str) -> None:
+    # observation 4 (#19): they were told they had no view
+    le = _header(ImageType=LE_TYPE, ViewPosition=view, SOPInstanceUID="1.1")
+    rc = _header(ImageType=RC_TYPE, ViewPosition=view, SOPInstanceUID="1.2")
+    pairs = pair_images([classify_image(ds, RULES) for ds in (le, rc)], RULES)
+    assert len(pairs) == 2 and not any(p.complete for p in pairs)
+    for p in pairs:
+        assert p.view == view
+        assert f"view {view}: the model uses CC and MLO only" in p.reason, p.reason
+        assert "without a view" not in p.reason
+
+
+def test_an_image_without_any_view_says_so() -> None:
+    ds = _header(ImageType=LE_TYPE)
+    del ds.ViewPosition
+    (pairing,) = pair_images([classify_image(ds, RULES)], RULES)
+    assert "without a view" in pairing.reason
+
+
+def test_a_derived_subtraction_image_is_recombined_despite_low_energy_technique() -> None:
+    # observation 5 (#19): its header repeats the LE kVp and contrast data
+    ds = _header(
+        ImageType=["DERIVED", "PRIMARY"],
+        SeriesDescription="SUB",
+        KVP="29",
+        ContrastBolusAgent="IOHEXOL",
+        FilterMaterial="RHODIUM",
+    )
+    result = classify_image(ds, RULES)
+    assert result.role == "recombined", result.reason
+    assert "SUB" in result.reason and "DERIVED" in result.reason
+
+
+@pytest.mark.parametrize(
+    ("description", "role"),
+    [
+        ("Mammographie le sein gauche", "other"),  # French "le" is not a label
+        ("mammographie: le sein droit, le mamelon", "other"),
+        ("Tele mammography", "other"),
+        ("the breast", "other"),
+        ("LE", "low_energy"),
+        ("CESM LE", "low_energy"),
+        ("CEM_LE_CC", "low_energy"),
+        ("Low Energy", "low_energy"),
+        ("low-energy", "low_energy"),
+        ("HE", "high_energy"),
+        ("High energy CC", "high_energy"),
+        ("Recombined", "recombined"),
+        ("CEM SUB", "recombined"),
+        ("Subtraction", "recombined"),
+        ("sub-areolar region", "other"),
+    ],
+)
+def test_description_patterns_are_word_safe(description: str, role: str) -> None:
+    ds = _header(ImageType=["ORIGINAL", "PRIMARY"], SeriesDescription=description)
+    result = classify_image(ds, RULES)
+    assert result.role == role, result.reason
+
+
+def test_explicit_markers_come_before_heuristics() -> None:
+    # Image Type says LOW_ENERGY, the description says recombined: the marker wins
+    ds = _header(ImageType=LE_TYPE, SeriesDescription="Recombined", KVP="47")
+    assert classify_image(ds, RULES).role == "low_energy"
+    # a GE recombined code wins over a low-energy kVp with contrast
+    ge = _header(
+        ImageType=["DERIVED", "PRIMARY"],
+        Manufacturer="GE MEDICAL SYSTEMS",
+        AcquisitionDeviceProcessingCode="GEMS_CESM_1",
+        KVP="29",
+        ContrastBolusAgent="IOHEXOL",
+    )
+    result = classify_image(ge, RULES)
+    assert result.role == "recombined" and "GEMS_CESM_1" in result.reason
+
+
+def test_vendor_presets_follow_the_manufacturer() -> None:
+    ge_style = ["DERIVED", "PRIMARY", "", "RECOMBINED"]
+    for manufacturer in ("GE MEDICAL SYSTEMS", "GE Healthcare", "GE HealthCare"):
+        ds = _header(ImageType=ge_style, Manufacturer=manufacturer)
+        result = classify_image(ds, RULES)
+        assert result.role == "recombined" and "GE preset" in result.reason
+    hologic = _header(ImageType=ge_style, Manufacturer="HOLOGIC, Inc.")
+    assert classify_image(hologic, RULES).role == "other"  # GE's term, not Hologic's
+    no_presets = RULES.model_copy(update={"vendor_presets": []})
+    ge = _header(ImageType=ge_style, Manufacturer="GE MEDICAL SYSTEMS")
+    assert classify_image(ge, no_presets).role == "other"
+
+
+def test_every_decision_has_a_reason() -> None:
+    headers = _study_of_four_views(raw_first=True)
+    headers.append(_header(ImageType=LE_TYPE, ViewPosition="ML", SOPInstanceUID="7.1"))
+    headers.append(_header(ImageType=["ORIGINAL", "PRIMARY"], SOPInstanceUID="7.2"))
+    classes = [classify_image(ds, RULES) for ds in headers]
+    assert all(c.reason for c in classes)
+    assert all(p.reason for p in pair_images(classes, RULES))
+
+
+def test_pairing_reasons_name_the_breast_and_view_once() -> None:
+    # observation 8 (#19): "L CC: L CC: no recombined image"
+    headers = [ds for ds in _study_of_four_views(raw_first=True) if ds.ImageType[0] == "ORIGINAL"]
+    for p in pair_images([classify_image(ds, RULES) for ds in headers], RULES):
+        assert p.reason.count(f"{p.laterality} {p.view}") == 1, p.reason
+
+
+# --------------------------------------------------------------------------- vendor styles
+
+
+@pytest.fixture(scope="module")
+def vendor_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("vendors")
+    return {
+        vendor: generate_study(out / vendor, 3, 1, SynthOptions(size="small", vendor=vendor))
+        for vendor in ("ge", "hologic", "siemens", "fujifilm")
+    }
+
+
+EXPECTED_MARKER = {
+    "ge": "GE preset",
+    "hologic": "PS3.3",
+    "siemens": "PS3.3",
+    "fujifilm": "PS3.3",
+}
+
+
+@pytest.mark.parametrize("vendor", ["ge", "hologic", "siemens", "fujifilm"])
+def test_each_vendor_style_gives_four_pairs(vendor: str, vendor_studies: dict[str, Path]) -> None:
+    headers = _headers(vendor_studies[vendor])
+    classes = [classify_image(ds, RULES) for ds in headers]
+    assert sorted(c.role for c in classes) == ["low_energy"] * 4 + ["recombined"] * 4
+    assert all(EXPECTED_MARKER[vendor] in c.reason for c in classes), [c.reason for c in classes]
+    pairs = pair_images(classes, RULES)
+    assert len(pairs) == 4 and all(p.complete for p in pairs), pairs
+    assert all("low-energy and recombined of the same breast and view" in p.reason for p in pairs)
+
+
+def test_vendor_headers_differ(vendor_studies: dict[str, Path]) -> None:
+    manufacturers = {v: _headers(s)[0].Manufacturer for v, s in vendor_studies.items()}
+    assert len(set(manufacturers.values())) == 4, manufacturers
+    siemens_rc = [ds for ds in _headers(vendor_studies["siemens"]) if ds.ImageType[0] == "DERIVED"]
+    assert {ds.FilterMaterial for ds in siemens_rc} == {"TITANIUM"}  # TiCEM
+    ge = _headers(vendor_studies["ge"])
+    assert {tuple(ds.ImageType)[3] for ds in ge} == {"LOW_ENERGY", "RECOMBINED"}
+
+
+@pytest.mark.parametrize(
+    ("edge_case", "extra_images"),
+    [("for-processing", 4), ("split-series", 0), ("old-view-codes", 0)],
+)
+@pytest.mark.parametrize("vendor", ["ge", "hologic"])
+def test_vendor_edge_cases_pair_correctly(
+    tmp_path: Path, vendor: str, edge_case: str, extra_images: int
+) -> None:
+    options = SynthOptions(size="small", vendor=vendor, edge_cases=frozenset({edge_case}))
+    headers = _headers(generate_study(tmp_path, 4, 1, options))
+    assert len(headers) == 8 + extra_images
+    classes = [classify_image(ds, RULES) for ds in headers]
+    pairs = pair_images(classes, RULES)
+    complete = [p for p in pairs if p.complete]
+    assert len(complete) == 4, pairs
+    by_uid = {str(ds.SOPInstanceUID): ds for ds in headers}
+    for p in complete:
+        assert by_uid[str(p.low_energy)].SOPClassUID == MG  # For Presentation chosen
+    if edge_case == "for-processing":
+        raw = [ds for ds in headers if ds.SOPClassUID == MG_FOR_PROCESSING]
+        assert len(raw) == 4
+        assert len([p for p in pairs if "For Processing" in p.reason]) == 4
+    if edge_case == "split-series":
+        assert len({ds.SeriesInstanceUID for ds in headers}) == 8
+    if edge_case == "old-view-codes":
+        assert all("ViewPosition" not in ds for ds in headers)
+        assert {ds.ViewCodeSequence[0].CodingSchemeDesignator for ds in headers} == {"SRT"}
+
+
+# --------------------------------------------------------------------------- through the worker
+
+
+def test_the_worker_pairs_for_presentation_and_studies_show_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A GE-style study with For Processing copies of its LE images and old view
+    codes, through the real ingest, worker and `cem-node studies show`."""
+    import os
+
+    from typer.testing import CliRunner
+
+    from cem_node.cli import app
+    from cem_node.jobs.admin import show_study
+    from cem_node.jobs.assembler import complete_due_studies
+    from tests.analysis_double import DoubleAnalyzer
+    from tests.test_jobs import Store
+
+    options = SynthOptions(
+        size="small", vendor="ge", edge_cases=frozenset({"for-processing", "old-view-codes"})
+    )
+    study = generate_study(tmp_path / "synth", 11, 1, options)
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    store = Store(data_dir, f"sqlite:///{data_dir / 'cem-node.db'}")
+    uid = store.receive(sorted((study / "dicom").glob("*.dcm")))
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    analyzer = DoubleAnalyzer()
+    assert store.worker(analyzer).run_once()
+    (request,) = analyzer.calls
+    raw = {str(ds.SOPInstanceUID) for ds in _headers(study) if ds.SOPClassUID == MG_FOR_PROCESSING}
+    assert len(raw) == 4
+    assert sorted((p.laterality, p.view) for p in request.pairs) == [
+        ("L", "CC"),
+        ("L", "MLO"),
+        ("R", "CC"),
+        ("R", "MLO"),
+    ]
+    assert not {p.low_energy_sop_instance_uid for p in request.pairs} & raw
+    shown = show_study(store.sessions, uid)
+    left_out = [p for p in shown["pairings"] if not p["paired"]]
+    assert len(left_out) == 4
+    assert all("For Processing low-energy image not paired" in p["reason"] for p in left_out)
+    store.engine.dispose()
+
+    monkeypatch.chdir(tmp_path)  # no ./conf/node.toml, no developer overrides
+    for var in [v for v in os.environ if v.upper().startswith("CEM_NODE_")]:
+        monkeypatch.delenv(var)
+    monkeypatch.setenv("COLUMNS", "400")  # one line per table row
+    result = CliRunner().invoke(app, ["--data-dir", str(data_dir), "studies", "show", uid])
+    assert result.exit_code == 0, result.output
+    said = " ".join(result.output.split())
+    assert "For Processing low-energy image not paired" in said, result.output

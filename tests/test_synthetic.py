@@ -274,3 +274,51 @@ def test_cysts_are_visible_on_the_low_energy_image() -> None:
     assert all(low <= s.le_contrast <= high for s in cysts)
     assert all(s.le_contrast < low for s in masses)
     assert all(s.rc_enhancement == 0 and s.kind == "cyst" for s in cysts)
+
+
+def test_cli_synth_vendor_and_edge_cases(tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["synth", "--out", str(tmp_path), "--seed", "6", "--size", "small"]
+    edges = ["--edge-case", "for-processing", "--edge-case", "split-series"]
+    result = runner.invoke(app, [*args, "--vendor", "siemens", *edges])
+    assert result.exit_code == 0, result.output
+    study = tmp_path / "study-0001"
+    truth = _truth(study)
+    assert truth["generator"]["vendor"] == "siemens"
+    assert truth["generator"]["edge_cases"] == ["for-processing", "split-series"]
+    datasets = {i["file"]: pydicom.dcmread(study / i["file"]) for i in truth["images"]}
+    assert len(datasets) == 12
+    assert {ds.Manufacturer for ds in datasets.values()} == {"SIEMENS"}
+    raw = [i for i in truth["images"] if i["for_processing"]]
+    assert len(raw) == 4 and all(i["kind"] == "low_energy" for i in raw)
+    for image in raw:
+        ds = datasets[image["file"]]
+        assert ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.1.2.1"
+        assert ds.PresentationIntentType == "FOR PROCESSING"
+    assert len({ds.SeriesInstanceUID for ds in datasets.values()}) == 12  # split series
+    # the ground truth references the For Presentation images only
+    presentation = {i["sop_instance_uid"] for i in truth["images"] if not i["for_processing"]}
+    for lesion in truth["lesions"]:
+        for view in lesion["views"].values():
+            assert set(view["image_sop_instance_uids"].values()) <= presentation
+    bad = runner.invoke(app, [*args, "--vendor", "agfa"])
+    assert bad.exit_code == 2
+
+
+def test_vendor_layouts_and_old_view_codes(tmp_path: Path) -> None:
+    one = generate_study(tmp_path / "h", 8, 1, SynthOptions(size="small", vendor="hologic"))
+    assert len({pydicom.dcmread(p).SeriesInstanceUID for p in (one / "dicom").glob("*.dcm")}) == 1
+    options = SynthOptions(size="small", vendor="ge", edge_cases=frozenset({"old-view-codes"}))
+    old = generate_study(tmp_path / "g", 8, 1, options)
+    for path in (old / "dicom").glob("*.dcm"):
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        assert "ViewPosition" not in ds
+        assert ds.ViewCodeSequence[0].CodeValue in {"R-10242", "R-10226"}
+
+
+def test_the_vendor_does_not_change_the_pixels(tmp_path: Path) -> None:
+    ge = generate_study(tmp_path / "ge", 9, 1, SynthOptions(size="small", vendor="ge"))
+    fuji = generate_study(tmp_path / "fj", 9, 1, SynthOptions(size="small", vendor="fujifilm"))
+    for path in (ge / "dicom").glob("*.dcm"):
+        a, b = pydicom.dcmread(path), pydicom.dcmread(fuji / "dicom" / path.name)
+        np.testing.assert_array_equal(a.pixel_array, b.pixel_array)

@@ -16,6 +16,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLSLossless
 
 from cem_node.synthetic.dicom_writer import (
     DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION,
+    DIGITAL_MAMMOGRAPHY_FOR_PROCESSING,
     DISCLAIMER,
     IMPLEMENTATION_CLASS_UID,
     IMPLEMENTATION_VERSION_NAME,
@@ -516,6 +517,107 @@ def test_other_argument_checks(tmp_path: Path) -> None:
     assert not (tmp_path / "x.dcm").exists()
     with pytest.raises(ValueError, match="no patient orientation"):
         patient_orientation_for("B", "CC")
+
+
+# --- vendor styles (docs/VENDORS.md) -------------------------------------------
+
+
+def build_styled(kind: str, vendor: str, **kwargs) -> pydicom.Dataset:
+    return build_mg_dataset(
+        phantom(),
+        patient=PATIENT,
+        study=STUDY,
+        acquisition=acquisition("L", "CC", kind, **kwargs),
+        pixel_spacing_mm=0.1,
+        bits_stored=12,
+        vendor=vendor,
+    )
+
+
+@pytest.mark.parametrize(
+    ("vendor", "manufacturer", "model"),
+    [
+        ("standard", "GE Healthcare", "Senographe Pristina"),
+        ("ge", "GE MEDICAL SYSTEMS", "Senographe Pristina"),
+        ("hologic", "HOLOGIC, Inc.", "Selenia Dimensions"),
+        ("siemens", "SIEMENS", "MAMMOMAT Revelation"),
+        ("fujifilm", "FUJIFILM Corporation", "AMULET Innovality"),
+    ],
+)
+def test_vendor_styles_name_their_equipment(vendor: str, manufacturer: str, model: str) -> None:
+    ds = build_styled("low_energy", vendor)
+    assert (ds.Manufacturer, ds.ManufacturerModelName) == (manufacturer, model)
+    assert ds.SOPClassUID == DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
+
+
+def test_ge_style_puts_the_energy_in_image_type_value_4() -> None:
+    le, rc = build_styled("low_energy", "ge"), build_styled("recombined", "ge")
+    assert list(le.ImageType) == ["ORIGINAL", "PRIMARY", "", "LOW_ENERGY"]
+    assert list(rc.ImageType) == ["DERIVED", "PRIMARY", "", "RECOMBINED"]
+    assert (le.AcquisitionDeviceProcessingCode, rc.AcquisitionDeviceProcessingCode) == (
+        "GEMS_FFDM_PV",
+        "GEMS_CESM_1",
+    )
+    assert image_type_for("recombined", "ge") == tuple(rc.ImageType)
+
+
+@pytest.mark.parametrize("vendor", ["hologic", "siemens", "fujifilm"])
+def test_unconfirmed_vendors_keep_the_standard_values(vendor: str) -> None:
+    for kind in ("low_energy", "recombined"):
+        ds = build_styled(kind, vendor)
+        assert tuple(ds.ImageType) == image_type_for(kind)  # the standard's
+        assert "AcquisitionDeviceProcessingCode" not in ds
+        with pytest.raises(KeyError):
+            ds.private_block(0x0045, "GEMS_SENO_02")
+
+
+def test_siemens_recombined_records_a_titanium_filter() -> None:
+    ds = build_styled("recombined", "siemens", filter_material="TITANIUM")
+    assert ds.FilterMaterial == "TITANIUM"
+    with pytest.raises(ValueError, match="COPPER or TITANIUM"):
+        build_styled("low_energy", "siemens", filter_material="TITANIUM")
+
+
+def test_an_unknown_vendor_is_refused() -> None:
+    with pytest.raises(ValueError, match="vendor must be one of"):
+        build_styled("low_energy", "agfa")
+
+
+def test_for_processing_copy() -> None:
+    ds = build("low_energy", for_processing=True)
+    assert ds.SOPClassUID == DIGITAL_MAMMOGRAPHY_FOR_PROCESSING
+    assert ds.file_meta.MediaStorageSOPClassUID == DIGITAL_MAMMOGRAPHY_FOR_PROCESSING
+    assert ds.PresentationIntentType == "FOR PROCESSING"
+    assert "WindowCenter" not in ds  # VOI LUT is for presentation only
+
+
+def test_old_view_codes_leave_view_position_out() -> None:
+    ds = build("low_energy", view="MLO", old_view_codes=True)
+    assert "ViewPosition" not in ds
+    item = ds.ViewCodeSequence[0]
+    assert (item.CodeValue, item.CodingSchemeDesignator) == ("R-10226", "SRT")
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("vendor", ["ge", "hologic", "siemens", "fujifilm"])
+def test_vendor_styles_are_valid_for_dciodvfy(tmp_path: Path, vendor: str) -> None:
+    # the vendor's own terms (GE's LOW_ENERGY/RECOMBINED in value 4, Siemens' Ti
+    # filter) are not Defined Terms: warnings only
+    allowed = (
+        *ALLOWED_WARNINGS,
+        re.compile(r"Unrecognized defined term <(LOW_ENERGY|RECOMBINED)> for value 4"),
+        re.compile(r"Unrecognized defined term <TITANIUM> for value 1 of attribute <Filter"),
+    )
+    for kind in ("low_energy", "recombined"):
+        titanium = vendor == "siemens" and kind == "recombined"
+        extra = {"filter_material": "TITANIUM"} if titanium else {}
+        path = tmp_path / f"{kind}.dcm"
+        write_dataset(build_styled(kind, vendor, **extra), path)
+        assert run_dciodvfy(path) == [], (vendor, kind)
+        assert [w for w in dciodvfy_warnings(path) if not any(p.search(w) for p in allowed)] == []
+    path = tmp_path / "raw.dcm"
+    write_dataset(build_styled("low_energy", vendor, for_processing=True), path)
+    assert run_dciodvfy(path) == [], (vendor, "for processing")
 
 
 # --- external validators ------------------------------------------------------

@@ -529,11 +529,18 @@ class PrivateTagRule(_Section):
         return value
 
 
-class SelectionSection(_Section):
-    """Rules that classify CEM images as low energy (LE), high energy (HE) or recombined (RC).
+VendorPresetName = Literal["ge", "hologic", "siemens", "fujifilm"]
 
-    Signals, strongest first: DICOM ImageType values, kVp, SeriesDescription
-    patterns, vendor private tags.
+
+class SelectionSection(_Section):
+    """Rules that classify CEM images as low energy (LE), high energy (HE) or recombined (RC),
+    and how they are paired.
+
+    Signals, first that decides wins: the SOP class; explicit DICOM markers
+    (Image Type values, the multi-energy derivation code, vendor presets'
+    terms and codes, private_tag_rules); then heuristics (a DERIVED image's
+    description, kVp/filter/contrast, SeriesDescription). docs/VENDORS.md
+    gives the vendor facts and their sources.
     """
 
     low_energy_kvp_max: float = Field(
@@ -547,10 +554,11 @@ class SelectionSection(_Section):
         description="An image acquired at or above this kVp is high energy (HE is ~45-49 kVp).",
     )
     recombined_image_type_values: list[str] = Field(
-        default_factory=lambda: ["SUBTRACTION", "RECOMBINED"],
+        default_factory=lambda: ["SUBTRACTION"],
         description=(
-            "ImageType values (value 4 and later) that mark a recombined image "
-            "(PS3.3 C.8.11.7.1.4 defines SUBTRACTION; GE also writes RECOMBINED)."
+            "ImageType values (value 4 and later) that mark a recombined image, whatever "
+            "the manufacturer (PS3.3 C.8.11.7.1.4 defines SUBTRACTION; vendor terms such "
+            "as GE's RECOMBINED come with vendor_presets)."
         ),
     )
     low_energy_image_type_values: list[str] = Field(
@@ -561,23 +569,45 @@ class SelectionSection(_Section):
         default_factory=lambda: ["HIGH_ENERGY"],
         description="ImageType values (value 4 and later) that mark a high-energy image.",
     )
+    vendor_presets: list[VendorPresetName] = Field(
+        default_factory=lambda: ["ge", "hologic", "siemens", "fujifilm"],
+        description=(
+            "Vendor rule sets used for the images whose Manufacturer is that vendor's (all "
+            "of them when an image has no Manufacturer): the vendor's own ImageType terms "
+            "and processing codes, as docs/VENDORS.md lists them with their sources (GE: "
+            "RECOMBINED, GEMS_CESM_1; no public source confirms further values)."
+        ),
+    )
     low_energy_series_description_patterns: Patterns = Field(
-        default_factory=lambda: [r"(?i)\blow[\s_-]*energy\b", r"(?i)\bLE\b"],
+        default_factory=lambda: [
+            r"(?i)(?<![a-z])low[\s_-]*energy(?![a-z])",
+            r"(?<![A-Za-z])LE(?![A-Za-z])",
+        ],
         description=(
             "Regular expressions (Python syntax) searched in SeriesDescription that mark "
-            "a low-energy image."
+            "a low-energy image. The short label LE is matched in capitals only, between "
+            "non-letters (CESM_LE, LE CC), so that words such as the French 'le' do not."
         ),
     )
     high_energy_series_description_patterns: Patterns = Field(
-        default_factory=lambda: [r"(?i)\bhigh[\s_-]*energy\b", r"(?i)\bHE\b"],
+        default_factory=lambda: [
+            r"(?i)(?<![a-z])high[\s_-]*energy(?![a-z])",
+            r"(?<![A-Za-z])HE(?![A-Za-z])",
+        ],
         description=(
-            "Regular expressions searched in SeriesDescription that mark a high-energy image."
+            "Regular expressions searched in SeriesDescription that mark a high-energy "
+            "image (HE in capitals only)."
         ),
     )
     recombined_series_description_patterns: Patterns = Field(
-        default_factory=lambda: [r"(?i)recomb", r"(?i)\bsub(traction|tracted)?\b"],
+        default_factory=lambda: [
+            r"(?i)(?<![a-z])recombin",
+            r"(?i)(?<![a-z])subtra[ck]t",
+            r"(?<![A-Za-z])(SUB|Sub)(?![A-Za-z])",
+        ],
         description=(
-            "Regular expressions searched in SeriesDescription that mark a recombined image."
+            "Regular expressions searched in SeriesDescription (and, for a DERIVED image, "
+            "DerivationDescription) that mark a recombined image."
         ),
     )
     high_energy_filter_materials: list[str] = Field(
@@ -591,8 +621,8 @@ class SelectionSection(_Section):
     use_private_tags: bool = Field(
         True,
         description=(
-            "Also use vendor signals when the public attributes do not decide: GE's "
-            "processing code GEMS_CESM_1 and the private_tag_rules below."
+            "Also use vendor codes when the Image Type does not decide: the processing "
+            "codes of vendor_presets (GE's GEMS_CESM_1) and the private_tag_rules below."
         ),
     )
     private_tag_rules: list[PrivateTagRule] = Field(
@@ -603,6 +633,16 @@ class SelectionSection(_Section):
             'pattern = "RECOMB", role = "recombined" }. Exact vendor values are not '
             "documented publicly: check them on your own images (cem-node studies show "
             "prints why each image got its role)."
+        ),
+    )
+    for_processing: Literal["fallback", "exclude", "prefer"] = Field(
+        "fallback",
+        description=(
+            "For Processing (raw) images, when a modality sends them beside the For "
+            'Presentation ones: "fallback" pairs the For Presentation images (the model '
+            "was trained on them) and a For Processing one only where a breast and view "
+            'has no For Presentation image of that role, saying so; "exclude" never pairs '
+            'them; "prefer" pairs them first. The reason is shown by cem-node studies show.'
         ),
     )
     not_analysable_report: bool = Field(

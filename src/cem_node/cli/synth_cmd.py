@@ -25,6 +25,17 @@ class EdgeCaseOption(StrEnum):
     one_breast = "one-breast"
     missing_rc = "missing-rc"
     extra_non_cem = "extra-non-cem"
+    for_processing = "for-processing"
+    split_series = "split-series"
+    old_view_codes = "old-view-codes"
+
+
+class VendorOption(StrEnum):
+    standard = "standard"
+    ge = "ge"
+    hologic = "hologic"
+    siemens = "siemens"
+    fujifilm = "fujifilm"
 
 
 def synth(
@@ -60,15 +71,28 @@ def synth(
         typer.Option(
             "--edge-case",
             help="Make every study deviate (repeatable): one-breast, missing-rc (one view's "
-            "recombined image is not written), extra-non-cem (an extra conventional 2D image).",
+            "recombined image is not written), extra-non-cem (an extra conventional 2D image), "
+            "for-processing (a For Processing copy of each low-energy image), split-series "
+            "(every image in a series of its own), old-view-codes (SNOMED-RT view codes "
+            "R-10242/R-10226 only, no View Position).",
         ),
     ] = None,
+    vendor: Annotated[
+        VendorOption,
+        typer.Option(
+            "--vendor",
+            help="Header style: standard (the DICOM standard's CEM Image Type values, GE "
+            "equipment names), or ge, hologic, siemens, fujifilm: that vendor's names and the "
+            "CEM markers docs/VENDORS.md confirms from public sources.",
+        ),
+    ] = VendorOption.standard,
 ) -> None:
     """Write synthetic CEM studies: DICOM files, ground truth and a contact sheet.
 
     Each study has one patient, both breasts, CC and MLO views, each a
     low-energy and a recombined image (8 DICOM files, Digital Mammography
-    For Presentation, headers like a GE Senographe Pristina with SenoBright),
+    For Presentation, headers like a GE Senographe Pristina with SenoBright,
+    or another vendor's with --vendor),
     ground_truth.json (lesions: pathology, morphology, enhancement, size,
     mask PNG per view) and contact_sheet.png. Synthetic phantoms: not
     patient data, not for clinical use.
@@ -84,11 +108,12 @@ def synth(
         size=size,
         transfer_syntax=transfer_syntax.value,
         edge_cases=frozenset(e.value for e in edge_case or []),
+        vendor=vendor.value,
     )
     console.print(
         f"writing {studies} synthetic stud{'y' if studies == 1 else 'ies'} to {out} "
         f"({grid.cols} x {grid.rows} px at {grid.pixel_mm} mm, "
-        f"{transfer_syntax.value}, seed {seed})"
+        f"{transfer_syntax.value}, {vendor.value} headers, seed {seed})"
     )
     started = time.perf_counter()
     try:

@@ -277,7 +277,7 @@ class Worker:
         # each pass leaves out one more image the analysis could not use: it ends
         while True:
             usable = images.usable()
-            pairings = pair_images(usable)
+            pairings = pair_images(usable, self._settings.selection)
             complete = [p for p in pairings if p.complete]
             self._record_pairings(claimed, pairings, images.ids)
             if not complete:

@@ -128,7 +128,7 @@ def requests_from_files(
     for uid, members in by_study.items():
         path_of = {str(ds.SOPInstanceUID): path for path, ds in members}
         classifications = [classify_image(ds, selection) for _, ds in members]
-        pairings = pair_images(classifications)
+        pairings = pair_images(classifications, selection)
         complete = [p for p in pairings if p.complete]
         if not complete:
             # the node's own words, so that analyze and studies show agree

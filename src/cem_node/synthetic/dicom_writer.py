@@ -64,6 +64,16 @@ Windowing: one Window Center/Width pair from the caller, with VOI LUT
 Function LINEAR by default (every viewer implements it; GE itself sends
 SIGMOID, which :attr:`AcquisitionInfo.voi_lut_function` can select).
 
+Vendor styles (:data:`VENDOR_STYLES`, ``cem-node synth --vendor``): the
+default, ``standard``, is described above. ``ge``, ``hologic``, ``siemens``
+and ``fujifilm`` write each vendor's equipment names and the CEM markers the
+vendor reference (docs/VENDORS.md) confirms from public sources; what no
+source confirms keeps the standard's values, and the series layout is a
+synthetic choice (made to exercise both layouts the node meets), not a
+vendor fact. An image can also be written as For Processing (its raw copy)
+and with the SNOMED-RT view codes of older editions instead of the SCT ones
+and no View Position.
+
 Everything is deterministic: the same inputs give the same bytes. The
 writer makes no UIDs and reads no clock; Content Date/Time are the
 acquisition date/time, and the contrast injection time is the study time.
@@ -75,7 +85,8 @@ import copy
 import datetime as dt
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -95,15 +106,19 @@ from cem_node import __version__
 
 __all__ = [
     "DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION",
+    "DIGITAL_MAMMOGRAPHY_FOR_PROCESSING",
     "DISCLAIMER",
     "IMPLEMENTATION_CLASS_UID",
     "IMPLEMENTATION_VERSION_NAME",
     "TRANSFER_SYNTAX_UIDS",
+    "VENDOR_STYLES",
     "AcquisitionInfo",
     "ImageKind",
     "PatientInfo",
     "StudyInfo",
     "TransferSyntaxName",
+    "VendorName",
+    "VendorStyle",
     "build_mg_dataset",
     "image_type_for",
     "patient_orientation_for",
@@ -113,6 +128,8 @@ __all__ = [
 
 #: Digital Mammography X-Ray Image Storage - For Presentation.
 DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
+#: Digital Mammography X-Ray Image Storage - For Processing.
+DIGITAL_MAMMOGRAPHY_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.2.1")
 #: Fixed UID under pydicom's root, made once from the entropy "cem-node" and
 #: "ImplementationClassUID" (a constant keeps the files deterministic).
 IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.74066020914533676164413809874428842274")
@@ -156,6 +173,11 @@ _VIEW_CODES: dict[str, _CodeTuple] = {
     "CC": ("399162004", "SCT", "cranio-caudal"),
     "MLO": ("399368009", "SCT", "medio-lateral oblique"),
 }
+# the SNOMED-RT codes of the same views in editions of PS3.16 before SCT
+_OLD_VIEW_CODES: dict[str, _CodeTuple] = {
+    "CC": ("R-10242", "SRT", "cranio-caudal"),
+    "MLO": ("R-10226", "SRT", "medio-lateral oblique"),
+}
 _BREAST: _CodeTuple = ("76752008", "SCT", "Breast")
 _IOHEXOL: _CodeTuple = ("109218004", "SCT", "Iohexol")
 _INTRAVENOUS: _CodeTuple = ("47625008", "SCT", "Intravenous route")
@@ -179,12 +201,25 @@ _PROCESSING_CODES = {
     "non_contrast": "GEMS_FFDM_PV",
 }
 
-# DICOM Defined Terms (PS3.3 C.8.7.8/C.8.7.10), plus SILVER: Ag filters are
-# used for low-energy CEM exposures but are not (yet) a Defined Term.
+# DICOM Defined Terms (PS3.3 C.8.7.8/C.8.7.10), plus SILVER and TITANIUM: Ag
+# filters are used for low-energy CEM exposures, Ti for Siemens' high-energy
+# ones (TiCEM), and neither is a Defined Term.
 _ANODES = frozenset({"TUNGSTEN", "MOLYBDENUM", "RHODIUM"})
 _FILTERS = frozenset(
-    {"MOLYBDENUM", "ALUMINUM", "COPPER", "RHODIUM", "NIOBIUM", "EUROPIUM", "LEAD", "SILVER"}
+    {
+        "MOLYBDENUM",
+        "ALUMINUM",
+        "COPPER",
+        "RHODIUM",
+        "NIOBIUM",
+        "EUROPIUM",
+        "LEAD",
+        "SILVER",
+        "TITANIUM",
+    }
 )
+#: Filters of a high-energy exposure.
+HIGH_ENERGY_FILTERS = frozenset({"COPPER", "TITANIUM"})
 # nominal filter thicknesses of a mammography unit, in mm
 _FILTER_THICKNESS_MM = {
     "MOLYBDENUM": 0.03,
@@ -192,8 +227,111 @@ _FILTER_THICKNESS_MM = {
     "SILVER": 0.03,
     "ALUMINUM": 0.5,
     "COPPER": 0.3,
+    "TITANIUM": 0.3,
 }
 _HIGH_ENERGY_MIN_KVP = 40.0
+
+VendorName = Literal["standard", "ge", "hologic", "siemens", "fujifilm"]
+_STANDARD_IMAGE_TYPES = _IMAGE_TYPES
+
+
+@dataclass(frozen=True)
+class VendorStyle:
+    """How one vendor's CEM images look, as far as docs/VENDORS.md confirms it.
+
+    Parameters
+    ----------
+    name: str
+        ``standard``, ``ge``, ``hologic``, ``siemens`` or ``fujifilm``.
+    manufacturer, model: str
+        Manufacturer and Manufacturer's Model Name.
+    image_types: Mapping[str, tuple[str, ...]]
+        Image Type (0008,0008) per image kind.
+    processing_codes: Mapping[str, str]
+        Acquisition Device Processing Code per image kind (none when absent).
+    gems_block: bool
+        Write GE's private block GEMS_SENO_02 (group 0045).
+    high_energy_filter: str
+        Filter of the high-energy exposure a recombined image records.
+    source_to_detector_mm: float
+        Distance Source to Detector.
+    detector_type: str
+        Detector Type (DIRECT or SCINTILLATOR).
+    series_layout: {"by_kind", "one_series"}
+        One series per image kind, or the low-energy and recombined images of
+        the examination in one series (a synthetic choice, not a vendor fact).
+    """
+
+    name: str
+    manufacturer: str
+    model: str
+    software_versions: tuple[str, ...]
+    image_types: Mapping[str, tuple[str, ...]]
+    processing_codes: Mapping[str, str] = field(default_factory=dict)
+    gems_block: bool = False
+    high_energy_filter: str = "COPPER"
+    source_to_detector_mm: float = _SOURCE_TO_DETECTOR_MM
+    detector_type: str = "SCINTILLATOR"
+    series_layout: Literal["by_kind", "one_series"] = "by_kind"
+
+
+_SYNTH_VERSION = f"cem-node {__version__}"
+#: The styles of ``cem-node synth --vendor`` (docs/VENDORS.md gives the sources).
+VENDOR_STYLES: dict[str, VendorStyle] = {
+    s.name: s
+    for s in (
+        # the phantom's original style: the standard's Image Type values, GE names
+        VendorStyle(
+            "standard",
+            _MANUFACTURER,
+            _MODEL,
+            tuple(_SOFTWARE_VERSIONS),
+            _STANDARD_IMAGE_TYPES,
+            _PROCESSING_CODES,
+            gems_block=True,
+        ),
+        # GE SenoBright: energy in Image Type value 4, GEMS processing codes
+        VendorStyle(
+            "ge",
+            "GE MEDICAL SYSTEMS",
+            "Senographe Pristina",
+            ("SYNTH_SENOBRIGHT_1.0", _SYNTH_VERSION),
+            {
+                "low_energy": ("ORIGINAL", "PRIMARY", "", "LOW_ENERGY"),
+                "recombined": ("DERIVED", "PRIMARY", "", "RECOMBINED"),
+                "non_contrast": ("ORIGINAL", "PRIMARY", ""),
+            },
+            _PROCESSING_CODES,
+            gems_block=True,
+        ),
+        VendorStyle(
+            "hologic",
+            "HOLOGIC, Inc.",
+            "Selenia Dimensions",
+            ("SYNTH_AWS_1.0", _SYNTH_VERSION),
+            _STANDARD_IMAGE_TYPES,
+            source_to_detector_mm=700.0,
+            detector_type="DIRECT",
+            series_layout="one_series",
+        ),
+        VendorStyle(
+            "siemens",
+            "SIEMENS",
+            "MAMMOMAT Revelation",
+            ("SYNTH_VB_1.0", _SYNTH_VERSION),
+            _STANDARD_IMAGE_TYPES,
+            high_energy_filter="TITANIUM",
+        ),
+        VendorStyle(
+            "fujifilm",
+            "FUJIFILM Corporation",
+            "AMULET Innovality",
+            ("SYNTH_AWS_1.0", _SYNTH_VERSION),
+            _STANDARD_IMAGE_TYPES,
+            series_layout="one_series",
+        ),
+    )
+}
 
 _UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 _DATE_RE = re.compile(r"^\d{8}$")
@@ -324,6 +462,12 @@ class AcquisitionInfo:
     frame_of_reference_uid: str or None, optional
         Frame of Reference UID shared by the images taken in one breast
         compression (the LE and RC of one view). Left out when None.
+    for_processing: bool, optional
+        Write the image as Digital Mammography For Processing (the raw copy a
+        modality may send beside the For Presentation image).
+    old_view_codes: bool, optional
+        Code the view with its SNOMED-RT code (R-10242, R-10226; scheme SRT)
+        of older editions of CID 4014 and leave View Position out.
     """
 
     laterality: Literal["L", "R"]
@@ -352,15 +496,19 @@ class AcquisitionInfo:
     voi_lut_function: Literal["LINEAR", "SIGMOID"] = "LINEAR"
     source_sop_instance_uids: tuple[str, ...] = ()
     frame_of_reference_uid: str | None = None
+    for_processing: bool = False
+    old_view_codes: bool = False
 
 
-def image_type_for(kind: str) -> tuple[str, ...]:
+def image_type_for(kind: str, vendor: str = "standard") -> tuple[str, ...]:
     """Return the Image Type (0008,0008) values written for an image kind.
 
     Parameters
     ----------
     kind: str
         ``"low_energy"``, ``"recombined"`` or ``"non_contrast"``.
+    vendor: str, optional
+        The vendor style (:data:`VENDOR_STYLES`).
 
     Returns
     -------
@@ -368,9 +516,18 @@ def image_type_for(kind: str) -> tuple[str, ...]:
         The values, empty strings for values that are present but empty.
     """
     try:
-        return _IMAGE_TYPES[kind]
+        return _style(vendor).image_types[kind]
     except KeyError:
         raise ValueError(f"kind must be one of {sorted(_IMAGE_TYPES)}, got {kind!r}") from None
+
+
+def _style(vendor: str | VendorStyle) -> VendorStyle:
+    if isinstance(vendor, VendorStyle):
+        return vendor
+    try:
+        return VENDOR_STYLES[vendor]
+    except KeyError:
+        raise ValueError(f"vendor must be one of {sorted(VENDOR_STYLES)}, got {vendor!r}") from None
 
 
 def patient_orientation_for(laterality: str, view: str) -> tuple[str, str]:
@@ -548,19 +705,22 @@ def _check_acquisition(acq: AcquisitionInfo) -> None:
         )
     if acq.frame_of_reference_uid is not None:
         _check_uid("acquisition.frame_of_reference_uid", acq.frame_of_reference_uid)
+    for name in ("for_processing", "old_view_codes"):
+        if not isinstance(getattr(acq, name), bool):
+            raise TypeError(f"acquisition.{name} must be a bool")
 
     # keep the technique consistent with the kind of image (see module docs)
     if acq.kind == "recombined":
-        if kvp < _HIGH_ENERGY_MIN_KVP or filt != "COPPER":
+        if kvp < _HIGH_ENERGY_MIN_KVP or filt not in HIGH_ENERGY_FILTERS:
             raise ValueError(
                 "a recombined image carries the technique of its high-energy exposure: "
-                f"kvp must be at least {_HIGH_ENERGY_MIN_KVP:g} and filter_material COPPER, "
-                f"got kvp={acq.kvp!r} and filter_material={acq.filter_material!r}"
+                f"kvp must be at least {_HIGH_ENERGY_MIN_KVP:g} and filter_material COPPER "
+                f"or TITANIUM, got kvp={acq.kvp!r} and filter_material={acq.filter_material!r}"
             )
-    elif kvp >= _HIGH_ENERGY_MIN_KVP or filt == "COPPER":
+    elif kvp >= _HIGH_ENERGY_MIN_KVP or filt in HIGH_ENERGY_FILTERS:
         raise ValueError(
             f"a {acq.kind} image is a low-energy exposure: kvp must be below "
-            f"{_HIGH_ENERGY_MIN_KVP:g} and filter_material not COPPER, "
+            f"{_HIGH_ENERGY_MIN_KVP:g} and filter_material not COPPER or TITANIUM, "
             f"got kvp={acq.kvp!r} and filter_material={acq.filter_material!r}"
         )
     if acq.view == "CC" and abs(angle) > 20.0:
@@ -602,8 +762,10 @@ def build_mg_dataset(
     acquisition: AcquisitionInfo,
     pixel_spacing_mm: float,
     bits_stored: int,
+    vendor: str | VendorStyle = "standard",
 ) -> Dataset:
-    """Build a Digital Mammography X-Ray Image - For Presentation dataset.
+    """Build a Digital Mammography X-Ray Image dataset (For Presentation, or For
+    Processing when the acquisition says so).
 
     Parameters
     ----------
@@ -620,6 +782,8 @@ def build_mg_dataset(
         Imager Pixel Spacing (detector plane), in mm, both directions.
     bits_stored: int
         Bits Stored, 10 to 16 (Bits Allocated is 16).
+    vendor: str or VendorStyle, optional
+        The vendor style of the header (:data:`VENDOR_STYLES`).
 
     Returns
     -------
@@ -643,6 +807,12 @@ def build_mg_dataset(
         raise TypeError(f"study must be a StudyInfo, got {type(study).__name__}")
     _check_acquisition(acquisition)
     acq = acquisition
+    style = _style(vendor)
+    sop_class = (
+        DIGITAL_MAMMOGRAPHY_FOR_PROCESSING
+        if acq.for_processing
+        else DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
+    )
 
     _check_text("patient.patient_id", patient.patient_id, 64)
     _check_person_name("patient.patient_name", patient.patient_name)
@@ -673,7 +843,7 @@ def build_mg_dataset(
 
     # SOP Common
     ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
+    ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = acq.sop_instance_uid
     # Patient (+ Patient Study)
     ds.PatientName = patient.patient_name
@@ -696,20 +866,20 @@ def build_mg_dataset(
     ds.SeriesNumber = acq.series_number
     ds.SeriesDescription = acq.series_description
     ds.BodyPartExamined = "BREAST"
-    ds.PresentationIntentType = "FOR PRESENTATION"
+    ds.PresentationIntentType = "FOR PROCESSING" if acq.for_processing else "FOR PRESENTATION"
     # Frame of Reference: images taken without releasing compression
     if acq.frame_of_reference_uid is not None:
         ds.FrameOfReferenceUID = acq.frame_of_reference_uid
         ds.PositionReferenceIndicator = ""
     # General Equipment
-    ds.Manufacturer = _MANUFACTURER
+    ds.Manufacturer = style.manufacturer
     ds.InstitutionName = _INSTITUTION
     ds.StationName = _STATION
-    ds.ManufacturerModelName = _MODEL
+    ds.ManufacturerModelName = style.model
     ds.DeviceSerialNumber = _DEVICE_SERIAL
-    ds.SoftwareVersions = _SOFTWARE_VERSIONS
+    ds.SoftwareVersions = list(style.software_versions)
     # General Image, DX Image
-    ds.ImageType = list(_IMAGE_TYPES[acq.kind])
+    ds.ImageType = list(style.image_types[acq.kind])
     ds.InstanceNumber = acq.instance_number
     ds.PatientOrientation = list(_ORIENTATIONS[(acq.laterality, acq.view)])
     ds.ContentDate = acq.acquisition_date
@@ -731,7 +901,8 @@ def build_mg_dataset(
                 ref.ReferencedSOPInstanceUID = uid
                 refs.append(ref)
             ds.SourceImageSequence = Sequence(refs)
-    ds.AcquisitionDeviceProcessingCode = _PROCESSING_CODES[acq.kind]
+    if acq.kind in style.processing_codes:
+        ds.AcquisitionDeviceProcessingCode = style.processing_codes[acq.kind]
     ds.BurnedInAnnotation = "NO"
     ds.RecognizableVisualFeatures = "NO"
     ds.LossyImageCompression = "00"
@@ -751,14 +922,15 @@ def build_mg_dataset(
     ds.RescaleIntercept = "0"
     ds.RescaleSlope = "1"
     ds.RescaleType = "US"
-    # VOI LUT
-    ds.WindowCenter = _ds(acq.window_center, 1)
-    ds.WindowWidth = _ds(acq.window_width, 1)
-    ds.WindowCenterWidthExplanation = "NORMAL"
-    # LINEAR is the meaning when the attribute is absent; written only for
-    # SIGMOID (OHIF 3.13 cannot display an image that carries VOI LUT Function)
-    if acq.voi_lut_function != "LINEAR":
-        ds.VOILUTFunction = acq.voi_lut_function
+    # VOI LUT (For Presentation images only)
+    if not acq.for_processing:
+        ds.WindowCenter = _ds(acq.window_center, 1)
+        ds.WindowWidth = _ds(acq.window_width, 1)
+        ds.WindowCenterWidthExplanation = "NORMAL"
+        # LINEAR is the meaning when the attribute is absent; written only for
+        # SIGMOID (OHIF 3.13 cannot display an image that carries VOI LUT Function)
+        if acq.voi_lut_function != "LINEAR":
+            ds.VOILUTFunction = acq.voi_lut_function
     # Contrast/Bolus: one injection per study, at the study time
     if acq.kind != "non_contrast":
         volume = min(_AGENT_DOSE_ML_PER_KG * weight, _AGENT_MAX_ML)
@@ -778,17 +950,18 @@ def build_mg_dataset(
     ds.BreastImplantPresent = "NO"
     ds.PartialView = "NO"
     ds.PositionerType = "MAMMOGRAPHIC"
-    ds.ViewPosition = acq.view
-    view_item = _code(_VIEW_CODES[acq.view])
+    if not acq.old_view_codes:
+        ds.ViewPosition = acq.view
+    view_item = _code((_OLD_VIEW_CODES if acq.old_view_codes else _VIEW_CODES)[acq.view])
     view_item.ViewModifierCodeSequence = Sequence()
     ds.ViewCodeSequence = Sequence([view_item])
     ds.PositionerPrimaryAngle = _ds(acq.positioner_primary_angle_deg, 1)
     ds.PositionerSecondaryAngle = "0"
-    ds.DistanceSourceToDetector = _ds(_SOURCE_TO_DETECTOR_MM)
+    ds.DistanceSourceToDetector = _ds(style.source_to_detector_mm)
     ds.BodyPartThickness = _ds(acq.compressed_thickness_mm, 1)
     ds.CompressionForce = _ds(acq.compression_force_n, 1)
     # DX Detector
-    ds.DetectorType = "SCINTILLATOR"
+    ds.DetectorType = style.detector_type
     ds.DetectorConfiguration = "AREA"
     ds.DetectorID = _DETECTOR_ID
     ds.DetectorElementSpacing = [_ds(spacing, 4), _ds(spacing, 4)]
@@ -817,15 +990,17 @@ def build_mg_dataset(
 
     # A small vendor block, as real Senographe images carry one; only
     # elements whose VR pydicom, dcmtk and dicom3tools agree on
-    block = ds.private_block(0x0045, _PRIVATE_CREATOR, create=True)
-    block.add_new(0x14, "DS", _ds(spacing * 1000, 1))  # Pixel Pitch Microns
-    block.add_new(0x15, "IS", bits_stored)  # Pixel Depth Bits
-    block.add_new(0x29, "DS", [ds.WindowCenter, ds.WindowWidth])  # Windowing parameters
+    if style.gems_block:
+        block = ds.private_block(0x0045, _PRIVATE_CREATOR, create=True)
+        block.add_new(0x14, "DS", _ds(spacing * 1000, 1))  # Pixel Pitch Microns
+        block.add_new(0x15, "IS", bits_stored)  # Pixel Depth Bits
+        if not acq.for_processing:  # Windowing parameters
+            block.add_new(0x29, "DS", [ds.WindowCenter, ds.WindowWidth])
 
     ds.PixelData = pixels.astype("<u2", copy=False).tobytes()
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
+    meta.MediaStorageSOPClassUID = sop_class
     meta.MediaStorageSOPInstanceUID = acq.sop_instance_uid
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
@@ -895,6 +1070,7 @@ def write_mg_image(
     acquisition: AcquisitionInfo,
     pixel_spacing_mm: float,
     bits_stored: int,
+    vendor: str | VendorStyle = "standard",
 ) -> None:
     """Build a mammogram dataset and write it to a file.
 
@@ -916,6 +1092,8 @@ def write_mg_image(
         Imager Pixel Spacing in mm.
     bits_stored: int
         Bits Stored, 10 to 16.
+    vendor: str or VendorStyle, optional
+        The vendor style of the header (:data:`VENDOR_STYLES`).
 
     See Also
     --------
@@ -933,6 +1111,7 @@ def write_mg_image(
         acquisition=acquisition,
         pixel_spacing_mm=pixel_spacing_mm,
         bits_stored=bits_stored,
+        vendor=vendor,
     )
     uid = TRANSFER_SYNTAX_UIDS[transfer_syntax]
     if uid.is_compressed:

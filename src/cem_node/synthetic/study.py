@@ -2,8 +2,10 @@
 
 One study is one patient examined with contrast-enhanced mammography: both
 breasts (or one), CC and MLO views, each a low-energy (LE) and a recombined
-(RC) image, as a GE Senographe Pristina with SenoBright would send them. The
-same ``(seed, index)`` always gives the same bytes.
+(RC) image, as a GE Senographe Pristina with SenoBright would send them, or
+in the header style of another vendor (``SynthOptions.vendor``, see
+docs/VENDORS.md). The same ``(seed, index, options)`` always gives the same
+bytes.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ from cem_node.synthetic.anatomy import (
     sample_density,
 )
 from cem_node.synthetic.dicom_writer import (
+    VENDOR_STYLES,
     AcquisitionInfo,
     PatientInfo,
     StudyInfo,
     TransferSyntaxName,
+    VendorName,
     write_mg_image,
 )
 from cem_node.synthetic.lesions import (
@@ -57,7 +61,14 @@ DISCLAIMER = "SYNTHETIC PHANTOM - NOT PATIENT DATA - NOT FOR CLINICAL USE"
 #: phantom are then not reused). 2: cysts visible on the low-energy image.
 PHANTOM_VERSION = 2
 
-EdgeCase = Literal["one-breast", "missing-rc", "extra-non-cem"]
+EdgeCase = Literal[
+    "one-breast",
+    "missing-rc",
+    "extra-non-cem",
+    "for-processing",
+    "split-series",
+    "old-view-codes",
+]
 #: Order in which a technologist acquires the views (after the injection).
 VIEW_ORDER: tuple[tuple[Laterality, View], ...] = (
     ("R", "CC"),
@@ -108,12 +119,21 @@ class SynthOptions:
         Deviations from a complete study, for tests of the node's selection
         and pairing: ``one-breast`` (a unilateral study), ``missing-rc`` (the
         recombined image of one view is not sent), ``extra-non-cem`` (an
-        additional conventional 2D mammogram in its own series).
+        additional conventional 2D mammogram in its own series),
+        ``for-processing`` (a For Processing copy of each low-energy image,
+        in a series of its own), ``split-series`` (every image in a series of
+        its own, the recombined images apart from the low-energy ones, as a
+        PACS that splits series sends them), ``old-view-codes`` (views coded
+        with the SNOMED-RT codes R-10242/R-10226 only, no View Position).
+    vendor
+        Header style: ``standard`` (the DICOM standard's CEM Image Type values,
+        GE names), ``ge``, ``hologic``, ``siemens`` or ``fujifilm``.
     """
 
     size: str = "full"
     transfer_syntax: TransferSyntaxName = "explicit"
     edge_cases: frozenset[EdgeCase] = frozenset()
+    vendor: VendorName = "standard"
 
 
 def _uid(seed: int, index: int, *parts: object) -> str:
@@ -281,6 +301,7 @@ class _Image:
     series_instance_uid: str
     pixels: np.ndarray
     window: tuple[float, float]
+    for_processing: bool = False
 
 
 def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) -> Path:
@@ -292,6 +313,9 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     from cem_node.synthetic.contact_sheet import write_contact_sheet
 
     grid = grid_for_size(options.size)
+    if options.vendor not in VENDOR_STYLES:
+        raise ValueError(f"vendor must be one of {sorted(VENDOR_STYLES)}, got {options.vendor!r}")
+    style = VENDOR_STYLES[options.vendor]
     rng = np.random.default_rng([seed, index])
     study_dir = out_dir / f"study-{index:04d}"
     (study_dir / "dicom").mkdir(parents=True, exist_ok=True)
@@ -339,7 +363,15 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
         "low_energy": (_uid(seed, index, "series", 1), 1, "CESM Low Energy"),
         "recombined": (_uid(seed, index, "series", 2), 2, "CESM Recombined"),
         "non_contrast": (_uid(seed, index, "series", 3), 3, "2D Mammography"),
+        "for_processing": (_uid(seed, index, "series", 4), 4, "CESM Low Energy For Processing"),
     }
+    if style.series_layout == "one_series":  # LE and RC of the examination together
+        series["recombined"] = series["low_energy"] = (
+            _uid(seed, index, "series", 1),
+            1,
+            "Contrast Enhanced Mammography",
+        )
+    split = "split-series" in options.edge_cases
 
     images: list[_Image] = []
     rendered: dict[tuple[Laterality, View], RenderedView] = {}
@@ -354,9 +386,18 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
         kinds = ["low_energy", "recombined"]
         if missing_rc == (lat, view):
             kinds.remove("recombined")
+        if "for-processing" in options.edge_cases:
+            kinds.append("for_processing")
         for kind in kinds:
-            pixels = _to_stored(result.le if kind == "low_energy" else result.rc, bits, lat)
+            image_kind = "low_energy" if kind == "for_processing" else kind
+            pixels = _to_stored(result.rc if kind == "recombined" else result.le, bits, lat)
             instance += 1
+            name = series[kind][2]
+            in_series = (
+                (_uid(seed, index, "series", lat, view, kind), 10 + instance, name)
+                if split
+                else series[kind]
+            )
             images.append(
                 _write(
                     study_dir,
@@ -364,17 +405,18 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
                     study,
                     breast,
                     view,
-                    kind,
+                    image_kind,
                     pixels,
                     mask,
                     bits,
                     grid,
                     acquired,
-                    series[kind],
+                    in_series,
                     instance,
                     _uid(seed, index, "image", lat, view, kind),
                     options,
                     rng,
+                    for_processing=kind == "for_processing",
                 )
             )
     if "extra-non-cem" in options.edge_cases:
@@ -445,7 +487,10 @@ def _write(
     sop_uid: str,
     options: SynthOptions,
     rng: np.random.Generator,
+    *,
+    for_processing: bool = False,
 ) -> _Image:
+    style = VENDOR_STYLES[options.vendor]
     lat = breast.laterality
     thick = breast.thickness_mm
     # automatic exposure control: thicker breasts get harder beams
@@ -454,7 +499,7 @@ def _write(
     if kind == "recombined":  # the high-energy exposure that the recombination used
         kvp, filt, mas = (
             float(np.clip(round(43 + 0.07 * thick), 45, 49)),
-            "COPPER",
+            style.high_energy_filter,
             float(rng.uniform(30, 70)),
         )
     else:
@@ -490,9 +535,12 @@ def _write(
         positioner_primary_angle_deg=0.0 if view == "CC" else (45.0 if lat == "R" else -45.0),
         window_center=center,
         window_width=width,
+        for_processing=for_processing,
+        old_view_codes="old-view-codes" in options.edge_cases,
     )
     prefix = {"low_energy": "LE", "recombined": "RC", "non_contrast": "DM"}[kind]
-    path = study_dir / "dicom" / f"{prefix}_{lat}{view}.dcm"
+    suffix = "_for_processing" if for_processing else ""
+    path = study_dir / "dicom" / f"{prefix}_{lat}{view}{suffix}.dcm"
     write_mg_image(
         path,
         pixels,
@@ -502,8 +550,11 @@ def _write(
         acquisition=acquisition,
         pixel_spacing_mm=grid.pixel_mm,
         bits_stored=bits,
+        vendor=style,
     )
-    return _Image(path, kind, lat, view, sop_uid, series[0], pixels, (center, width))
+    image = _Image(path, kind, lat, view, sop_uid, series[0], pixels, (center, width))
+    image.for_processing = for_processing
+    return image
 
 
 def _bbox(mask: np.ndarray) -> list[int]:
@@ -551,7 +602,7 @@ def _ground_truth(
     """The ground-truth document; writes the mask PNGs and fills ``masks``
     (keyed by their path in the document) for the contact sheet."""
     by_view: dict[tuple[str, str, str], _Image] = {
-        (i.laterality, i.view, i.kind): i for i in images
+        (i.laterality, i.view, i.kind): i for i in images if not i.for_processing
     }
     lesions = []
     for lat, breast in breasts.items():
@@ -635,6 +686,7 @@ def _ground_truth(
             "size": options.size,
             "transfer_syntax": options.transfer_syntax,
             "edge_cases": sorted(options.edge_cases),
+            "vendor": options.vendor,
         },
         "patient": {
             "patient_id": patient.patient_id,
@@ -675,6 +727,7 @@ def _ground_truth(
                 "sop_instance_uid": i.sop_instance_uid,
                 "series_instance_uid": i.series_instance_uid,
                 "window_center_width": list(i.window),
+                "for_processing": i.for_processing,
             }
             for i in images
         ],

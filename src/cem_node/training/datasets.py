@@ -544,10 +544,9 @@ def _synthetic_study(study_dir: Path, source: str) -> tuple[list[Sample], list[s
         files[cls.sop_instance_uid] = path
         classified.append(cls)
     samples, skipped = [], []
-    for pairing in pair_images(classified):
-        where = f"{study_dir.name} {pairing.laterality} {pairing.view}"
-        if not pairing.complete:
-            skipped.append(f"{source}: {where}: {pairing.reason}")
+    for pairing in pair_images(classified, rules):
+        if not pairing.complete:  # the reason names the breast and view
+            skipped.append(f"{source}: {study_dir.name}: {pairing.reason}")
             continue
         assert pairing.low_energy and pairing.recombined
         lat, view = str(pairing.laterality), str(pairing.view)
