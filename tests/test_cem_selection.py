@@ -531,3 +531,27 @@ def test_the_worker_pairs_for_presentation_and_studies_show_says_why(
     assert result.exit_code == 0, result.output
     said = " ".join(result.output.split())
     assert "For Processing low-energy image not paired" in said, result.output
+
+
+def test_selenium_detectors_are_written_as_direct(vendor_studies: dict[str, Path]) -> None:
+    """Hologic, Siemens and Fujifilm mammography detectors are amorphous selenium
+    (direct conversion; docs/VENDORS.md gives the sources); GE keeps the default."""
+    detector = {v: {ds.DetectorType for ds in _headers(s)} for v, s in vendor_studies.items()}
+    assert detector == {
+        "ge": {"SCINTILLATOR"},
+        "hologic": {"DIRECT"},
+        "siemens": {"DIRECT"},
+        "fujifilm": {"DIRECT"},
+    }
+
+
+def test_a_derived_low_energy_image_in_the_standard_layout_stays_low_energy() -> None:
+    """LOW_ENERGY in value 5 decides even on a DERIVED image with POST_CONTRAST in
+    value 3 (a layout a public viewer's hanging protocol attributes to GE)."""
+    ds = Dataset()
+    ds.SOPClassUID = MG
+    ds.ImageType = ["DERIVED", "PRIMARY", "POST_CONTRAST", "", "LOW_ENERGY"]
+    ds.SeriesDescription = "CESM"
+    role = classify_image(ds, RULES)
+    assert role.role == "low_energy", role.reason
+    assert "LOW_ENERGY" in role.reason

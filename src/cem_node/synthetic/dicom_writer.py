@@ -321,6 +321,8 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
             ("SYNTH_VB_1.0", _SYNTH_VERSION),
             _STANDARD_IMAGE_TYPES,
             high_energy_filter="TITANIUM",
+            # a-Se, direct conversion (Siemens' MAMMOMAT detector, docs/VENDORS.md)
+            detector_type="DIRECT",
         ),
         VendorStyle(
             "fujifilm",
@@ -328,6 +330,8 @@ VENDOR_STYLES: dict[str, VendorStyle] = {
             "AMULET Innovality",
             ("SYNTH_AWS_1.0", _SYNTH_VERSION),
             _STANDARD_IMAGE_TYPES,
+            # a-Se, direct conversion with optical readout (AMULET, docs/VENDORS.md)
+            detector_type="DIRECT",
             series_layout="one_series",
         ),
     )
