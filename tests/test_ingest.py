@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
@@ -46,10 +47,17 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Path]]:
             root / name, 8, 0, SynthOptions(size="small", transfer_syntax=syntax)
         )
         out[name] = sorted((study / "dicom").glob("*.dcm"))
+    # Deflated Explicit VR Little Endian: the synthetic writer does not write it
+    out["deflated"] = []
+    for path in out["explicit"][:2]:
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+        out["deflated"].append(root / f"deflated-{path.name}")
+        ds.save_as(out["deflated"][-1], enforce_file_format=True)
     return out
 
 
-@pytest.mark.parametrize("kind", ["explicit", "j2k", "rle"])
+@pytest.mark.parametrize("kind", ["explicit", "j2k", "rle", "deflated"])
 def test_complete_images_parse_and_truncated_ones_are_refused(
     files: dict[str, list[Path]], kind: str
 ) -> None:

@@ -31,6 +31,7 @@ import shutil
 import threading
 import time
 import warnings
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
+from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -282,15 +284,26 @@ class InstanceIngestor:
             return IngestResult(int(status), IngestOutcome.REFUSED, message)
 
         truncated = False
+        size = _size(data)
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 # large values stay unread: no copy of the pixel data
-                source = io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
-                ds = pydicom.dcmread(source, force=False, defer_size=_DEFER_BYTES)
+                ds = pydicom.dcmread(_source(data), force=False, defer_size=_DEFER_BYTES)
+                if _transfer_syntax(ds) == DeflatedExplicitVRLittleEndian:
+                    # pydicom inflated the dataset in memory: a deferred value's
+                    # position is in the inflated stream, not in the received bytes
+                    # (and cannot be read back from them); read it whole instead
+                    ds = pydicom.dcmread(_source(data), force=False)
+                    size = 0  # not used: every value is in memory
             truncated = any("End of file" in str(w.message) for w in caught)
         except InvalidDicomError as exc:
             return fail(Status.CANNOT_UNDERSTAND, f"Not a DICOM dataset: {exc}")
+        except zlib.error as exc:  # only a deflated dataset is inflated while read
+            return fail(
+                Status.INCOMPLETE_DATASET,
+                f"Truncated or corrupt deflated dataset: {exc}",
+            )
         except Exception as exc:  # any parser failure is the sender's data, not our bug
             return fail(
                 Status.CANNOT_UNDERSTAND, f"Cannot parse dataset: {type(exc).__name__}: {exc}"
@@ -301,7 +314,7 @@ class InstanceIngestor:
                 "Truncated dataset: end of data before the end of an element",
             )
         try:
-            return _checked(ds, _size(data), sop_class_uid, sop_instance_uid)
+            return _checked(ds, size, sop_class_uid, sop_instance_uid)
         except Exception as exc:  # a value no check foresaw: still the sender's data
             _LOG.warning("dataset check failed", exc_info=True)
             return fail(
@@ -713,6 +726,15 @@ def _size(data: bytes | Path) -> int:
     return len(data) if isinstance(data, bytes | bytearray) else data.stat().st_size
 
 
+def _source(data: bytes | Path) -> io.BytesIO | Path:
+    return io.BytesIO(data) if isinstance(data, bytes | bytearray) else data
+
+
+def _transfer_syntax(ds: Dataset) -> str:
+    meta = getattr(ds, "file_meta", None)
+    return str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+
+
 def _checked(
     ds: Dataset, size: int, sop_class_uid: str | None, sop_instance_uid: str | None
 ) -> _Header | IngestResult:
@@ -750,7 +772,7 @@ def _checked(
             Status.DATASET_DOES_NOT_MATCH_SOP_CLASS,
             "SOPInstanceUID differs from the request's",
         )
-    syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
+    syntax = _transfer_syntax(ds)
     if image:
         problem = _pixel_data_problem(ds, syntax, size)
         if problem:
