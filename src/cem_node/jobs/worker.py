@@ -56,6 +56,7 @@ from cem_node.jobs.claims import for_claim
 from cem_node.jobs.predecessors import reports_sent_before
 from cem_node.jobs.states import transition
 from cem_node.peers import PeerEntry
+from cem_node.pipeline.pixels import multi_frame_problem
 from cem_node.store.audit import ALERT, record_event
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import (
@@ -354,6 +355,9 @@ class Worker:
                     images.headers[uid] = ds
                 except Exception as exc:  # a value the rules did not expect, in this file
                     problem = f"cannot classify: {type(exc).__name__}: {exc}"
+                # several frames: the image's own lasting property, left out before
+                # pairing (not a decoding failure found in the analysis)
+                problem = problem or multi_frame_problem(ds)
             if problem:
                 _LOG.warning("job %d: instance %s excluded: %s", claimed.job_id, uid, problem)
                 images.excluded[uid] = problem

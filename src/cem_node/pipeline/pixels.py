@@ -25,7 +25,7 @@ from pydicom.uid import UID
 
 from cem_node.dicom.cem_selection import _laterality, _view
 
-__all__ = ["PixelDataError", "SourceImage", "read_source_image"]
+__all__ = ["PixelDataError", "SourceImage", "multi_frame_problem", "read_source_image"]
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
@@ -138,17 +138,47 @@ def read_source_image(source: str | os.PathLike[str] | Dataset) -> SourceImage:
     )
 
 
-def _check_header(ds: Dataset, name: str) -> None:
-    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
-        raise PixelDataError(f"{name}: the dataset has no pixel data")
+def multi_frame_problem(ds: Dataset) -> str | None:
+    """Say why an image's frames rule it out of the analysis, or return ``None``.
+
+    Read from the header alone (Number of Frames), so that the worker can
+    leave such an image out before pairing, as a property of the image
+    rather than a failure of its decoding. The message names the image by
+    its series and view, never by a file.
+
+    Parameters
+    ----------
+    ds
+        The image's header (pixel data not needed).
+
+    Returns
+    -------
+    str or None
+        ``"multi-frame image (2 frames) in series 3 (L CC): one mammography
+        frame is expected"``, or ``None`` for a single-frame image.
+    """
     try:
         frames = int(ds.get("NumberOfFrames") or 1)
     except (TypeError, ValueError):
-        frames = 1
-    if frames > 1:
-        raise PixelDataError(
-            f"{name}: multi-frame image ({frames} frames); one mammography frame is expected"
-        )
+        frames = 1  # an unreadable count: the decoder says what is wrong, if anything
+    if frames <= 1:
+        return None
+    try:
+        series = ds.get("SeriesNumber")
+    except (TypeError, ValueError):
+        series = None
+    view = " ".join(v for v in (_laterality(ds), _view(ds)) if v)
+    where = f" in series {series}" if series not in (None, "") else ""
+    where += f" ({view})" if view else ""
+    return f"multi-frame image ({frames} frames){where}: one mammography frame is expected"
+
+
+def _check_header(ds: Dataset, name: str) -> None:
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise PixelDataError(f"{name}: the dataset has no pixel data")
+    frames = multi_frame_problem(ds)
+    if frames:
+        raise PixelDataError(f"{name}: {frames}")
     samples = int(ds.get("SamplesPerPixel") or 1)
     photometric = str(ds.get("PhotometricInterpretation", "") or "").strip().upper()
     if samples != 1 or photometric not in _MONOCHROME:
