@@ -105,7 +105,12 @@ def test_header_rules(attrs: dict, role: str, reason: str) -> None:
 def test_rules_are_configurable() -> None:
     ge_style = _header(ImageType=["DERIVED", "PRIMARY", "", "RECOMBINED"])
     assert classify_image(ge_style, RULES).role == "recombined"  # GE's form, on by default
-    rules = RULES.model_copy(update={"vendor_presets": ["hologic", "siemens", "fujifilm"]})
+    rules = RULES.model_copy(
+        update={
+            "vendor_presets": ["hologic", "siemens", "fujifilm"],
+            "recombined_image_type_values": ["SUBTRACTION"],
+        }
+    )
     assert classify_image(ge_style, rules).role == "other"
     rules = rules.model_copy(update={"recombined_image_type_values": ["RECOMBINED"]})
     assert classify_image(ge_style, rules).role == "recombined"  # a site's own term
@@ -386,9 +391,15 @@ def test_vendor_presets_follow_the_manufacturer() -> None:
         ds = _header(ImageType=ge_style, Manufacturer=manufacturer)
         result = classify_image(ds, RULES)
         assert result.role == "recombined" and "GE preset" in result.reason
-    hologic = _header(ImageType=ge_style, Manufacturer="HOLOGIC, Inc.")
-    assert classify_image(hologic, RULES).role == "other"  # GE's term, not Hologic's
-    no_presets = RULES.model_copy(update={"vendor_presets": []})
+    # GE's term from another manufacturer (reported, unconfirmed) or from an image whose
+    # Manufacturer was removed: recombined, with the configured list named as the reason
+    hologic = classify_image(_header(ImageType=ge_style, Manufacturer="HOLOGIC, Inc."), RULES)
+    assert hologic.role == "recombined", hologic
+    assert "configured ImageType values" in hologic.reason
+    assert "PS3.3" not in hologic.reason  # not a term of the standard
+    anonymous = classify_image(_header(ImageType=ge_style), RULES)
+    assert anonymous.role == "recombined" and "PS3.3" not in anonymous.reason
+    no_presets = RULES.model_copy(update={"vendor_presets": [], "recombined_image_type_values": []})
     ge = _header(ImageType=ge_style, Manufacturer="GE MEDICAL SYSTEMS")
     assert classify_image(ge, no_presets).role == "other"
 

@@ -554,11 +554,13 @@ class SelectionSection(_Section):
         description="An image acquired at or above this kVp is high energy (HE is ~45-49 kVp).",
     )
     recombined_image_type_values: list[str] = Field(
-        default_factory=lambda: ["SUBTRACTION"],
+        default_factory=lambda: ["SUBTRACTION", "RECOMBINED"],
         description=(
             "ImageType values (value 4 and later) that mark a recombined image, whatever "
-            "the manufacturer (PS3.3 C.8.11.7.1.4 defines SUBTRACTION; vendor terms such "
-            "as GE's RECOMBINED come with vendor_presets)."
+            "the manufacturer. PS3.3 C.8.11.7.1.4 defines SUBTRACTION; RECOMBINED is GE's "
+            "term, reported for other vendors too (unconfirmed, docs/VENDORS.md), and no "
+            "conventional image carries it, so it is accepted from an image whose "
+            "Manufacturer was removed or is another's."
         ),
     )
     low_energy_image_type_values: list[str] = Field(

@@ -303,9 +303,12 @@ def classify_image(ds: Dataset, rules: SelectionSection) -> Classification:
         "high_energy": {v.upper() for v in rules.high_energy_image_type_values},
     }
     standard_value = {"recombined": 4, "low_energy": 5, "high_energy": 5}
+    standard_term = {"recombined": "SUBTRACTION", "low_energy": "LOW_ENERGY"}
+    standard_term["high_energy"] = "HIGH_ENERGY"
     for role, number in standard_value.items():
         value = image_type[number - 1] if len(image_type) >= number else ""
-        if value and value in configured[role]:
+        # the standard is cited for its own terms only; others are a preset's or configured
+        if value and value == standard_term[role] and value in configured[role]:
             return result(
                 role,  # type: ignore[arg-type]
                 f"ImageType contains {value} in value {number} (PS3.3 C.8.11.7.1.4): {shown_type}",
