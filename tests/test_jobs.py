@@ -28,6 +28,7 @@ from cem_node.jobs.worker import Worker, backoff_seconds, summarise_exclusions
 from cem_node.peers import PeerEntry
 from cem_node.store import (
     Analysis,
+    AuditEvent,
     Export,
     ExportState,
     Instance,
@@ -490,3 +491,44 @@ def test_exclusions_are_summarised_by_reason() -> None:
     )
     many = {f"1.{i}": f"reason {i}" for i in range(5)}
     assert summarise_exclusions(many).endswith("reason 2; 2 other reason(s)")
+
+
+def test_a_study_mixing_patients_is_not_analysed_and_no_report_goes_out(
+    store: Store, study_files: list[Path], tmp_path: Path
+) -> None:
+    """Found with CBIS-DDSM (each view its own patient ID): the not-analysed report
+    refused to mix patients, the worker took it for a transient error, three times,
+    and nothing reached the radiologist or the administrator."""
+    mixed = []
+    for index, path in enumerate(study_files):
+        ds = pydicom.dcmread(path)
+        if index % 2:
+            ds.PatientID = "OTHER-PATIENT-7"
+        mixed.append(tmp_path / path.name)
+        ds.save_as(mixed[-1])
+    uid = store.receive(mixed)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    analyzer = DoubleAnalyzer()
+    worker = Worker(
+        store.settings,
+        store.sessions,
+        store.files,
+        analyzer,
+        destinations=lambda: [PACS],
+        node_id="w1",
+        not_analysable_report=lambda headers, reason, analysis_round: build_not_analysable_sr(
+            list(headers), reason, device=ReportingDevice(device_serial_number="T")
+        ),
+    )
+    assert worker.run_once()
+    (job,) = store.jobs()
+    assert job.attempts == 1 and job.state is JobState.DONE, (job.state, job.last_error)
+    assert analyzer.calls == []  # findings must never mix two patients
+    study = store.study(uid)
+    assert study.state is StudyState.NOT_ANALYSABLE
+    assert "2 different patients" in (study.state_reason or "")
+    assert "OTHER-PATIENT-7" not in (study.state_reason or "")  # identifiers stay out
+    with store.sessions.begin() as session:
+        assert session.scalars(select(Export)).all() == []  # which patient would it go to?
+        alerts = session.scalars(select(AuditEvent).where(AuditEvent.decision == "alert")).all()
+        assert any("different patients" in (a.message or "") for a in alerts)

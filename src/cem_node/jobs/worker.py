@@ -107,6 +107,15 @@ def summarise_exclusions(excluded: Mapping[str, str]) -> str:
     return f"{len(excluded)} image(s) excluded: {listed}{more}"
 
 
+def mixed_patients(headers: Sequence[Dataset]) -> int:
+    """The number of different Patient IDs the images name, when more than one (else 0).
+
+    Images without a Patient ID are not counted: they contradict no one.
+    """
+    ids = {str(ds.get("PatientID") or "").strip() for ds in headers} - {""}
+    return len(ids) if len(ids) > 1 else 0
+
+
 def summarise_not_analysable(
     classifications: Sequence[Classification],
     pairings: Sequence[object],
@@ -275,6 +284,28 @@ class Worker:
 
     def _process(self, claimed: _Claimed) -> None:
         images = self._classify(claimed)
+        patients = mixed_patients(images.usable_headers())
+        if patients:
+            # findings and reports belong to one patient: never analyse, never send
+            # anything for a study that names several (a modality's or PACS's error)
+            reason = (
+                f"the images name {patients} different patients (Patient ID): a study "
+                "mixing patients is not analysed and no report is sent; check how the "
+                "modality or the PACS built it"
+            )
+            with self._sessions.begin() as session:
+                record_event(
+                    session,
+                    "study_mixes_patients",
+                    decision=ALERT,
+                    actor=self._node_id,
+                    job_id=claimed.job_id,
+                    study_instance_uid=claimed.study_instance_uid,
+                    message=reason,
+                )
+            self._record_pairings(claimed, [], images.ids)
+            self._finish(claimed, [], result=None, not_analysable=reason, images=images)
+            return
         # each pass leaves out one more image the analysis could not use: it ends
         while True:
             usable = images.usable()
