@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from cem_node.store import AuditEvent, make_engine, session_factory
 from cem_node.synthetic.study import SynthOptions, generate_study
+from tests.conftest import assert_no_patient_identifiers
 from tests.peers import echoscu, free_port, storescu
 from tests.test_node import wait_until
 
@@ -116,6 +117,8 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
     assert proc.returncode == 0, stderr[-2000:]
     records = [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
     messages = [r["message"] for r in records]
+    # every line the served node logged, its libraries' warnings included (#19)
+    assert_no_patient_identifiers(stderr.splitlines(), where="the served node's log")
     assert any("serving AE MY_NODE" in m for m in messages)
     # before the source was added, its address was closed at accept, and said why
     assert any("refused (accept)" in m and "no source peer allows" in m for m in messages)
@@ -125,7 +128,10 @@ def test_serve_with_embedded_defaults(tmp_path: Path) -> None:
 def test_extra_receiver_processes_share_the_port_and_die_with_the_node(tmp_path: Path) -> None:
     data = tmp_path / "data"
     port = free_port()
-    proc = start_serve(tmp_path, data, port, "--accept-unknown-sources", "--receivers", "2")
+    log = (tmp_path / "node.log").open("w")
+    proc = start_serve(
+        tmp_path, data, port, "--accept-unknown-sources", "--receivers", "2", stderr=log.fileno()
+    )
     try:
         study = generate_study(tmp_path / "s", 4, 0, SynthOptions(size="small"))
         files = sorted((study / "dicom").glob("*.dcm"))
@@ -154,6 +160,9 @@ def test_extra_receiver_processes_share_the_port_and_die_with_the_node(tmp_path:
     finally:
         proc.kill()  # like kill -9: the receiver must not outlive the node
         proc.wait(10)
+        log.close()
+    lines = (tmp_path / "node.log").read_text(errors="replace").splitlines()
+    assert_no_patient_identifiers(lines, where="the served node's log")
     wait_until(
         lambda: all(not Path(f"/proc/{pid}").exists() for pid in children),
         what="the extra receiver to exit with its parent",
