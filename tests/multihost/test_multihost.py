@@ -1,0 +1,245 @@
+"""Several hosts over one PostgreSQL, each in its own network namespace (#20).
+
+The topology is a small screening centre: a database host, a PACS host
+(Orthanc), two node hosts sharing one store directory (as an NFS mount would
+be shared), and a modality host (dcmtk's storescu). The nodes run the
+test-double analysis (one SR per study round, with a fresh SOP Instance UID:
+an analysis or an export done twice shows up at the PACS as a second SR).
+Traffic stays inside the lab's namespaces; the lab is removed at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from sqlalchemy import func, select
+
+from cem_node.store import Instance, Study, StudyState, make_engine, session_factory
+from cem_node.synthetic.study import SynthOptions, generate_study
+from tests.multihost.lab import Host, Lab, LabOrthanc, LabPostgres, netns_problem
+from tests.peers import require_tool
+
+pytestmark = [pytest.mark.tools, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+NODE_PORT = 11112
+MODALITY_AE = "MODALITY"
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    problem = netns_problem()
+    if problem is not None:
+        if os.environ.get("CEM_NODE_REQUIRE_NETNS") == "1":
+            pytest.fail(f"CEM_NODE_REQUIRE_NETNS=1 but {problem}")
+        pytest.skip(problem)
+    with Lab(["db", "pacs", "node-a", "node-b", "modality"]) as made:
+        yield made
+
+
+def _node_config(
+    path: Path, host: Host, ae_title: str, *, store: Path, db_url: str, pacs: LabOrthanc
+) -> Path:
+    modality = host.lab["modality"].address
+    path.write_text(
+        f"""
+[node]
+ae_title = "{ae_title}"
+host = "{host.address}"
+port = {NODE_PORT}
+
+[storage]
+root = "{store}"
+min_free_mb = 0
+disk_high_watermark_percent = 99.9
+
+[database]
+url = "{db_url}"
+
+[assembly]
+quiet_period_s = 2
+max_wait_s = 30
+check_interval_s = 0.2
+
+[export]
+initial_backoff_s = 0.3
+max_backoff_s = 1.0
+
+[http]
+host = "127.0.0.1"
+port = 8765
+
+[logging]
+file = "{path.with_suffix(".log")}"
+
+[[peers]]
+name = "modality"
+ae_title = "{MODALITY_AE}"
+host = "{modality}"
+port = 104
+role = "source"
+
+[[peers]]
+name = "pacs"
+ae_title = "{pacs.aet}"
+host = "{pacs.host}"
+port = {pacs.dicom_port}
+role = "destination"
+"""
+    )
+    return path
+
+
+def _echo(modality: Host, node: Host, ae_title: str) -> bool:
+    done = modality.run(
+        [require_tool("echoscu"), "-aet", MODALITY_AE, "-aec", ae_title, "-to", "2",
+         node.address, str(NODE_PORT)],
+        timeout_s=15,
+    )  # fmt: skip
+    return done.returncode == 0
+
+
+def _send(modality: Host, node: Host, ae_title: str, files: list[Path]) -> subprocess.Popen[str]:
+    return modality.popen(
+        [require_tool("storescu"), "-nh", "-aet", MODALITY_AE, "-aec", ae_title, "-to", "10",
+         node.address, str(NODE_PORT), *map(str, files)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """storescu sends studies to both node hosts; a node host is killed (SIGKILL)
+    while a study is on its way to it, and the modality sends the study again to
+    the other host: every study is analysed once, its one SR reaches the PACS
+    once, and every instance either node acknowledged is in the database."""
+    postgres = LabPostgres(lab["db"], tmp_path / "db").start()
+    db = lab["db"]
+    pacs = LabOrthanc(
+        lab["pacs"],
+        tmp_path / "pacs",
+        modalities={
+            "node-a": ("NODE_A", lab["node-a"].address, NODE_PORT),
+            "node-b": ("NODE_B", lab["node-b"].address, NODE_PORT),
+        },
+    ).start()
+    store = tmp_path / "shared-store"
+    store.mkdir()
+    upgraded = lab["node-a"].run(
+        [sys.executable, "-m", "cem_node", "db", "upgrade", "--url", postgres.url], cwd=REPO
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+
+    nodes: dict[str, subprocess.Popen[Any]] = {}
+    for name, ae_title in (("node-a", "NODE_A"), ("node-b", "NODE_B")):
+        config = _node_config(
+            tmp_path / f"{name}.toml",
+            lab[name],
+            ae_title,
+            store=store,
+            db_url=postgres.url,
+            pacs=pacs,
+        )
+        # one at a time: a starting node clears the store's temporary files
+        nodes[name] = lab[name].popen(
+            [sys.executable, "-m", "tests.node_process", str(config), "--pause", "1"],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{name}.err").open("wb"),
+        )
+        _wait(lambda n=name, a=ae_title: _echo(lab["modality"], lab[n], a), 60, f"{name} up")
+
+    studies = [
+        generate_study(tmp_path / "studies", 20, index, SynthOptions(size="small"))
+        for index in range(3)
+    ]
+    files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
+    uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
+
+    engine = lab["node-a"].call(make_engine, postgres.url)  # its pool's sockets: node-a's
+    sessions = session_factory(engine)
+
+    def states() -> dict[str, StudyState]:
+        def read() -> dict[str, StudyState]:
+            with sessions.begin() as session:
+                rows = session.execute(select(Study.study_instance_uid, Study.state)).all()
+                return {uid: state for uid, state in rows}
+
+        return lab["node-a"].call(read)
+
+    def stored(uid: str) -> int:
+        def read() -> int:
+            with sessions.begin() as session:
+                query = (
+                    select(func.count())
+                    .select_from(Instance)
+                    .join(Study)
+                    .where(Study.study_instance_uid == uid)
+                )
+                return int(session.scalar(query) or 0)
+
+        return lab["node-a"].call(read)
+
+    def srs_at_pacs(uid: str) -> int:
+        series = pacs.series_of_study(uid)
+        return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
+
+    try:
+        # one study to each host
+        for (name, ae_title), study_files in zip(
+            (("node-a", "NODE_A"), ("node-b", "NODE_B")), files[:2], strict=True
+        ):
+            sent = _send(lab["modality"], lab[name], ae_title, study_files)
+            assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
+        for uid in uids[:2]:
+            _wait(lambda u=uid: srs_at_pacs(u) >= 1, 90, "the first two studies' SRs")
+
+        # the third: node-a dies (SIGKILL) while the study is on its way to it ...
+        sending = _send(lab["modality"], lab["node-a"], "NODE_A", files[2])
+        _wait(lambda: stored(uids[2]) >= 2, 60, "node-a acknowledging some of study 3")
+        lab["node-a"].kill(nodes["node-a"], signal.SIGKILL)
+        acknowledged_by_a = stored(uids[2])
+        sending.wait(60)
+        # ... and the modality sends it again, to the other host
+        retry = _send(lab["modality"], lab["node-b"], "NODE_B", files[2])
+        assert retry.wait(60) == 0, retry.stdout.read() if retry.stdout else ""
+        _wait(lambda: srs_at_pacs(uids[2]) >= 1, 90, "study 3's SR")
+        time.sleep(3)  # time for a duplicate, were there one, to arrive
+
+        assert acknowledged_by_a >= 2
+        for uid, study_files in zip(uids, files, strict=True):
+            assert stored(uid) == len(study_files)  # nothing acknowledged was lost
+            assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
+        assert set(states()[u] for u in uids) == {StudyState.DONE}
+        assert db.address != lab["node-a"].address != lab["node-b"].address
+    finally:
+        engine.dispose()
+        for proc in nodes.values():
+            lab["node-a"].kill(proc, signal.SIGTERM)
+        for name, proc in nodes.items():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                lab[name].kill(proc)
+        pacs.stop()
+        postgres.stop()
