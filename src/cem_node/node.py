@@ -11,7 +11,6 @@ import ctypes
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,6 +28,7 @@ from cem_node import __version__
 from cem_node.config import Settings, settings_to_dict
 from cem_node.dicom import tls as dicom_tls
 from cem_node.dicom.scp import StorageSCP
+from cem_node.identity import NodeIdentity, hold_identity
 from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
 from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
@@ -48,7 +48,7 @@ from cem_node.store.audit import ALERT
 from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
 
-__all__ = ["Node", "default_node_id"]
+__all__ = ["Node"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -66,11 +66,6 @@ NO_ANALYSIS = (
     "this node has no analysis installed (the lesion analysis and its model bundle come "
     "with cem-node's analysis release); the study was received and paired"
 )
-
-
-def default_node_id(settings: Settings) -> str:
-    """A stable identity of this node (host, AE title, port): survives restarts."""
-    return f"{socket.gethostname()}:{settings.node.ae_title}:{settings.node.port}"[:128]
 
 
 class _PeerCache:
@@ -170,7 +165,9 @@ class Node:
     analyzer
         The analysis; default: none installed (jobs fail saying so).
     node_id
-        Identity in claims and the audit trail (default: host, AE title, port).
+        Identity in claims, the audit trail and the store; held while the node
+        runs (a second node with it is refused). Default: a unique identity
+        persisted in the store, see :mod:`cem_node.identity`.
     receiver_only
         Only receive (an extra receiver process, see :mod:`cem_node.receiver`);
         the main process recovers, schedules, analyses and exports.
@@ -187,7 +184,9 @@ class Node:
         self.settings = settings
         self.receiver_only = receiver_only
         self._receivers: list[subprocess.Popen[bytes]] = []
-        self.node_id = node_id or default_node_id(settings)
+        self._asked_id = node_id
+        self._identity: NodeIdentity | None = None
+        self.node_id = node_id or ""  # chosen and held at start
         self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
@@ -229,10 +228,14 @@ class Node:
         if share_port and settings.node.port == 0:
             raise ValueError("node.receiver_processes > 1 needs a fixed node.port, not 0")
         self.open_store()
-        assert self.sessions is not None and self.files is not None
-        if self.receiver_only:
+        assert self.engine is not None and self.sessions is not None and self.files is not None
+        if self.receiver_only:  # "<identity>/r<n>": its parent holds the identity
+            self.files = self.files.owned_by(self.node_id.rpartition("/")[0] or self.node_id)
             self._start_receiving(share_port=True)
             return
+        self._identity = hold_identity(self.engine, self.files.root, self._asked_id)
+        self.node_id = self._identity.node_id
+        self.files = self.files.owned_by(self.node_id)  # cleans its own temporary files only
         report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
         _LOG.info(
             "start-up recovery: %d job(s), %d export(s) re-queued, %d temporary file(s) removed",
@@ -493,6 +496,9 @@ class Node:
             loop.join()
         if self._hasher is not None:
             self._hasher.stop()
+        if self._identity is not None:
+            self._identity.release()
+            self._identity = None
         if self.engine is not None:
             self.engine.dispose()
         _LOG.info("cem-node stopped")

@@ -3,8 +3,9 @@
 After ``kill -9`` a job may be left ``analysing`` and exports ``sending``.
 Claims by this node's previous incarnation (same ``node_id``) are handed
 back at start-up; claims by other processes when their lease expires.
-Leftover temporary files of interrupted writes are deleted (their sender
-got no success status).
+This node's leftover temporary files of interrupted writes are deleted
+(their sender got no success status); other nodes' files on a shared store
+are theirs (``files.owner``, see :meth:`InstanceFileStore.temporary_files`).
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ def recover(
     ----------
     at_start
         Also take back everything claimed by ``node_id`` (a previous run of
-        this node) and delete temporary files.
+        this node) and delete the temporary files ``files`` owns.
     """
     now = now or utcnow()
     removed = 0

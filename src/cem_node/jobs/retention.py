@@ -5,6 +5,10 @@ not analysable, with nothing left in the outbox, are purged. Failed and
 in-progress studies are kept for an administrator. Acknowledged data is
 never deleted to make room: the disk watermark refuses new instances
 instead. The audit trail (no foreign keys) outlives the purge.
+
+Every node runs retention; on PostgreSQL a round runs under a cluster-wide
+advisory lock, and a node that finds it taken skips its round, so that a
+study is purged once (see docs/STORE.md).
 """
 
 from __future__ import annotations
@@ -12,9 +16,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 
-from sqlalchemy import exists, select
+from sqlalchemy import exists, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
+from cem_node.identity import advisory_key
 from cem_node.store.audit import record_event
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import Export, ExportState, Instance, Study, StudyState, utcnow
@@ -22,6 +27,18 @@ from cem_node.store.models import Export, ExportState, Instance, Study, StudySta
 __all__ = ["purge_expired_studies"]
 
 _LOG = logging.getLogger(__name__)
+
+
+def _purging_alone(session: Session) -> bool:
+    """Take the cluster's retention lock for this transaction; ``False``: another
+    node holds it. SQLite serves one node: nothing to take."""
+    if session.get_bind().dialect.name != "postgresql":
+        return True
+    return bool(
+        session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": advisory_key("retention")}
+        )
+    )
 
 
 def purge_expired_studies(
@@ -37,7 +54,8 @@ def purge_expired_studies(
     Returns
     -------
     list of str
-        The Study Instance UIDs purged. ``retention_days == 0`` keeps everything.
+        The Study Instance UIDs purged. ``retention_days == 0`` keeps everything;
+        none while another node runs retention (PostgreSQL).
     """
     if retention_days <= 0:
         return []
@@ -52,6 +70,9 @@ def purge_expired_studies(
     # (harmless), never rows naming missing files
     doomed_files: list[str] = []
     with sessions.begin() as session:
+        if not _purging_alone(session):
+            _LOG.info("retention skipped: another node is running it")
+            return []
         studies = session.scalars(
             select(Study).where(
                 Study.state.in_([StudyState.DONE, StudyState.NOT_ANALYSABLE]),

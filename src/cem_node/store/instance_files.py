@@ -7,6 +7,12 @@ rename leaves a temporary file (``.tmp-*``) that :meth:`InstanceFileStore.
 temporary_files` finds; a crash after it leaves a file without a row, which
 is harmless: the sender got no success status and will send it again.
 
+Several nodes may share one store (docs/STORE.md): a store opened for an
+owner (:meth:`InstanceFileStore.owned_by`, a node identity) names its
+temporary files ``.tmp-<tag>-*`` and receives into ``.receiving/<tag>/``,
+so that its clean-ups touch its own files only, never another node's
+transfers in flight.
+
 File names are derived from hashes of the UIDs, never from the received
 strings themselves, so nothing a peer sends can choose a path.
 
@@ -25,6 +31,8 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from cem_node.identity import identity_tag
 
 __all__ = [
     "TEMPORARY_FILE_PREFIX",
@@ -107,6 +115,10 @@ class InstanceFileStore:
     root
         The store's root folder; created when missing. In a scale-out
         deployment every process must see the same root (a shared mount).
+    owner
+        The node identity whose temporary files this store writes and
+        cleans (see :meth:`owned_by`); ``None``: every temporary file is
+        its own (one node, or a tool run while no node runs).
     """
 
     def __init__(
@@ -115,14 +127,33 @@ class InstanceFileStore:
         *,
         instances_dir: str = "instances",
         results_dir: str = "results",
+        owner: str | None = None,
     ) -> None:
         self.root = Path(root).expanduser().resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.instances_dir = instances_dir.strip("/")
         self.results_dir = results_dir.strip("/")
+        self.owner = owner
+        self._tag = identity_tag(owner) if owner is not None else None
 
     def __repr__(self) -> str:
-        return f"InstanceFileStore({str(self.root)!r})"
+        return f"InstanceFileStore({str(self.root)!r}, owner={self.owner!r})"
+
+    def owned_by(self, owner: str) -> InstanceFileStore:
+        """The same store, writing and cleaning the temporary files of node ``owner``."""
+        return InstanceFileStore(
+            self.root,
+            instances_dir=self.instances_dir,
+            results_dir=self.results_dir,
+            owner=owner,
+        )
+
+    @property
+    def temporary_prefix(self) -> str:
+        """How this store's temporary files are named: ``.tmp-<owner tag>-`` (or ``.tmp-``)."""
+        if self._tag is None:
+            return TEMPORARY_FILE_PREFIX
+        return f"{TEMPORARY_FILE_PREFIX}{self._tag}-"
 
     @property
     def receiving_dir(self) -> Path:
@@ -132,10 +163,13 @@ class InstanceFileStore:
         every temporary file of the store, so a crash's leftovers are found
         by :meth:`temporary_files`) here, on the store's file system, so that
         adopting it is a rename. Its modification time marks the last
-        reception of any process of the node.
+        reception of any process of the node. With an owner:
+        ``.receiving/<owner tag>``, the node's own.
         """
         folder = self.root / ".receiving"
-        folder.mkdir(exist_ok=True)
+        if self._tag is not None:
+            folder = folder / self._tag
+        folder.mkdir(parents=True, exist_ok=True)
         return folder
 
     def instance_path(
@@ -198,7 +232,7 @@ class InstanceFileStore:
         folder.mkdir(parents=True, exist_ok=True)
         hasher = hashlib.sha256() if digest else None
         size = 0
-        fd, temp_name = tempfile.mkstemp(prefix=TEMPORARY_FILE_PREFIX, dir=folder)
+        fd, temp_name = tempfile.mkstemp(prefix=self.temporary_prefix, dir=folder)
         temp = Path(temp_name)
         try:
             with os.fdopen(fd, "wb") as handle:
@@ -263,10 +297,14 @@ class InstanceFileStore:
     def remove_abandoned_receptions(self, older_than_s: float) -> int:
         """Delete datasets of aborted associations (streamed, never adopted) untouched
         for ``older_than_s`` seconds; return how many. A transfer in progress
-        writes to its file all the time, so its modification time is recent."""
+        writes to its file all the time, so its modification time is recent.
+
+        With an owner, only its own receiving folder is cleaned (and the
+        shared folder of versions without per-node folders)."""
         cutoff = time.time() - older_than_s
         removed = 0
-        for path in self.receiving_dir.glob(f"{TEMPORARY_FILE_PREFIX}*"):
+        folders = {self.receiving_dir, self.root / ".receiving"}
+        for path in (p for f in folders for p in f.glob(f"{TEMPORARY_FILE_PREFIX}*")):
             try:
                 if path.stat().st_mtime < cutoff:
                     path.unlink()
@@ -276,5 +314,15 @@ class InstanceFileStore:
         return removed
 
     def temporary_files(self) -> Iterator[Path]:
-        """Yield leftovers of writes interrupted by a crash (safe to delete)."""
-        yield from self.root.rglob(f"{TEMPORARY_FILE_PREFIX}*")
+        """Yield leftovers of writes interrupted by a crash (safe to delete once
+        the owner, or with no owner every node of the store, has stopped).
+
+        With an owner: its receiving folder's files and the ``.tmp-<tag>-*``
+        files it writes, never another node's."""
+        if self._tag is None:
+            yield from self.root.rglob(f"{TEMPORARY_FILE_PREFIX}*")
+            return
+        yield from self.receiving_dir.glob(f"{TEMPORARY_FILE_PREFIX}*")
+        for path in self.root.rglob(f"{self.temporary_prefix}*"):
+            if path.parent != self.receiving_dir:
+                yield path
