@@ -54,6 +54,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 __all__ = [
     "ENV_CONFIG_VAR",
     "ENV_PREFIX",
+    "ROLES",
     "AnalysisSection",
     "AssemblySection",
     "ConfigError",
@@ -65,6 +66,7 @@ __all__ = [
     "LoggingSection",
     "NodeSection",
     "Peer",
+    "Role",
     "SelectionSection",
     "Settings",
     "StorageSection",
@@ -183,8 +185,13 @@ class _Section(BaseModel):
 # --------------------------------------------------------------------------- sections
 
 
+Role = Literal["receiver", "worker", "exporter", "scheduler"]
+#: The parts of a node, in the order ``serve`` starts them.
+ROLES: tuple[Role, ...] = ("receiver", "worker", "exporter", "scheduler")
+
+
 class NodeSection(_Section):
-    """DICOM network service of this node (the SCP that receives studies)."""
+    """DICOM network service of this node (the SCP that receives studies) and its roles."""
 
     ae_title: AETitle = Field(
         "CEM_NODE",
@@ -291,6 +298,35 @@ class NodeSection(_Section):
             'study then sees success), "refuse" rejects them.'
         ),
     )
+
+    roles: list[Role] = Field(
+        default_factory=lambda: list(ROLES),
+        description=(
+            "What this node runs (`serve --role` overrides): receiver (the DICOM listener, "
+            "its extra receiver processes and the hasher; no torch, no GPU), worker (the "
+            "analysis), exporter (sends the results), scheduler (study assembly, lease "
+            "recovery, retention). Every role serves /healthz and /metrics when [http] is "
+            "enabled. Nodes with different roles share one PostgreSQL database and one store."
+        ),
+    )
+    poll_interval_s: float = Field(
+        1.0,
+        gt=0,
+        le=600,
+        description=(
+            "Seconds between two looks at the queue by an idle worker or exporter. On "
+            "PostgreSQL they are also woken at once (LISTEN/NOTIFY) when any node queues "
+            "their work; polling is the fallback."
+        ),
+    )
+
+    @field_validator("roles")
+    @classmethod
+    def _some_roles(cls, value: list[Role]) -> list[Role]:
+        if not value:
+            raise ValueError(f"at least one role is needed, from {', '.join(ROLES)}")
+        _unique(value)
+        return value
 
     @field_validator("max_pdu_size")
     @classmethod

@@ -3,6 +3,13 @@
 Embedded default: one process, an SQLite database and the file store under
 ``storage.root``. Every stage reads its work from the database, so a node
 killed at any moment resumes at start-up (see :mod:`cem_node.jobs.recovery`).
+
+A node runs the roles of ``node.roles`` (all by default): ``receiver`` (the
+DICOM service, its extra receiver processes and the hasher), ``worker`` (the
+analysis), ``exporter`` (sending the results), ``scheduler`` (assembly, lease
+recovery, retention). Nodes with different roles share one PostgreSQL
+database and one store; there, whoever queues work sends ``NOTIFY`` and idle
+workers and exporters ``LISTEN`` (:mod:`cem_node.store.notify`).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import ctypes
 import json
 import logging
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -28,7 +36,6 @@ from cem_node import __version__
 from cem_node.config import Settings, settings_to_dict
 from cem_node.dicom import tls as dicom_tls
 from cem_node.dicom.scp import StorageSCP
-from cem_node.identity import NodeIdentity, hold_identity
 from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
 from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
@@ -47,12 +54,14 @@ from cem_node.store import (
 from cem_node.store.audit import ALERT
 from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
+from cem_node.store.notify import EXPORTS_CHANNEL, JOBS_CHANNEL, WakeListener, install_notify
 
-__all__ = ["Node"]
+__all__ = ["Node", "default_node_id"]
 
 _LOG = logging.getLogger(__name__)
 
-#: How often the worker and the exporter look for work when nobody woke them.
+#: How often the worker and the exporter look for work when nobody woke them
+#: (the default of ``node.poll_interval_s``).
 POLL_INTERVAL_S = 1.0
 #: How long the peer list read from the database is reused.
 PEERS_TTL_S = 2.0
@@ -66,6 +75,11 @@ NO_ANALYSIS = (
     "this node has no analysis installed (the lesion analysis and its model bundle come "
     "with cem-node's analysis release); the study was received and paired"
 )
+
+
+def default_node_id(settings: Settings) -> str:
+    """A stable identity of this node (host, AE title, port): survives restarts."""
+    return f"{socket.gethostname()}:{settings.node.ae_title}:{settings.node.port}"[:128]
 
 
 class _PeerCache:
@@ -96,8 +110,15 @@ class _PeerCache:
 class _Loop:
     """A thread that runs ``step`` while it finds work, then sleeps until woken or polled."""
 
-    def __init__(self, name: str, step: Callable[[], bool], stopped: threading.Event) -> None:
+    def __init__(
+        self,
+        name: str,
+        step: Callable[[], bool],
+        stopped: threading.Event,
+        poll_s: float = POLL_INTERVAL_S,
+    ) -> None:
         self._step = step
+        self._poll_s = poll_s
         self._stopped = stopped
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"cem-node-{name}", daemon=True)
@@ -122,7 +143,7 @@ class _Loop:
                     pass
             except Exception:  # keep the loop alive: the next poll tries again
                 _LOG.exception("%s step failed", self._name)
-            self._wake.wait(POLL_INTERVAL_S)
+            self._wake.wait(self._poll_s)
 
 
 def _die_with_parent() -> None:
@@ -165,12 +186,16 @@ class Node:
     analyzer
         The analysis; default: none installed (jobs fail saying so).
     node_id
-        Identity in claims, the audit trail and the store; held while the node
-        runs (a second node with it is refused). Default: a unique identity
-        persisted in the store, see :mod:`cem_node.identity`.
+        Identity in claims and the audit trail (default: host, AE title, port).
     receiver_only
         Only receive (an extra receiver process, see :mod:`cem_node.receiver`);
         the main process recovers, schedules, analyses and exports.
+
+    Attributes
+    ----------
+    roles
+        What this node runs: ``settings.node.roles``; ``("receiver",)`` for an
+        extra receiver process.
     """
 
     def __init__(
@@ -183,10 +208,10 @@ class Node:
     ) -> None:
         self.settings = settings
         self.receiver_only = receiver_only
+        self.roles: tuple[str, ...] = ("receiver",) if receiver_only else tuple(settings.node.roles)
+        self._listener: WakeListener | None = None
         self._receivers: list[subprocess.Popen[bytes]] = []
-        self._asked_id = node_id
-        self._identity: NodeIdentity | None = None
-        self.node_id = node_id or ""  # chosen and held at start
+        self.node_id = node_id or default_node_id(settings)
         self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
@@ -222,20 +247,20 @@ class Node:
         )
 
     def start(self) -> None:
-        """Open the store, recover, then start the DICOM service and the scheduler."""
+        """Open the store, recover, then start what the node's roles run."""
         settings = self.settings
-        share_port = settings.node.receiver_processes > 1
+        receiving = "receiver" in self.roles
+        share_port = receiving and settings.node.receiver_processes > 1
         if share_port and settings.node.port == 0:
             raise ValueError("node.receiver_processes > 1 needs a fixed node.port, not 0")
         self.open_store()
         assert self.engine is not None and self.sessions is not None and self.files is not None
-        if self.receiver_only:  # "<identity>/r<n>": its parent holds the identity
-            self.files = self.files.owned_by(self.node_id.rpartition("/")[0] or self.node_id)
-            self._start_receiving(share_port=True)
+        peers = _PeerCache(settings, self.sessions)
+        if self.receiver_only:
+            self._start_receiving(peers, share_port=True)
             return
-        self._identity = hold_identity(self.engine, self.files.root, self._asked_id)
-        self.node_id = self._identity.node_id
-        self.files = self.files.owned_by(self.node_id)  # cleans its own temporary files only
+        # whoever queues a job or an export wakes the other nodes' loops (PostgreSQL)
+        install_notify(self.sessions, self.engine)
         report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
         _LOG.info(
             "start-up recovery: %d job(s), %d export(s) re-queued, %d temporary file(s) removed",
@@ -246,10 +271,27 @@ class Node:
         self.metrics = NodeMetrics(self.sessions)
         self.metrics.watch_health(self.health_checks)
         self.analyzer = self.metrics.timed(self.analyzer)
-        peers = self._start_receiving(share_port=share_port)
-        assert self._hasher is not None
-        self._hasher.submit_missing()
-        self._start_http()
+        if receiving:
+            self._start_receiving(peers, share_port=share_port)
+            assert self._hasher is not None
+            self._hasher.submit_missing()
+        self._start_http()  # every role: /healthz tells an orchestrator the node is alive
+        if "worker" in self.roles:
+            self._loops["worker"] = self._worker_loop(peers)
+        if "exporter" in self.roles:
+            self._loops["exporter"] = self._exporter_loop(peers)
+        if "scheduler" in self.roles:
+            self._start_scheduler()
+        self._listen()
+        for loop in self._loops.values():
+            loop.start()  # queued work from before a restart goes at once
+        self.wake("assembler")
+        self.wake("retention")
+
+    def _worker_loop(self, peers: _PeerCache) -> _Loop:
+        """The analysis loop: claims queued jobs, wakes the exporter when it made exports."""
+        settings = self.settings
+        assert self.sessions is not None and self.files is not None
         worker = Worker(
             settings,
             self.sessions,
@@ -259,6 +301,19 @@ class Node:
             node_id=self.node_id,
             not_analysable_report=_not_analysable_report(settings),
         )
+
+        def work() -> bool:
+            did = worker.run_once()
+            if did:
+                self.wake("exporter")
+            return did
+
+        return _Loop("worker", work, self._stopped, settings.node.poll_interval_s)
+
+    def _exporter_loop(self, peers: _PeerCache) -> _Loop:
+        """The export loop: sends pending result objects to their destinations."""
+        settings = self.settings
+        assert self.sessions is not None and self.files is not None
         exporter = Exporter(
             settings,
             self.sessions,
@@ -267,6 +322,13 @@ class Node:
             node_id=self.node_id,
             ssl_context=lambda: dicom_tls.client_context(settings.tls),
         )
+        poll_s = settings.node.poll_interval_s
+        return _Loop("exporter", lambda: exporter.run_once() > 0, self._stopped, poll_s)
+
+    def _start_scheduler(self) -> None:
+        """Assembly, lease recovery and retention at their intervals (APScheduler)."""
+        settings = self.settings
+        assert self.sessions is not None and self.files is not None
         scheduler = BackgroundScheduler(timezone="UTC")
         sessions, files = self.sessions, self.files
         # a study missing only its recombined images waits for them until max_wait_s
@@ -290,12 +352,6 @@ class Node:
             if done:
                 self.wake("worker")
 
-        def work() -> bool:
-            did = worker.run_once()
-            if did:
-                self.wake("exporter")
-            return did
-
         def recover_leases() -> None:
             recover(sessions, node_id=self.node_id)
 
@@ -317,11 +373,6 @@ class Node:
             id="assembler",
             **common,
         )
-        # the worker and the exporter are long-running loops, woken when work appears
-        self._loops = {
-            "worker": _Loop("worker", work, self._stopped),
-            "exporter": _Loop("exporter", lambda: exporter.run_once() > 0, self._stopped),
-        }
         scheduler.add_job(
             recover_leases, "interval", seconds=RECOVERY_INTERVAL_S, id="recovery", **common
         )
@@ -330,10 +381,18 @@ class Node:
         )
         self._scheduler = scheduler
         scheduler.start()
-        for loop in self._loops.values():
-            loop.start()  # queued work from before a restart goes at once
-        self.wake("assembler")
-        self.wake("retention")
+
+    def _listen(self) -> None:
+        """On PostgreSQL, wake the worker and the exporter when any node queues their work."""
+        assert self.engine is not None
+        wake = {
+            channel: (lambda name=name: self.wake(name))
+            for channel, name in ((JOBS_CHANNEL, "worker"), (EXPORTS_CHANNEL, "exporter"))
+            if name in self._loops
+        }
+        if wake and self.engine.dialect.name == "postgresql":
+            self._listener = WakeListener(self.engine, wake)
+            self._listener.start()
 
     def _stored(self, instance_id: int, relative_path: str) -> None:
         """An instance was acknowledged: hash it later, count it."""
@@ -372,6 +431,7 @@ class Node:
         checks = self.health_checks()
         return {
             "node_id": self.node_id,
+            "roles": list(self.roles),
             "ae_title": self.settings.node.ae_title,
             "dicom_port": self.port if self.scp is not None else None,
             "dicom_listening": self.scp is not None and not self._stopped.is_set(),
@@ -401,11 +461,10 @@ class Node:
                 _LOG.debug("export health check failed: %s", exc)
         return checks
 
-    def _start_receiving(self, *, share_port: bool) -> _PeerCache:
+    def _start_receiving(self, peers: _PeerCache, *, share_port: bool) -> None:
         """Start the hasher and the DICOM service (and the extra receiver processes)."""
         settings = self.settings
         assert self.sessions is not None and self.files is not None
-        peers = _PeerCache(settings, self.sessions)
         self._hasher = InstanceHasher(self.sessions, self.files, activity=self.files.receiving_dir)
         self._hasher.start()
         self._disk = DiskGuard(
@@ -436,7 +495,6 @@ class Node:
         self.scp.start()
         if not self.receiver_only:
             self._spawn_receivers(settings.node.receiver_processes - 1)
-        return peers
 
     def _spawn_receivers(self, count: int) -> None:
         """Start ``count`` extra receiver processes on the same port (SO_REUSEPORT)."""
@@ -469,8 +527,8 @@ class Node:
 
     @property
     def port(self) -> int:
-        """The DICOM port actually listened on."""
-        assert self.scp is not None
+        """The DICOM port actually listened on (a node with the receiver role)."""
+        assert self.scp is not None, "this node has no receiver role: no DICOM port"
         return self.scp.port
 
     def stop(self) -> None:
@@ -492,13 +550,13 @@ class Node:
             self.http = None
         if self._scheduler is not None:
             self._scheduler.shutdown(wait=True)
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
         for loop in self._loops.values():
             loop.join()
         if self._hasher is not None:
             self._hasher.stop()
-        if self._identity is not None:
-            self._identity.release()
-            self._identity = None
         if self.engine is not None:
             self.engine.dispose()
         _LOG.info("cem-node stopped")

@@ -55,13 +55,24 @@ def serve(
         bool | None,
         typer.Option("--log-json/--log-text", help="Log one JSON object per line (logging.json)."),
     ] = None,
+    role: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--role",
+            help="Run only this part (repeatable; node.roles, default all): receiver (the "
+            "DICOM listener; no torch, no GPU), worker (the analysis), exporter (sends the "
+            "results), scheduler (assembly, recovery, retention). Split roles share one "
+            "PostgreSQL database and one store.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the DICOM node: receive studies, analyse them, send the results.
 
     Stops cleanly on Ctrl-C or SIGTERM; work in progress resumes at the next start.
     """
     from cem_node import __version__
-    from cem_node.config import ConfigError
+    from cem_node.config import ROLES, ConfigError
     from cem_node.dicom.status_report import ReportingDevice
     from cem_node.dicom.tls import TlsConfigError
     from cem_node.logs import configure_logging
@@ -84,16 +95,24 @@ def serve(
             settings.node.receiver_processes = receivers
         if accept_unknown_sources:
             settings.node.accept_unknown_sources = True
+        if role:
+            if unknown := [r for r in role if r not in ROLES]:
+                raise ValueError(
+                    f"--role {unknown[0]!r} is not a role; choose from {', '.join(ROLES)}"
+                )
+            settings.node.roles = list(dict.fromkeys(role))  # type: ignore[assignment]
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(settings.logging, json_output=log_json)
-    analyzer = BundleAnalyzer(
-        settings.analysis,
-        device=ReportingDevice(
-            software_version=__version__, device_serial_number=settings.node.ae_title
-        ),
-    )
+    analyzer: BundleAnalyzer | None = None
+    if "worker" in settings.node.roles:  # only a worker loads the bundle (torch, the GPU)
+        analyzer = BundleAnalyzer(
+            settings.analysis,
+            device=ReportingDevice(
+                software_version=__version__, device_serial_number=settings.node.ae_title
+            ),
+        )
     node = Node(settings, analyzer=analyzer)
     try:
         node.start()
@@ -114,15 +133,17 @@ def serve(
         raise typer.Exit(1) from None
 
     _LOG.info(
-        "cem-node serving AE %s on %s:%d, data in %s (%s)",
+        "cem-node serving AE %s on %s, data in %s (%s), roles: %s",
         settings.node.ae_title,
-        settings.node.host,
-        node.port,
+        f"{settings.node.host}:{node.port}" if node.scp is not None else "no DICOM port",
         Path(settings.storage.root).resolve(),
         "SQLite" if settings.database_url().startswith("sqlite") else "database server",
+        ", ".join(node.roles),
     )
-    # load the networks now, not when the first study arrives (receiving starts at once)
-    threading.Thread(
-        target=lambda: _LOG.info("%s", analyzer.preload()), name="preload", daemon=True
-    ).start()
+    if analyzer is not None:
+        preload = analyzer.preload
+        # load the networks now, not when the first study arrives (receiving starts at once)
+        threading.Thread(
+            target=lambda: _LOG.info("%s", preload()), name="preload", daemon=True
+        ).start()
     node.run_until_signalled(lambda signum: _LOG.info("signal %d: stopping", signum))

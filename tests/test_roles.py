@@ -1,0 +1,315 @@
+"""Roles (``serve --role``) and wake-ups across nodes (PostgreSQL LISTEN/NOTIFY).
+
+A receiver near the modalities needs neither torch nor a GPU; a GPU worker
+needs no DICOM port; idle workers on another host wake when the scheduler
+queues a job, not at their next poll.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from sqlalchemy import select
+from sqlalchemy.engine import make_url
+
+from cem_node.config import ConfigError, Peer, Settings, load_settings
+from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult
+from cem_node.node import Node
+from cem_node.store import (
+    Instance,
+    Job,
+    JobState,
+    Study,
+    StudyState,
+    make_engine,
+    session_factory,
+    upgrade,
+    utcnow,
+)
+from cem_node.store.notify import EXPORTS_CHANNEL, JOBS_CHANNEL, install_notify
+from cem_node.synthetic.study import SynthOptions, generate_study
+from tests.analysis_double import DoubleAnalyzer
+from tests.peers import free_port, storescu
+from tests.test_node import MODALITY_AE, NODE_AE, make_settings, wait_until
+from tests.test_serve import _listening, start_serve
+
+pytestmark = pytest.mark.tools
+
+
+@pytest.fixture(scope="module")
+def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    study = generate_study(tmp_path_factory.mktemp("s"), 21, 0, SynthOptions(size="small"))
+    return sorted((study / "dicom").glob("*.dcm"))
+
+
+@pytest.fixture
+def nodes() -> Iterator[Callable[..., Node]]:
+    started: list[Node] = []
+
+    def start(settings: Settings, node_id: str, analyzer: Any = None) -> Node:
+        node = Node(settings, analyzer=analyzer or DoubleAnalyzer(), node_id=node_id)
+        node.start()
+        started.append(node)
+        return node
+
+    yield start
+    for node in reversed(started):
+        node.stop()
+
+
+def _maps_torch(pid: int) -> bool:
+    """Whether process ``pid`` has loaded torch's libraries (read from outside)."""
+    maps = Path(f"/proc/{pid}/maps").read_text(errors="replace")
+    return "libtorch" in maps or "/torch/_C" in maps
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(10)
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
+def test_a_receiver_only_serve_receives_and_never_imports_torch(
+    tmp_path: Path, study_files: list[Path]
+) -> None:
+    data, port, http_port = tmp_path / "data", free_port(), free_port()
+    # the default config file of serve's working folder: where /healthz listens
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "node.toml").write_text(f"[http]\nport = {http_port}\n")
+    receiver = start_serve(tmp_path, data, port, "--role", "receiver", "--accept-unknown-sources")
+    # the same serve with every role: the probe sees torch there (the bundle preload)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "conf").mkdir()
+    (tmp_path / "full" / "conf" / "node.toml").write_text("[http]\nenabled = false\n")
+    full = start_serve(
+        tmp_path / "full", tmp_path / "full" / "data", free_port(), "--accept-unknown-sources"
+    )
+    try:
+        wait_until(lambda: _listening(port), what="the receiver listening")
+        sent = storescu(study_files, port=port, called_ae="CEM_NODE", calling_ae=MODALITY_AE)
+        assert sent.returncode == 0, sent.stderr
+        status, body = _get(f"http://127.0.0.1:{http_port}/healthz")
+        assert status == 200, body
+        assert json.loads(body)["roles"] == ["receiver"]
+        wait_until(lambda: _maps_torch(full.pid), timeout_s=60, what="torch in the full serve")
+        time.sleep(2)  # past the quiet period: nobody assembles on a receiver
+        assert receiver.poll() is None
+        assert not _maps_torch(receiver.pid)
+    finally:
+        _stop(receiver)
+        _stop(full)
+    engine = make_engine(f"sqlite:///{data / 'cem-node.db'}")
+    with session_factory(engine).begin() as session:
+        assert len(session.scalars(select(Instance)).all()) == len(study_files)
+        (study,) = session.scalars(select(Study)).all()
+        assert study.state is StudyState.RECEIVING  # no scheduler: never completed
+    engine.dispose()
+
+
+def _get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def _shared(settings: Settings, db_url: str, root: Path, **node: Any) -> Settings:
+    """Settings of one of several nodes on one database and one store."""
+    upgrade(db_url)  # a shared database is upgraded by an admin (SQLite: by the node)
+    settings.database.url = db_url
+    settings.storage.root = root
+    for key, value in node.items():
+        setattr(settings.node, key, value)
+    return settings
+
+
+def _job_of(node: Node) -> Job | None:
+    assert node.sessions is not None
+    with node.sessions.begin() as session:
+        return session.scalars(select(Job).where(Job.analysis_round == 1)).first()
+
+
+def test_a_worker_only_node_opens_no_dicom_port_and_analyses_a_queued_study(
+    tmp_path: Path, db_url: str, nodes, study_files: list[Path]
+) -> None:
+    root = tmp_path / "store"
+    front_settings = _shared(
+        make_settings(tmp_path), db_url, root, roles=["receiver", "scheduler", "exporter"]
+    )
+    front_analyzer = DoubleAnalyzer()
+    front = nodes(front_settings, "front", front_analyzer)
+    worker_port = free_port()
+    worker_settings = _shared(
+        make_settings(tmp_path), db_url, root, roles=["worker"], port=worker_port
+    )
+    worker_settings.http.enabled = False
+    worker_analyzer = DoubleAnalyzer()
+    worker = nodes(worker_settings, "gpu-1", worker_analyzer)
+    assert worker.scp is None and not _listening(worker_port)
+
+    sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
+    assert sent.returncode == 0, sent.stderr
+    job = wait_until(
+        lambda: (j := _job_of(front)) is not None and j.finished_at is not None and j,
+        what="the study analysed",
+    )
+    assert job.state is JobState.DONE, (job.state, job.last_error)
+    assert len(worker_analyzer.calls) == 1 and not front_analyzer.calls
+    assert not _listening(worker_port)
+
+
+def test_roles_are_validated_with_a_clear_message(tmp_path: Path) -> None:
+    assert Settings.defaults().node.roles == ["receiver", "worker", "exporter", "scheduler"]
+    config = tmp_path / "node.toml"
+    for roles, expected in [
+        ("[]", "at least one role"),
+        ('["receiver", "receiver"]', "duplicate"),
+        ('["gpu"]', "receiver"),
+    ]:
+        config.write_text(f"[node]\nroles = {roles}\n")
+        with pytest.raises(ConfigError) as caught:
+            load_settings(config, environ={})
+        assert "node.roles" in str(caught.value) and expected in str(caught.value)
+    bad = subprocess.run(
+        [*_serve_cli(tmp_path), "--role", "gpu"], capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "gpu" in bad.stderr, bad.stderr
+
+
+def _serve_cli(tmp_path: Path) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "cem_node", "serve", "--data-dir", str(tmp_path / "d")]
+
+
+class _Timed(DoubleAnalyzer):
+    """The test double, noting when each analysis starts (this process' monotonic clock)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[float] = []
+
+    def analyse(self, request: AnalysisRequest) -> AnalysisResult:
+        self.started.append(time.monotonic())
+        return super().analyse(request)
+
+
+class _Listen:
+    """The test's own LISTEN: when each notification arrives."""
+
+    def __init__(self, url: str, channel: str) -> None:
+        libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+        self.conn = psycopg.connect(libpq, autocommit=True)
+        self.conn.execute(f"LISTEN {channel}")
+        self.at: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for _note in self.conn.notifies(timeout=0.2):
+                self.at.append(time.monotonic())
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.conn.close()
+
+
+@pytest.mark.postgres
+def test_notify_wakes_an_idle_worker_on_another_node_at_once(
+    tmp_path: Path, postgres_url: str, nodes, study_files: list[Path]
+) -> None:
+    root = tmp_path / "store"
+    # both nodes poll every 10 s: only a notification explains a claim within 1 s
+    scheduler_settings = _shared(
+        make_settings(tmp_path), postgres_url, root, roles=["receiver", "scheduler"]
+    )
+    scheduler_settings.node.poll_interval_s = 10.0
+    worker_settings = _shared(
+        make_settings(tmp_path), postgres_url, root, roles=["worker"], poll_interval_s=10.0
+    )
+    worker_settings.http.enabled = False
+    # a destination (nobody exports here): the worker's results become pending exports
+    worker_settings.peers = [
+        *worker_settings.peers,
+        Peer(name="pacs", ae_title="PACS", host="127.0.0.1", port=9, role="destination"),
+    ]
+    analyzer = _Timed()
+    jobs = _Listen(postgres_url, JOBS_CHANNEL)
+    exports = _Listen(postgres_url, EXPORTS_CHANNEL)
+    try:
+        front = nodes(scheduler_settings, "scheduler-1")
+        worker = nodes(worker_settings, "gpu-1", analyzer)
+        assert worker._listener is not None and worker._listener.wait_listening(10)
+        time.sleep(1.0)  # the worker's first look at the queue is over: it is idle
+        sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: analyzer.started, timeout_s=20, what="the worker to claim the job")
+        assert jobs.at, "no NOTIFY on the jobs channel"
+        latency = analyzer.started[0] - jobs.at[0]
+        print(f"NOTIFY to claim: {latency * 1000:.0f} ms (poll interval 10 s)")
+        assert 0 <= latency < 1.0, f"claimed {latency:.3f} s after the NOTIFY"
+        # the results the worker produced announce themselves to the exporters
+        wait_until(lambda: exports.at, timeout_s=10, what="a NOTIFY on the exports channel")
+    finally:
+        jobs.close()
+        exports.close()
+
+
+@pytest.mark.postgres
+def test_notify_is_sent_with_the_commit_and_never_for_a_rollback(postgres_url: str) -> None:
+    upgrade(postgres_url)
+    engine = make_engine(postgres_url)
+    sessions = session_factory(engine)
+    assert install_notify(sessions, engine)
+    jobs = _Listen(postgres_url, JOBS_CHANNEL)
+    try:
+        with sessions() as session:
+            study = Study(study_instance_uid="1.2.3.4")
+            session.add(study)
+            session.flush()
+            session.add(Job(study_id=study.id, state=JobState.QUEUED, analysis_round=1))
+            session.flush()  # NOTIFY sent inside the transaction ...
+            session.rollback()  # ... and dropped with it
+        time.sleep(0.5)
+        assert not jobs.at
+        # a retry that waits for its back-off wakes nobody either
+        with sessions.begin() as session:
+            study = Study(study_instance_uid="1.2.3.5")
+            session.add(study)
+            session.flush()
+            later = utcnow() + dt.timedelta(minutes=5)
+            job = Job(study_id=study.id, state=JobState.QUEUED, next_attempt_at=later)
+            session.add(job)
+        time.sleep(0.5)
+        assert not jobs.at
+        with sessions.begin() as session:
+            session.scalars(select(Job)).one().state = JobState.ANALYSING
+        time.sleep(0.5)
+        assert not jobs.at
+        with sessions.begin() as session:  # handed back, due now
+            job = session.scalars(select(Job)).one()
+            job.state, job.next_attempt_at = JobState.QUEUED, None
+        wait_until(lambda: jobs.at, timeout_s=5, what="the NOTIFY of the commit")
+    finally:
+        jobs.close()
+        engine.dispose()
