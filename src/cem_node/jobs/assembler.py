@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import SelectionSection
 from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES, Classification, classify_image
-from cem_node.jobs.claims import for_claim
+from cem_node.jobs.claims import advance_generation, for_claim
 from cem_node.jobs.states import ACTIVE_STATES, transition
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
@@ -202,14 +202,21 @@ def complete_due_studies(
             study.state = StudyState.COMPLETE
             study.completed_at = now
             study.completion_reason = reason
+            # the study's unfinished jobs, locked: a job whose row a worker holds (its
+            # results being committed) is left to finish its round, not overwritten
             jobs = session.scalars(
-                select(Job).where(Job.study_id == study.id).order_by(Job.id)
+                for_claim(
+                    select(Job)
+                    .where(Job.study_id == study.id, Job.state.in_(list(ACTIVE_STATES)))
+                    .order_by(Job.id),
+                    session,
+                )
             ).all()
             current = None
             for job in jobs:
                 if job.analysis_round == study.analysis_round and job.state is JobState.RECEIVED:
                     current = job
-                elif job.state in ACTIVE_STATES:
+                elif advance_generation(session, job):  # still as read: a claim on it ends
                     transition(
                         session,
                         job,

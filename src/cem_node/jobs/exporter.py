@@ -1,7 +1,11 @@
 """The exporter: send queued result objects to their destinations from the outbox.
 
 Each ``exports`` row is one object for one destination. Rows are claimed
-(with a lease) in batches per destination and sent over one association.
+(with a lease, renewed by a heartbeat while the batch is sent) in batches
+per destination and sent over one association. A batch's outcome is written
+only for the rows still held by its claim (their generation, see
+:mod:`cem_node.jobs.claims`): a claim that was handed back meanwhile leaves
+the newer claim's outcome alone.
 Transient failures (peer down, out of resources) are retried with
 exponential backoff up to ``export.max_attempts``; permanent ones (the peer
 rejects our AE title, does not support the SOP class) fail at once with an
@@ -22,13 +26,13 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import Settings
 from cem_node.dicom.scu import FailureKind, RemoteAE, SendResult, send_files
-from cem_node.jobs.claims import for_claim
+from cem_node.jobs.claims import LeaseRenewal, advance_generation, db_now, for_claim
 from cem_node.jobs.states import transition
 from cem_node.jobs.worker import backoff_seconds
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import ALERT, record_event
 from cem_node.store.instance_files import InstanceFileStore
-from cem_node.store.models import Export, ExportState, Job, JobState, Study, StudyState, utcnow
+from cem_node.store.models import Export, ExportState, Job, JobState, Study, StudyState
 
 __all__ = ["EXPORT_LEASE_S", "Exporter", "SendFunction", "settle_jobs"]
 
@@ -36,7 +40,7 @@ _LOG = logging.getLogger(__name__)
 
 #: Objects sent over one association.
 BATCH_SIZE = 32
-#: How long claimed exports stay ours.
+#: How long claimed exports stay ours without a renewal (renewed every third of it).
 EXPORT_LEASE_S = 10 * 60
 
 SendFunction = Callable[..., list[SendResult]]
@@ -59,6 +63,9 @@ class Exporter:
         Returns the client TLS context for peers with ``tls = true``.
     send
         :func:`cem_node.dicom.scu.send_files` or a stand-in.
+    lease_s
+        How long a batch's claim lasts without renewal; renewed every third of
+        it while the batch is sent.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class Exporter:
         node_id: str,
         ssl_context: Callable[[], ssl.SSLContext] | None = None,
         send: SendFunction = send_files,
+        lease_s: float = EXPORT_LEASE_S,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -79,12 +87,17 @@ class Exporter:
         self._node_id = node_id
         self._ssl_context = ssl_context
         self._send = send
+        self._lease_s = lease_s
 
     def run_once(self, now: dt.datetime | None = None) -> int:
-        """Send one batch to one destination; return how many objects were tried."""
-        now = now or utcnow()
+        """Send one batch to one destination; return how many objects were tried.
+
+        ``now`` (default: the database's clock) decides what is due and when
+        the batch's lease expires.
+        """
         peers = {p.name: p for p in self._destinations()}
         with self._sessions.begin() as session:
+            now = now or db_now(session)
             due = (
                 Export.state == ExportState.PENDING,
                 or_(Export.next_attempt_at.is_(None), Export.next_attempt_at <= now),
@@ -104,26 +117,39 @@ class Exporter:
                     session,
                 )
             ).all()
+            rows = [r for r in rows if advance_generation(session, r)]
             batch = [(r.id, r.file_path, r.sop_instance_uid) for r in rows]
+            held = {r.id: r.claim_generation for r in rows}
             for row in rows:
                 row.state = ExportState.SENDING
                 row.claimed_by = self._node_id
                 row.claimed_at = now
-                row.lease_expires_at = now + dt.timedelta(seconds=EXPORT_LEASE_S)
+                row.lease_expires_at = now + dt.timedelta(seconds=self._lease_s)
                 row.attempts += 1
-        peer = peers.get(destination)
-        if peer is None:
-            results = {
-                export_id: (
-                    None,
-                    FailureKind.PERMANENT,
-                    f"destination {destination!r} is no longer configured",
-                )
-                for export_id, _, _ in batch
-            }
-        else:
-            results = self._send_batch(peer, batch)
-        self._record(destination, results)
+        if not batch:
+            return 0
+        lease = LeaseRenewal(
+            self._sessions,
+            Export,
+            held,
+            state=ExportState.SENDING,
+            lease_s=self._lease_s,
+            what=f"export batch to {destination}",
+        )
+        with lease:
+            peer = peers.get(destination)
+            if peer is None:
+                results = {
+                    export_id: (
+                        None,
+                        FailureKind.PERMANENT,
+                        f"destination {destination!r} is no longer configured",
+                    )
+                    for export_id, _, _ in batch
+                }
+            else:
+                results = self._send_batch(peer, batch)
+            self._record(destination, results, held)
         return len(batch)
 
     def _send_batch(
@@ -152,16 +178,33 @@ class Exporter:
         return results
 
     def _record(
-        self, destination: str, results: dict[int, tuple[int | None, FailureKind | None, str]]
+        self,
+        destination: str,
+        results: dict[int, tuple[int | None, FailureKind | None, str]],
+        held: dict[int, int],
     ) -> None:
+        """Write each export's outcome, if the batch's claim on it is still held.
+
+        ``held`` gives the claim generation of each export of the batch.
+        """
         export = self._settings.export
-        now = utcnow()
         jobs: set[int] = set()
         study_uids: dict[int, str | None] = {}
         with self._sessions.begin() as session:
+            now = db_now(session)  # the clock due times are compared with
             for export_id, (status, failure, message) in results.items():
                 row = session.get(Export, export_id, with_for_update=True)
-                if row is None or row.state is not ExportState.SENDING:
+                if (
+                    row is None
+                    or row.state is not ExportState.SENDING
+                    or row.claim_generation != held[export_id]
+                ):
+                    _LOG.warning(
+                        "export %d to %s: its claim was taken back while it was sent (lease "
+                        "expired): this outcome is discarded",
+                        export_id,
+                        destination,
+                    )
                     continue
                 row.last_status = status
                 row.claimed_by = None

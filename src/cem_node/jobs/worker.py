@@ -1,11 +1,15 @@
 """The worker: claim a queued job, select and pair its images, analyse, encode, queue exports.
 
 One call of :meth:`Worker.run_once` handles one job. The job's claim has a
-lease; a worker killed mid-analysis leaves the job ``analysing`` with a
+lease, renewed by a heartbeat while the job runs however long its analysis
+takes; a worker killed mid-analysis leaves the job ``analysing`` with a
 lease that expires (or, for the same node restarted, is handed back at
 start-up by :func:`cem_node.jobs.recovery.recover`), after which it is
-analysed again. Results of a round that a newer round superseded while it
-ran are discarded.
+analysed again; each hand-back counts as an attempt. Every write of the
+job's outcome checks that the claim is still this one (its generation, see
+:mod:`cem_node.jobs.claims`): results of a round superseded while it ran,
+or of a claim handed back and taken again, are discarded, never written
+over the newer claim's.
 
 Failures are sorted by whose they are. An image that cannot be used for a
 reason of its own (a header that does not parse, an invalid identifier,
@@ -52,7 +56,7 @@ from cem_node.jobs.analysis import (
     ResultObject,
     image_pairs,
 )
-from cem_node.jobs.claims import for_claim
+from cem_node.jobs.claims import LeaseRenewal, advance_generation, db_now, for_claim
 from cem_node.jobs.predecessors import reports_sent_before
 from cem_node.jobs.states import transition
 from cem_node.peers import PeerEntry
@@ -79,9 +83,10 @@ __all__ = ["Worker", "backoff_seconds", "summarise_exclusions", "summarise_not_a
 
 _LOG = logging.getLogger(__name__)
 
-#: Attempts of a job's analysis before it fails (transient errors only).
+#: Attempts of a job's analysis before it fails (transient errors, and claims lost
+#: with their process: see :func:`cem_node.jobs.recovery.recover`).
 MAX_ANALYSIS_ATTEMPTS = 3
-#: How long a claimed job stays ours without a renewal.
+#: How long a claimed job stays ours without a renewal (renewed every third of it).
 ANALYSIS_LEASE_S = 15 * 60
 
 
@@ -160,6 +165,8 @@ class _Claimed:
     study_instance_uid: str
     analysis_round: int
     attempts: int
+    generation: int
+    """The job's claim generation this claim got (the fencing token of its writes)."""
 
 
 @dataclass(slots=True)
@@ -203,6 +210,9 @@ class Worker:
     not_analysable_report
         Builds the SR sent for a study round that cannot be analysed:
         ``(headers, reason, analysis round) -> Dataset``; ``None`` sends nothing.
+    lease_s
+        How long a claim lasts without renewal; renewed every third of it while
+        the job runs.
     """
 
     def __init__(
@@ -215,6 +225,7 @@ class Worker:
         destinations: Callable[[], Sequence[PeerEntry]],
         node_id: str,
         not_analysable_report: Callable[[Sequence[Dataset], str, int], Dataset] | None = None,
+        lease_s: float = ANALYSIS_LEASE_S,
     ) -> None:
         self._settings = settings
         self._sessions = sessions
@@ -223,13 +234,18 @@ class Worker:
         self._destinations = destinations
         self._node_id = node_id
         self._report = not_analysable_report
+        self._lease_s = lease_s
 
     # ------------------------------------------------------------------ claim
 
     def claim(self, now: dt.datetime | None = None) -> _Claimed | None:
-        """Claim the next due queued job, or return ``None``."""
-        now = now or utcnow()
+        """Claim the next due queued job, or return ``None``.
+
+        The claim increments the job's generation and grants a lease of
+        ``lease_s`` from ``now`` (default: the database's clock).
+        """
         with self._sessions.begin() as session:
+            now = now or db_now(session)
             job = session.scalar(
                 for_claim(
                     select(Job)
@@ -243,7 +259,7 @@ class Worker:
                     session,
                 )
             )
-            if job is None:
+            if job is None or not advance_generation(session, job):
                 return None
             study = session.get(Study, job.study_id)
             assert study is not None
@@ -256,12 +272,17 @@ class Worker:
             )
             job.claimed_by = self._node_id
             job.claimed_at = now
-            job.lease_expires_at = now + dt.timedelta(seconds=ANALYSIS_LEASE_S)
+            job.lease_expires_at = now + dt.timedelta(seconds=self._lease_s)
             job.attempts += 1
             if study.analysis_round == job.analysis_round:
                 study.state = StudyState.PROCESSING
             return _Claimed(
-                job.id, study.id, study.study_instance_uid, job.analysis_round, job.attempts
+                job.id,
+                study.id,
+                study.study_instance_uid,
+                job.analysis_round,
+                job.attempts,
+                job.claim_generation,
             )
 
     def run_once(self) -> bool:
@@ -269,16 +290,45 @@ class Worker:
         claimed = self.claim()
         if claimed is None:
             return False
-        try:
-            self._process(claimed)
-        except AnalysisUnavailableError as exc:
-            self._fail(claimed, f"analysis unavailable: {exc}", retry=False)
-        except InstanceUnusableError as exc:  # an image the round did not hand over
-            self._fail(claimed, f"unusable image: {exc}", retry=False)
-        except Exception as exc:
-            _LOG.exception("job %d failed", claimed.job_id)
-            self._fail(claimed, f"{type(exc).__name__}: {exc}", retry=True)
+        lease = LeaseRenewal(
+            self._sessions,
+            Job,
+            {claimed.job_id: claimed.generation},
+            state=JobState.ANALYSING,
+            lease_s=self._lease_s,
+            what=f"job {claimed.job_id}",
+        )
+        with lease:
+            try:
+                self._process(claimed)
+            except _ClaimLostError as exc:
+                log = _LOG.info if exc.superseded else _LOG.warning
+                log("job %d: %s while it ran: nothing written", claimed.job_id, exc)
+            except AnalysisUnavailableError as exc:
+                self._fail(claimed, f"analysis unavailable: {exc}", retry=False)
+            except InstanceUnusableError as exc:  # an image the round did not hand over
+                self._fail(claimed, f"unusable image: {exc}", retry=False)
+            except Exception as exc:
+                _LOG.exception("job %d failed", claimed.job_id)
+                self._fail(claimed, f"{type(exc).__name__}: {exc}", retry=True)
         return True
+
+    def _held(self, session: Session, claimed: _Claimed) -> Job:
+        """Lock the claimed job's row and return it, if the claim is still this one.
+
+        Raises
+        ------
+        _ClaimLostError
+            If the job was superseded, handed back or claimed again since.
+        """
+        job = session.get(Job, claimed.job_id, with_for_update=True)
+        if (
+            job is None
+            or job.state is not JobState.ANALYSING
+            or job.claim_generation != claimed.generation
+        ):
+            raise _ClaimLostError(claimed, job)
+        return job
 
     # ------------------------------------------------------------------ the work
 
@@ -394,6 +444,7 @@ class Worker:
                 images.excluded[uid] = problem
         now = utcnow()
         with self._sessions.begin() as session:
+            self._held(session, claimed)
             by_uid = {c.sop_instance_uid: c for c in images.classifications}
             rows_of_study = select(Instance).where(Instance.study_id == claimed.study_id)
             for row in session.scalars(rows_of_study):
@@ -414,6 +465,7 @@ class Worker:
             return
         now = utcnow()
         with self._sessions.begin() as session:
+            self._held(session, claimed)
             rows = select(Instance).where(
                 Instance.study_id == claimed.study_id,
                 Instance.sop_instance_uid.in_(list(excluded)),
@@ -439,6 +491,7 @@ class Worker:
     ) -> None:
         """Record the pairing decisions of this attempt (replacing an earlier attempt's)."""
         with self._sessions.begin() as session:
+            self._held(session, claimed)
             session.execute(delete(Pairing).where(Pairing.job_id == claimed.job_id))
             for p in pairings:
                 session.add(
@@ -471,11 +524,9 @@ class Worker:
         destinations = list(self._destinations())
         try:
             with self._sessions.begin() as session:
-                job = session.get(Job, claimed.job_id, with_for_update=True)
+                job = self._held(session, claimed)
                 study = session.get(Study, claimed.study_id)
-                assert job is not None and study is not None
-                if job.state is not JobState.ANALYSING or job.claimed_by != self._node_id:
-                    raise _SupersededError(job.state)
+                assert study is not None
                 analysis = Analysis(
                     study_id=study.id,
                     job_id=job.id,
@@ -578,10 +629,10 @@ class Worker:
                         "excluded": dict(images.excluded),
                     },
                 )
-        except _SupersededError as exc:
-            for relative, _, _ in written:
+        except _ClaimLostError:
+            for relative, _, _ in written:  # results of another claim's round: discarded
                 self._files.remove(relative)
-            _LOG.info("job %d was %s while it ran: results discarded", claimed.job_id, exc.state)
+            raise
 
     def _write(self, claimed: _Claimed, obj: ResultObject) -> tuple[str, str, str]:
         ds = obj.dataset
@@ -595,11 +646,15 @@ class Worker:
     def _fail(self, claimed: _Claimed, message: str, *, retry: bool) -> None:
         export = self._settings.export
         with self._sessions.begin() as session:
-            job = session.get(Job, claimed.job_id, with_for_update=True)
-            study = session.get(Study, claimed.study_id)
-            assert job is not None and study is not None
-            if job.state is not JobState.ANALYSING:
+            try:
+                job = self._held(session, claimed)
+            except _ClaimLostError as exc:  # the newer claim's outcome, not ours
+                _LOG.warning(
+                    "job %d: %s while it ran: its failure not recorded", claimed.job_id, exc
+                )
                 return
+            study = session.get(Study, claimed.study_id)
+            assert study is not None
             if retry and job.attempts < MAX_ANALYSIS_ATTEMPTS:
                 delay = backoff_seconds(
                     job.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
@@ -613,7 +668,7 @@ class Worker:
                     study_instance_uid=study.study_instance_uid,
                     reason=f"attempt {job.attempts} failed ({message}); retry in {delay:g} s",
                 )
-                job.next_attempt_at = utcnow() + dt.timedelta(seconds=delay)
+                job.next_attempt_at = db_now(session) + dt.timedelta(seconds=delay)
                 return
             transition(
                 session,
@@ -638,10 +693,23 @@ class Worker:
             )
 
 
-class _SupersededError(Exception):
-    def __init__(self, state: JobState) -> None:
-        super().__init__(state.value)
-        self.state = state.value
+class _ClaimLostError(Exception):
+    """The claimed job is no longer this claim's: nothing more of it is written."""
+
+    def __init__(self, claimed: _Claimed, job: Job | None) -> None:
+        if job is None:
+            why = "deleted"
+        elif job.state is JobState.SUPERSEDED:
+            why = "superseded by a newer round"
+        elif job.claim_generation != claimed.generation:
+            why = (
+                f"handed back or claimed again (claim generation {job.claim_generation}, "
+                f"this claim's {claimed.generation})"
+            )
+        else:
+            why = f"moved to {job.state.value}"
+        super().__init__(why)
+        self.superseded = job is not None and job.state is JobState.SUPERSEDED
 
 
 def _add_finding_rows(session: Session, analysis: Analysis, findings: Findings) -> None:

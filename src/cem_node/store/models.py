@@ -354,8 +354,9 @@ class Job(_Timestamps, Base):
     Claiming (PostgreSQL): ``SELECT ... WHERE state = 'queued' AND
     (next_attempt_at IS NULL OR next_attempt_at <= now) ORDER BY priority
     DESC, id FOR UPDATE SKIP LOCKED``, then set ``claimed_by``,
-    ``claimed_at`` and ``lease_expires_at``. A worker that dies loses its
-    lease, and the job is handed back when the lease has expired.
+    ``claimed_at`` and ``lease_expires_at``, and increment
+    ``claim_generation``. A worker that dies loses its lease, and the job is
+    handed back when the lease has expired (see :mod:`cem_node.jobs.claims`).
     """
 
     __tablename__ = "jobs"
@@ -372,6 +373,8 @@ class Job(_Timestamps, Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    claim_generation: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Incremented by every claim and hand-back: the fencing token of a claim's writes."""
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     last_error: Mapped[str | None] = mapped_column(Text)
@@ -599,6 +602,8 @@ class Export(_Timestamps, Base):
     claimed_by: Mapped[str | None] = mapped_column(String(128))
     claimed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime())
+    claim_generation: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    """Incremented by every claim and hand-back: the fencing token of a claim's writes."""
     last_status: Mapped[int | None] = mapped_column(Integer)
     """The last DIMSE status the destination answered (e.g. 0xA700)."""
     last_error: Mapped[str | None] = mapped_column(Text)
