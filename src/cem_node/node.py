@@ -18,7 +18,6 @@ import ctypes
 import json
 import logging
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -36,6 +35,7 @@ from cem_node import __version__
 from cem_node.config import Settings, settings_to_dict
 from cem_node.dicom import tls as dicom_tls
 from cem_node.dicom.scp import StorageSCP
+from cem_node.identity import NodeIdentity, hold_identity
 from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
 from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
@@ -56,7 +56,7 @@ from cem_node.store.hasher import InstanceHasher
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
 from cem_node.store.notify import EXPORTS_CHANNEL, JOBS_CHANNEL, WakeListener, install_notify
 
-__all__ = ["Node", "default_node_id"]
+__all__ = ["Node"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -75,11 +75,6 @@ NO_ANALYSIS = (
     "this node has no analysis installed (the lesion analysis and its model bundle come "
     "with cem-node's analysis release); the study was received and paired"
 )
-
-
-def default_node_id(settings: Settings) -> str:
-    """A stable identity of this node (host, AE title, port): survives restarts."""
-    return f"{socket.gethostname()}:{settings.node.ae_title}:{settings.node.port}"[:128]
 
 
 class _PeerCache:
@@ -186,7 +181,9 @@ class Node:
     analyzer
         The analysis; default: none installed (jobs fail saying so).
     node_id
-        Identity in claims and the audit trail (default: host, AE title, port).
+        Identity in claims, the audit trail and the store; held while the node
+        runs (a second node with it is refused). Default: a unique identity
+        persisted in the store, see :mod:`cem_node.identity`.
     receiver_only
         Only receive (an extra receiver process, see :mod:`cem_node.receiver`);
         the main process recovers, schedules, analyses and exports.
@@ -211,7 +208,9 @@ class Node:
         self.roles: tuple[str, ...] = ("receiver",) if receiver_only else tuple(settings.node.roles)
         self._listener: WakeListener | None = None
         self._receivers: list[subprocess.Popen[bytes]] = []
-        self.node_id = node_id or default_node_id(settings)
+        self._asked_id = node_id
+        self._identity: NodeIdentity | None = None
+        self.node_id = node_id or ""  # chosen and held at start
         self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
@@ -256,9 +255,13 @@ class Node:
         self.open_store()
         assert self.engine is not None and self.sessions is not None and self.files is not None
         peers = _PeerCache(settings, self.sessions)
-        if self.receiver_only:
+        if self.receiver_only:  # "<identity>/r<n>": its parent holds the identity
+            self.files = self.files.owned_by(self.node_id.rpartition("/")[0] or self.node_id)
             self._start_receiving(peers, share_port=True)
             return
+        self._identity = hold_identity(self.engine, self.files.root, self._asked_id)
+        self.node_id = self._identity.node_id
+        self.files = self.files.owned_by(self.node_id)  # cleans its own temporary files only
         # whoever queues a job or an export wakes the other nodes' loops (PostgreSQL)
         install_notify(self.sessions, self.engine)
         report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
@@ -557,6 +560,9 @@ class Node:
             loop.join()
         if self._hasher is not None:
             self._hasher.stop()
+        if self._identity is not None:
+            self._identity.release()
+            self._identity = None
         if self.engine is not None:
             self.engine.dispose()
         _LOG.info("cem-node stopped")
