@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from cem_node.config import Settings
 from cem_node.identity import IdentityInUseError, hold_identity
@@ -137,5 +138,36 @@ def test_a_killed_node_frees_its_identity(tmp_path: Path, db_url: str) -> None:
                 raise
             time.sleep(0.1)
     assert identity.node_id == "worker-7"
+    identity.release()
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_an_identity_whose_database_session_was_lost_is_taken_again(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    """PostgreSQL restarted or the connection was cut: the lock went with the session."""
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    identity = hold_identity(engine, tmp_path, "exporter-2")
+
+    def cut_the_session() -> None:
+        with engine.connect() as admin:
+            admin.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_locks "
+                    "WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()"
+                )
+            )
+            admin.commit()
+
+    cut_the_session()
+    assert identity.keep()  # taken again on a new session
+    with pytest.raises(IdentityInUseError):
+        hold_identity(engine, tmp_path, "exporter-2")
+    cut_the_session()
+    intruder = hold_identity(engine, tmp_path, "exporter-2")  # before this node checked
+    assert not identity.keep()
+    intruder.release()
     identity.release()
     engine.dispose()

@@ -11,6 +11,11 @@ delete each other's transfers, so an identity is *held*:
   the process dies and its connection closes);
 - on SQLite (one node, one host) by ``flock`` on a file in the store.
 
+A PostgreSQL session can be lost while the node runs (the server restarted,
+the connection was cut), and its lock with it: the node checks its session
+every :data:`KEEP_INTERVAL_S` seconds and takes the lock again, or logs an
+alert when another process took the identity meanwhile.
+
 Identities live in ``<storage.root>/nodes/<tag>/node-id``. A node given no
 identity adopts a free identity that a node of the same host name created
 (its own from before a restart: it then takes back its claims at once), or
@@ -26,9 +31,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import logging
 import os
 import re
 import socket
+import threading
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +59,10 @@ IDENTITY_FILE = "node-id"
 LOCK_FILE = "lock"
 #: Column width of ``claimed_by`` and the audit trail's ``actor``.
 MAX_ID_LENGTH = 128
+#: How often a node checks that its PostgreSQL session (and lock) is alive.
+KEEP_INTERVAL_S = 30.0
+
+_LOG = logging.getLogger(__name__)
 
 
 class IdentityInUseError(ValueError):
@@ -105,18 +116,86 @@ class NodeIdentity:
     explicit: bool
     _fd: int | None = field(default=None, repr=False)
     _connection: Connection | None = field(default=None, repr=False)
+    _engine: Engine | None = field(default=None, repr=False)
+    _released: threading.Event = field(default_factory=threading.Event, repr=False)
+    _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def keep(self) -> bool:
+        """Check that the identity is still held; after a lost PostgreSQL session
+        take its lock again on a new one.
+
+        Returns
+        -------
+        bool
+            ``False`` if another process took the identity while this one's
+            session was lost (two nodes now run with one identity: an alert).
+            A database out of reach counts as held: nobody can take it there.
+        """
+        if self._engine is None:
+            return True  # a file lock is held until its descriptor is closed
+        with self._guard:  # the watcher and release() share the connection
+            return self._released.is_set() or self._keep(self._engine)
+
+    def _keep(self, engine: Engine) -> bool:
+        try:
+            assert self._connection is not None
+            self._connection.scalar(text("SELECT 1"))
+            return True
+        except Exception:  # the session, and its lock, are gone
+            with contextlib.suppress(Exception):
+                assert self._connection is not None
+                self._connection.close()
+        try:
+            connection = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        except Exception as exc:
+            _LOG.warning("node identity %r: database out of reach: %s", self.node_id, exc)
+            return True
+        held = connection.scalar(
+            text("SELECT pg_try_advisory_lock(:key)"),
+            {"key": advisory_key("identity", self.node_id)},
+        )
+        self._connection = connection
+        if held:
+            _LOG.warning("node identity %r: database session lost, lock taken again", self.node_id)
+            return True
+        return False
+
+    def watch(self, interval_s: float = KEEP_INTERVAL_S) -> None:
+        """Run :meth:`keep` every ``interval_s`` seconds until :meth:`release` (PostgreSQL)."""
+        if self._engine is None:
+            return
+
+        def run() -> None:
+            alerted = False
+            while not self._released.wait(interval_s):
+                held = self.keep()
+                if not held and not alerted:
+                    from cem_node.store.audit import ALERT  # not at import: a cycle
+
+                    _LOG.error(
+                        "%s: node identity %r was taken by another process while this "
+                        "node's database session was lost: two nodes now run with one "
+                        "identity; stop one of them",
+                        ALERT,
+                        self.node_id,
+                    )
+                alerted = not held
+
+        threading.Thread(target=run, name="cem-node-identity", daemon=True).start()
 
     def release(self) -> None:
         """Let another process take the identity (also done by the process's death)."""
-        if self._connection is not None:
-            with contextlib.suppress(Exception):  # a lost connection released it already
-                self._connection.execute(
-                    text("SELECT pg_advisory_unlock(:key)"),
-                    {"key": advisory_key("identity", self.node_id)},
-                )
-            with contextlib.suppress(Exception):
-                self._connection.close()
-            self._connection = None
+        self._released.set()
+        with self._guard:
+            if self._connection is not None:
+                with contextlib.suppress(Exception):  # a lost connection released it already
+                    self._connection.execute(
+                        text("SELECT pg_advisory_unlock(:key)"),
+                        {"key": advisory_key("identity", self.node_id)},
+                    )
+                with contextlib.suppress(Exception):
+                    self._connection.close()
+                self._connection = None
         if self._fd is not None:
             os.close(self._fd)  # closing the only descriptor drops the flock
             self._fd = None
@@ -152,6 +231,7 @@ class _Locks:
 
     def __init__(self, engine: Engine, root: Path) -> None:
         self._root = root
+        self._engine = engine
         self._connection: Connection | None = None
         if engine.dialect.name == "postgresql":
             # autocommit: a session-level lock needs no transaction left open
@@ -168,7 +248,9 @@ class _Locks:
             if not held:
                 return None
             _record(folder, node_id)
-            identity = NodeIdentity(node_id, folder, explicit, _connection=self._connection)
+            identity = NodeIdentity(
+                node_id, folder, explicit, _connection=self._connection, _engine=self._engine
+            )
             self._connection = None  # the identity owns it now
             return identity
         fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -202,7 +284,8 @@ def hold_identity(engine: Engine, root: Path, node_id: str | None = None) -> Nod
     Returns
     -------
     NodeIdentity
-        Held until :meth:`NodeIdentity.release` or the process's end.
+        Held until :meth:`NodeIdentity.release` or the process's end; on
+        PostgreSQL its session is watched (:meth:`NodeIdentity.watch`).
 
     Raises
     ------
@@ -211,24 +294,31 @@ def hold_identity(engine: Engine, root: Path, node_id: str | None = None) -> Nod
     """
     locks = _Locks(engine, root)
     try:
-        if node_id is not None:
-            if not node_id or len(node_id) > MAX_ID_LENGTH:
-                raise ValueError(f"a node identity has 1 to {MAX_ID_LENGTH} characters")
-            identity = locks.try_hold(node_id, explicit=True)
-            if identity is None:
-                where = "this PostgreSQL database" if engine.dialect.name == "postgresql" else root
-                raise IdentityInUseError(
-                    f"node identity {node_id!r} is already held by a running node on {where}: "
-                    "stop that node first, or give this one another identity (or none, "
-                    "to get a unique one)"
-                )
-            return identity
-        host = _host_name()
-        for known in _known_identities(root):
-            if _adoptable(known, host) and (held := locks.try_hold(known, explicit=False)):
-                return held
-        while (held := locks.try_hold(_new_identity(host), explicit=False)) is None:
-            pass  # a UUID collision: practically never
-        return held
+        identity = _hold(locks, engine, root, node_id)
     finally:
         locks.close()
+    identity.watch()
+    return identity
+
+
+def _hold(locks: _Locks, engine: Engine, root: Path, node_id: str | None) -> NodeIdentity:
+    """The identity asked for, else a free one of this host, else a new one."""
+    if node_id is not None:
+        if not node_id or len(node_id) > MAX_ID_LENGTH:
+            raise ValueError(f"a node identity has 1 to {MAX_ID_LENGTH} characters")
+        identity = locks.try_hold(node_id, explicit=True)
+        if identity is None:
+            where = "this PostgreSQL database" if engine.dialect.name == "postgresql" else root
+            raise IdentityInUseError(
+                f"node identity {node_id!r} is already held by a running node on {where}: "
+                "stop that node first, or give this one another identity (or none, "
+                "to get a unique one)"
+            )
+        return identity
+    host = _host_name()
+    for known in _known_identities(root):
+        if _adoptable(known, host) and (held := locks.try_hold(known, explicit=False)):
+            return held
+    while (held := locks.try_hold(_new_identity(host), explicit=False)) is None:
+        pass  # a UUID collision: practically never
+    return held
