@@ -19,12 +19,18 @@ from typing import Any
 import pytest
 import yaml  # pyyaml, in the dev extra
 
-from cem_node.config import ENV_CONFIG_VAR, ENV_PREFIX, Settings, load_settings
+from cem_node.config import ENV_CONFIG_VAR, ENV_PREFIX, ROLES, Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy"
 COMPOSE = DEPLOY / "compose.yaml"
-NODE_SERVICES = ("cem-node", "cem-node-migrate")  # the services running the node's image
+NODE_SERVICES = ("cem-receiver", "cem-worker", "cem-exporter", "cem-node-migrate")
+#: the node split by role (#20): receiver (+ scheduler), worker, exporter
+SERVING = {
+    "cem-receiver": ["receiver", "scheduler"],
+    "cem-worker": ["worker"],
+    "cem-exporter": ["exporter"],
+}
 
 
 @pytest.fixture(autouse=True)
@@ -257,7 +263,7 @@ def test_compose_config_peers_match_orthanc() -> None:
     modality = orthanc["DicomModalities"]["cem-node"]
     assert (modality["AET"], modality["Host"], modality["Port"]) == (
         settings.node.ae_title,
-        "cem-node",
+        "cem-receiver",  # the service that listens for DICOM
         settings.node.port,
     )
     assert orthanc["DicomWeb"]["Enable"] is True
@@ -271,33 +277,44 @@ def test_compose_config_peers_match_orthanc() -> None:
 
 def test_compose_has_the_stack_with_healthchecks() -> None:
     services = _compose()["services"]
-    for name in ("postgres", "cem-node", "orthanc", "ohif"):
+    for name in ("postgres", *SERVING, "orthanc", "ohif"):
         check = services[name].get("healthcheck") or {}
         assert not check.get("disable"), name
         assert check.get("test"), f"{name} has no healthcheck"
     assert services["postgres"]["image"].startswith("postgres:16")
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
-    assert "/healthz" in " ".join(services["cem-node"]["healthcheck"]["test"])
+    for name in SERVING:
+        assert "/healthz" in " ".join(services[name]["healthcheck"]["test"]), name
 
 
 def test_compose_migrates_before_serving() -> None:
     services = _compose()["services"]
-    migrate, node = services["cem-node-migrate"], services["cem-node"]
+    migrate = services["cem-node-migrate"]
     assert migrate["command"] == ["db", "upgrade"]
-    assert migrate["image"] == node["image"] and migrate["build"] == node["build"]
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert node["depends_on"]["cem-node-migrate"]["condition"] == ("service_completed_successfully")
-    assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
-    assert node["command"][0] == "serve"
-    assert node["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
-    assert (COMPOSE.parent / node["build"]["context"] / node["build"]["dockerfile"]).is_file()
+    for name, roles in SERVING.items():
+        node = services[name]
+        assert migrate["image"] == node["image"] and migrate["build"] == node["build"]
+        assert node["depends_on"]["cem-node-migrate"]["condition"] == (
+            "service_completed_successfully"
+        )
+        assert node["depends_on"]["postgres"]["condition"] == "service_healthy"
+        command = node["command"]
+        assert command[0] == "serve", name
+        assert [command[i + 1] for i, a in enumerate(command) if a == "--role"] == roles, name
+        assert node["build"] == {"context": "..", "dockerfile": "deploy/Dockerfile"}
+        assert (COMPOSE.parent / node["build"]["context"] / node["build"]["dockerfile"]).is_file()
+    # every role runs somewhere, and only the receiver listens for DICOM
+    assert sorted(r for roles in SERVING.values() for r in roles) == sorted(ROLES)
+    assert [n for n in SERVING if "ports" in services[n]] == ["cem-receiver"]
 
 
 def test_compose_reserves_a_gpu_and_the_cpu_override_removes_it() -> None:
-    node = _compose()["services"]["cem-node"]
-    devices = node["deploy"]["resources"]["reservations"]["devices"]
+    services = _compose()["services"]
+    devices = services["cem-worker"]["deploy"]["resources"]["reservations"]["devices"]
     assert devices == [{"driver": "nvidia", "count": 1, "capabilities": ["gpu"]}]
-    override = _compose(DEPLOY / "compose.cpu.yaml")["services"]["cem-node"]
+    assert "deploy" not in services["cem-receiver"] and "deploy" not in services["cem-exporter"]
+    override = _compose(DEPLOY / "compose.cpu.yaml")["services"]["cem-worker"]
     assert "deploy" in override and override["deploy"] is None  # `deploy: !reset {}`
     assert "!reset" in (DEPLOY / "compose.cpu.yaml").read_text(encoding="utf-8")
 
@@ -311,14 +328,14 @@ def test_compose_publishes_only_dicom_beyond_loopback() -> None:
             address, host_port, container_port = _published(entry)
             if address != "127.0.0.1":
                 everywhere.append((name, host_port, container_port))
-    assert everywhere == [("cem-node", node_port, node_port)]
+    assert everywhere == [("cem-receiver", node_port, node_port)]
     assert "ports" not in services["postgres"]
 
 
 def test_compose_http_endpoint_matches_the_node_config() -> None:
     services = _compose()["services"]
     settings = load_settings(DEPLOY / "node.compose.toml", environ={})
-    published = {_published(p)[2]: _published(p) for p in services["cem-node"]["ports"]}
+    published = {_published(p)[2]: _published(p) for p in services["cem-receiver"]["ports"]}
     http = published[str(settings.http.port)]
     assert http[0] == "127.0.0.1"
     # inside the container the endpoint must listen beyond loopback to be published
@@ -329,10 +346,10 @@ def test_compose_node_environment_names_real_settings() -> None:
     compose = _compose()
     variables = {"POSTGRES_PASSWORD": "not-a-secret"}
     services = compose["services"]
-    override = _compose(DEPLOY / "compose.cpu.yaml")["services"]["cem-node"]
+    override = _compose(DEPLOY / "compose.cpu.yaml")["services"]["cem-worker"]
     for name in NODE_SERVICES:
         env = {k: _interpolate(v, variables) for k, v in _environment(services[name]).items()}
-        if name == "cem-node":
+        if name == "cem-worker":
             env.update(_environment(override))
         node_vars = [v for v in env if v.upper().startswith(ENV_PREFIX)]
         assert "CEM_NODE_DATABASE__URL" in node_vars
@@ -349,7 +366,7 @@ def test_compose_node_environment_names_real_settings() -> None:
         assert settings.database_url() == (
             "postgresql+psycopg://cem:not-a-secret@postgres:5432/cem"
         )
-        if name == "cem-node":
+        if name == "cem-worker":
             assert settings.analysis.device == "cpu"  # with compose.cpu.yaml
 
 
@@ -357,7 +374,7 @@ def test_compose_commits_no_password() -> None:
     compose = _compose()
     postgres = _environment(compose["services"]["postgres"])
     assert postgres["POSTGRES_PASSWORD"].startswith("${POSTGRES_PASSWORD:?")
-    url = _environment(compose["services"]["cem-node"])["CEM_NODE_DATABASE__URL"]
+    url = _environment(compose["services"]["cem-receiver"])["CEM_NODE_DATABASE__URL"]
     assert "${POSTGRES_PASSWORD:?" in url
     with pytest.raises(AssertionError, match="POSTGRES_PASSWORD"):
         _interpolate(url, {})
