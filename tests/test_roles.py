@@ -25,6 +25,8 @@ from cem_node.config import ConfigError, Peer, Settings, load_settings
 from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult
 from cem_node.node import Node
 from cem_node.store import (
+    Export,
+    ExportState,
     Instance,
     Job,
     JobState,
@@ -191,6 +193,9 @@ def test_roles_are_validated_with_a_clear_message(tmp_path: Path) -> None:
         [*_serve_cli(tmp_path), "--role", "gpu"], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "gpu" in bad.stderr, bad.stderr
+    contradiction = [*_serve_cli(tmp_path), "--role", "worker", "--receivers", "2"]
+    bad = subprocess.run(contradiction, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--receivers" in bad.stderr, bad.stderr
 
 
 def _serve_cli(tmp_path: Path) -> list[str]:
@@ -234,12 +239,29 @@ class _Listen:
         self.conn.close()
 
 
+def _when(predicate: Callable[[], Any], timeout_s: float = 20.0, what: str = "") -> float:
+    """The monotonic time at which ``predicate`` first held (checked every 20 ms)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return time.monotonic()
+        time.sleep(0.02)
+    pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
 @pytest.mark.postgres
-def test_notify_wakes_an_idle_worker_on_another_node_at_once(
-    tmp_path: Path, postgres_url: str, nodes, study_files: list[Path]
+def test_notify_wakes_idle_workers_and_exporters_on_other_nodes_at_once(
+    tmp_path: Path, postgres_url: str, nodes, study_files: list[Path], dcmtk_storescp
 ) -> None:
     root = tmp_path / "store"
-    # both nodes poll every 10 s: only a notification explains a claim within 1 s
+    pacs = Peer(
+        name="pacs",
+        ae_title=dcmtk_storescp.aet,
+        host="127.0.0.1",
+        port=dcmtk_storescp.port,
+        role="destination",
+    )
+    # every node polls every 10 s: only a notification explains a claim within 1 s
     scheduler_settings = _shared(
         make_settings(tmp_path), postgres_url, root, roles=["receiver", "scheduler"]
     )
@@ -248,19 +270,22 @@ def test_notify_wakes_an_idle_worker_on_another_node_at_once(
         make_settings(tmp_path), postgres_url, root, roles=["worker"], poll_interval_s=10.0
     )
     worker_settings.http.enabled = False
-    # a destination (nobody exports here): the worker's results become pending exports
-    worker_settings.peers = [
-        *worker_settings.peers,
-        Peer(name="pacs", ae_title="PACS", host="127.0.0.1", port=9, role="destination"),
-    ]
+    worker_settings.peers = [*worker_settings.peers, pacs]
+    exporter_settings = _shared(
+        make_settings(tmp_path), postgres_url, root, roles=["exporter"], poll_interval_s=10.0
+    )
+    exporter_settings.http.enabled = False
+    exporter_settings.peers = [*exporter_settings.peers, pacs]
     analyzer = _Timed()
     jobs = _Listen(postgres_url, JOBS_CHANNEL)
     exports = _Listen(postgres_url, EXPORTS_CHANNEL)
     try:
         front = nodes(scheduler_settings, "scheduler-1")
         worker = nodes(worker_settings, "gpu-1", analyzer)
-        assert worker._listener is not None and worker._listener.wait_listening(10)
-        time.sleep(1.0)  # the worker's first look at the queue is over: it is idle
+        exporter = nodes(exporter_settings, "exporter-1")
+        for node in (worker, exporter):
+            assert node._listener is not None and node._listener.wait_listening(10)
+        time.sleep(1.0)  # their first look at the queue is over: they are idle
         sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
         assert sent.returncode == 0, sent.stderr
         wait_until(lambda: analyzer.started, timeout_s=20, what="the worker to claim the job")
@@ -268,11 +293,23 @@ def test_notify_wakes_an_idle_worker_on_another_node_at_once(
         latency = analyzer.started[0] - jobs.at[0]
         print(f"NOTIFY to claim: {latency * 1000:.0f} ms (poll interval 10 s)")
         assert 0 <= latency < 1.0, f"claimed {latency:.3f} s after the NOTIFY"
-        # the results the worker produced announce themselves to the exporters
-        wait_until(lambda: exports.at, timeout_s=10, what="a NOTIFY on the exports channel")
+        # the results the worker produced wake the exporter on its own node
+        claimed = _when(lambda: _export_claimed(exporter), what="the exporter to claim")
+        assert exports.at, "no NOTIFY on the exports channel"
+        latency = claimed - exports.at[0]
+        print(f"NOTIFY to export claim: {latency * 1000:.0f} ms (poll interval 10 s)")
+        assert 0 <= latency < 1.0, f"export claimed {latency:.3f} s after the NOTIFY"
+        wait_until(dcmtk_storescp.files, what="the result at the destination")
     finally:
         jobs.close()
         exports.close()
+
+
+def _export_claimed(node: Node) -> bool:
+    assert node.sessions is not None
+    with node.sessions.begin() as session:
+        states = session.scalars(select(Export.state)).all()
+    return any(state is not ExportState.PENDING for state in states)
 
 
 @pytest.mark.postgres

@@ -101,6 +101,8 @@ def serve(
                     f"--role {unknown[0]!r} is not a role; choose from {', '.join(ROLES)}"
                 )
             settings.node.roles = list(dict.fromkeys(role))  # type: ignore[assignment]
+        if receivers is not None and "receiver" not in settings.node.roles:
+            raise ValueError("--receivers starts receiver processes: it needs --role receiver")
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
