@@ -208,3 +208,25 @@ def test_retention_runs_once_when_two_nodes_run_it_at_once(
         ).all()
         assert len(purges) == 1
     engine.dispose()
+
+
+def test_a_receiver_only_node_removes_its_abandoned_receptions(tmp_path: Path) -> None:
+    """The sweep used to run with retention, in the scheduler role only: a node
+    that only receives kept every dataset of an aborted association until restarted."""
+    settings = node_settings(tmp_path / "store", f"sqlite:///{tmp_path / 'db.sqlite'}")
+    settings.node.roles = ["receiver"]
+    receiver = Node(settings, analyzer=DoubleAnalyzer())
+    receiver.start()
+    try:
+        assert receiver.files is not None
+        abandoned = receiver.files.receiving_dir / ".tmp-aborted"
+        abandoned.write_bytes(b"the first PDUs of a dataset")
+        old = time.time() - 2 * HOUR_S
+        os.utime(abandoned, (old, old))
+        receiver.wake("sweeper")
+        deadline = time.monotonic() + 10
+        while abandoned.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not abandoned.exists()
+    finally:
+        receiver.stop()

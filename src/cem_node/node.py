@@ -278,6 +278,10 @@ class Node:
             self._start_receiving(peers, share_port=share_port)
             assert self._hasher is not None
             self._hasher.submit_missing()
+            # its own receiving folder: whatever other roles this node has
+            self._loops["sweeper"] = _Loop(
+                "sweeper", self._sweep_receptions, self._stopped, RETENTION_INTERVAL_S
+            )
         self._start_http()  # every role: /healthz tells an orchestrator the node is alive
         if "worker" in self.roles:
             self._loops["worker"] = self._worker_loop(peers)
@@ -365,8 +369,6 @@ class Node:
                 retention_days=settings.storage.retention_days,
                 actor=self.node_id,
             )
-            if removed := files.remove_abandoned_receptions(ABANDONED_RECEPTION_S):
-                _LOG.info("%d dataset(s) of aborted associations removed", removed)
 
         common: dict[str, Any] = {"max_instances": 1, "coalesce": True, "misfire_grace_time": None}
         scheduler.add_job(
@@ -396,6 +398,13 @@ class Node:
         if wake and self.engine.dialect.name == "postgresql":
             self._listener = WakeListener(self.engine, wake)
             self._listener.start()
+
+    def _sweep_receptions(self) -> bool:
+        """Remove this node's datasets of aborted associations; never more to do at once."""
+        assert self.files is not None
+        if removed := self.files.remove_abandoned_receptions(ABANDONED_RECEPTION_S):
+            _LOG.info("%d dataset(s) of aborted associations removed", removed)
+        return False
 
     def _stored(self, instance_id: int, relative_path: str) -> None:
         """An instance was acknowledged: hash it later, count it."""
