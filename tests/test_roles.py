@@ -83,41 +83,67 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait(10)
 
 
+def _serve_in(folder: Path, config: str, *options: str) -> tuple[subprocess.Popen[str], int]:
+    """``cem-node serve`` in ``folder`` with ``folder/conf/node.toml`` (its default config)."""
+    (folder / "conf").mkdir(parents=True)
+    (folder / "conf" / "node.toml").write_text(config)
+    port = free_port()
+    return start_serve(folder, folder / "data", port, "--accept-unknown-sources", *options), port
+
+
+def _study_states(data: Path) -> list[tuple[StudyState, list[JobState]]]:
+    engine = make_engine(f"sqlite:///{data / 'cem-node.db'}")
+    try:
+        with session_factory(engine).begin() as session:
+            return [
+                (study.state, [job.state for job in study.jobs])
+                for study in session.scalars(select(Study))
+            ]
+    finally:
+        engine.dispose()
+
+
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc")
-def test_a_receiver_only_serve_receives_and_never_imports_torch(
+def test_receiver_scheduler_and_exporter_roles_never_import_torch(
     tmp_path: Path, study_files: list[Path]
 ) -> None:
-    data, port, http_port = tmp_path / "data", free_port(), free_port()
-    # the default config file of serve's working folder: where /healthz listens
-    (tmp_path / "conf").mkdir()
-    (tmp_path / "conf" / "node.toml").write_text(f"[http]\nport = {http_port}\n")
-    receiver = start_serve(tmp_path, data, port, "--role", "receiver", "--accept-unknown-sources")
-    # the same serve with every role: the probe sees torch there (the bundle preload)
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "conf").mkdir()
-    (tmp_path / "full" / "conf" / "node.toml").write_text("[http]\nenabled = false\n")
-    full = start_serve(
-        tmp_path / "full", tmp_path / "full" / "data", free_port(), "--accept-unknown-sources"
+    http_port = free_port()
+    receiver, port = _serve_in(
+        tmp_path / "receiver", f"[http]\nport = {http_port}\n", "--role", "receiver"
     )
+    # the front of deploy/: everything but the analysis
+    front_roles = ("--role", "receiver", "--role", "scheduler", "--role", "exporter")
+    front, front_port = _serve_in(tmp_path / "front", "[http]\nenabled = false\n", *front_roles)
+    # every role: the probe sees torch there (the bundle's preload)
+    full, _ = _serve_in(tmp_path / "full", "[http]\nenabled = false\n")
     try:
-        wait_until(lambda: _listening(port), what="the receiver listening")
-        sent = storescu(study_files, port=port, called_ae="CEM_NODE", calling_ae=MODALITY_AE)
-        assert sent.returncode == 0, sent.stderr
+        for served in (port, front_port):
+            wait_until(lambda served=served: _listening(served), what="the receivers listening")
+            sent = storescu(study_files, port=served, called_ae="CEM_NODE", calling_ae="MOD")
+            assert sent.returncode == 0, sent.stderr
         status, body = _get(f"http://127.0.0.1:{http_port}/healthz")
         assert status == 200, body
         assert json.loads(body)["roles"] == ["receiver"]
+        # the front assembles the study and queues its job: nobody analyses it
+        wait_until(
+            lambda: _study_states(tmp_path / "front" / "data")[0][1] == [JobState.QUEUED],
+            what="the front to queue the job",
+        )
         wait_until(lambda: _maps_torch(full.pid), timeout_s=60, what="torch in the full serve")
-        time.sleep(2)  # past the quiet period: nobody assembles on a receiver
-        assert receiver.poll() is None
+        time.sleep(1)  # past the quiet period: nobody assembles on a receiver
+        assert receiver.poll() is None and front.poll() is None
         assert not _maps_torch(receiver.pid)
+        assert not _maps_torch(front.pid)
     finally:
-        _stop(receiver)
-        _stop(full)
-    engine = make_engine(f"sqlite:///{data / 'cem-node.db'}")
+        for proc in (receiver, front, full):
+            _stop(proc)
+    # the receiver stored every instance; without a scheduler the study is never completed
+    assert _study_states(tmp_path / "receiver" / "data") == [
+        (StudyState.RECEIVING, [JobState.RECEIVED])
+    ]
+    engine = make_engine(f"sqlite:///{tmp_path / 'receiver' / 'data' / 'cem-node.db'}")
     with session_factory(engine).begin() as session:
         assert len(session.scalars(select(Instance)).all()) == len(study_files)
-        (study,) = session.scalars(select(Study)).all()
-        assert study.state is StudyState.RECEIVING  # no scheduler: never completed
     engine.dispose()
 
 
