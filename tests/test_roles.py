@@ -376,3 +376,51 @@ def test_notify_is_sent_with_the_commit_and_never_for_a_rollback(postgres_url: s
     finally:
         jobs.close()
         engine.dispose()
+
+
+def _listening_backends(url: str) -> list[int]:
+    libpq = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity"
+            " WHERE application_name = 'cem-node-listen' AND datname = current_database()"
+        ).fetchall()
+    return [pid for (pid,) in rows]
+
+
+@pytest.mark.postgres
+def test_a_worker_listens_again_after_its_connection_is_cut(
+    tmp_path: Path, postgres_url: str, nodes, study_files: list[Path]
+) -> None:
+    root = tmp_path / "store"
+    front_settings = _shared(
+        make_settings(tmp_path), postgres_url, root, roles=["receiver", "scheduler"]
+    )
+    worker_settings = _shared(
+        make_settings(tmp_path), postgres_url, root, roles=["worker"], poll_interval_s=10.0
+    )
+    worker_settings.http.enabled = False
+    analyzer = _Timed()
+    jobs = _Listen(postgres_url, JOBS_CHANNEL)
+    try:
+        front = nodes(front_settings, "scheduler-1")
+        worker = nodes(worker_settings, "gpu-1", analyzer)
+        assert worker._listener is not None and worker._listener.wait_listening(10)
+        (cut,) = wait_until(lambda: _listening_backends(postgres_url), what="the listener")
+        libpq = make_url(postgres_url).set(drivername="postgresql")
+        with psycopg.connect(libpq.render_as_string(hide_password=False)) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (cut,))
+        # a new session listens (the lost one's notifications went nowhere; the poll remains)
+        wait_until(
+            lambda: (pids := _listening_backends(postgres_url)) and cut not in pids,
+            what="a new listening session",
+        )
+        assert worker._listener.wait_listening(10)
+        time.sleep(0.5)
+        sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
+        assert sent.returncode == 0, sent.stderr
+        wait_until(lambda: analyzer.started, timeout_s=20, what="the worker to claim the job")
+        latency = analyzer.started[0] - jobs.at[0]
+        assert 0 <= latency < 1.0, f"claimed {latency:.3f} s after the NOTIFY"
+    finally:
+        jobs.close()
