@@ -355,22 +355,24 @@ def test_notify_is_sent_with_the_commit_and_never_for_a_rollback(postgres_url: s
             session.rollback()  # ... and dropped with it
         time.sleep(0.5)
         assert not jobs.at
-        # a retry that waits for its back-off wakes nobody either
+        # a retry that waits for its back-off wakes nobody either, nor a study being received
         with sessions.begin() as session:
-            study = Study(study_instance_uid="1.2.3.5")
-            session.add(study)
+            study, receiving = Study(study_instance_uid="1.2.3.5"), Study(study_instance_uid="9.8")
+            session.add_all([study, receiving])
             session.flush()
             later = utcnow() + dt.timedelta(minutes=5)
             job = Job(study_id=study.id, state=JobState.QUEUED, next_attempt_at=later)
-            session.add(job)
+            session.add_all([job, Job(study_id=receiving.id)])  # "received", the default
         time.sleep(0.5)
         assert not jobs.at
         with sessions.begin() as session:
-            session.scalars(select(Job)).one().state = JobState.ANALYSING
+            session.scalars(
+                select(Job).where(Job.study_id == study.id)
+            ).one().state = JobState.ANALYSING
         time.sleep(0.5)
         assert not jobs.at
         with sessions.begin() as session:  # handed back, due now
-            job = session.scalars(select(Job)).one()
+            job = session.scalars(select(Job).where(Job.study_id == study.id)).one()
             job.state, job.next_attempt_at = JobState.QUEUED, None
         wait_until(lambda: jobs.at, timeout_s=5, what="the NOTIFY of the commit")
     finally:

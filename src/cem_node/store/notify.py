@@ -49,11 +49,13 @@ _WAIT_S = 0.5
 
 
 def _became(obj: Any, state: Any, is_new: bool) -> bool:
-    """Whether ``obj.state`` is ``state`` and was set so in this flush (or obj is new)."""
-    if obj.state is not state and not (is_new and obj.state is None):
-        return False
+    """Whether ``obj`` was inserted in ``state`` or set to it, in this flush.
+
+    A new object's column default is in place after its INSERT; a modified
+    one is judged by its history, which reads nothing from the database.
+    """
     if is_new:
-        return True
+        return obj.__dict__.get("state") is state
     return state in inspect(obj).attrs.state.history.added
 
 
