@@ -101,6 +101,27 @@ def test_a_second_node_with_an_identity_in_use_is_refused(
     assert nodes.start(node_settings(other_root, db_url), node_id="reader-1").node_id == "reader-1"
 
 
+def test_the_configured_identity_is_used_and_refused_twice(tmp_path: Path, nodes: Nodes) -> None:
+    """[node] id (and `serve --node-id`, which sets it) names the node."""
+    settings = node_settings(tmp_path / "store", f"sqlite:///{tmp_path / 'node.db'}")
+    settings.node.id = "site-worker-1"
+    assert nodes.start(settings).node_id == "site-worker-1"
+    with pytest.raises(IdentityInUseError, match="site-worker-1"):
+        Node(settings, analyzer=DoubleAnalyzer()).start()
+    with pytest.raises(ValueError, match="id"):
+        settings.node.id = "../escape"  # names a folder: no path separators
+
+
+def test_serve_node_id_is_refused_when_invalid(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "cem_node", "--data-dir", str(tmp_path), "serve",
+         "--node-id", "a/b"],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "id" in done.stderr
+
+
 _HOLDER = """
 import sys, time
 from pathlib import Path

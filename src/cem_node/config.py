@@ -320,6 +320,46 @@ class NodeSection(_Section):
         ),
     )
 
+    id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$",
+        description=(
+            "This node's identity in claims, the audit trail and the store (`serve "
+            "--node-id` overrides). Unset: a unique one, created once and kept in "
+            "<storage.root>/nodes/ (docs/STORE.md). Two running nodes never share one: "
+            "the second is refused."
+        ),
+        examples=["worker-gpu-1"],
+    )
+    analysis_lease_s: float = Field(
+        120.0,
+        ge=1,
+        le=86400,
+        description=(
+            "Seconds a worker's claim on a study lasts without renewal; renewed every "
+            "third of it while the analysis runs. When a node stops (kill -9, host down), "
+            "another node takes its study over this long after the last renewal (plus up "
+            "to recovery_interval_s)."
+        ),
+    )
+    export_lease_s: float = Field(
+        120.0,
+        ge=1,
+        le=86400,
+        description="The same for an exporter's claim on a batch of results to send.",
+    )
+    recovery_interval_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description=(
+            "Seconds between two looks, by a scheduler, for claims whose lease ran out "
+            "(their work goes back to the queue, or fails after its last attempt)."
+        ),
+    )
+
     @field_validator("roles")
     @classmethod
     def _some_roles(cls, value: list[Role]) -> list[Role]:

@@ -65,8 +65,7 @@ _LOG = logging.getLogger(__name__)
 POLL_INTERVAL_S = 1.0
 #: How long the peer list read from the database is reused.
 PEERS_TTL_S = 2.0
-#: Lease recovery and retention intervals.
-RECOVERY_INTERVAL_S = 60.0
+#: Retention interval (lease recovery: node.recovery_interval_s).
 RETENTION_INTERVAL_S = 3600.0
 #: A streamed dataset untouched this long belongs to an aborted association.
 ABANDONED_RECEPTION_S = 3600.0
@@ -259,12 +258,19 @@ class Node:
             self.files = self.files.owned_by(self.node_id.rpartition("/")[0] or self.node_id)
             self._start_receiving(peers, share_port=True)
             return
-        self._identity = hold_identity(self.engine, self.files.root, self._asked_id)
+        asked = self._asked_id or settings.node.id
+        self._identity = hold_identity(self.engine, self.files.root, asked)
         self.node_id = self._identity.node_id
         self.files = self.files.owned_by(self.node_id)  # cleans its own temporary files only
         # whoever queues a job or an export wakes the other nodes' loops (PostgreSQL)
         install_notify(self.sessions, self.engine)
-        report = recover(self.sessions, node_id=self.node_id, files=self.files, at_start=True)
+        report = recover(
+            self.sessions,
+            node_id=self.node_id,
+            files=self.files,
+            at_start=True,
+            max_export_attempts=settings.export.max_attempts,
+        )
         _LOG.info(
             "start-up recovery: %d job(s), %d export(s) re-queued, %d temporary file(s) removed",
             report.jobs_requeued,
@@ -307,6 +313,7 @@ class Node:
             destinations=peers.destinations,
             node_id=self.node_id,
             not_analysable_report=_not_analysable_report(settings),
+            lease_s=settings.node.analysis_lease_s,
         )
 
         def work() -> bool:
@@ -328,6 +335,7 @@ class Node:
             destinations=peers.destinations,
             node_id=self.node_id,
             ssl_context=lambda: dicom_tls.client_context(settings.tls),
+            lease_s=settings.node.export_lease_s,
         )
         poll_s = settings.node.poll_interval_s
         return _Loop("exporter", lambda: exporter.run_once() > 0, self._stopped, poll_s)
@@ -360,7 +368,9 @@ class Node:
                 self.wake("worker")
 
         def recover_leases() -> None:
-            recover(sessions, node_id=self.node_id)
+            recover(
+                sessions, node_id=self.node_id, max_export_attempts=settings.export.max_attempts
+            )
 
         def retention() -> None:
             purge_expired_studies(
@@ -379,7 +389,11 @@ class Node:
             **common,
         )
         scheduler.add_job(
-            recover_leases, "interval", seconds=RECOVERY_INTERVAL_S, id="recovery", **common
+            recover_leases,
+            "interval",
+            seconds=settings.node.recovery_interval_s,
+            id="recovery",
+            **common,
         )
         scheduler.add_job(
             retention, "interval", seconds=RETENTION_INTERVAL_S, id="retention", **common

@@ -55,6 +55,15 @@ def serve(
         bool | None,
         typer.Option("--log-json/--log-text", help="Log one JSON object per line (logging.json)."),
     ] = None,
+    node_id: Annotated[
+        str | None,
+        typer.Option(
+            "--node-id",
+            help="This node's identity (node.id; default: a unique one kept in the store). "
+            "A second node started with an identity in use is refused.",
+            show_default=False,
+        ),
+    ] = None,
     role: Annotated[
         list[str] | None,
         typer.Option(
@@ -95,6 +104,8 @@ def serve(
             settings.node.receiver_processes = receivers
         if accept_unknown_sources:
             settings.node.accept_unknown_sources = True
+        if node_id is not None:
+            settings.node.id = node_id  # validated by the settings (validate_assignment)
         if role:
             if unknown := [r for r in role if r not in ROLES]:
                 raise ValueError(
