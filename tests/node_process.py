@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(settings.logging)
     node = Node(settings, analyzer=DoubleAnalyzer(pause_s=args.pause, started_marker=args.marker))
     node.start()
-    print(f"READY {node.port}", flush=True)
+    port = node.port if "receiver" in node.roles else 0  # a worker listens for no DICOM
+    print(f"READY {port}", flush=True)
     node.run_until_signalled()
     sys.exit(0)
 

@@ -42,12 +42,19 @@ def lab() -> Iterator[Lab]:
         if os.environ.get("CEM_NODE_REQUIRE_NETNS") == "1":
             pytest.fail(f"CEM_NODE_REQUIRE_NETNS=1 but {problem}")
         pytest.skip(problem)
-    with Lab(["db", "pacs", "node-a", "node-b", "modality"]) as made:
+    with Lab(["db", "pacs", "node-a", "node-b", "modality", "worker-a", "worker-b"]) as made:
         yield made
 
 
 def _node_config(
-    path: Path, host: Host, ae_title: str, *, store: Path, db_url: str, pacs: LabOrthanc
+    path: Path,
+    host: Host,
+    ae_title: str,
+    *,
+    store: Path,
+    db_url: str,
+    pacs: LabOrthanc,
+    node: str = "",
 ) -> Path:
     modality = host.lab["modality"].address
     path.write_text(
@@ -56,6 +63,7 @@ def _node_config(
 ae_title = "{ae_title}"
 host = "{host.address}"
 port = {NODE_PORT}
+{node}
 
 [storage]
 root = "{store}"
@@ -237,6 +245,107 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
         for proc in nodes.values():
             lab["node-a"].kill(proc, signal.SIGTERM)
         for name, proc in nodes.items():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                lab[name].kill(proc)
+        pacs.stop()
+        postgres.stop()
+
+
+def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
+    lab: Lab, tmp_path: Path
+) -> None:
+    """The scale-out layout: two receiver hosts (receiver, scheduler, exporter) and two
+    worker hosts (worker only, no DICOM port), one database, one store. A worker is
+    killed (SIGKILL) in the middle of an analysis: its lease (3 s, renewed while it
+    lives) runs out, a scheduler hands the study back, and the other worker, woken by
+    NOTIFY, analyses it. Every study's SR reaches the PACS exactly once."""
+    postgres = LabPostgres(lab["db"], tmp_path / "db").start()
+    pacs = LabOrthanc(
+        lab["pacs"],
+        tmp_path / "pacs",
+        modalities={
+            "node-a": ("NODE_A", lab["node-a"].address, NODE_PORT),
+            "node-b": ("NODE_B", lab["node-b"].address, NODE_PORT),
+        },
+    ).start()
+    store = tmp_path / "shared-store"
+    store.mkdir()
+    upgraded = lab["node-a"].run(
+        [sys.executable, "-m", "cem_node", "db", "upgrade", "--url", postgres.url], cwd=REPO
+    )
+    assert upgraded.returncode == 0, upgraded.stderr
+
+    receiving = 'roles = ["receiver", "scheduler", "exporter"]\nrecovery_interval_s = 0.5'
+    working = 'roles = ["worker"]\nanalysis_lease_s = 3'
+    layout = {
+        "node-a": ("NODE_A", receiving),
+        "node-b": ("NODE_B", receiving),
+        "worker-a": ("WORKER_A", working),
+        "worker-b": ("WORKER_B", working),
+    }
+    processes: dict[str, subprocess.Popen[Any]] = {}
+    markers = {name: tmp_path / f"{name}.started" for name in layout}
+    for name, (ae_title, roles) in layout.items():
+        config = _node_config(
+            tmp_path / f"{name}.toml",
+            lab[name],
+            ae_title,
+            store=store,
+            db_url=postgres.url,
+            pacs=pacs,
+            node=roles,
+        )
+        processes[name] = lab[name].popen(
+            [sys.executable, "-m", "tests.node_process", str(config), "--pause", "4",
+             "--marker", str(markers[name])],
+            cwd=REPO, stdout=subprocess.PIPE, stderr=(tmp_path / f"{name}.err").open("wb"),
+            text=True,
+        )  # fmt: skip
+        ready = processes[name].stdout.readline() if processes[name].stdout else ""
+        assert ready.startswith("READY"), (name, (tmp_path / f"{name}.err").read_text()[-3000:])
+    for name in ("node-a", "node-b"):
+        assert _echo(lab["modality"], lab[name], layout[name][0])
+    # a worker host listens for no DICOM
+    assert not lab["worker-a"].run(["ss", "-Htln", f"sport = :{NODE_PORT}"]).stdout.strip()
+
+    studies = [
+        generate_study(tmp_path / "studies", 30, index, SynthOptions(size="small"))
+        for index in range(2)
+    ]
+    files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
+    uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
+
+    def srs_at_pacs(uid: str) -> int:
+        series = pacs.series_of_study(uid)
+        return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
+
+    try:
+        sent = _send(lab["modality"], lab["node-a"], "NODE_A", files[0])
+        assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
+        # the worker that starts the analysis dies in its middle
+        started = _wait(
+            lambda: next((n for n in ("worker-a", "worker-b") if markers[n].exists()), None),
+            60,
+            "an analysis to start",
+        )
+        lab[started].kill(processes[started], signal.SIGKILL)
+        survivor = "worker-b" if started == "worker-a" else "worker-a"
+        _wait(lambda: srs_at_pacs(uids[0]) >= 1, 90, "study 1's SR, from the other worker")
+        assert markers[survivor].exists()  # the other worker did the analysis again
+
+        # the second study goes to the other receiver and is analysed by the survivor
+        sent = _send(lab["modality"], lab["node-b"], "NODE_B", files[1])
+        assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
+        _wait(lambda: srs_at_pacs(uids[1]) >= 1, 90, "study 2's SR")
+        time.sleep(5)  # a lease's worth: a duplicate, were there one, would arrive
+        for uid in uids:
+            assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
+    finally:
+        for name, proc in processes.items():
+            lab[name].kill(proc, signal.SIGTERM)
+        for name, proc in processes.items():
             try:
                 proc.wait(20)
             except subprocess.TimeoutExpired:
