@@ -293,13 +293,17 @@ def main() -> None:
         rows.append(row)
         console.print(
             f"  {workers} worker(s): {row['studies']} studies in {row['seconds']:.1f} s, "
-            f"{row['per_minute']:.1f}/min ({row['of_linear']:.2f} of linear)"
+            f"{row['per_minute']:.1f}/min ({row['of_linear']:.2f} of the ideal)"
         )
     latencies = claim_latency(args.url, 4, args.samples, min(args.pause, 0.5))
     table = Table(title=f"Workers over one PostgreSQL, analysis of {args.pause:g} s (a sleep)")
-    for column in ("workers", "studies", "seconds", "studies/min", "ideal/min", "of linear"):
+    columns = ("workers", "studies", "seconds", "studies/min", "ideal/min", "of ideal")
+    for column in (*columns, "of N x 1 worker"):
         table.add_column(column, justify="right")
+    one = next((r["per_minute"] for r in rows if r["workers"] == 1), None)
     for row in rows:
+        # scaling: N workers against N times what one worker did in the same run
+        row["of_one_worker_times_n"] = row["per_minute"] / (one * row["workers"]) if one else None
         table.add_row(
             str(row["workers"]),
             str(row["studies"]),
@@ -307,6 +311,7 @@ def main() -> None:
             f"{row['per_minute']:.1f}",
             f"{row['ideal_per_minute']:.1f}",
             f"{row['of_linear']:.2f}",
+            f"{row['of_one_worker_times_n']:.2f}" if one else "-",
         )
     console.print(table)
     ordered = sorted(latencies)
