@@ -260,7 +260,9 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
     worker hosts (worker only, no DICOM port), one database, one store. A worker is
     killed (SIGKILL) in the middle of an analysis: its lease (3 s, renewed while it
     lives) runs out, a scheduler hands the study back, and the other worker, woken by
-    NOTIFY, analyses it. Every study's SR reaches the PACS exactly once."""
+    NOTIFY, analyses it. A receiver is killed mid-burst and the modality sends the
+    study again to the other. Every study's SR reaches the PACS exactly once, and
+    every acknowledged instance is in the database."""
     postgres = LabPostgres(lab["db"], tmp_path / "db").start()
     pacs = LabOrthanc(
         lab["pacs"],
@@ -321,6 +323,22 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
         series = pacs.series_of_study(uid)
         return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
 
+    engine = lab["node-a"].call(make_engine, postgres.url)
+    sessions = session_factory(engine)
+
+    def stored(uid: str) -> int:
+        def read() -> int:
+            with sessions.begin() as session:
+                query = (
+                    select(func.count())
+                    .select_from(Instance)
+                    .join(Study)
+                    .where(Study.study_instance_uid == uid)
+                )
+                return int(session.scalar(query) or 0)
+
+        return lab["node-a"].call(read)  # the database's host is reached from node-a's
+
     try:
         sent = _send(lab["modality"], lab["node-a"], "NODE_A", files[0])
         assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
@@ -335,14 +353,21 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
         _wait(lambda: srs_at_pacs(uids[0]) >= 1, 90, "study 1's SR, from the other worker")
         assert markers[survivor].exists()  # the other worker did the analysis again
 
-        # the second study goes to the other receiver and is analysed by the survivor
-        sent = _send(lab["modality"], lab["node-b"], "NODE_B", files[1])
-        assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
+        # the second study: receiver node-b dies (SIGKILL) mid-burst; the modality sends
+        # the study again to node-a, and the surviving worker analyses it
+        sending = _send(lab["modality"], lab["node-b"], "NODE_B", files[1])
+        _wait(lambda: stored(uids[1]) >= 2, 60, "node-b acknowledging some of study 2")
+        lab["node-b"].kill(processes["node-b"], signal.SIGKILL)
+        sending.wait(60)
+        retry = _send(lab["modality"], lab["node-a"], "NODE_A", files[1])
+        assert retry.wait(60) == 0, retry.stdout.read() if retry.stdout else ""
         _wait(lambda: srs_at_pacs(uids[1]) >= 1, 90, "study 2's SR")
         time.sleep(5)  # a lease's worth: a duplicate, were there one, would arrive
-        for uid in uids:
+        for uid, study_files in zip(uids, files, strict=True):
+            assert stored(uid) == len(study_files)  # nothing acknowledged was lost
             assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
     finally:
+        engine.dispose()
         for name, proc in processes.items():
             lab[name].kill(proc, signal.SIGTERM)
         for name, proc in processes.items():
