@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pydicom
 import pytest
@@ -33,6 +33,7 @@ pytestmark = [pytest.mark.tools, pytest.mark.timeout(300)]
 REPO = Path(__file__).resolve().parents[2]
 NODE_PORT = 11112
 MODALITY_AE = "MODALITY"
+T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -134,6 +135,67 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+class Centre:
+    """The shared parts of a test: PostgreSQL on host db, Orthanc on host pacs
+    (knowing the two receivers), an upgraded database, a shared store, and
+    readers of what reached them (from node-a's host)."""
+
+    def __init__(self, lab: Lab, tmp_path: Path) -> None:
+        self.lab = lab
+        self.postgres = LabPostgres(lab["db"], tmp_path / "db").start()
+        self.pacs = LabOrthanc(
+            lab["pacs"],
+            tmp_path / "pacs",
+            modalities={
+                "node-a": ("NODE_A", lab["node-a"].address, NODE_PORT),
+                "node-b": ("NODE_B", lab["node-b"].address, NODE_PORT),
+            },
+        ).start()
+        self.store = tmp_path / "shared-store"
+        self.store.mkdir()
+        upgraded = lab["node-a"].run(
+            [sys.executable, "-m", "cem_node", "db", "upgrade", "--url", self.postgres.url],
+            cwd=REPO,
+        )
+        assert upgraded.returncode == 0, upgraded.stderr
+        # the pool's connections are opened in node-a's namespace, and so are node-a's
+        self.engine = lab["node-a"].call(make_engine, self.postgres.url)
+        self.sessions = session_factory(self.engine)
+
+    def _read(self, query: Callable[[Any], T]) -> T:
+        def read() -> T:
+            with self.sessions.begin() as session:
+                return query(session)
+
+        return self.lab["node-a"].call(read)
+
+    def stored(self, uid: str) -> int:
+        """Instances of study ``uid`` in the database (acknowledged by some receiver)."""
+        query = (
+            select(func.count())
+            .select_from(Instance)
+            .join(Study)
+            .where(Study.study_instance_uid == uid)
+        )
+        return int(self._read(lambda session: session.scalar(query)) or 0)
+
+    def states(self) -> dict[str, StudyState]:
+        rows = self._read(
+            lambda session: session.execute(select(Study.study_instance_uid, Study.state)).all()
+        )
+        return {uid: state for uid, state in rows}
+
+    def srs_at_pacs(self, uid: str) -> int:
+        """SR instances of study ``uid`` at the PACS."""
+        series = self.pacs.series_of_study(uid)
+        return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.pacs.stop()
+        self.postgres.stop()
+
+
 def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
     lab: Lab, tmp_path: Path
 ) -> None:
@@ -141,22 +203,9 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
     while a study is on its way to it, and the modality sends the study again to
     the other host: every study is analysed once, its one SR reaches the PACS
     once, and every instance either node acknowledged is in the database."""
-    postgres = LabPostgres(lab["db"], tmp_path / "db").start()
-    db = lab["db"]
-    pacs = LabOrthanc(
-        lab["pacs"],
-        tmp_path / "pacs",
-        modalities={
-            "node-a": ("NODE_A", lab["node-a"].address, NODE_PORT),
-            "node-b": ("NODE_B", lab["node-b"].address, NODE_PORT),
-        },
-    ).start()
-    store = tmp_path / "shared-store"
-    store.mkdir()
-    upgraded = lab["node-a"].run(
-        [sys.executable, "-m", "cem_node", "db", "upgrade", "--url", postgres.url], cwd=REPO
-    )
-    assert upgraded.returncode == 0, upgraded.stderr
+    centre = Centre(lab, tmp_path)
+    postgres, pacs, store = centre.postgres, centre.pacs, centre.store
+    stored, srs_at_pacs = centre.stored, centre.srs_at_pacs
 
     nodes: dict[str, subprocess.Popen[Any]] = {}
     for name, ae_title in (("node-a", "NODE_A"), ("node-b", "NODE_B")):
@@ -184,34 +233,6 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
     files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
     uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
 
-    engine = lab["node-a"].call(make_engine, postgres.url)  # its pool's sockets: node-a's
-    sessions = session_factory(engine)
-
-    def states() -> dict[str, StudyState]:
-        def read() -> dict[str, StudyState]:
-            with sessions.begin() as session:
-                rows = session.execute(select(Study.study_instance_uid, Study.state)).all()
-                return {uid: state for uid, state in rows}
-
-        return lab["node-a"].call(read)
-
-    def stored(uid: str) -> int:
-        def read() -> int:
-            with sessions.begin() as session:
-                query = (
-                    select(func.count())
-                    .select_from(Instance)
-                    .join(Study)
-                    .where(Study.study_instance_uid == uid)
-                )
-                return int(session.scalar(query) or 0)
-
-        return lab["node-a"].call(read)
-
-    def srs_at_pacs(uid: str) -> int:
-        series = pacs.series_of_study(uid)
-        return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
-
     try:
         # one study to each host
         for (name, ae_title), study_files in zip(
@@ -238,10 +259,8 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
         for uid, study_files in zip(uids, files, strict=True):
             assert stored(uid) == len(study_files)  # nothing acknowledged was lost
             assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
-        assert set(states()[u] for u in uids) == {StudyState.DONE}
-        assert db.address != lab["node-a"].address != lab["node-b"].address
+        assert {centre.states()[u] for u in uids} == {StudyState.DONE}
     finally:
-        engine.dispose()
         for proc in nodes.values():
             lab["node-a"].kill(proc, signal.SIGTERM)
         for name, proc in nodes.items():
@@ -249,8 +268,7 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 lab[name].kill(proc)
-        pacs.stop()
-        postgres.stop()
+        centre.close()
 
 
 def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
@@ -263,21 +281,9 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
     NOTIFY, analyses it. A receiver is killed mid-burst and the modality sends the
     study again to the other. Every study's SR reaches the PACS exactly once, and
     every acknowledged instance is in the database."""
-    postgres = LabPostgres(lab["db"], tmp_path / "db").start()
-    pacs = LabOrthanc(
-        lab["pacs"],
-        tmp_path / "pacs",
-        modalities={
-            "node-a": ("NODE_A", lab["node-a"].address, NODE_PORT),
-            "node-b": ("NODE_B", lab["node-b"].address, NODE_PORT),
-        },
-    ).start()
-    store = tmp_path / "shared-store"
-    store.mkdir()
-    upgraded = lab["node-a"].run(
-        [sys.executable, "-m", "cem_node", "db", "upgrade", "--url", postgres.url], cwd=REPO
-    )
-    assert upgraded.returncode == 0, upgraded.stderr
+    centre = Centre(lab, tmp_path)
+    postgres, pacs, store = centre.postgres, centre.pacs, centre.store
+    stored, srs_at_pacs = centre.stored, centre.srs_at_pacs
 
     receiving = 'roles = ["receiver", "scheduler", "exporter"]\nrecovery_interval_s = 0.5'
     working = 'roles = ["worker"]\nanalysis_lease_s = 3'
@@ -319,26 +325,6 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
     files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
     uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
 
-    def srs_at_pacs(uid: str) -> int:
-        series = pacs.series_of_study(uid)
-        return sum(len(s["Instances"]) for s in series if s["MainDicomTags"]["Modality"] == "SR")
-
-    engine = lab["node-a"].call(make_engine, postgres.url)
-    sessions = session_factory(engine)
-
-    def stored(uid: str) -> int:
-        def read() -> int:
-            with sessions.begin() as session:
-                query = (
-                    select(func.count())
-                    .select_from(Instance)
-                    .join(Study)
-                    .where(Study.study_instance_uid == uid)
-                )
-                return int(session.scalar(query) or 0)
-
-        return lab["node-a"].call(read)  # the database's host is reached from node-a's
-
     try:
         sent = _send(lab["modality"], lab["node-a"], "NODE_A", files[0])
         assert sent.wait(60) == 0, sent.stdout.read() if sent.stdout else ""
@@ -367,7 +353,6 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
             assert stored(uid) == len(study_files)  # nothing acknowledged was lost
             assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
     finally:
-        engine.dispose()
         for name, proc in processes.items():
             lab[name].kill(proc, signal.SIGTERM)
         for name, proc in processes.items():
@@ -375,5 +360,4 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 lab[name].kill(proc)
-        pacs.stop()
-        postgres.stop()
+        centre.close()
