@@ -194,6 +194,11 @@ class Lab:
         self.hosts: dict[str, Host] = {}
         self._names = list(names)
         self._made: list[str] = []
+        self._cleanups: list[Callable[[], None]] = []
+
+    def on_close(self, cleanup: Callable[[], None]) -> None:
+        """Run ``cleanup`` when the lab closes (after its processes were stopped)."""
+        self._cleanups.append(cleanup)
 
     def __getitem__(self, name: str) -> Host:
         return self.hosts[name]
@@ -258,6 +263,8 @@ class Lab:
             subprocess.run(["ip", "netns", "del", name], capture_output=True, check=False)
         self._made.clear()
         self.hosts.clear()
+        while self._cleanups:
+            self._cleanups.pop()()
 
 
 def run_as(user: str) -> list[str]:
@@ -298,6 +305,8 @@ class LabPostgres:
         # outside pytest's temporary tree, whose folders pytest keeps private to root
         self._scratch = Path(tempfile.mkdtemp(prefix="cem-lab-pg-"))
         self._scratch.chmod(0o711)
+        # removed with the lab too, should the test end before it stops the server
+        self.host.lab.on_close(lambda folder=self._scratch: shutil.rmtree(folder, True))
         data = owned_folder(self._scratch, "pgdata", "postgres")
         sockets = owned_folder(self._scratch, "pgsocket", "postgres")
         self.folder.mkdir(parents=True, exist_ok=True)
