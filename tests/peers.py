@@ -201,16 +201,25 @@ class OrthancServer:
             + _tail(self.log_path)
         )
 
+    def _spawn(self, command: list[str], log: Any) -> subprocess.Popen[bytes]:
+        """Start Orthanc's process (tests.multihost runs it on another host)."""
+        return subprocess.Popen(
+            command,
+            cwd=self.workdir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def _dicom_listening(self) -> None:
+        """Raise OSError until the DICOM port accepts (it may open after the REST API)."""
+        with socket.create_connection((self.host, self.dicom_port), timeout=1.0):
+            pass
+
     def _launch(self) -> bool:
         self.config_path.write_text(json.dumps(self._config(), indent=2))
         with self.log_path.open("ab") as log:
-            self._proc = subprocess.Popen(
-                [self.executable, "--no-jobs", str(self.config_path)],
-                cwd=self.workdir,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            self._proc = self._spawn([self.executable, "--no-jobs", str(self.config_path)], log)
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -218,9 +227,8 @@ class OrthancServer:
                 return False
             try:
                 self._get("/system", timeout_s=1.0)
-                # on a loaded machine the DICOM port may open after the REST API
-                with socket.create_connection((self.host, self.dicom_port), timeout=1.0):
-                    return True
+                self._dicom_listening()
+                return True
             except (urllib.error.URLError, OSError):
                 time.sleep(0.05)
         self.stop()

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from cem_node.config import Settings
 from cem_node.identity import advisory_key
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.node import Node
@@ -32,6 +31,7 @@ from cem_node.store import (
 from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
 from cem_node.synthetic.study import SynthOptions, generate_study
 from tests.analysis_double import DoubleAnalyzer
+from tests.test_identity import node_settings
 
 HOUR_S = 3600.0
 
@@ -40,22 +40,6 @@ HOUR_S = 3600.0
 def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     study = generate_study(tmp_path_factory.mktemp("shared"), 3, 0, SynthOptions(size="small"))
     return sorted((study / "dicom").glob("*.dcm"))
-
-
-def node_settings(root: Path, url: str) -> Settings:
-    if url.startswith("postgresql"):  # a shared database is upgraded by an admin
-        engine = make_engine(url)
-        upgrade(engine)
-        engine.dispose()
-    settings = Settings.defaults()
-    settings.storage.root = root
-    settings.storage.min_free_mb = 0
-    settings.storage.disk_high_watermark_percent = 99.99
-    settings.database.url = url
-    settings.node.host = "127.0.0.1"
-    settings.node.port = 0
-    settings.http.enabled = False
-    return settings
 
 
 def leftover(files: InstanceFileStore, folder: Path) -> Path:

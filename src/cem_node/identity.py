@@ -319,6 +319,7 @@ def _hold(locks: _Locks, engine: Engine, root: Path, node_id: str | None) -> Nod
     for known in _known_identities(root):
         if _adoptable(known, host) and (held := locks.try_hold(known, explicit=False)):
             return held
-    while (held := locks.try_hold(_new_identity(host), explicit=False)) is None:
-        pass  # a UUID collision: practically never
-    return held
+    while True:  # a new identity is free, unless its 48 random bits collide
+        held = locks.try_hold(_new_identity(host), explicit=False)
+        if held is not None:
+            return held

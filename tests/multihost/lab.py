@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ipaddress
-import json
 import os
 import shutil
 import signal
@@ -31,7 +30,6 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.error
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
@@ -369,27 +367,11 @@ class LabOrthanc(OrthancServer):
         self.host = lab_host.address
         self.dicom_port, self.http_port = 4242, 8042  # the host's own ports
 
-    def _launch(self) -> bool:
-        self.config_path.write_text(json.dumps(self._config(), indent=2))
-        with self.log_path.open("ab") as log:
-            self._proc = self.lab_host.popen(
-                [self.executable, "--no-jobs", str(self.config_path)],
-                cwd=self.workdir,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + self.startup_timeout_s
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                self._proc = None
-                return False
-            try:
-                self._get("/system", timeout_s=1.0)
-                return True
-            except (urllib.error.URLError, OSError):
-                time.sleep(0.1)
-        self.stop()
-        return False
+    def _spawn(self, command: list[str], log: Any) -> subprocess.Popen[bytes]:
+        return self.lab_host.popen(command, cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT)
+
+    def _dicom_listening(self) -> None:
+        self.lab_host.call(super()._dicom_listening)  # the port is on the lab host
 
     def _request(self, method: str, path: str, body: Any = None, *, timeout_s: float = 10.0) -> Any:
         request = super()._request  # in the host's namespace, on its loopback

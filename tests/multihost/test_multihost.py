@@ -135,6 +135,25 @@ def _wait(predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
     pytest.fail(f"timed out after {timeout_s:g} s waiting for {what}")
 
 
+def _studies(folder: Path, seed: int, count: int) -> tuple[list[list[Path]], list[str]]:
+    """``count`` small synthetic studies: their files and Study Instance UIDs."""
+    studies = [generate_study(folder, seed, i, SynthOptions(size="small")) for i in range(count)]
+    files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
+    uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
+    return files, uids
+
+
+def _stop(lab: Lab, processes: dict[str, subprocess.Popen[Any]]) -> None:
+    """SIGTERM every node process on its host, SIGKILL those still there after 20 s."""
+    for name, proc in processes.items():
+        lab[name].kill(proc, signal.SIGTERM)
+    for name, proc in processes.items():
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            lab[name].kill(proc)
+
+
 class Centre:
     """The shared parts of a test: PostgreSQL on host db, Orthanc on host pacs
     (knowing the two receivers), an upgraded database, a shared store, and
@@ -226,12 +245,7 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
         )
         _wait(lambda n=name, a=ae_title: _echo(lab["modality"], lab[n], a), 60, f"{name} up")
 
-    studies = [
-        generate_study(tmp_path / "studies", 20, index, SynthOptions(size="small"))
-        for index in range(3)
-    ]
-    files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
-    uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
+    files, uids = _studies(tmp_path / "studies", 20, 3)
 
     try:
         # one study to each host
@@ -261,13 +275,7 @@ def test_two_receiver_hosts_one_database_results_at_the_pacs_exactly_once(
             assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
         assert {centre.states()[u] for u in uids} == {StudyState.DONE}
     finally:
-        for proc in nodes.values():
-            lab["node-a"].kill(proc, signal.SIGTERM)
-        for name, proc in nodes.items():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                lab[name].kill(proc)
+        _stop(lab, nodes)
         centre.close()
 
 
@@ -318,12 +326,7 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
     # a worker host listens for no DICOM
     assert not lab["worker-a"].run(["ss", "-Htln", f"sport = :{NODE_PORT}"]).stdout.strip()
 
-    studies = [
-        generate_study(tmp_path / "studies", 30, index, SynthOptions(size="small"))
-        for index in range(2)
-    ]
-    files = [sorted((s / "dicom").glob("*.dcm")) for s in studies]
-    uids = [str(pydicom.dcmread(f[0], stop_before_pixels=True).StudyInstanceUID) for f in files]
+    files, uids = _studies(tmp_path / "studies", 30, 2)
 
     try:
         sent = _send(lab["modality"], lab["node-a"], "NODE_A", files[0])
@@ -353,11 +356,5 @@ def test_receivers_and_workers_on_their_own_hosts_a_worker_killed_mid_analysis(
             assert stored(uid) == len(study_files)  # nothing acknowledged was lost
             assert srs_at_pacs(uid) == 1, uid  # analysed and exported exactly once
     finally:
-        for name, proc in processes.items():
-            lab[name].kill(proc, signal.SIGTERM)
-        for name, proc in processes.items():
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                lab[name].kill(proc)
+        _stop(lab, processes)
         centre.close()
