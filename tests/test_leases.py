@@ -40,10 +40,14 @@ from cem_node.synthetic.study import SynthOptions, generate_study
 from tests.analysis_double import DoubleAnalyzer
 from tests.test_jobs import PACS, Store
 
-#: Leases of a few seconds' work in these tests (production: minutes).
-SHORT_LEASE_S = 2.0
-#: Longer than the short lease several times over.
-LONG_WORK_S = 5.0
+#: Leases of a few seconds' work in these tests (production: minutes). Not
+#: shorter: a renewal is a SQLite commit with fsync, and on a loaded CI disk
+#: a 2 s lease once ran out between three renewals.
+SHORT_LEASE_S = 4.0
+#: Longer than the short lease twice over.
+LONG_WORK_S = 9.0
+#: How often the tests' rivals try to take the claimed rows.
+RIVAL_POLL_S = 0.25
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +140,7 @@ def _alerts(store: Store, event_type: str) -> list[AuditEvent]:
 def test_a_long_analysis_keeps_its_lease_and_completes_once(
     store: Store, study_files: list[Path]
 ) -> None:
-    """An analysis lasting three leases is not handed back nor taken by another worker."""
+    """An analysis lasting two leases and more is not handed back nor taken by another worker."""
     _queued(store, study_files)
     slow = DoubleAnalyzer(pause_s=LONG_WORK_S)
     other = DoubleAnalyzer()
@@ -151,7 +155,7 @@ def test_a_long_analysis_keeps_its_lease_and_completes_once(
         (job,) = store.jobs()
         if job.lease_expires_at is not None:
             leases.add(job.lease_expires_at)
-        time.sleep(0.1)
+        time.sleep(RIVAL_POLL_S)
     thread.join()
     assert out == [True]
     assert handed_back == 0
@@ -195,7 +199,7 @@ def test_an_export_batch_outliving_its_lease_is_sent_once(
     while thread.is_alive():
         handed_back += recover(store.sessions, node_id="other").exports_requeued
         rival.run_once()
-        time.sleep(0.1)
+        time.sleep(RIVAL_POLL_S)
     thread.join()
     assert out == [1] and handed_back == 0
     assert list(sent.values()) == [1]  # sent once, not again by the rival
