@@ -1,7 +1,7 @@
 """Benchmark: C-STORE ingest throughput of the node against dcmtk's storescp.
 
 Target (issue): with fsync and database indexing on, the node ingests at
-least 0.8 times as fast (MB/s) as dcmtk's ``storescp`` receiving the same
+least as fast (MB/s, ratio 1.0) as dcmtk's ``storescp`` receiving the same
 files on the same machine, from one ``storescu`` and from 4 concurrent ones.
 Run: ``.venv/bin/python bench/bench_ingest.py [--repeats 3] [--json OUT]``.
 
@@ -25,7 +25,7 @@ The receivers
       does not share its GIL), one receiver process per sender (``--receivers``,
       as ``storescp --fork`` forks one process per association), the default
       settings otherwise: every image is streamed to a temporary file in the
-      store, fsynced, renamed, the folder fsynced, then indexed (study,
+      store, renamed to its random name, fsynced, the folder fsynced, then indexed (study,
       instance, audit event) in one SQLite transaction with
       ``synchronous=FULL`` before the success status is sent. Assembly is
       held back (quiet period 1 h) so no analysis runs during the benchmark.

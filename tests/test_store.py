@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -494,6 +495,35 @@ def test_file_store_writes_durably_under_hashed_names(tmp_path: Path) -> None:
     for unsafe in ("../outside", "/etc/passwd", ""):
         with pytest.raises(UnsafePathError):
             store.absolute(unsafe)
+
+
+def test_adopt_moves_a_streamed_file_in_and_never_over_a_stored_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """adopt renames before it fsyncs (one journal commit for both on ext4), which is
+    safe only for a name no row holds: it refuses a name already in the store."""
+    store = InstanceFileStore(tmp_path / "store")
+    relative = store.instance_path("1.2.3", "1.2.3.4", version=1)
+    synced: list[int] = []
+    real_fsync = os.fsync
+
+    def recording_fsync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording_fsync)
+    first = tmp_path / "streamed-1.dcm"
+    first.write_bytes(b"first")
+    stored = store.adopt(first, relative)
+    target = store.absolute(relative)
+    assert stored.size_bytes == 5 and not first.exists()
+    # the file itself and then its folder were fsync'ed
+    assert synced == [target.stat().st_ino, target.parent.stat().st_ino]
+    second = tmp_path / "streamed-2.dcm"
+    second.write_bytes(b"second")
+    with pytest.raises(FileExistsError, match="already holds"):
+        store.adopt(second, relative)
+    assert target.read_bytes() == b"first" and second.read_bytes() == b"second"
 
 
 # --- command line ---------------------------------------------------------------------------

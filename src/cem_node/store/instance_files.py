@@ -6,6 +6,8 @@ the database row and answer the C-STORE with success. A crash before the
 rename leaves a temporary file (``.tmp-*``) that :meth:`InstanceFileStore.
 temporary_files` finds; a crash after it leaves a file without a row, which
 is harmless: the sender got no success status and will send it again.
+A streamed dataset (:meth:`InstanceFileStore.adopt`) is renamed to its new
+name first and fsync'ed after, for the same reason: one journal commit.
 
 Several nodes may share one store (docs/STORE.md): a store opened for an
 owner (:meth:`InstanceFileStore.owned_by`, a node identity) names its
@@ -253,8 +255,10 @@ class InstanceFileStore:
     def adopt(self, source: str | os.PathLike[str], relative_path: str) -> StoredFile:
         """Move a complete file (e.g. pynetdicom's streamed dataset) durably into the store.
 
-        The file is fsync'ed and renamed into place when it is on the store's
+        The file is renamed into place and fsync'ed when it is on the store's
         file system (no copy), copied otherwise. ``source`` is gone afterwards.
+        ``relative_path`` must be a new name, one that no row names (the ingest
+        path adds a random part to each): :class:`FileExistsError` otherwise.
         """
         source_path = Path(source)
         target = self.absolute(relative_path)
@@ -263,13 +267,20 @@ class InstanceFileStore:
             stored = self.copy_in(source_path, relative_path, digest=False)
             source_path.unlink(missing_ok=True)
             return stored
+        if target.exists():
+            raise FileExistsError(f"the store already holds {relative_path!r}")
         fd = os.open(source_path, os.O_RDONLY)
         try:
-            os.fsync(fd)  # written by someone else, not yet durable
             size = os.fstat(fd).st_size
+            # Renamed first, fsync'ed after: the target is a new name that no row
+            # names yet, so a crash in between leaves an orphan file, never a named
+            # incomplete one. On a journalling file system (ext4, xfs) the file's
+            # fsync then commits the rename in the same journal transaction, and
+            # the folder's fsync, still needed elsewhere, finds nothing left to wait for.
+            source_path.replace(target)
+            os.fsync(fd)  # written by someone else, not yet durable
         finally:
             os.close(fd)
-        source_path.replace(target)
         fsync_directory(target.parent)
         return StoredFile(relative_path, size, None)
 
