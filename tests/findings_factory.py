@@ -60,6 +60,11 @@ def model_identity(
     disclaimer: str | None = "synthetic phantom data, not for clinical use",
     name: str = "cem-demo",
     version: str = "0.3.0",
+    score_caveat: str | None = "score not validated",
+    validation: str | None = (
+        "Detection and segmentation validated on phantoms. "
+        "Classification not validated on real lesions."
+    ),
 ) -> ModelIdentity:
     """A model bundle identity (sha256 derived from the name and version)."""
     return ModelIdentity(
@@ -69,6 +74,8 @@ def model_identity(
         intended_use="tests of the DICOM encoders on synthetic CEM phantoms",
         for_clinical_use=for_clinical_use,
         disclaimer=disclaimer,
+        score_caveat=score_caveat,
+        validation=validation,
     )
 
 

@@ -137,7 +137,32 @@ def test_files_and_identity(bundle: Bundle) -> None:
         intended_use="Demonstration of the cem-node pipeline",
         for_clinical_use=False,
         disclaimer="Trained on synthetic phantoms, not for clinical use",
+        # no [validation]: the classification counts as not validated
+        score_caveat="score not validated",
     )
+
+
+def test_validation_statements_reach_the_identity(tmp_path: Path) -> None:
+    validation = {
+        "detection": "Detection validated on real CEM: per-image sensitivity 95% [88, 99].",
+        "classification": "Classification not validated: no real benign lesion.",
+        "score_caveat": "score not validated",
+    }
+    identity = make_bundle(tmp_path, validation=validation).identity()
+    assert identity.score_caveat == "score not validated"
+    assert identity.validation == (
+        "Detection validated on real CEM: per-image sensitivity 95% [88, 99]. "
+        "Classification not validated: no real benign lesion."
+    )
+    validated = {
+        "classification": "AUC 0.9 on 400 lesions, site B",
+        "classification_validated": True,
+    }
+    assert make_bundle(tmp_path / "v", validation=validated).identity().score_caveat is None
+    with pytest.raises(BundleError, match="score_caveat is for a classification that is not"):
+        make_bundle(tmp_path / "w", validation={**validated, "score_caveat": "x"})
+    with pytest.raises(BundleError, match="score_caveat"):  # too long for a label beside a score
+        make_bundle(tmp_path / "x", validation={**validation, "score_caveat": "y" * 25})
 
 
 def test_read_bytes_rechecks_the_checksum(bundle: Bundle) -> None:

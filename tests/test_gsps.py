@@ -118,9 +118,16 @@ def test_outlines_and_labels_on_both_images_round_trip(
             assert np.array_equal(points, dicom_points(lesion.outline, view.rows, view.columns))
             texts = [t for item in items for t in item.get("TextObjectSequence", [])]
             labels = [t.UnformattedTextValue for t in texts]
-            assert lesion_label(lesion) in labels
+            assert lesion_label(lesion, findings.model) in labels
+            # no score without its caveat (the bundle's classification is not validated)
+            scores = [label for label in labels if "%" in label]
+            assert scores and all(
+                label.endswith(f"% ({findings.model.score_caveat})") for label in scores
+            )
             assert any(text.startswith(NOT_FOR_CLINICAL_USE) for text in labels)
-            (label,) = [t for t in texts if t.UnformattedTextValue == lesion_label(lesion)]
+            (label,) = [
+                t for t in texts if t.UnformattedTextValue == lesion_label(lesion, findings.model)
+            ]
             left, top = label.BoundingBoxTopLeftHandCorner
             right, bottom = label.BoundingBoxBottomRightHandCorner
             assert 0 <= left < right <= view.columns and 0 <= top < bottom <= view.rows

@@ -144,8 +144,11 @@ def test_one_seg_per_view_with_lesions_and_masks_round_trip(
         )
         description = seg.get_segment_description(number)
         assert description.tracking_id == lesion.lesion_id
-        assert description.segment_label == lesion_label(lesion)
-        assert re.fullmatch(r"[RL]-(CC|MLO)-\d (benign|malignant) \d+%", description.segment_label)
+        assert description.segment_label == lesion_label(lesion, findings.model)
+        assert re.fullmatch(
+            r"[RL]-(CC|MLO)-\d (benign|malignant) \d+% \(score not validated\)",
+            description.segment_label,
+        )
         assert description.algorithm_type == hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC
         algorithm = description.algorithm_identification[0]
         assert (algorithm.AlgorithmName, algorithm.AlgorithmVersion) == ("cem-demo", "0.3.0")
@@ -157,6 +160,7 @@ def test_one_seg_per_view_with_lesions_and_masks_round_trip(
         side = {"R": "24028007", "L": "7771000"}[lesion.laterality]
         assert region.AnatomicRegionModifierSequence[0].CodeValue == side
         assert lesion.low_energy_sop_instance_uid in description.SegmentDescription
+        assert "(score not validated)" in description.SegmentDescription
         assert seg.ImageLaterality == lesion.laterality
 
 

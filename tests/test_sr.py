@@ -215,6 +215,15 @@ def test_the_fused_score_comes_first_in_percent(
         assert fused.value == 100 * lesion.fused_probability  # Floating Point Value: exact
         (dl,) = group.get_measurements(name=DL_PROBABILITY)
         assert dl.value == pytest.approx(100 * lesion.dl_probability)
+        # every score's equivalent meaning (what a viewer shows with it) carries the caveat
+        for num in nums[:2]:
+            (meaning,) = [
+                item.TextValue
+                for item in num.ContentSequence
+                if item.ConceptNameCodeSequence[0].CodeMeaning
+                == "Equivalent Meaning of Concept Name"
+            ]
+            assert meaning.endswith(" (score not validated)"), meaning
         names = [n.ConceptNameCodeSequence[0].CodeMeaning for n in nums]
         radiomics = group.get_measurements(name=RADIOMICS_PROBABILITY)
         if lesion.radiomics_probability is None:
@@ -303,6 +312,7 @@ def test_breast_and_patient_summaries(
         else:
             assert f"{breast.lesion_count} lesion(s), {breast.label}" in line
             assert f"{100 * breast.score:.1f}" in line
+            assert line.endswith("(score not validated).")
     patient = findings.patient
     assert patient.score == max(lesion.fused_probability for lesion in findings.lesions)
     assert any(
@@ -341,9 +351,13 @@ def test_header_evidence_observer_and_texts(
     assert any(findings.model.sha256 in c for c in comments)
     assert any("Imager Pixel Spacing" in c for c in comments)
     assert f"{NOT_FOR_CLINICAL_USE}: {findings.model.disclaimer}" in comments
+    assert f"Validation: {findings.model.validation}" in comments
     finding_lines = _texts(sr, "Finding")
     assert finding_lines[0].startswith("4 suspicious lesion(s); study malignant")
-    assert "R CC: R-CC-1 malignant 55%, R-CC-2 malignant 83%." in finding_lines
+    assert (
+        "R CC: R-CC-1 malignant 55% (score not validated), "
+        "R-CC-2 malignant 83% (score not validated)." in finding_lines
+    )
     # views and breasts without a lesion say so in a lesion report too
     assert "L CC: no suspicious lesion found." in finding_lines
     assert "Left breast: no suspicious lesion found." in finding_lines

@@ -25,6 +25,7 @@ from cem_node.pipeline.params import DecisionThresholds
 
 __all__ = [
     "FINDINGS_SCHEMA_VERSION",
+    "SCORE_CAVEAT_MAX_CHARS",
     "BreastSummary",
     "Findings",
     "Lesion",
@@ -35,8 +36,11 @@ __all__ = [
     "findings_json_schema",
 ]
 
-FINDINGS_SCHEMA_VERSION = "1.0"
+FINDINGS_SCHEMA_VERSION = "1.1"
 SCHEMA_PATH = Path(__file__).with_name("findings.schema.json")
+
+#: A score caveat fits in a segment or graphic group label (LO, 64) beside the score.
+SCORE_CAVEAT_MAX_CHARS = 24
 
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 Label = Literal["benign", "malignant"]
@@ -57,6 +61,17 @@ class ModelIdentity(_Doc):
     for_clinical_use: bool
     disclaimer: str | None = Field(
         None, description='E.g. "synthetic phantom data, not for clinical use".'
+    )
+    score_caveat: str | None = Field(
+        None,
+        max_length=SCORE_CAVEAT_MAX_CHARS,
+        description="Shown next to every malignancy score when the bundle's benign-vs-malignant "
+        'classification is not validated, e.g. "score not validated".',
+    )
+    validation: str | None = Field(
+        None,
+        description="What the bundle is and is not validated for, with its figures "
+        "(the manifest's [validation]).",
     )
 
 
@@ -196,7 +211,8 @@ class PatientSummary(_Doc):
 class Findings(_Doc):
     """Everything the analysis found in one study round."""
 
-    schema_version: Literal["1.0"] = FINDINGS_SCHEMA_VERSION
+    # 1.1 added the bundle's score caveat and validation statement; 1.0 documents still read
+    schema_version: Literal["1.0", "1.1"] = FINDINGS_SCHEMA_VERSION
     study_instance_uid: str
     patient_id: str | None = None
     patient_name: str | None = None

@@ -115,6 +115,7 @@ def _annotations(
     groups: list[hd.pr.GraphicGroup],
     layers: tuple[hd.pr.GraphicLayer, hd.pr.GraphicLayer],
     view: ViewResult,
+    model: ModelIdentity,
 ) -> list[hd.pr.GraphicAnnotation]:
     outlines, texts = [], []
     for lesion, group in zip(lesions, groups, strict=True):
@@ -130,7 +131,7 @@ def _annotations(
                 graphic_group=group,
             )
         )
-        text = lesion_label(lesion)
+        text = lesion_label(lesion, model)
         box, anchor = _text_box(points, text, view.rows, view.columns)
         texts.append(
             hd.pr.TextObject(
@@ -238,12 +239,12 @@ def build_view_gsps(
         hd.pr.GraphicLayer(_LABEL_LAYER, 2, "CEM AI lesion labels", display_color=colour),
     )
     groups = [
-        hd.pr.GraphicGroup(number, lesion.lesion_id, lesion_label(lesion))
+        hd.pr.GraphicGroup(number, lesion.lesion_id, lesion_label(lesion, model))
         for number, lesion in enumerate(lesions, start=1)
     ]
     annotations = [
-        *_annotations(recombined_image, lesions, groups, layers, view),
-        *_annotations(low_energy_image, lesions, groups, layers, view),
+        *_annotations(recombined_image, lesions, groups, layers, view, model),
+        *_annotations(low_energy_image, lesions, groups, layers, view, model),
     ]
     disclaimer = model_disclaimer(model)
     if disclaimer:

@@ -88,6 +88,7 @@ __all__ = [
     "build_view_seg",
     "laterality_code",
     "lesion_label",
+    "score_caveat_sentence",
     "seg_series_description",
 ]
 
@@ -109,9 +110,17 @@ def laterality_code(laterality: str) -> hd.sr.CodedConcept:
         raise ValueError(f"laterality must be 'R' or 'L', got {laterality!r}") from None
 
 
-def lesion_label(lesion: Lesion) -> str:
-    """Short text for a lesion: ``"R-CC-1 malignant 87%"`` (segment label, GSPS text)."""
-    return f"{lesion.lesion_id} {lesion.fused_label} {100 * lesion.fused_probability:.0f}%"
+def lesion_label(lesion: Lesion, model: ModelIdentity) -> str:
+    """Short text for a lesion: ``"R-CC-1 malignant 87%"`` (segment label, GSPS text),
+    followed by the bundle's caveat when its classification is not validated:
+    ``"R-CC-1 malignant 87% (score not validated)"``."""
+    label = f"{lesion.lesion_id} {lesion.fused_label} {100 * lesion.fused_probability:.0f}%"
+    return f"{label} ({model.score_caveat})" if model.score_caveat else label
+
+
+def score_caveat_sentence(model: ModelIdentity) -> str:
+    """`` (score not validated)`` after a score in a sentence; empty when validated."""
+    return f" ({model.score_caveat})" if model.score_caveat else ""
 
 
 def seg_series_description(model: ModelIdentity) -> str:
@@ -136,7 +145,7 @@ def _percent(p: float | None) -> str:
 def _segment(number: int, lesion: Lesion, model: ModelIdentity) -> hd.seg.SegmentDescription:
     item = hd.seg.SegmentDescription(
         segment_number=number,
-        segment_label=lesion_label(lesion),
+        segment_label=lesion_label(lesion, model),
         segmented_property_category=_CATEGORY,
         segmented_property_type=_TYPE,
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -159,7 +168,8 @@ def _segment(number: int, lesion: Lesion, model: ModelIdentity) -> hd.seg.Segmen
     item.SegmentDescription = (
         f"Lesion {lesion.lesion_id} ({lesion.laterality} {lesion.view}): fused probability of "
         f"malignancy {_percent(lesion.fused_probability)} ({lesion.fused_label}, "
-        f"{lesion.fused_source}), DL {_percent(lesion.dl_probability)}, radiomics {radiomics}. "
+        f"{lesion.fused_source}), DL {_percent(lesion.dl_probability)}, radiomics {radiomics}"
+        f"{score_caveat_sentence(model)}. "
         f"Outlined on the recombined image; paired low-energy image "
         f"{lesion.low_energy_sop_instance_uid}."
     )[:1024]

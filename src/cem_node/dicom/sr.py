@@ -110,7 +110,7 @@ from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
 from cem_node.dicom.gsps import dicom_points
-from cem_node.dicom.seg import laterality_code, lesion_label
+from cem_node.dicom.seg import laterality_code, lesion_label, score_caveat_sentence
 from cem_node.dicom.status_report import (
     ReportingDevice,
     build_comprehensive_sr,
@@ -284,16 +284,20 @@ def _lesion_groups(
         if lesion.fused_source == "mean"
         else "Fused probability of cancer (DL only: radiomics not available)"
     )
+    # the caveat in each score's equivalent meaning: what a viewer shows with the value
+    caveat = score_caveat_sentence(model)
     measurements = [
-        _probability(PROBABILITY_OF_CANCER, lesion.fused_probability, fused_meaning),
-        _probability(DL_PROBABILITY, lesion.dl_probability, "Deep learning probability of cancer"),
+        _probability(PROBABILITY_OF_CANCER, lesion.fused_probability, fused_meaning + caveat),
+        _probability(
+            DL_PROBABILITY, lesion.dl_probability, "Deep learning probability of cancer" + caveat
+        ),
     ]
     if lesion.radiomics_probability is not None:
         measurements.append(
             _probability(
                 RADIOMICS_PROBABILITY,
                 lesion.radiomics_probability,
-                "Radiomics (handcrafted features) probability of cancer",
+                "Radiomics (handcrafted features) probability of cancer" + caveat,
             )
         )
     if lesion.area_mm2 is not None:
@@ -363,7 +367,8 @@ def _statements(findings: Findings) -> list[str]:
         lines = [
             f"{patient.lesion_count} suspicious lesion(s); study {patient.label} "
             f"(maximum fused probability of cancer {_percent(patient.score)}, "
-            f"threshold {_percent(findings.thresholds.patient)})."
+            f"threshold {_percent(findings.thresholds.patient)})"
+            f"{score_caveat_sentence(findings.model)}."
         ]
     for breast in findings.breasts:
         side = _SIDES[breast.laterality]
@@ -373,14 +378,15 @@ def _statements(findings: Findings) -> list[str]:
             lines.append(
                 f"{side} breast: {breast.lesion_count} lesion(s), {breast.label} (maximum fused "
                 f"probability {_percent(breast.score)}, threshold "
-                f"{_percent(findings.thresholds.breast)})."
+                f"{_percent(findings.thresholds.breast)})"
+                f"{score_caveat_sentence(findings.model)}."
             )
     for view in findings.views:
         name = f"{view.laterality} {view.view}"
         if not view.lesion_ids:
             lines.append(f"{name}: {NO_LESION_STATEMENT.lower()}.")
         else:
-            labels = ", ".join(lesion_label(by_id[i]) for i in view.lesion_ids)
+            labels = ", ".join(lesion_label(by_id[i], findings.model) for i in view.lesion_ids)
             lines.append(f"{name}: {labels}.")
     return lines
 
@@ -408,6 +414,12 @@ def _comments(
         f"device {device.device_serial_number}; model run on {findings.device}.",
     ]
     comments += [f"Note: {note}" for note in findings.notes]
+    comments.append(
+        f"Validation: {findings.model.validation}"
+        if findings.model.validation
+        else "Validation: none stated by the model bundle; its benign-vs-malignant "
+        "classification is not validated."
+    )
     disclaimer = model_disclaimer(findings.model)
     if disclaimer:
         comments.append(disclaimer)

@@ -36,6 +36,7 @@ from pydantic import (
     model_validator,
 )
 
+from cem_node.findings import SCORE_CAVEAT_MAX_CHARS
 from cem_node.pipeline.params import (
     CLASS_NAMES,
     DecisionThresholds,
@@ -47,6 +48,7 @@ from cem_node.pipeline.params import (
 
 __all__ = [
     "BUNDLE_NAME_PATTERN",
+    "DEFAULT_SCORE_CAVEAT",
     "FORMAT_VERSION",
     "MANIFEST_NAME",
     "BundleError",
@@ -60,6 +62,7 @@ __all__ = [
     "RadiomicsSection",
     "TrainingInfo",
     "UnknownBundleError",
+    "Validation",
     "check_bundle_name",
     "check_bundle_path",
     "describe_validation_error",
@@ -81,6 +84,9 @@ _PART_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._+-]*$")
 _SHA256_PATTERN = r"^[0-9a-f]{64}$"
 
 NOT_FOR_CLINICAL_USE = "not for clinical use"
+
+DEFAULT_SCORE_CAVEAT = "score not validated"
+"""Next to every malignancy score of a bundle whose classification is not validated."""
 
 
 # --------------------------------------------------------------------------- errors
@@ -201,6 +207,51 @@ class IntendedUse(_Section):
         return self
 
 
+class Validation(_Section):
+    """``[validation]``: what the models were validated on, with the figures, and what not.
+
+    Without this section a bundle's benign-vs-malignant classification counts
+    as not validated: every score it produces carries :data:`DEFAULT_SCORE_CAVEAT`.
+    """
+
+    detection: str | None = Field(
+        None,
+        description="Detection and segmentation: the data (real or synthetic, patients, "
+        "split) and the figures with their intervals; absent: not validated.",
+    )
+    classification_validated: bool = Field(
+        False,
+        description="Whether the benign-vs-malignant classification was validated on real "
+        "benign and malignant lesions.",
+    )
+    classification: Text = Field(
+        description="Classification: on what it was validated, or why it is not."
+    )
+    score_caveat: str | None = Field(
+        None,
+        max_length=SCORE_CAVEAT_MAX_CHARS,
+        description="Shown next to every score while classification_validated is false "
+        f'(default "{DEFAULT_SCORE_CAVEAT}").',
+    )
+
+    @model_validator(mode="after")
+    def _caveat_only_when_not_validated(self) -> Validation:
+        if self.classification_validated and self.score_caveat:
+            raise ValueError("score_caveat is for a classification that is not validated")
+        return self
+
+    def caveat(self) -> str | None:
+        """The text shown next to every malignancy score (None: validated)."""
+        if self.classification_validated:
+            return None
+        return self.score_caveat or DEFAULT_SCORE_CAVEAT
+
+    def statement(self) -> str:
+        """One paragraph: what is validated and what is not."""
+        detection = self.detection or "Detection and segmentation: not validated."
+        return f"{detection} {self.classification}"
+
+
 class TrainingInfo(_Section):
     """``[training]``: how the models were made, so that it can be reproduced."""
 
@@ -272,6 +323,9 @@ class ManifestDraft(_Section):
     postprocessing: PostprocessParams = Field(default_factory=PostprocessParams)
     radiomics: RadiomicsSection = Field(default_factory=RadiomicsSection)
     thresholds: DecisionThresholds = Field(default_factory=DecisionThresholds)
+    validation: Validation | None = Field(
+        None, description="What is and is not validated (absent: classification is not)."
+    )
     metrics: dict[str, float | str] = Field(
         default_factory=dict, description="Evaluation results, e.g. auc_patient = 0.91."
     )
@@ -287,6 +341,12 @@ class ManifestDraft(_Section):
                 f'an intended_use.disclaimer containing "{NOT_FOR_CLINICAL_USE}"'
             )
         return self
+
+    def score_caveat(self) -> str | None:
+        """What every malignancy score of this bundle is shown with (None: validated)."""
+        if self.validation is None:
+            return DEFAULT_SCORE_CAVEAT
+        return self.validation.caveat()
 
     def referenced_files(self) -> dict[str, str]:
         """The files the sections name: ``{"detector.weights": "detector.safetensors", ...}``."""

@@ -164,6 +164,10 @@ class Bundle:
             intended_use=use.statement,
             for_clinical_use=use.for_clinical_use,
             disclaimer=use.disclaimer,
+            score_caveat=self.manifest.score_caveat(),
+            validation=(
+                None if self.manifest.validation is None else self.manifest.validation.statement()
+            ),
         )
 
 

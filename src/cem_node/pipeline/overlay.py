@@ -27,11 +27,11 @@ def _display(pixels: np.ndarray) -> np.ndarray:
     return np.clip((small - low) / max(float(high - low), 1e-6), 0.0, 1.0)
 
 
-def _label(lesion: Lesion) -> str:
+def _label(lesion: Lesion, caveat: str | None) -> str:
     rad = "n/a" if lesion.radiomics_probability is None else f"{lesion.radiomics_probability:.2f}"
     return (
         f"{lesion.lesion_id}  {lesion.fused_label} {lesion.fused_probability:.2f}\n"
-        f"DL {lesion.dl_probability:.2f} / Rad {rad}"
+        f"DL {lesion.dl_probability:.2f} / Rad {rad}" + (f"\n{caveat}" if caveat else "")
     )
 
 
@@ -70,7 +70,7 @@ def write_view_overlay(
             axes.text(
                 x0,
                 max(y0 - 4, 0),
-                _label(lesion),
+                _label(lesion, model.score_caveat),
                 color=colour,
                 fontsize=7,
                 va="bottom",
