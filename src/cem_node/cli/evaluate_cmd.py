@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -34,6 +34,17 @@ def _split_file_datasets(path: Path) -> list[str]:
     if not isinstance(specs, list) or not all(isinstance(s, str) for s in specs):
         raise fail(f"split file {path} names no datasets: give --dataset SPEC", 2)
     return specs
+
+
+def _read_folds(folder: Path) -> Any:
+    """``folder/folds.json`` (exit 2 when missing or invalid)."""
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.folds import read_folds
+
+    try:
+        return read_folds(folder)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
 
 
 def _summary(document: dict) -> list[str]:
@@ -140,6 +151,17 @@ def evaluate(
             help="Radiomics worker processes (default: \\[analysis] radiomics_workers).",
         ),
     ] = None,
+    folds_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--folds",
+            file_okay=False,
+            help="A cross-validation folder ('cem-node train detector --folds K --out DIR'): "
+            "each fold's detector on its own held-out patients, pooled into one report with "
+            "intervals resampled by patient. The --model bundle gives the radiomics model "
+            "and the thresholds; --split, --seed and --fractions are not used.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model bundle on a labelled dataset: the paper's Tables 2 and 3.
 
@@ -149,6 +171,9 @@ def evaluate(
     report.md / report.json (every measure with a 95% bootstrap CI, or the
     reason it cannot be computed), cases.json and ROC, calibration and Dice
     plots. The thresholds are the bundle's (training); none is tuned here.
+    With --folds DIR, the detectors of DIR/fold-1 ... DIR/fold-K each
+    evaluate their fold's validation patients, the records are pooled (every
+    image once, out of fold) and the intervals resample patients.
     Exit code 0 when every study was evaluated, 1 when one failed or the
     bundle cannot be loaded (the report is still written when possible),
     2 for bad input.
@@ -179,6 +204,12 @@ def evaluate(
         raise fail(f"--split {split!r}: use one of {', '.join(SPLITS)}", 2)
     split_fractions = _fractions(fractions)
     specs = list(dataset or [])
+    folds_record = None
+    if folds_dir is not None:
+        if split_file is not None:
+            raise fail("--folds takes each fold's split.json: leave out --split-file", 2)
+        folds_record = _read_folds(folds_dir)
+        specs = specs or list(folds_record.datasets)
     if not specs and split_file is not None:
         specs = _split_file_datasets(split_file)
     if not specs:
@@ -199,6 +230,19 @@ def evaluate(
         raise fail(str(exc), 2) from None
     manifest = bundle.manifest
     split_seed = manifest.training.seed if seed is None else seed
+    if folds_dir is not None:
+        _evaluate_folds(
+            folds_dir,
+            folds_record,
+            specs,
+            bundle,
+            analysis,
+            out,
+            bootstrap,
+            bootstrap_seed,
+            radiomics_workers,
+        )
+        return
 
     with Progress(
         TextColumn("{task.description}"),
@@ -310,4 +354,192 @@ def evaluate(
             err.print(f"  {line}")
         raise typer.Exit(1)
     if not records.images:
+        raise fail("no image could be evaluated", 1)
+
+
+def _fold_samples(data: Any, fold_dir: Path, patients: list[str], number: int) -> list[Any]:
+    """The held-out samples of one fold, from its split.json (exit 2 when they disagree
+    with folds.json or the fold has not been trained)."""
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.evaluation import select_from_split_file
+
+    for needed in ("split.json", "detector.safetensors", "detector_config.json"):
+        if not (fold_dir / needed).is_file():
+            raise fail(
+                f"fold {number}: {fold_dir / needed} is missing: train it with 'cem-node train "
+                f"detector --folds K --fold {number}' (the same --out)",
+                2,
+            )
+    try:
+        samples = select_from_split_file(data, fold_dir / "split.json", "val")
+    except DatasetError as exc:
+        raise fail(f"fold {number}: {exc}", 2) from None
+    if sorted({s.patient_id for s in samples}) != sorted(patients):
+        raise fail(
+            f"fold {number}: {fold_dir / 'split.json'} holds out other patients than folds.json",
+            2,
+        )
+    return samples
+
+
+def _evaluate_folds(
+    folds_dir: Path,
+    record: Any,
+    specs: list[str],
+    bundle: Any,
+    analysis: Any,
+    out: Path,
+    bootstrap: int,
+    bootstrap_seed: int,
+    radiomics_workers: int | None,
+) -> None:
+    """``evaluate --folds``: every fold's detector on its held-out patients, pooled."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cem_node.pipeline.analyse import LoadedModels
+    from cem_node.pipeline.service import effective_params
+    from cem_node.training.datasets import DatasetError, load_datasets
+    from cem_node.training.evaluation import (
+        evaluate_samples,
+        fold_models,
+        fold_summary,
+        pool_records,
+    )
+    from cem_node.training.folds import FOLDS_FILE
+    from cem_node.training.report import ReportContext, write_report
+
+    err = console()
+    err.file = sys.stderr
+    manifest = bundle.manifest
+    dataset_text = " + ".join(specs)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as progress:
+        generating = progress.add_task(f"reading {dataset_text}", total=None)
+
+        def on_generate(description: str, done: int, total: int) -> None:
+            progress.update(generating, description=description, completed=done, total=total)
+
+        try:
+            data = load_datasets(specs, progress=on_generate)
+        except DatasetError as exc:
+            raise fail(str(exc), 2) from None
+        progress.remove_task(generating)
+        fold_dirs = [folds_dir / name for name in record.fold_dirs]
+        samples = [
+            _fold_samples(data, d, p, n)
+            for n, (d, p) in enumerate(zip(fold_dirs, record.patients, strict=True), start=1)
+        ]
+        try:
+            base = LoadedModels.load(bundle, analysis.device)
+        except Exception as exc:  # a bundle that verifies but cannot be loaded
+            raise fail(f"cannot load model bundle {manifest.bundle.name}: {exc}", 1) from None
+        workers = radiomics_workers or analysis.radiomics_workers
+        per_fold, rows, notes = [], [], []
+        for number, (fold_dir, fold_samples) in enumerate(
+            zip(fold_dirs, samples, strict=True), start=1
+        ):
+            try:
+                models = fold_models(base, fold_dir)
+            except (ValueError, OSError, RuntimeError) as exc:
+                raise fail(f"fold {number}: cannot load the detector: {exc}", 1) from None
+            post, radiomics, fold_notes = effective_params(analysis, models.bundle)
+            notes.extend(f"fold {number}: {n}" for n in fold_notes)
+            task = progress.add_task(f"fold {number}", total=None)
+
+            def on_study(done: int, total: int, name: str, task: Any = task) -> None:
+                progress.update(task, completed=done, total=total, description=f"{name}")
+
+            records = evaluate_samples(
+                models,
+                fold_samples,
+                postprocess=post,
+                radiomics_settings=radiomics,
+                radiomics_workers=workers,
+                progress=on_study,
+            )
+            progress.remove_task(task)
+            per_fold.append(records)
+            rows.append(
+                {
+                    "fold": number,
+                    "detector": str(fold_dir),
+                    "keep_score": post.keep_score,
+                    "short_side": models.bundle.manifest.preprocessing.short_side,
+                    **fold_summary(records),
+                }
+            )
+        pooled = pool_records(per_fold)
+        identity = bundle.identity()
+        context = ReportContext(
+            dataset=dataset_text,
+            split="folds",
+            split_file=None,
+            samples_selected=sum(len(s) for s in samples),
+            bundle={**identity.model_dump(), "training": manifest.training.model_dump(mode="json")},
+            device=base.device_description,
+            skipped_samples=list(data.skipped),
+            settings_notes=notes,
+            command=shlex.join(
+                [
+                    "cem-node",
+                    "evaluate",
+                    "--folds",
+                    str(folds_dir),
+                    "--model",
+                    manifest.bundle.name,
+                    *(part for spec in specs for part in ("--dataset", spec)),
+                    "--bootstrap",
+                    str(bootstrap),
+                    "--bootstrap-seed",
+                    str(bootstrap_seed),
+                ]
+            ),
+            bootstrap_unit="patient",
+            cross_validation={
+                "k": record.k,
+                "seed": record.seed,
+                "folds_dir": str(folds_dir),
+                "folds_file": str(folds_dir / FOLDS_FILE),
+                "patients": sum(len(p) for p in record.patients),
+                "patients_per_fold": [len(p) for p in record.patients],
+                "per_fold": rows,
+            },
+        )
+        files = write_report(pooled, context, out, n_resamples=bootstrap, seed=bootstrap_seed)
+    _print_folds(files, rows, pooled, err)
+
+
+def _print_folds(files: Any, rows: list[dict[str, Any]], pooled: Any, err: Any) -> None:
+    """The pooled summary and one line per fold; exit 1 when a study failed."""
+    import json
+
+    document = json.loads(files.report_json.read_text())
+    out_console = console()
+    for row in rows:
+        sens, dice = row["per_image_sensitivity"], row["mean_dice_per_image"]
+        fp = row["false_positives_per_image"]
+        out_console.print(
+            f"fold {row['fold']}: {row['images']} images, per-image sensitivity "
+            f"{'n/a' if sens is None else f'{100 * sens:.0f}%'}, mean Dice per image "
+            f"{'n/a' if dice is None else f'{dice:.2f}'}, false positives per image "
+            f"{'n/a' if fp is None else f'{fp:.2f}'}"
+        )
+    for line in _summary(document):
+        out_console.print(f"pooled {line}")
+    out_console.print(
+        f"wrote {files.report_md}, {files.report_json.name}, {files.cases_json.name} and "
+        f"{len(files.figures)} figures"
+    )
+    if pooled.failures:
+        err.print(f"[red]{len(pooled.failures)} studies failed and are not in the report:[/]")
+        for line in pooled.failures[:5]:
+            err.print(f"  {line}")
+        raise typer.Exit(1)
+    if not pooled.images:
         raise fail("no image could be evaluated", 1)

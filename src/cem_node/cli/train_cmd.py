@@ -5,7 +5,12 @@ more datasets (``--dataset SPEC``, see :mod:`cem_node.training.datasets`):
 the images are split by patient (``DIR/split.json``), trained as
 :func:`cem_node.training.detector_training.train_detector` does, and the
 best epoch's weights are written to ``DIR/detector.safetensors`` with the
-architecture and preprocessing in ``DIR/detector_config.json``.
+architecture and preprocessing in ``DIR/detector_config.json``. With
+``--folds K`` the patients are divided into K folds
+(:mod:`cem_node.training.folds`, ``DIR/folds.json``) and one such run is
+trained per fold in ``DIR/fold-1`` ... ``DIR/fold-K`` (its fold's patients
+for validation, the others for training; ``--fold k`` trains one of them);
+``cem-node evaluate --folds DIR`` pools them.
 
 ``cem-node train operating-point`` chooses a trained detector's keep score (and,
 optionally, its input size) on the validation patients of that split.
@@ -26,6 +31,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -43,6 +49,8 @@ app = typer.Typer(
 DETECTOR_WEIGHTS = "detector.safetensors"
 DETECTOR_CONFIG = "detector_config.json"
 SPLIT_FILE = "split.json"
+#: The folds of a cross-validation folder (cem_node.training.folds.FOLDS_FILE).
+FOLDS_FILE = "folds.json"
 OPERATING_POINT_FILE = "operating_point.json"
 
 #: Architecture and input size each preset starts from (options override them).
@@ -301,6 +309,217 @@ def _split(out: Path, dataset, resume: bool, fractions, seed: int, specs: list[s
     return result
 
 
+@dataclass(frozen=True)
+class _DetectorRun:
+    """The options of one detector training that every fold shares."""
+
+    preset: Preset
+    backbone: Backbone | None
+    widths: tuple[int | None, int | None, int | None]
+    short_side: int | None
+    max_long_side: int | None
+    train_config: Any
+    specs: list[str]
+    seed: int
+    choose: bool
+    short_sides: list[int] | None
+    rule: OperatingRule
+    device: Device
+    hard_example_weight: float
+    progress: bool
+
+
+def _prepare_folds(out: Path, data, k: int, seed: int, specs: list[str], err: Any):
+    """The folds of the dataset; write DIR/folds.json, or check the one already there."""
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.folds import FoldsRecord, read_folds
+
+    try:
+        record = FoldsRecord.build(data, specs, k, seed)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    if (out / FOLDS_FILE).is_file():
+        try:
+            earlier = read_folds(out)
+        except DatasetError as exc:
+            raise fail(str(exc), 2) from None
+        if not earlier.same_folds(record):
+            raise fail(
+                f"{out / FOLDS_FILE} holds other folds (k {earlier.k}, seed {earlier.seed}, "
+                f"datasets {earlier.datasets}): use the same --folds, --seed and --dataset, or "
+                "another --out",
+                2,
+            )
+    else:
+        record.write(out)
+    counts = data.counts()
+    err.print(
+        f"{data.name}: {counts['images']} image pairs of {counts['patients']} patients in {k} "
+        f"folds of {', '.join(str(len(p)) for p in record.patients)} patients "
+        f"({', '.join(str(n) for n in record.images)} images), seed {seed}"
+    )
+    return record
+
+
+def _fold_parts(fold_out: Path, data, record, number: int, resume: bool):
+    """The split of one fold: read from its split.json when resuming, else written there."""
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.folds import fold_split, fold_split_document
+
+    try:
+        parts = fold_split(data, record.patients, number, record.seed)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    path = fold_out / SPLIT_FILE
+    if resume and path.is_file():
+        stored = _split(fold_out, data, True, parts.fractions, record.seed, record.datasets)
+        if {s.key for s in stored.val} != {s.key for s in parts.val}:
+            raise fail(f"{path} holds out other patients than fold {number} of folds.json", 2)
+        return stored
+    document = fold_split_document(parts, record.datasets, number, record.k)
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    return parts
+
+
+def _train_run(
+    out: Path,
+    data,
+    parts,
+    run: _DetectorRun,
+    resume: bool,
+    err: Any,
+    fold: tuple[int, int] | None = None,
+) -> dict[str, Any]:
+    """Train one detector into ``out`` on ``parts``; return the summary (exit 1/2 on failure)."""
+    from cem_node.training.datasets import DatasetError
+    from cem_node.training.detector_training import TrainingError, train_detector
+
+    detector_config, preprocess = _architecture(
+        out, resume, run.preset, run.backbone, run.widths, run.short_side, run.max_long_side
+    )
+    counts = data.counts()
+    err.print(
+        f"{data.name}: {counts['images']} image pairs of {counts['patients']} patients "
+        f"({counts['malignant']} malignant, {counts['benign']} benign, {counts['normal']} "
+        f"normal); train {len(parts.train)}, val {len(parts.val)}, test {len(parts.test)}"
+    )
+    for reason in data.skipped[:5]:
+        err.print(f"[yellow]skipped:[/yellow] {reason}")
+    command = " ".join(["cem-node", *sys.argv[1:]]) if sys.argv else None
+    earlier = _earlier_record(out) if resume else {}
+    record: dict[str, Any] = {
+        "detector": detector_config.model_dump(mode="json"),
+        "preprocessing": preprocess.model_dump(mode="json"),
+        "training": {
+            "datasets": list(run.specs),
+            "seed": run.seed,
+            **({"fold": fold[0], "folds": fold[1]} if fold else {}),
+            "train_config": run.train_config.model_dump(mode="json"),
+            # a resumed run is described by the command that started it
+            "command": earlier.get("training", {}).get("command") or command,
+            **({"resumed_with": command} if earlier else {}),
+        },
+    }
+    (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+    started = time.perf_counter()
+    try:
+        result = train_detector(
+            parts.train,
+            parts.val,
+            detector_config,
+            preprocess,
+            run.train_config,
+            out,
+            progress=run.progress,
+            resume=resume,
+            console=err,
+        )
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    except KeyboardInterrupt:
+        raise fail(f"interrupted: continue with --resume --out {out}", 1) from None
+    except (TrainingError, RuntimeError, ValueError, OSError) as exc:
+        raise fail(f"training failed: {exc}", 1) from None
+    shutil.copyfile(result.best_weights, out / DETECTOR_WEIGHTS)
+    pretrained = run.train_config.pretrained
+    record["result"] = {
+        "best_epoch": result.best_epoch,
+        "best_loss": result.best_loss,
+        "selected_by": result.selected_by,
+        "epochs_completed": result.epochs_completed,
+        "train_images": result.train_images,
+        "val_images": result.val_images,
+        "device": result.device,
+        # a resumed run starts from its checkpoint: the weights it first started from stay
+        "pretrained": result.pretrained
+        or earlier.get("result", {}).get("pretrained")
+        or (str(pretrained) if pretrained else None),
+        "hard_examples": result.hard_examples,
+    }
+    if run.choose:
+        _choose_operating_point(
+            out,
+            record,
+            parts.val,
+            detector_config,
+            preprocess,
+            run.device.value,
+            run.short_sides,
+            run.rule,
+        )
+    (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
+    return {
+        "out": str(out),
+        **({"fold": fold[0], "folds": fold[1]} if fold else {}),
+        "weights": str(out / DETECTOR_WEIGHTS),
+        "config": str(out / DETECTOR_CONFIG),
+        "history": str(result.history_path),
+        "split": str(out / SPLIT_FILE),
+        "backbone": detector_config.backbone,
+        "short_side": preprocess.short_side,
+        **record["result"],
+        "skipped": len(data.skipped) + len(result.skipped),
+        "seconds": round(time.perf_counter() - started, 1),
+        "_record": record,
+    }
+
+
+def _print_run(summary: dict[str, Any], run: _DetectorRun, as_json: bool) -> None:
+    """The summary of one training, as JSON or as a table."""
+    record = summary.pop("_record")
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    from rich.table import Table
+
+    out = Path(summary["out"])
+    table = Table(title=f"Detector trained: {out}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    table.add_row("architecture", f"{summary['backbone']}, short side {summary['short_side']}")
+    table.add_row("images", f"train {summary['train_images']}, validation {summary['val_images']}")
+    table.add_row("epochs", f"{summary['epochs_completed']} on {summary['device']}")
+    table.add_row(
+        "best epoch",
+        f"{summary['best_epoch']} ({summary['selected_by'].replace('_', ' ')} "
+        f"{summary['best_loss']:.4f})",
+    )
+    if summary["hard_examples"] is not None:
+        table.add_row(
+            "hard examples",
+            f"{summary['hard_examples']} of {summary['train_images']} training images, drawn "
+            f"{run.hard_example_weight:g}x as often ({out / 'hard_examples.json'})",
+        )
+    if "operating_point_validation" in record["result"]:
+        table.add_row("operating point", _operating_point_row(out, record))
+    table.add_row("weights", summary["weights"])
+    table.add_row("config", summary["config"])
+    table.add_row("time", f"{summary['seconds']:.1f} s")
+    if summary["skipped"]:
+        table.add_row("skipped", f"{summary['skipped']} image pair(s) (see the log)")
+    console().print(table)
+
+
 @app.command("detector")
 def detector(
     dataset: Annotated[
@@ -423,24 +642,49 @@ def detector(
     cache_dir: CacheDirOption = None,
     progress: ProgressOption = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    folds: Annotated[
+        int | None,
+        typer.Option(
+            "--folds",
+            min=2,
+            help="Patient-level K-fold cross-validation: train K detectors into DIR/fold-1 ... "
+            "DIR/fold-K, each validated on its fold's patients and trained on the others "
+            "(seeded by --seed; DIR/folds.json lists the folds). --val-fraction is not used. "
+            "Pool them with 'cem-node evaluate --folds DIR'.",
+        ),
+    ] = None,
+    fold: Annotated[
+        int | None,
+        typer.Option(
+            "--fold",
+            min=1,
+            help="With --folds: train only this fold (1..K), e.g. to run the folds in "
+            "parallel; the folds are the same in every such run.",
+        ),
+    ] = None,
 ) -> None:
     """Train the lesion detector (Mask R-CNN, classes benign / malignant).
 
     The datasets are split by patient into training and validation images
     (DIR/split.json; the same split is reused by --resume). Each epoch ends
     with the validation loss; the epoch with the lowest one is kept as
-    DIR/detector.safetensors, described by DIR/detector_config.json.
+    DIR/detector.safetensors, described by DIR/detector_config.json. With
+    --folds K, the same is done once per fold in DIR/fold-1 ... DIR/fold-K.
     """
     from rich.console import Console
-
-    from cem_node.training.datasets import DatasetError
 
     err = Console(stderr=True)
     if val_fraction + test_fraction >= 1.0:
         raise fail("--val-fraction plus --test-fraction must stay below 1", 2)
     if out.exists() and not out.is_dir():
         raise fail(f"--out {out} is a file, not a folder", 2)
-    if (out / "last.json").is_file() and not resume:
+    if fold is not None and folds is None:
+        raise fail("--fold needs --folds K", 2)
+    if folds is not None and fold is not None and fold > folds:
+        raise fail(f"--fold {fold}: the folds are 1 to {folds}", 2)
+    if folds is not None and test_fraction > 0:
+        raise fail("--folds holds out no test part: leave --test-fraction at 0", 2)
+    if folds is None and (out / "last.json").is_file() and not resume:
         raise fail(
             f"{out} already holds a training run: use --resume to continue it, or another --out",
             2,
@@ -454,17 +698,8 @@ def detector(
             2,
         )
     sides = _short_sides(choose_short_side)
-    detector_config, preprocess = _architecture(
-        out,
-        resume,
-        preset,
-        backbone,
-        (fpn_channels, box_head_width, mask_head_channels),
-        short_side,
-        max_long_side,
-    )
 
-    from cem_node.training.detector_training import TrainConfig, TrainingError, train_detector
+    from cem_node.training.detector_training import TrainConfig
 
     try:
         train_config = TrainConfig(
@@ -482,6 +717,25 @@ def detector(
         )
     except ValueError as exc:
         raise fail(_pydantic_message(exc), 2) from None
+    run = _DetectorRun(
+        preset=preset,
+        backbone=backbone,
+        widths=(fpn_channels, box_head_width, mask_head_channels),
+        short_side=short_side,
+        max_long_side=max_long_side,
+        train_config=train_config,
+        specs=list(dataset),
+        seed=seed,
+        choose=choose_keep_score or sides is not None,
+        short_sides=sides,
+        rule=operating_rule,
+        device=device,
+        hard_example_weight=hard_example_weight,
+        progress=progress,
+    )
+    if folds is None:
+        # check the stored architecture before the data are read (a quick exit 2)
+        _architecture(out, resume, preset, backbone, run.widths, short_side, max_long_side)
     if threads is not None:
         import torch
 
@@ -492,114 +746,37 @@ def detector(
     if len(data) == 0:
         raise fail(f"the dataset {data.name} holds no image pair", 2)
     out.mkdir(parents=True, exist_ok=True)
-    fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
-    parts = _split(out, data, resume, fractions, seed, list(dataset))
-    counts = data.counts()
-    err.print(
-        f"{data.name}: {counts['images']} image pairs of {counts['patients']} patients "
-        f"({counts['malignant']} malignant, {counts['benign']} benign, {counts['normal']} "
-        f"normal); train {len(parts.train)}, val {len(parts.val)}, test {len(parts.test)}"
-    )
-    if val_fraction > 0 and not parts.val:
-        err.print("[yellow]warning:[/yellow] too few patients for a validation set")
-    for reason in data.skipped[:5]:
-        err.print(f"[yellow]skipped:[/yellow] {reason}")
-
-    command = " ".join(["cem-node", *sys.argv[1:]]) if sys.argv else None
-    earlier = _earlier_record(out) if resume else {}
-    record: dict[str, Any] = {
-        "detector": detector_config.model_dump(mode="json"),
-        "preprocessing": preprocess.model_dump(mode="json"),
-        "training": {
-            "datasets": list(dataset),
-            "seed": seed,
-            "train_config": train_config.model_dump(mode="json"),
-            # a resumed run is described by the command that started it
-            "command": earlier.get("training", {}).get("command") or command,
-            **({"resumed_with": command} if earlier else {}),
-        },
-    }
-    (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
-    started = time.perf_counter()
-    try:
-        result = train_detector(
-            parts.train,
-            parts.val,
-            detector_config,
-            preprocess,
-            train_config,
-            out,
-            progress=progress,
-            resume=resume,
-            console=err,
-        )
-    except DatasetError as exc:
-        raise fail(str(exc), 2) from None
-    except KeyboardInterrupt:
-        raise fail(f"interrupted: continue with --resume --out {out}", 1) from None
-    except (TrainingError, RuntimeError, ValueError, OSError) as exc:
-        raise fail(f"training failed: {exc}", 1) from None
-    shutil.copyfile(result.best_weights, out / DETECTOR_WEIGHTS)
-    record["result"] = {
-        "best_epoch": result.best_epoch,
-        "best_loss": result.best_loss,
-        "selected_by": result.selected_by,
-        "epochs_completed": result.epochs_completed,
-        "train_images": result.train_images,
-        "val_images": result.val_images,
-        "device": result.device,
-        # a resumed run starts from its checkpoint: the weights it first started from stay
-        "pretrained": result.pretrained
-        or earlier.get("result", {}).get("pretrained")
-        or (str(train_config.pretrained) if train_config.pretrained else None),
-        "hard_examples": result.hard_examples,
-    }
-    if choose_keep_score or sides is not None:
-        _choose_operating_point(
-            out, record, parts.val, detector_config, preprocess, device.value, sides, operating_rule
-        )
-    (out / DETECTOR_CONFIG).write_text(json.dumps(record, indent=2) + "\n")
-    summary = {
-        "out": str(out),
-        "weights": str(out / DETECTOR_WEIGHTS),
-        "config": str(out / DETECTOR_CONFIG),
-        "history": str(result.history_path),
-        "split": str(out / SPLIT_FILE),
-        "backbone": detector_config.backbone,
-        "short_side": preprocess.short_side,
-        **record["result"],
-        "skipped": len(data.skipped) + len(result.skipped),
-        "seconds": round(time.perf_counter() - started, 1),
-    }
-    if as_json:
-        typer.echo(json.dumps(summary, indent=2))
+    if folds is None:
+        fractions = (1.0 - val_fraction - test_fraction, val_fraction, test_fraction)
+        parts = _split(out, data, resume, fractions, seed, list(dataset))
+        if val_fraction > 0 and not parts.val:
+            err.print("[yellow]warning:[/yellow] too few patients for a validation set")
+        summary = _train_run(out, data, parts, run, resume, err)
+        _print_run(summary, run, as_json)
         return
-    from rich.table import Table
-
-    table = Table(title=f"Detector trained: {out}", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value")
-    table.add_row("architecture", f"{detector_config.backbone}, short side {preprocess.short_side}")
-    table.add_row("images", f"train {result.train_images}, validation {result.val_images}")
-    table.add_row("epochs", f"{result.epochs_completed} on {result.device}")
-    table.add_row(
-        "best epoch",
-        f"{result.best_epoch} ({result.selected_by.replace('_', ' ')} {result.best_loss:.4f})",
+    record = _prepare_folds(out, data, folds, seed, list(dataset), err)
+    summaries = []
+    for number in [fold] if fold is not None else range(1, folds + 1):
+        fold_out = out / record.fold_dirs[number - 1]
+        started = (fold_out / "last.json").is_file()
+        if started and not resume:
+            raise fail(
+                f"{fold_out} already holds a training run: use --resume to continue it",
+                2,
+            )
+        fold_out.mkdir(parents=True, exist_ok=True)
+        err.print(f"[bold]fold {number} of {folds}[/bold]: {fold_out}")
+        parts = _fold_parts(fold_out, data, record, number, started)
+        summary = _train_run(fold_out, data, parts, run, started, err, fold=(number, folds))
+        summaries.append(summary)
+        if not as_json:
+            _print_run(summary, run, False)
+    if as_json:
+        typer.echo(json.dumps({"folds_file": str(out / FOLDS_FILE), "runs": summaries}, indent=2))
+        return
+    console().print(
+        f"folds: {out / FOLDS_FILE}; pool them with: cem-node evaluate --folds {out} ..."
     )
-    if result.hard_examples is not None:
-        table.add_row(
-            "hard examples",
-            f"{result.hard_examples} of {result.train_images} training images, drawn "
-            f"{hard_example_weight:g}x as often ({out / 'hard_examples.json'})",
-        )
-    if "operating_point_validation" in record["result"]:
-        table.add_row("operating point", _operating_point_row(out, record))
-    table.add_row("weights", summary["weights"])
-    table.add_row("config", summary["config"])
-    table.add_row("time", f"{summary['seconds']:.1f} s")
-    if summary["skipped"]:
-        table.add_row("skipped", f"{summary['skipped']} image pair(s) (see the log)")
-    console().print(table)
 
 
 # --- train radiomics ----------------------------------------------------------------------------

@@ -5,7 +5,10 @@ image, only small records (no masks): :class:`ImageRecord` with one
 :class:`LesionRecord` per ground-truth lesion and one :class:`DetectionRecord`
 per detection. :func:`classification_cases` turns the records into the cases
 of one Table 3 block (:class:`CaseTable`). :mod:`cem_node.training.report`
-computes the measures and writes the report.
+computes the measures and writes the report. For cross-validation,
+:func:`fold_models` puts a fold's detector into the loaded bundle,
+:func:`pool_records` joins the folds' out-of-fold records and
+:func:`fold_summary` gives a fold's row.
 
 How the bundle is run
 ---------------------
@@ -112,7 +115,10 @@ __all__ = [
     "analyse_group",
     "classification_cases",
     "evaluate_samples",
+    "fold_models",
+    "fold_summary",
     "group_by_study",
+    "pool_records",
     "score_image",
     "select_from_split_file",
     "select_samples",
@@ -693,6 +699,119 @@ def evaluate_samples(
     )
 
 
+# --- cross-validation folds ------------------------------------------------------------------
+
+
+def fold_models(models: LoadedModels, detector_dir: Path) -> LoadedModels:
+    """``models`` with the detector of a ``cem-node train detector`` folder in its place.
+
+    The folder's weights, architecture, inference preprocessing (the
+    operating point's input size when one was chosen) and post-processing
+    (the defaults with its chosen keep score, as ``train radiomics`` and
+    ``models import`` would use them) replace the bundle's; the radiomics
+    model, its settings and the decision thresholds stay the bundle's.
+
+    Raises
+    ------
+    ValueError
+        When the folder is not a detector run (the message names the file).
+    """
+    import dataclasses
+
+    from cem_node.pipeline.detector import load_detector
+    from cem_node.training.radiomics_training import (
+        RadiomicsTrainingError,
+        detector_postprocess,
+        read_detector_run,
+    )
+
+    try:
+        weights, config, preprocess, record = read_detector_run(detector_dir)
+        post = detector_postprocess(record)
+    except RadiomicsTrainingError as exc:
+        raise ValueError(str(exc)) from None
+    manifest = models.bundle.manifest
+    swapped = manifest.model_copy(
+        update={
+            "detector": manifest.detector.model_copy(update=config.model_dump()),
+            "preprocessing": preprocess,
+            "postprocessing": post,
+        }
+    )
+    detector = load_detector(weights, config, preprocess, device=models.device)
+    return dataclasses.replace(
+        models,
+        bundle=dataclasses.replace(models.bundle, manifest=swapped),
+        detector=detector,
+    )
+
+
+def pool_records(folds: Sequence[EvaluationRecords]) -> EvaluationRecords:
+    """The records of every fold as one set (each fold's held-out images, once each).
+
+    Raises
+    ------
+    ValueError
+        When the folds differ in rules or thresholds, or an image is in two folds.
+    """
+    if not folds:
+        raise ValueError("no fold to pool")
+    first = folds[0]
+    images: list[ImageRecord] = []
+    failures: list[str] = []
+    notes: list[str] = []
+    for number, records in enumerate(folds, start=1):
+        if (records.rules, records.classification_rule, records.thresholds) != (
+            first.rules,
+            first.classification_rule,
+            first.thresholds,
+        ):
+            raise ValueError(f"fold {number} was scored with other rules or thresholds")
+        images.extend(records.images)
+        failures.extend(f"fold {number}: {line}" for line in records.failures)
+        notes.extend(f"fold {number}: {line}" for line in records.notes)
+    keys = [image.key for image in images]
+    if len(keys) != len(set(keys)):
+        raise ValueError("an image is held out by more than one fold")
+    return EvaluationRecords(
+        images=images,
+        thresholds=first.thresholds,
+        rules=first.rules,
+        classification_rule=first.classification_rule,
+        failures=failures,
+        notes=notes,
+    )
+
+
+def fold_summary(records: EvaluationRecords, rule: str = PRIMARY_RULE) -> dict[str, Any]:
+    """One row of the per-fold table: counts, per-image sensitivity, mean Dice, FP per image.
+
+    Plain values on the fold's held-out images (no interval: the pooled
+    tables carry the intervals); None where the fold has no image with a lesion.
+    """
+    counts = records.counts()
+    with_lesion = [image for image in records.images if image.lesions]
+    found = sum(1 for image in with_lesion if any(les.hit[rule] for les in image.lesions))
+    dice = [image.union_dice for image in with_lesion]
+    false_positives = sum(
+        1 for image in records.images for d in image.detections if d.truth[rule] is None
+    )
+    return {
+        "patients": counts["patients"],
+        "images": counts["images"],
+        "images_with_lesion": counts["images_with_lesion"],
+        "lesions": counts["lesions"],
+        "failures": len(records.failures),
+        "rule": rule,
+        "per_image_sensitivity": found / len(with_lesion) if with_lesion else None,
+        "images_found": found,
+        "mean_dice_per_image": float(np.mean(dice)) if dice else None,
+        "false_positives_per_image": (
+            false_positives / len(records.images) if records.images else None
+        ),
+    }
+
+
 # --- Table 3 cases ---------------------------------------------------------------------------
 
 
@@ -711,6 +830,8 @@ class ModelCases:
     y_pred: np.ndarray
     threshold: str
     excluded: dict[str, int]
+    #: The patient of each case (the unit a by-patient bootstrap resamples).
+    patients: tuple[str, ...] = ()
 
     @property
     def n(self) -> int:
@@ -731,6 +852,8 @@ class CaseTable:
         Truth of every case of the block (1 malignant).
     agree
         For the cases with both a DL and a radiomics label: whether they agree.
+    patients, agree_patients
+        The patient of each case, and of each ``agree`` entry.
     """
 
     mode: str
@@ -743,6 +866,8 @@ class CaseTable:
     models: dict[str, ModelCases]
     agree: np.ndarray
     notes: tuple[str, ...] = ()
+    patients: tuple[str, ...] = ()
+    agree_patients: tuple[str, ...] = ()
 
 
 @dataclass
@@ -756,12 +881,13 @@ class _Case:
     fused: float | None
     fused_label: str | None
     fused_source: str | None = None
+    patient: str = ""
 
 
 def _model_cases(cases: Sequence[_Case], thresholds: DecisionThresholds, level: str):
-    rows: dict[str, list[tuple[str, int, float, int]]] = {m: [] for m in MODELS}
+    rows: dict[str, list[tuple[str, int, float, int, str]]] = {m: [] for m in MODELS}
     excluded: dict[str, dict[str, int]] = {m: defaultdict(int) for m in MODELS}
-    agree = []
+    agree, agree_patients = [], []
     for case in cases:
         values = {
             "radiomics": (case.radiomics, case.radiomics_label),
@@ -773,13 +899,20 @@ def _model_cases(cases: Sequence[_Case], thresholds: DecisionThresholds, level: 
                 excluded[model][f"no {_MODEL_WORDS[model]} probability"] += 1
             else:
                 rows[model].append(
-                    (case.case_id, case.truth, float(score), int(label == "malignant"))
+                    (
+                        case.case_id,
+                        case.truth,
+                        float(score),
+                        int(label == "malignant"),
+                        case.patient,
+                    )
                 )
         if case.radiomics_label is None or case.dl_label is None:
             excluded["agreed"]["no DL or no radiomics label"] += 1
         else:
             agreed = case.radiomics_label == case.dl_label
             agree.append(agreed)
+            agree_patients.append(case.patient)
             if not agreed:
                 excluded["agreed"]["DL and radiomics labels disagree"] += 1
             elif case.fused is None or case.fused_label is None:
@@ -791,6 +924,7 @@ def _model_cases(cases: Sequence[_Case], thresholds: DecisionThresholds, level: 
                         case.truth,
                         float(case.fused),
                         int(case.fused_label == "malignant"),
+                        case.patient,
                     )
                 )
     lesion_thresholds = {
@@ -817,8 +951,9 @@ def _model_cases(cases: Sequence[_Case], thresholds: DecisionThresholds, level: 
             y_pred=np.array([r[3] for r in data], dtype=int),
             threshold=texts[model],
             excluded=dict(excluded[model]),
+            patients=tuple(r[4] for r in data),
         )
-    return out, np.array(agree, dtype=bool)
+    return out, np.array(agree, dtype=bool), tuple(agree_patients)
 
 
 _MODEL_WORDS = {"radiomics": "radiomics", "dl": "DL", "fused": "DL + radiomics"}
@@ -842,6 +977,7 @@ def _patient_case(
     fused = top(c.fused for c in members)
     return _Case(
         case_id=patient,
+        patient=patient,
         truth=truth,
         radiomics=rad,
         radiomics_label=None if rad is None else _label(rad, thresholds.radiomics),
@@ -867,6 +1003,7 @@ def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -
     def lesion_case(image: ImageRecord, lesion: LesionRecord) -> _Case:
         return _Case(
             case_id=f"{image.key}#{lesion.lesion_id}",
+            patient=image.patient_id,
             truth=int(lesion.label == "malignant"),
             radiomics=lesion.radiomics_probability,
             radiomics_label=lesion.radiomics_label,
@@ -880,6 +1017,7 @@ def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -
     def detection_case(image: ImageRecord, det: DetectionRecord) -> _Case:
         return _Case(
             case_id=f"{image.key}#{det.lesion_id}",
+            patient=image.patient_id,
             truth=int(det.truth_label[rule] == "malignant"),
             radiomics=det.radiomics_probability,
             radiomics_label=det.radiomics_label,
@@ -957,6 +1095,7 @@ def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -
                     members = [
                         _Case(
                             case_id=patient,
+                            patient=patient,
                             truth=truth,
                             radiomics=0.0,
                             radiomics_label="benign",
@@ -978,7 +1117,7 @@ def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -
                 "cases: every patient; score: the maximum over all the patient's detections "
                 "(false positives included); a patient without detections scores 0"
             )
-    models_cases, agree = _model_cases(cases, thresholds, level)
+    models_cases, agree, agree_patients = _model_cases(cases, thresholds, level)
     return CaseTable(
         mode=mode,
         level=level,
@@ -990,4 +1129,6 @@ def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -
         models=models_cases,
         agree=agree,
         notes=tuple(notes),
+        patients=tuple(c.patient for c in cases),
+        agree_patients=agree_patients,
     )

@@ -13,6 +13,9 @@ the table, seeded), or the reason it cannot be computed on the stated data
 (e.g. "no benign lesion among the 12 lesions: AUC and specificity are
 undefined"). Nothing is printed that was not computed on the evaluated data;
 the paper's numbers are listed apart, for comparison, as the paper's.
+A pooled cross-validation report (``ReportContext.bootstrap_unit`` ``patient``)
+resamples patients instead, each with all its cases (a cluster bootstrap), and
+adds a table per fold (``cross_validation``).
 
 Figures (matplotlib, Agg, no pyplot state): ``roc_curves.png`` and
 ``calibration_curves.png`` (one panel per mask mode and level, a curve per
@@ -144,6 +147,14 @@ DEFINITIONS: dict[str, str] = {
     ),
 }
 
+BOOTSTRAP_BY_PATIENT = (
+    "95 % percentile intervals from resampling the patients with replacement, each drawn "
+    "patient bringing all its cases (lesions, images, detections) into the table (a cluster "
+    "bootstrap): the cases of one patient are not independent, and the intervals keep that "
+    "correlation. Resamples on which a measure is undefined (e.g. one class only) are skipped "
+    "and counted."
+)
+
 #: The paper's headline numbers (external set, 279 patients, 590 lesions) and where ours are.
 PAPER_HEADLINE: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
     (
@@ -212,6 +223,10 @@ class ReportContext:
     skipped_samples: list[str] = field(default_factory=list)
     settings_notes: list[str] = field(default_factory=list)
     command: str | None = None
+    #: ``case`` (each table's cases resampled independently) or ``patient`` (clusters).
+    bootstrap_unit: str = "case"
+    #: Pooled out-of-fold evaluation: k, seed, folds file, patients and a row per fold.
+    cross_validation: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -229,21 +244,60 @@ class ReportFiles:
 
 @dataclass(frozen=True)
 class _Boot:
+    """The bootstrap of every measure: by case, or (``by_patient``) by patient.
+
+    By patient, a resample draws patients with replacement and takes all
+    their cases (a cluster bootstrap), so the cases of one patient, which are
+    not independent, move together and the interval keeps that correlation.
+    """
+
     n_resamples: int
     seed: int
     alpha: float
+    by_patient: bool = False
 
-    def run(self, fn: Callable[..., float], *arrays: Any) -> m.MetricValue:
-        return m.bootstrap_ci(
-            fn, *arrays, n_resamples=self.n_resamples, seed=self.seed, alpha=self.alpha
+    def run(
+        self, fn: Callable[..., float], *arrays: Any, groups: Sequence[str] | None = None
+    ) -> m.MetricValue:
+        """``fn`` on the cases with its interval; ``groups``: the patient of each case."""
+        if not self.by_patient or groups is None or len(groups) == 0:
+            return m.bootstrap_ci(
+                fn, *arrays, n_resamples=self.n_resamples, seed=self.seed, alpha=self.alpha
+            )
+        data = [np.asarray(a) for a in arrays]
+        if len(groups) != len(data[0]):
+            raise ValueError(f"{len(groups)} patients for {len(data[0])} cases")
+        members: dict[str, list[int]] = {}
+        for index, patient in enumerate(groups):
+            members.setdefault(patient, []).append(index)
+        clusters = [np.array(v, dtype=int) for _, v in sorted(members.items())]
+
+        def on_patients(chosen: np.ndarray) -> float:
+            index = np.concatenate([clusters[int(c)] for c in chosen])
+            return fn(*(a[index] for a in data))
+
+        result = m.bootstrap_ci(
+            on_patients,
+            np.arange(len(clusters)),
+            n_resamples=self.n_resamples,
+            seed=self.seed,
+            alpha=self.alpha,
         )
+        from dataclasses import replace
+
+        return replace(result, n=len(data[0]))
 
 
-def _proportion(flags: Sequence[bool], boot: _Boot, empty_reason: str) -> m.MetricValue:
+def _proportion(
+    flags: Sequence[bool],
+    boot: _Boot,
+    empty_reason: str,
+    groups: Sequence[str] | None = None,
+) -> m.MetricValue:
     values = np.asarray(flags, dtype=float)
     if values.size == 0:
         return m.MetricValue.undefined(empty_reason)
-    result = boot.run(m.mean, values)
+    result = boot.run(m.mean, values, groups=groups)
     return _with_counts(result, int(values.sum()), int(values.size))
 
 
@@ -253,11 +307,16 @@ def _with_counts(value: m.MetricValue, numerator: int, denominator: int) -> m.Me
     return replace(value, numerator=numerator, denominator=denominator)
 
 
-def _mean(values: Sequence[float], boot: _Boot, empty_reason: str) -> m.MetricValue:
+def _mean(
+    values: Sequence[float],
+    boot: _Boot,
+    empty_reason: str,
+    groups: Sequence[str] | None = None,
+) -> m.MetricValue:
     array = np.asarray(values, dtype=float)
     if array.size == 0:
         return m.MetricValue.undefined(empty_reason)
-    return boot.run(m.mean, array)
+    return boot.run(m.mean, array, groups=groups)
 
 
 def _pooled_dice(overlap: np.ndarray, truth: np.ndarray, predicted: np.ndarray) -> float:
@@ -268,34 +327,53 @@ def _pooled_dice(overlap: np.ndarray, truth: np.ndarray, predicted: np.ndarray) 
 
 
 def _table2_rule(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
-    lesions = [les for image in records.images for les in image.lesions]
+    pairs = [(image, les) for image in records.images for les in image.lesions]
+    lesions = [les for _, les in pairs]
+    lesion_patients = [image.patient_id for image, _ in pairs]
+    hit_patients = [image.patient_id for image, les in pairs if les.hit[rule]]
     images = [image for image in records.images if image.lesions]
+    image_patients = [image.patient_id for image in images]
     no_lesion = "no ground-truth lesion in the evaluated data"
     per_lesion = {
         "n": len(lesions),
-        "sensitivity": _proportion([les.hit[rule] for les in lesions], boot, no_lesion),
-        "accuracy": _proportion(
-            [les.detection_label_correct[rule] for les in lesions], boot, no_lesion
+        "sensitivity": _proportion(
+            [les.hit[rule] for les in lesions], boot, no_lesion, lesion_patients
         ),
-        "mean_dice": _mean([les.dice[rule] for les in lesions], boot, no_lesion),
+        "accuracy": _proportion(
+            [les.detection_label_correct[rule] for les in lesions],
+            boot,
+            no_lesion,
+            lesion_patients,
+        ),
+        "mean_dice": _mean([les.dice[rule] for les in lesions], boot, no_lesion, lesion_patients),
         "mean_dice_hit": _mean(
             [les.dice[rule] for les in lesions if les.hit[rule]],
             boot,
             f"no lesion is hit ({rule}): no Dice of a hit lesion" if lesions else no_lesion,
+            hit_patients,
         ),
     }
     no_image = "no image with a ground-truth lesion in the evaluated data"
     per_image = {
         "n": len(images),
         "sensitivity": _proportion(
-            [any(les.hit[rule] for les in i.lesions) for i in images], boot, no_image
+            [any(les.hit[rule] for les in i.lesions) for i in images],
+            boot,
+            no_image,
+            image_patients,
         ),
         "accuracy": _proportion(
             [any(les.detection_label_correct[rule] for les in i.lesions) for i in images],
             boot,
             no_image,
+            image_patients,
         ),
-        "mean_dice": _mean([i.union_dice for i in images], boot, no_image),  # type: ignore[misc]
+        "mean_dice": _mean(
+            [i.union_dice for i in images],  # type: ignore[misc]
+            boot,
+            no_image,
+            image_patients,
+        ),
     }
     patients = [[i for i in group if i.lesions] for group in records.by_patient().values()]
     patients = [group for group in patients if group]
@@ -340,11 +418,14 @@ def _false_positives(records: EvaluationRecords, rule: str, boot: _Boot) -> dict
     return {
         "detections": len(detections),
         "false_positive_detections": int(sum(fp_counts)),
-        "false_positives_per_image": _mean(fp_counts, boot, "no image in the evaluated data"),
+        "false_positives_per_image": _mean(
+            fp_counts, boot, "no image in the evaluated data", [i.patient_id for i in images]
+        ),
         "precision": _proportion(
             [d.truth[rule] is not None for d in detections],
             boot,
             "no detection on the evaluated images: precision is undefined",
+            [i.patient_id for i in images for _ in i.detections],
         ),
         "images_without_lesion": len(normal),
         "clean_rate_without_lesion": _proportion(
@@ -352,6 +433,7 @@ def _false_positives(records: EvaluationRecords, rule: str, boot: _Boot) -> dict
             boot,
             "no image without a ground-truth lesion in the evaluated data: the fraction of "
             "lesion-free images without detection is undefined",
+            [i.patient_id for i in normal],
         ),
     }
 
@@ -370,6 +452,7 @@ def _classification_block(table: CaseTable, boot: _Boot) -> dict[str, Any]:
             list(table.agree),
             boot,
             f"no {table.unit} with both a DL and a radiomics label",
+            table.agree_patients or None,
         ),
         "rows": {},
     }
@@ -408,30 +491,31 @@ def _classification_metrics(
     no_negative = f"no {table.negative} {where}: AUC and specificity are undefined"
     no_positive = f"no {table.positive} {where}: AUC and sensitivity are undefined"
     c = m.confusion(y, yhat)
+    g = cases.patients or None
     out: dict[str, m.MetricValue] = {}
     if negatives == 0:
         out["auc"] = m.MetricValue.undefined(no_negative, n)
     elif positives == 0:
         out["auc"] = m.MetricValue.undefined(no_positive, n)
     else:
-        out["auc"] = boot.run(m.roc_auc, y, s)
+        out["auc"] = boot.run(m.roc_auc, y, s, groups=g)
     out["sensitivity"] = (
-        _with_counts(boot.run(m.sensitivity, y, yhat), c.tp, c.positives)
+        _with_counts(boot.run(m.sensitivity, y, yhat, groups=g), c.tp, c.positives)
         if positives
         else m.MetricValue.undefined(no_positive, n)
     )
     out["specificity"] = (
-        _with_counts(boot.run(m.specificity, y, yhat), c.tn, c.negatives)
+        _with_counts(boot.run(m.specificity, y, yhat, groups=g), c.tn, c.negatives)
         if negatives
         else m.MetricValue.undefined(no_negative, n)
     )
-    out["accuracy"] = _with_counts(boot.run(m.accuracy, y, yhat), c.tp + c.tn, c.total)
+    out["accuracy"] = _with_counts(boot.run(m.accuracy, y, yhat, groups=g), c.tp + c.tn, c.total)
     if 2 * c.tp + c.fp + c.fn == 0:
         out["f1"] = m.MetricValue.undefined(
             f"no {table.positive} and no malignant prediction {where}: F1 is undefined", n
         )
     else:
-        out["f1"] = boot.run(m.f1_score, y, yhat)
+        out["f1"] = boot.run(m.f1_score, y, yhat, groups=g)
     return out
 
 
@@ -470,7 +554,10 @@ def build_report(
     """Every measure of the report, as a JSON-ready document (see the module documentation)."""
     from cem_node import __version__
 
-    boot = _Boot(n_resamples, seed, alpha)
+    if context.bootstrap_unit not in ("case", "patient"):
+        raise ValueError(f"bootstrap_unit must be case or patient, got {context.bootstrap_unit!r}")
+    by_patient = context.bootstrap_unit == "patient"
+    boot = _Boot(n_resamples, seed, alpha, by_patient=by_patient)
     counts = records.counts()
     document: dict[str, Any] = {
         "format": REPORT_FORMAT,
@@ -499,9 +586,17 @@ def build_report(
             "seed": seed,
             "alpha": alpha,
             "level": 1 - alpha,
-            "method": "percentile; cases resampled with replacement",
+            "unit": context.bootstrap_unit,
+            "method": (
+                "percentile; patients resampled with replacement, each with all its cases"
+                if by_patient
+                else "percentile; cases resampled with replacement"
+            ),
         },
-        "definitions": DEFINITIONS,
+        "definitions": (
+            {**DEFINITIONS, "bootstrap": BOOTSTRAP_BY_PATIENT} if by_patient else DEFINITIONS
+        ),
+        "cross_validation": context.cross_validation,
         "table2": {rule: _table2_rule(records, rule, boot) for rule in records.rules},
         "false_positives": {rule: _false_positives(records, rule, boot) for rule in records.rules},
         "table3": {},
@@ -601,6 +696,50 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     return lines
 
 
+def _fold_lines(folds: dict[str, Any]) -> list[str]:
+    """The per-fold table of a pooled cross-validation report."""
+
+    def share(value: float | None, percent: bool) -> str:
+        if value is None:
+            return "n/a"
+        return f"{100 * value:.0f}%" if percent else f"{value:.2f}"
+
+    rows = [
+        [
+            str(row["fold"]),
+            f"`{row['detector']}`",
+            str(row["patients"]),
+            str(row["images"]),
+            f"{share(row['per_image_sensitivity'], True)} "
+            f"({row['images_found']}/{row['images_with_lesion']})",
+            share(row["mean_dice_per_image"], False),
+            share(row["false_positives_per_image"], False),
+        ]
+        for row in folds["per_fold"]
+    ]
+    rule = folds["per_fold"][0]["rule"] if folds["per_fold"] else "iou>=0.1"
+    return [
+        "## Folds",
+        "",
+        f"Each fold's detector on its own held-out patients ({rule}; plain values, the "
+        "intervals are those of the pooled tables below).",
+        "",
+        *_table(
+            [
+                "Fold",
+                "Detector",
+                "Patients",
+                "Images",
+                "Per-image sensitivity",
+                "Mean Dice per image",
+                "False positives per image",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def render_markdown(document: dict[str, Any]) -> str:
     """``report.md`` from the document of :func:`build_report`."""
     bundle = document["bundle"]
@@ -608,14 +747,31 @@ def render_markdown(document: dict[str, Any]) -> str:
     counts = data["counts"]
     boot = document["bootstrap"]
     rules = document["hit_rules"]
+    cv = document.get("cross_validation")
+    title = (
+        f"# Pooled out-of-fold evaluation of {cv['k']} fold detectors (seed {cv['seed']}, "
+        f"{cv['patients']} patients)"
+        if cv
+        else f"# Evaluation of model bundle {bundle.get('name')} {bundle.get('version')}"
+    )
     lines = [
-        f"# Evaluation of model bundle {bundle.get('name')} {bundle.get('version')}",
+        title,
         "",
         f"Created {document['created']} by cem-node {document['cem_node_version']}"
         + (f": `{document['command']}`" if document.get("command") else "."),
         "",
         "## What was evaluated",
         "",
+        *(
+            [
+                f"- **Detectors**: one per fold, from `{cv['folds_dir']}` (each fold's weights, "
+                "input size and keep score); the radiomics model, its settings and the "
+                "thresholds are those of the bundle below (the bundle's own detector is not "
+                "used)."
+            ]
+            if cv
+            else []
+        ),
         f"- **Bundle**: {bundle.get('name')} version {bundle.get('version')}, manifest sha256 "
         f"`{bundle.get('sha256')}`; intended use: {bundle.get('intended_use')}"
         + (f"; **{bundle['disclaimer']}**" if bundle.get("disclaimer") else ""),
@@ -627,8 +783,13 @@ def render_markdown(document: dict[str, Any]) -> str:
     elif training:
         lines.append(f"- **Training** (from the manifest): {training}")
     split = data["split"]
+    folds = document.get("cross_validation")
     split_text = (
-        "all samples"
+        f"pooled out-of-fold over {folds['k']} patient-level folds (seed {folds['seed']}, "
+        f"`{folds['folds_file']}`): every image is evaluated once, by the detector of the fold "
+        "that held its patient out of training"
+        if folds
+        else "all samples"
         if split == "all" and not data.get("split_file")
         else f"the {split} part of the training's split file `{data['split_file']}`"
         if data.get("split_file")
@@ -666,9 +827,17 @@ def render_markdown(document: dict[str, Any]) -> str:
         f"- **Hit rules**: {', '.join(rules)} (mask IoU; one-to-one greedy matching by IoU). "
         f"Lesion classification with DL masks uses **{document['classification_rule']}**.",
         f"- **Confidence intervals**: {100 * boot['level']:.0f}% percentile bootstrap, "
-        f"{boot['n_resamples']} resamples of the cases, seed {boot['seed']}.",
+        f"{boot['n_resamples']} resamples of the "
+        + (
+            "patients (each with all its lesions, images and detections)"
+            if boot.get("unit") == "patient"
+            else "cases"
+        )
+        + f", seed {boot['seed']}.",
         "",
     ]
+    if folds:
+        lines += _fold_lines(folds)
     notes = _Footnotes()
 
     # Table 2
