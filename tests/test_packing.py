@@ -194,6 +194,34 @@ def test_pack_a_run_folder(run: Path, tmp_path: Path) -> None:
     assert "radiomics_training_lesions" in info.stdout
 
 
+def test_pack_with_a_validation_table(run: Path, tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    table = tmp_path / "validation.toml"
+    table.write_text(
+        "[validation]\n"
+        'detection = "Detection validated on 41 real images: per-image sensitivity 95%."\n'
+        'classification = "Classification NOT validated: no real benign lesion."\n'
+        "classification_validated = false\n"
+    )
+    cli_json(
+        "import", str(run), "--name", "cem-v", "--version", "1", "--models-dir", str(models),
+        "--validation", str(table),
+    )  # fmt: skip
+    bundle = BundleRegistry(models).load("cem-v")
+    assert bundle.manifest.validation is not None
+    assert bundle.manifest.validation.detection.startswith("Detection validated on 41")
+    assert bundle.identity().score_caveat == "score not validated"
+    # checked as the manifest checks it, naming the field
+    table.write_text('[validation]\ndetection = "x"\n')
+    result = cli(
+        "import", str(run), "--name", "cem-w", "--version", "1", "--models-dir", str(models),
+        "--validation", str(table),
+    )  # fmt: skip
+    assert result.exit_code != 0
+    assert "not a valid [validation] table" in result.output and "classification" in result.output
+    assert not (models / "cem-w").exists()
+
+
 def test_a_fine_tuned_detector_is_described(run: Path, tmp_path: Path) -> None:
     config_path = run / "detector" / "detector_config.json"
     record = json.loads(config_path.read_text())

@@ -469,6 +469,16 @@ def import_cmd(
             "numbers go into [metrics], or a flat JSON object name -> number.",
         ),
     ] = None,
+    validation: Annotated[
+        Path | None,
+        typer.Option(
+            "--validation",
+            dir_okay=False,
+            help="Packing: a TOML or JSON file with the [validation] table (detection, "
+            "classification, classification_validated, score_caveat): what the models are "
+            "and are not validated for. Without it the classification counts as not validated.",
+        ),
+    ] = None,
     weights_dtype: Annotated[
         WeightsDtype | None,
         typer.Option(
@@ -525,6 +535,7 @@ def import_cmd(
             intended_use=intended_use,
             clinical=bool(clinical),
             metrics=metrics,
+            validation=validation,
             weights_dtype=weights_dtype.value if weights_dtype else None,
             force=force,
             models_dir=models_dir,
@@ -537,6 +548,7 @@ def import_cmd(
         "--intended-use": intended_use,
         "--clinical": clinical,
         "--metrics": metrics,
+        "--validation": validation,
         "--weights-dtype": weights_dtype,
     }
     extra = [option for option, value in given.items() if value is not None]
@@ -638,6 +650,7 @@ def _pack_run(
     intended_use: str | None,
     clinical: bool,
     metrics: Path | None,
+    validation: Path | None,
     weights_dtype: str | None,
     force: bool,
     models_dir: Path | None,
@@ -675,6 +688,7 @@ def _pack_run(
             intended_use=intended_use,
             clinical=clinical,
             metrics_file=metrics,
+            validation_file=validation,
             weights_dtype=weights_dtype,  # type: ignore[arg-type]
             overwrite=force,
         )

@@ -55,12 +55,15 @@ import math
 import re
 import struct
 import tempfile
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from cem_node.models.manifest import BundleUsageError
+from pydantic import ValidationError
+
+from cem_node.models.manifest import BundleUsageError, Validation, describe_validation_error
 from cem_node.models.registry import Bundle, sha256_file, write_bundle
 
 __all__ = [
@@ -304,6 +307,36 @@ def metrics_from_report(path: Path) -> dict[str, float | str]:
     return metrics
 
 
+def validation_from_file(path: Path) -> dict[str, Any]:
+    """The ``[validation]`` table from a TOML file (the table itself, or a document
+    with a ``[validation]`` table) or a JSON object; checked as the manifest checks it.
+
+    Raises
+    ------
+    BundleUsageError
+        When the file is missing, unreadable or not a valid ``[validation]`` table.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise BundleUsageError(f"validation file not found: {path}", path=path)
+    try:
+        if path.suffix.lower() == ".json":
+            document = _read_json(path)
+        else:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
+        raise BundleUsageError(f"{path}: cannot read the validation table: {exc}") from None
+    if isinstance(document, dict) and isinstance(document.get("validation"), dict):
+        document = document["validation"]
+    try:
+        return Validation.model_validate(document).model_dump(exclude_none=True)
+    except ValidationError as exc:
+        raise BundleUsageError(
+            f"{path}: not a valid [validation] table: " + "; ".join(describe_validation_error(exc)),
+            path=path,
+        ) from None
+
+
 # --- the manifest --------------------------------------------------------------------------------
 
 
@@ -544,6 +577,7 @@ def pack_training_run(
     intended_use: str | None = None,
     clinical: bool = False,
     metrics_file: Path | None = None,
+    validation_file: Path | None = None,
     weights_dtype: WeightsDtype | None = None,
     overwrite: bool = False,
     created: dt.datetime | None = None,
@@ -565,6 +599,8 @@ def pack_training_run(
         they were trained on synthetic data.
     metrics_file
         An evaluation ``report.json`` or a flat JSON object (:func:`metrics_from_report`).
+    validation_file
+        The ``[validation]`` table, as TOML or JSON (:func:`validation_from_file`).
     weights_dtype
         ``"float16"`` re-saves the detector weights in half precision;
         ``"float32"`` stores them in single precision; None keeps them as trained.
@@ -583,6 +619,7 @@ def pack_training_run(
     if not version or not version.strip():
         raise BundleUsageError("a bundle needs a version (e.g. 1.0.0)")
     metrics = metrics_from_report(metrics_file) if metrics_file is not None else None
+    validation = validation_from_file(validation_file) if validation_file is not None else None
     _require_files(detector_dir, DETECTOR_FILES, "detector")
     stored = stored_weights_dtype(detector_dir / "detector.safetensors")
     target_dtype = weights_dtype or ("float16" if stored == "float16" else "float32")
@@ -600,6 +637,8 @@ def pack_training_run(
         weights_dtype=target_dtype,
         created=created,
     )
+    if validation is not None:
+        manifest["validation"] = validation
     _check_radiomics_model(radiomics_dir)
     files: dict[str, Path | bytes] = {
         "radiomics_model.json": radiomics_dir / "radiomics_model.json",

@@ -30,7 +30,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.detection.roi_heads import RoIHeads
-from torchvision.ops import MultiScaleRoIAlign, batched_nms, nms
+from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, nms
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
@@ -284,6 +284,48 @@ def _agnostic_filter(boxes: Tensor, scores: Tensor, post: PostprocessParams) -> 
     return keep[scores[keep] > post.keep_score]
 
 
+def _mirrored(out: dict[str, Tensor], width: int) -> dict[str, Tensor]:
+    """Detections on a left-right mirrored image, mapped back onto the image."""
+    boxes = out["boxes"].clone()
+    boxes[:, 0], boxes[:, 2] = width - out["boxes"][:, 2], width - out["boxes"][:, 0]
+    return {**out, "boxes": boxes, "masks": out["masks"].flip(-1)}
+
+
+def _merge_flips(
+    out: dict[str, Tensor], mirrored: dict[str, Tensor], iou: float
+) -> dict[str, Tensor]:
+    """Average each detection with its counterpart on the mirrored image.
+
+    A detection of either pass whose box overlaps one of the other pass by at
+    least ``iou`` is the same lesion: its score, class table and mask become the
+    mean of the two. A lesion found on one pass only keeps its mask and half its
+    score (the other pass gave it none), so that a finding seen once ranks below
+    one seen twice. Both passes' detections are returned; the agnostic NMS that follows
+    keeps one per lesion.
+    """
+    merged: dict[str, list[Tensor]] = {"boxes": [], "scores": [], "labels": [], "masks": []}
+    for first, second in ((out, mirrored), (mirrored, out)):
+        overlap = box_iou(first["boxes"], second["boxes"])
+        for i in range(first["boxes"].shape[0]):
+            match = (
+                int(overlap[i].argmax())
+                if overlap.shape[1] and float(overlap[i].max()) >= iou
+                else None
+            )
+            if match is None:
+                scores, mask = first["scores"][i] / 2, first["masks"][i]
+            else:
+                scores = (first["scores"][i] + second["scores"][match]) / 2
+                mask = (first["masks"][i] + second["masks"][match]) / 2
+            merged["boxes"].append(first["boxes"][i])
+            merged["scores"].append(scores)
+            merged["labels"].append(first["labels"][i])
+            merged["masks"].append(mask)
+    if not merged["boxes"]:
+        return out
+    return {key: torch.stack(values) for key, values in merged.items()}
+
+
 @torch.inference_mode()
 def detect(
     model: MaskRCNN,
@@ -294,8 +336,10 @@ def detect(
 ) -> list[list[Detection]]:
     """Detect lesions in preprocessed images ((3, H, W) float32 in [0, 1]).
 
-    Runs in batches; on CUDA with fp16 autocast. Returns, per image, the
-    detections sorted by score (highest first).
+    Runs in batches; on CUDA with fp16 autocast. With ``postprocess.flip_tta``
+    each image is also detected mirrored and the two passes are averaged
+    (:func:`_merge_flips`). Returns, per image, the detections sorted by score
+    (highest first).
     """
     device = device or next(model.parameters()).device
     model.eval()
@@ -309,11 +353,18 @@ def detect(
         ]
         with torch.autocast(device.type, dtype=torch.float16, enabled=device.type == "cuda"):
             outputs = model(batch)
+            if postprocess.flip_tta:
+                mirrored = model([im.flip(-1) for im in batch])
+                outputs = [
+                    _merge_flips(out, _mirrored(mirror, im.shape[-1]), postprocess.agnostic_nms_iou)
+                    for out, mirror, im in zip(outputs, mirrored, batch, strict=True)
+                ]
         for out in outputs:
             boxes = out["boxes"].float()
             table = out["scores"].float()
             scores, probs = table[:, 0], table[:, 1:]
-            keep = _agnostic_filter(boxes, scores, postprocess)
+            order = scores.argsort(descending=True)  # NMS keeps the first of equals
+            keep = order[_agnostic_filter(boxes[order], scores[order], postprocess)]
             masks = out["masks"][keep, 0].float().cpu().numpy()
             found = []
             for j, i in enumerate(keep.tolist()):

@@ -95,6 +95,13 @@ class PostprocessParams(_Params):
     max_lesions: int = Field(5, ge=1, description="Lesions kept per image.")
     keep_score: Fraction = Field(0.1, description="Final score below which a lesion is dropped.")
     mask_threshold: Fraction = Field(0.5, description="Mask probability binarisation threshold.")
+    flip_tta: bool = Field(
+        False,
+        description=(
+            "Test-time augmentation: detect on the image and on its left-right mirror, and "
+            "average each lesion's score and mask over the two (twice the detector's time)."
+        ),
+    )
     duplicate_overlap: Fraction = Field(
         0.5,
         description=(
