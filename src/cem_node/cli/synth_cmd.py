@@ -5,11 +5,14 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+if TYPE_CHECKING:
+    from cem_node.synthetic.dicom_writer import TransferSyntaxName
 
 console = Console(stderr=True)
 
@@ -86,6 +89,32 @@ def synth(
             "CEM markers docs/VENDORS.md confirms from public sources.",
         ),
     ] = VendorOption.standard,
+    from_cdd: Annotated[
+        str | None,
+        typer.Option(
+            "--from-cdd",
+            metavar="PATIENT",
+            help="Instead of phantoms, wrap one real CDD-CESM patient (e.g. P2) of the 512-px "
+            "subset in --cdd-dir as a CEM DICOM study (GE headers, 12-bit lossless copy of the "
+            "8-bit pixels, assumed 0.6 mm spacing) into OUT/CDD-P<id>/dicom, with its lesion "
+            "masks in OUT/CDD-P<id>/masks. Data: CC BY 4.0, cite CDD-CESM (see the dataset's "
+            "README).",
+        ),
+    ] = None,
+    cdd_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cdd-dir", help="The CDD-CESM 512-px folder (with pairs.csv), for --from-cdd."
+        ),
+    ] = None,
+    cdd_view: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cdd-view",
+            help="With --from-cdd: write only this view, e.g. LCC or R-MLO (repeatable; "
+            "default: all the patient's views).",
+        ),
+    ] = None,
 ) -> None:
     """Write synthetic CEM studies: DICOM files, ground truth and a contact sheet.
 
@@ -96,7 +125,14 @@ def synth(
     ground_truth.json (lesions: pathology, morphology, enhancement, size,
     mask PNG per view) and contact_sheet.png. Synthetic phantoms: not
     patient data, not for clinical use.
+
+    With --from-cdd PATIENT --cdd-dir DIR: one real CDD-CESM patient instead
+    (see cem_node.synthetic.real_pairs): its low-energy / recombined pairs as
+    one study, and a mask PNG per view; the phantom options are not used.
     """
+    if from_cdd is not None or cdd_dir is not None or cdd_view:
+        _from_cdd(out, from_cdd, cdd_dir, cdd_view or [], transfer_syntax.value)  # type: ignore[arg-type]
+        return
     from cem_node.synthetic import SynthOptions, generate_studies, grid_for_size
 
     try:
@@ -131,3 +167,53 @@ def synth(
         console.print(f"[red]error:[/red] cannot write to {out}: {exc.strerror or exc}")
         raise typer.Exit(1) from None
     console.print(f"done in {time.perf_counter() - started:.1f} s")
+
+
+def _parse_view(text: str) -> tuple[str, str]:
+    compact = text.strip().upper().replace("-", "").replace(" ", "").replace("_", "")
+    if len(compact) < 3 or compact[0] not in "LR" or compact[1:] not in ("CC", "MLO"):
+        raise ValueError(
+            f"--cdd-view must be L or R then CC or MLO (e.g. LCC, R-MLO), got {text!r}"
+        )
+    return compact[0], compact[1:]
+
+
+def _from_cdd(
+    out: Path,
+    patient: str | None,
+    cdd_dir: Path | None,
+    views: list[str],
+    syntax: TransferSyntaxName,
+) -> None:
+    """``synth --from-cdd``: one real CDD-CESM patient as a DICOM study, with its masks."""
+    import numpy as np
+    from PIL import Image
+
+    from cem_node.synthetic.real_pairs import RealPairError, cdd_patient_id, write_cdd_study
+
+    if patient is None or cdd_dir is None:
+        console.print("[red]error:[/red] --from-cdd PATIENT and --cdd-dir DIR go together")
+        raise typer.Exit(2)
+    try:
+        chosen = [_parse_view(v) for v in views] or None
+        folder = out / f"CDD-{cdd_patient_id(patient)}"
+        study = write_cdd_study(
+            cdd_dir, patient, folder / "dicom", views=chosen, transfer_syntax=syntax
+        )
+        (folder / "masks").mkdir(exist_ok=True)
+        for (lat, view), mask in study.masks.items():
+            Image.fromarray(mask.astype(np.uint8) * 255).save(
+                folder / "masks" / f"RC_{lat}{view}.png"
+            )
+    except (RealPairError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        console.print(f"[red]error:[/red] cannot write to {out}: {exc.strerror or exc}")
+        raise typer.Exit(1) from None
+    outlined = sum(bool(m.any()) for m in study.masks.values())
+    console.print(
+        f"wrote {len(study.files)} images of {study.patient_id} ({len(study.masks)} view(s), "
+        f"{outlined} outlined) to {folder}/dicom, masks in {folder}/masks; "
+        "real CDD-CESM data (CC BY 4.0), not for clinical use"
+    )
