@@ -52,6 +52,14 @@ Header attributes, and why:
   frame of reference gets.
 * The Dimension Organization UID is derived from the SOP Instance UID
   (highdicom draws a random one), so the same findings give the same bytes.
+* Lossy Image Compression is 01 when the source's is (PS3.3 C.8.20.2.2: it
+  must not be hidden). Its Ratio and Method are Type 1C "required if present
+  in the source images or this IOD Instance has been compressed": copied
+  when the source states them, left out when it does not (some modalities and
+  PACSs write 01 alone), never invented; the Derivation Description says in
+  words what is known. PixelMed (2022) wants both whenever the value is 01
+  (the condition of other image modules, not of the SEG's): two validator
+  false positives for such a source; dciodvfy agrees with the standard.
 
 The source header needs: the four UIDs, Rows, Columns and the Patient and
 Study attributes (copied). Pixel data is not needed.
@@ -66,6 +74,7 @@ import highdicom as hd
 import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
@@ -310,6 +319,7 @@ def build_view_seg(
     seg.PatientOrientation = None
     seg.BodyPartExamined = "BREAST"
     _add_viewer_geometry(seg, source_image)
+    _record_lossy_source(seg, source_image)
     # General Series Laterality would make the series per breast, and dciodvfy
     # refuses it in a SEG; Image Laterality satisfies PixelMed's condition and
     # hanging protocols.
@@ -345,3 +355,39 @@ def _add_viewer_geometry(seg: hd.seg.Segmentation, source_image: Dataset) -> Non
         orientation = Dataset()
         orientation.ImageOrientationPatient = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
         shared.PlaneOrientationSequence = [orientation]
+
+
+def _record_lossy_source(seg: hd.seg.Segmentation, source_image: Dataset) -> None:
+    """Lossy Image Compression of a SEG of a lossy compressed source image.
+
+    A SEG of a source with Lossy Image Compression 01 says 01 too (PS3.3
+    C.8.20.2.2; highdicom copies it). Its Ratio and Method are required only
+    when present in the source (Table C.8.20-2): they are copied when the
+    source gives a value, left out when it does not (an empty one is dropped,
+    as a Type 1C attribute must not be empty). No number is made up: DICOM has
+    no "unknown" ratio, and a new Defined Term must not mean unknown (PS3.5
+    6.3). PixelMed (2022) wants both whenever the value is 01, which the SEG's
+    condition does not say: it reports them missing for a source that gives
+    neither. The Derivation Description states what is known, in words.
+    """
+    if str(source_image.get("LossyImageCompression", "")).strip() != "01":
+        return
+    seg.LossyImageCompression = "01"
+    stated: list[str] = []
+    for keyword, name in (
+        ("LossyImageCompressionMethod", "method"),
+        ("LossyImageCompressionRatio", "ratio"),
+    ):
+        value = source_image.get(keyword)
+        if value is None or str(value).strip() == "":
+            if keyword in seg:
+                del seg[keyword]
+            continue
+        setattr(seg, keyword, value)
+        values = value if isinstance(value, MultiValue) else [value]
+        stated.append(f"{name} {'/'.join(str(v) for v in values)}")
+    seg.DerivationDescription = (
+        "Segmentation of a lossy compressed image (Lossy Image Compression 01, "
+        + (", ".join(stated) if stated else "its compression method and ratio not stated")
+        + ")."
+    )
