@@ -45,9 +45,10 @@ def validation_table(report: dict[str, Any]) -> dict[str, Any]:
         f"{counts.get('lesions', '?')} outlined lesions"
     )
     detection = (
-        "Detection and segmentation validated on real CEM (CDD-CESM, 8-bit 512-px images, "
-        f"{data.get('split', '?')} patients of {data.get('dataset', '?')}, not used for "
-        f"training: {where}): per-image sensitivity {_percent(loose['per_image']['sensitivity'])} "
+        "Detection and segmentation measured on real CEM (CDD-CESM, 8-bit 512-px images, "
+        f"{data.get('split', '?')} patients of {data.get('dataset', '?')}, never trained on "
+        "but used to choose the epoch and the keep score, so optimistic; no separate test "
+        f"set: {where}): per-image sensitivity {_percent(loose['per_image']['sensitivity'])} "
         f"(mask IoU >= 0.1) and {_percent(strict['per_image']['sensitivity'])} (IoU >= 0.5); "
         f"per-lesion sensitivity {_percent(loose['per_lesion']['sensitivity'])} (IoU >= 0.1); "
         f"mean Dice per image {_plain(loose['per_image']['mean_dice'])}, of hit lesions "

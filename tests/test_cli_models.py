@@ -16,11 +16,14 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from cem_node.cli import app
+from cem_node.config import AnalysisSection
 from cem_node.models import ACTIVE_FILE, MANIFEST_NAME, Bundle, write_bundle
 from tests.test_bundles import FILES, draft, make_bundle, rewrite_manifest
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
+#: The config's default [analysis] model (the shipped research bundle).
+DEFAULT = AnalysisSection().model
 
 
 @pytest.fixture(autouse=True)
@@ -60,7 +63,7 @@ def staged(tmp_path: Path) -> Bundle:
 def test_list_empty_then_after_import(models: Path, staged: Bundle) -> None:
     data = cli_json(models, "list")
     assert data["bundles"] == []
-    assert (data["active"], data["default"], data["selected"]) == (None, "cem-demo", "cem-demo")
+    assert (data["active"], data["default"], data["selected"]) == (None, DEFAULT, DEFAULT)
     result = cli(models, "list")
     assert result.exit_code == 0
     assert "No model bundles" in result.stdout
@@ -120,8 +123,8 @@ def test_the_shipped_bundle_is_found_from_any_folder(
     monkeypatch.chdir(tmp_path / "elsewhere")
     data = json.loads(runner.invoke(app, ["models", "list", "--json"]).stdout)
     assert data["models_dir"] == str(REPO / "models")
-    assert "cem-demo" in [b["name"] for b in data["bundles"]]
-    assert data["selected"] == "cem-demo"
+    assert {"cem-demo", "cem-cdd-research"} <= {b["name"] for b in data["bundles"]}
+    assert data["selected"] == DEFAULT == "cem-cdd-research"
 
 
 def test_invalid_config_is_exit_2(tmp_path: Path) -> None:
@@ -135,14 +138,15 @@ def test_invalid_config_is_exit_2(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- info
 
 
-def test_info_json_and_text(models: Path) -> None:
+def test_info_json_and_text(models: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CEM_NODE_ANALYSIS__MODEL", "cem-demo")
     bundle = make_bundle(models)
     data = cli_json(models, "info", "cem-demo")
     assert data["sha256"] == bundle.sha256
     assert data["identity"]["disclaimer"] == "Trained on synthetic phantoms, not for clinical use"
     assert data["manifest"]["thresholds"]["patient"] == 0.6
     assert data["manifest"]["training"]["synthetic"] is True
-    assert data["in_use"] is True  # the config default's name
+    assert data["in_use"] is True  # the config's analysis.model
     assert data["active"] is False
     sizes = {f["name"]: f["size"] for f in data["files"]}
     assert sizes == {name: len(content) for name, content in FILES.items()}
@@ -205,7 +209,7 @@ def test_verify_one_all_and_default(models: Path) -> None:
     # no name: the bundle in use (here the config default, which does not exist)
     result = cli(models, "verify")
     assert result.exit_code == 2
-    assert "'cem-demo' (the config's analysis.model)" in result.stderr
+    assert f"'{DEFAULT}' (the config's analysis.model)" in result.stderr
 
 
 def test_verify_bad_usage(models: Path) -> None:

@@ -750,9 +750,13 @@ class AnalysisSection(_Section):
         return self.models_dir if self.models_dir is not None else shipped_models_dir()
 
     model: str = Field(
-        "cem-demo",
+        "cem-cdd-research",
         min_length=1,
-        description="Name of the model bundle to use (a folder in models_dir).",
+        description=(
+            "Name of the model bundle to use (a folder in models_dir). Shipped: "
+            "cem-cdd-research (the default: its detector trained on real CEM) and cem-demo "
+            "(trained on phantoms)."
+        ),
     )
     models_dir: OptionalPath = Field(
         None,

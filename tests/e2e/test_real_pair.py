@@ -63,11 +63,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.tools, pytest.mark.
 
 #: The bundle under test: the research bundle trained on real CDD-CESM pairs (issue #21).
 BUNDLE = "cem-cdd-research"
-#: Bundles tried in order, the first installed one is used.
-BUNDLES = (
-    BUNDLE,
-    "cem-demo",  # FALLBACK until models/cem-cdd-research ships: delete this line then
-)
+#: Bundles tried in order, the first installed one is used (a stand-in would warn).
+BUNDLES = (BUNDLE,)
 CDD_DIR = REPO.parent / "shared" / "data" / "cdd-cesm-512"
 QUIET_PERIOD_S = 5.0
 RESULTS_WITHIN_S = QUIET_PERIOD_S + 60.0

@@ -25,6 +25,8 @@ console = Console()
 
 DEMO_SOURCE_AE = "DEMO_SENO"
 DEMO_PACS_AE = "DEMO_PACS"
+#: The phantom-trained bundle: the demo sends a phantom study and checks what it finds.
+DEMO_BUNDLE = "cem-demo"
 #: the result objects' storage SOP classes the demo PACS accepts
 RESULT_SOP_CLASSES = {
     "1.2.840.10008.5.1.4.1.1.66.4": "seg",
@@ -82,9 +84,14 @@ def demo(
         ),
     ] = "small",
     model: Annotated[
-        str | None,
-        typer.Option("--model", "-m", help="Model bundle (default: active, else [analysis])."),
-    ] = None,
+        str,
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model bundle (default: cem-demo, trained on the phantoms the demo sends; "
+            "the research bundle that serve uses is trained on real images).",
+        ),
+    ] = DEMO_BUNDLE,
     models_dir: Annotated[
         Path | None, typer.Option("--models-dir", help="Folder of model bundles.")
     ] = None,
@@ -103,8 +110,7 @@ def demo(
     analysis = settings.analysis
     if models_dir is not None:
         analysis = analysis.model_copy(update={"models_dir": models_dir})
-    if model is not None:
-        analysis = analysis.model_copy(update={"model": model})
+    analysis = analysis.model_copy(update={"model": model})
     _resolve_bundle(analysis, model)
 
     started = time.perf_counter()
