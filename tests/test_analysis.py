@@ -180,7 +180,10 @@ def _request(workspace: Path):
 
 
 def test_radiomics_failure_falls_back_to_dl(workspace: Path, monkeypatch) -> None:
-    def failing(jobs, settings, workers):
+    plans = []
+
+    def failing(jobs, settings, workers, plan=None):
+        plans.append(plan)
         return [LesionRadiomics(None, "mask too small (3 pixels)", [], 0.0) for _ in jobs]
 
     monkeypatch.setattr(analyse_module, "extract_many", failing)
@@ -188,6 +191,12 @@ def test_radiomics_failure_falls_back_to_dl(workspace: Path, monkeypatch) -> Non
     models = LoadedModels.load(bundle, "cpu")
     analysis = AnalysisSection(models_dir=workspace / "models", model="tiny-test")
     result = analyse_request(models, _request(workspace), analysis)
+    # inference extracts only the classifier's features
+    assert len(plans) == 1 and plans[0] is not None
+    planned = {
+        f"{name}{suffix}" for suffix, image in plans[0].images.items() for name in image.names()
+    }
+    assert planned == set(models.classifier.selected_features)
     assert result.lesions
     for lesion in result.lesions:
         assert lesion.fused_source == "dl_only"

@@ -33,7 +33,7 @@ from cem_node.pipeline.lesion_geometry import (
 from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 from cem_node.pipeline.pixels import SourceImage
 from cem_node.pipeline.preprocess import PreprocessedPair, preprocess_pair
-from cem_node.pipeline.radiomics import extract_many, make_job
+from cem_node.pipeline.radiomics import extract_many, make_job, plan_extraction
 
 __all__ = [
     "LoadedModels",
@@ -251,7 +251,9 @@ def analyse_study(
         )
         for i, c in enumerate(candidates)
     ]
-    radiomics = extract_many(jobs, rad_settings, workers=radiomics_workers)
+    # only what the bundle's classifier reads (training extracts everything)
+    plan = plan_extraction(models.classifier.selected_features, rad_settings)
+    radiomics = extract_many(jobs, rad_settings, workers=radiomics_workers, plan=plan)
     timings["radiomics"] = time.perf_counter() - tick
 
     ok = [i for i, r in enumerate(radiomics) if r.features is not None]

@@ -44,6 +44,16 @@ pyradiomics' names plus the image suffix (``_low_energy`` / ``_recombined``):
 With the default settings an image gives 9 shape2D + 9 x 93 = 846 features, a
 lesion 1692.
 
+Selective extraction
+--------------------
+At inference the classifier reads about ten of the 1692 features, so the
+analysis passes an :class:`ExtractionPlan` (:func:`plan_extraction` of the
+classifier's selected features): per image only the needed image types (LoG
+sigmas, wavelet sub-bands) and, per image type, only the needed features are
+computed; an image with no needed feature is not extracted at all. The crop is
+that of the full settings, so the values equal the full extraction's. Training
+extracts everything (feature selection needs it).
+
 Crop
 ----
 The cost must not depend on the image size, so the image is cropped to the
@@ -88,7 +98,7 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the usual name)
 from numpy.typing import NDArray
-from radiomics import imageoperations
+from radiomics import getFeatureClasses, imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from cem_node.pipeline.params import RadiomicsSettings
@@ -96,7 +106,10 @@ from cem_node.pipeline.params import RadiomicsSettings
 __all__ = [
     "IMAGE_SUFFIXES",
     "WAVELET_SUBBANDS",
+    "ExtractionPlan",
+    "FeaturePlanError",
     "ImageFeatures",
+    "ImagePlan",
     "LesionRadiomics",
     "RadiomicsError",
     "RadiomicsJob",
@@ -108,6 +121,7 @@ __all__ = [
     "extract_many",
     "log_image_type",
     "make_job",
+    "plan_extraction",
     "pyradiomics_params",
 ]
 
@@ -128,6 +142,131 @@ _WAVELET_MARGIN_PX = 6  # support of the one-level coif1 stationary wavelet
 
 class RadiomicsError(ValueError):
     """The features of an image cannot be extracted (the message says why)."""
+
+
+class FeaturePlanError(ValueError):
+    """A needed feature name is not one an extraction with the settings gives."""
+
+
+@dataclass(frozen=True)
+class ImagePlan:
+    """What to extract from one image (LE or RC): only the needed features.
+
+    Attributes
+    ----------
+    features : dict of str to dict of str to tuple of str
+        pyradiomics image type name (``original``, ``log-sigma-0-4-mm-3D``,
+        ``wavelet-LH``, ...) -> feature class (``glcm``, ``shape2D``, ...) -> feature
+        names (``Idmn``, ...), without the image suffix. Shape features only under
+        ``original``.
+    """
+
+    features: dict[str, dict[str, tuple[str, ...]]]
+
+    def names(self) -> tuple[str, ...]:
+        """The unsuffixed pyradiomics names, e.g. ``original_glcm_Idmn``."""
+        return tuple(
+            f"{image_type}_{cls}_{name}"
+            for image_type, classes in self.features.items()
+            for cls, names in classes.items()
+            for name in names
+        )
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """The features to extract per image; an image not in ``images`` is not extracted.
+
+    Build it with :func:`plan_extraction`.
+
+    Attributes
+    ----------
+    images : dict of str to ImagePlan
+        Image suffix (``_low_energy`` / ``_recombined``) -> what to extract from it.
+    """
+
+    images: dict[str, ImagePlan]
+
+
+def _class_feature_names(feature_class: str) -> frozenset[str]:
+    """The non-deprecated feature names pyradiomics computes for ``feature_class``."""
+    names = getFeatureClasses()[feature_class].getFeatureNames()
+    return frozenset(name for name, deprecated in names.items() if not deprecated)
+
+
+def plan_extraction(names: Sequence[str], settings: RadiomicsSettings) -> ExtractionPlan:
+    """The plan that extracts only ``names`` (e.g. a classifier's selected features).
+
+    Pure: parses each ``<imagetype>_<class>_<feature><suffix>`` name (see "Feature
+    names" in the module docstring) and checks it against ``settings``.
+
+    Parameters
+    ----------
+    names : sequence of str
+        Needed feature names, with the image suffix.
+    settings : RadiomicsSettings
+        The radiomics settings of the extraction (image types, feature classes).
+
+    Returns
+    -------
+    ExtractionPlan
+        Per image suffix with at least one needed feature: image type -> class ->
+        feature names, in the order of ``settings`` (image types) and first mention
+        (classes, features). An image with no needed feature is absent.
+
+    Raises
+    ------
+    FeaturePlanError
+        When a name has no image suffix, is not of the form
+        ``<imagetype>_<class>_<feature>``, or names an image type, a feature class or a
+        feature that an extraction with ``settings`` does not give.
+    """
+    image_types = expected_image_types(settings)
+    wanted: dict[str, dict[str, dict[str, list[str]]]] = {}
+    for full in names:
+        suffix = next((s for s in IMAGE_SUFFIXES if full.endswith(s)), None)
+        if suffix is None:
+            raise FeaturePlanError(
+                f"feature {full!r}: the name does not end in an image suffix {IMAGE_SUFFIXES}"
+            )
+        parts = full[: -len(suffix)].split("_")
+        if len(parts) != 3 or not all(parts):
+            raise FeaturePlanError(
+                f"feature {full!r}: expected '<imagetype>_<class>_<feature>{suffix}'"
+            )
+        image_type, cls, feature = parts
+        if image_type not in image_types:
+            raise FeaturePlanError(
+                f"feature {full!r}: image type {image_type!r} is not extracted with these "
+                f"settings (image types: {', '.join(image_types)})"
+            )
+        if cls not in settings.feature_classes:
+            raise FeaturePlanError(
+                f"feature {full!r}: feature class {cls!r} is not extracted with these "
+                f"settings (classes: {', '.join(settings.feature_classes)})"
+            )
+        if cls.startswith("shape") and image_type != "original":
+            raise FeaturePlanError(
+                f"feature {full!r}: shape features exist only for the 'original' image type"
+            )
+        if feature not in _class_feature_names(cls):
+            raise FeaturePlanError(f"feature {full!r}: pyradiomics' {cls} has no {feature!r}")
+        features = wanted.setdefault(suffix, {}).setdefault(image_type, {}).setdefault(cls, [])
+        if feature not in features:
+            features.append(feature)
+    return ExtractionPlan(
+        images={
+            suffix: ImagePlan(
+                features={
+                    t: {c: tuple(f) for c, f in wanted[suffix][t].items()}
+                    for t in image_types
+                    if t in wanted[suffix]
+                }
+            )
+            for suffix in IMAGE_SUFFIXES
+            if suffix in wanted
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -487,17 +626,39 @@ def _pyradiomics_features(
     settings: RadiomicsSettings,
     suffix: str,
     notes: list[str],
+    plan: ImagePlan | None = None,
 ) -> dict[str, Any]:
-    """pyradiomics' features of every image type (unsuffixed); widened bin widths noted."""
+    """pyradiomics' features of every image type (unsuffixed); widened bin widths noted.
+
+    With ``plan``, only its image types (LoG sigmas, wavelet sub-bands) and, per image
+    type, only its features are computed.
+    """
     images = _sitk_pair(pixels, inside, spacing_xy)
     _, _, image_3d, mask_3d = images
-    extractor = RadiomicsFeatureExtractor(pyradiomics_params(settings))
+    extractor = RadiomicsFeatureExtractor(_planned_params(settings, plan))
     base = dict(extractor.settings)
     bounding_box, _ = imageoperations.checkMask(image_3d, mask_3d, **base)
     if bounding_box is None:
         raise RadiomicsError("pyradiomics rejected the mask")
-    raw: dict[str, Any] = dict(extractor.computeShape(image_3d, mask_3d, bounding_box, **base))
+    raw: dict[str, Any] = {}
+    shape = None if plan is None else plan.features.get("original", {})
+    if shape is None:
+        raw.update(extractor.computeShape(image_3d, mask_3d, bounding_box, **base))
+    else:
+        shape_classes = {c: list(f) for c, f in shape.items() if c.startswith("shape")}
+        if shape_classes:
+            extractor.enabledFeatures = shape_classes
+            raw.update(extractor.computeShape(image_3d, mask_3d, bounding_box, **base))
     for derived, name, kwargs in _derived_images(extractor, base, images):
+        if plan is not None:
+            texture = {
+                c: list(f)
+                for c, f in plan.features.get(name, {}).items()
+                if not c.startswith("shape")
+            }
+            if not texture:
+                continue
+            extractor.enabledFeatures = texture
         cropped, cropped_mask = imageoperations.cropToTumorMask(derived, mask_3d, bounding_box)
         roi = sitk.GetArrayViewFromImage(cropped)[sitk.GetArrayViewFromImage(cropped_mask) == 1]
         width, levels = _capped_bin_width(roi, kwargs["binWidth"], settings.max_grey_levels)
@@ -517,12 +678,29 @@ def _pyradiomics_features(
     return raw
 
 
+def _planned_params(settings: RadiomicsSettings, plan: ImagePlan | None) -> dict[str, Any]:
+    """:func:`pyradiomics_params` with only the LoG sigmas and the wavelet ``plan`` needs."""
+    params = pyradiomics_params(settings)
+    if plan is None:
+        return params
+    image_types = params["imageType"]
+    sigmas = [float(s) for s in settings.log_sigmas_mm if log_image_type(s) in plan.features]
+    if sigmas:
+        image_types["LoG"] = {**image_types["LoG"], "sigma": sigmas}
+    else:
+        image_types.pop("LoG", None)
+    if not any(t.startswith("wavelet-") for t in plan.features):
+        image_types.pop("Wavelet", None)
+    return params
+
+
 def extract_image_features(
     image: NDArray[Any],
     mask: NDArray[Any],
     spacing_mm: tuple[float, float] | None,
     settings: RadiomicsSettings,
     suffix: str,
+    plan: ImagePlan | None = None,
 ) -> ImageFeatures:
     """The radiomics of one image inside the mask (see the module docstring).
 
@@ -538,11 +716,14 @@ def extract_image_features(
         The radiomics settings.
     suffix : str
         Appended to every feature name, e.g. ``"_recombined"``.
+    plan : ImagePlan or None
+        Compute only these features (see :func:`plan_extraction`); None: all of them.
+        The crop (and so every value) is the same as for the full extraction.
 
     Returns
     -------
     ImageFeatures
-        The features and the notes.
+        The features (with a plan: exactly the planned ones) and the notes.
 
     Raises
     ------
@@ -565,15 +746,22 @@ def extract_image_features(
         spacing_xy = (col_mm, row_mm)
 
     with _quiet_radiomics():
-        raw = _pyradiomics_features(pixels, inside, spacing_xy, settings, suffix, notes)
-    missing = [
-        t for t in expected_image_types(settings) if not any(k.startswith(f"{t}_") for k in raw)
-    ]
-    if missing:
-        raise RadiomicsError(f"pyradiomics gave no features for image types {missing}")
-    features = {
-        f"{k}{suffix}": float(v) for k, v in raw.items() if not k.startswith("diagnostics_")
-    }
+        raw = _pyradiomics_features(pixels, inside, spacing_xy, settings, suffix, notes, plan)
+    if plan is None:
+        missing = [
+            t for t in expected_image_types(settings) if not any(k.startswith(f"{t}_") for k in raw)
+        ]
+        if missing:
+            raise RadiomicsError(f"pyradiomics gave no features for image types {missing}")
+        features = {
+            f"{k}{suffix}": float(v) for k, v in raw.items() if not k.startswith("diagnostics_")
+        }
+    else:
+        needed = plan.names()
+        absent = [k for k in needed if k not in raw]
+        if absent:
+            raise RadiomicsError(f"pyradiomics gave no value for the needed features {absent}")
+        features = {f"{k}{suffix}": float(raw[k]) for k in needed}
     bad = sorted(k for k, v in features.items() if not math.isfinite(v))
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
@@ -587,6 +775,7 @@ def extract_lesion_features(
     mask: NDArray[Any],
     spacing_mm: tuple[float, float] | None,
     settings: RadiomicsSettings,
+    plan: ExtractionPlan | None = None,
 ) -> LesionRadiomics:
     """The radiomics of one lesion on both images; a failure is recorded, never raised.
 
@@ -600,6 +789,10 @@ def extract_lesion_features(
         Pixel spacing (row, column) in mm.
     settings : RadiomicsSettings
         The radiomics settings.
+    plan : ExtractionPlan or None
+        Extract only the planned features (inference: those the classifier reads); an
+        image without planned features is not extracted (nor checked). None: every
+        feature of both images (training).
 
     Returns
     -------
@@ -612,7 +805,10 @@ def extract_lesion_features(
     notes: list[str] = []
     error: str | None = None
     for image, suffix in zip((low_energy, recombined), IMAGE_SUFFIXES, strict=True):
-        result = _image_features_or_error(image, mask, spacing_mm, settings, suffix)
+        image_plan = None if plan is None else plan.images.get(suffix)
+        if plan is not None and image_plan is None:
+            continue
+        result = _image_features_or_error(image, mask, spacing_mm, settings, suffix, image_plan)
         if isinstance(result, str):
             error = result
             break
@@ -631,20 +827,23 @@ def _image_features_or_error(
     spacing_mm: tuple[float, float] | None,
     settings: RadiomicsSettings,
     suffix: str,
+    plan: ImagePlan | None = None,
 ) -> ImageFeatures | str:
     """:func:`extract_image_features`, or the error text (naming the image) of its failure."""
     label = suffix.lstrip("_")
     try:
-        return extract_image_features(image, mask, spacing_mm, settings, suffix)
+        return extract_image_features(image, mask, spacing_mm, settings, suffix, plan)
     except RadiomicsError as exc:
         return f"{label}: {exc}"
     except Exception as exc:  # pyradiomics / SimpleITK errors: recorded, never raised
         return f"{label}: pyradiomics failed: {type(exc).__name__}: {exc}"
 
 
-def _run_job(job: RadiomicsJob, settings: RadiomicsSettings) -> LesionRadiomics:
+def _run_job(
+    job: RadiomicsJob, settings: RadiomicsSettings, plan: ExtractionPlan | None = None
+) -> LesionRadiomics:
     return extract_lesion_features(
-        job.low_energy, job.recombined, job.mask, job.spacing_mm, settings
+        job.low_energy, job.recombined, job.mask, job.spacing_mm, settings, plan
     )
 
 
@@ -654,7 +853,10 @@ def _init_worker() -> None:
 
 
 def extract_many(
-    jobs: Sequence[RadiomicsJob], settings: RadiomicsSettings, workers: int
+    jobs: Sequence[RadiomicsJob],
+    settings: RadiomicsSettings,
+    workers: int,
+    plan: ExtractionPlan | None = None,
 ) -> list[LesionRadiomics]:
     """The radiomics of many lesions, in parallel over lesions.
 
@@ -672,6 +874,8 @@ def extract_many(
         The radiomics settings.
     workers : int
         Worker processes (at most one per job).
+    plan : ExtractionPlan or None
+        Extract only these features (see :func:`extract_lesion_features`); None: all.
 
     Returns
     -------
@@ -681,13 +885,13 @@ def extract_many(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(jobs) <= 1:
-        return [_run_job(job, settings) for job in jobs]
+        return [_run_job(job, settings, plan) for job in jobs]
     methods = multiprocessing.get_all_start_methods()
     context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
     with ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker
     ) as pool:
-        futures = [pool.submit(_run_job, job, settings) for job in jobs]
+        futures = [pool.submit(_run_job, job, settings, plan) for job in jobs]
         return [_result_or_error(future) for future in futures]
 
 
