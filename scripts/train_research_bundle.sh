@@ -47,15 +47,14 @@ resume=()
     --threads 2 --cache-dir "$WORK/datasets" --no-progress
 
 # the radiomics trains on every phantom patient: the detector's split.json names real
-# images, so the phantoms get their own split file (all in 'train')
+# images, so the phantoms get their own split file (the project's split, all in 'train')
 .venv/bin/python - "$PHANTOMS" "$WORK/datasets" "$WORK/phantom_split.json" <<'PY'
 import json, sys
 from pathlib import Path
-from cem_node.training.datasets import load_dataset
+from cem_node.training.datasets import load_dataset, split
 spec, cache, out = sys.argv[1:]
-data = load_dataset(spec, cache_dir=Path(cache))
-keys = [s.key for s in data.samples]
-Path(out).write_text(json.dumps({"datasets": [spec], "train": {"samples": keys}}, indent=1))
+record = split(load_dataset(spec, cache_dir=Path(cache)), (1.0, 0.0)).as_dict()
+Path(out).write_text(json.dumps({"datasets": [spec], **record}, indent=1))
 PY
 "$CEM" train radiomics --dataset "$PHANTOMS" --detector "$RUN/detector" --masks manual \
     --split-file "$WORK/phantom_split.json" \

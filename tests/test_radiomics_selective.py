@@ -22,11 +22,11 @@ from cem_node.pipeline.radiomics import (
     make_job,
     plan_extraction,
 )
+from tests.test_radiomics import SPACING, textured_lesion
 
 # pykwalify (pyradiomics' parameter validation) loads its extensions with load_module().
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 
-SPACING = (0.1, 0.1)
 CDD_CESM_512 = Path(__file__).resolve().parents[2] / "shared" / "data" / "cdd-cesm-512"
 
 # spans Original (shape2D + texture), two LoG sigmas, two wavelet bands, both images
@@ -43,20 +43,9 @@ NAMES = (
 )
 
 
-def small_lesion(
-    size: int = 128, radius: float = 12.0, seed: int = 1
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def small_lesion() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(low energy, recombined, mask): a small textured enhancing blob."""
-    rng = np.random.default_rng(seed)
-    centre = size / 2
-    yy, xx = np.mgrid[:size, :size].astype(np.float64)
-    r = np.hypot(yy - centre, xx - centre + 3)
-    angle = np.arctan2(yy - centre, xx - centre + 3)
-    texture = 25 * np.sin(xx / 4.0) * np.cos(yy / 6.0)
-    low_energy = 800 + 60 * np.exp(-((r / 16) ** 2)) + texture + rng.normal(0, 8, r.shape)
-    recombined = 300 + 150 * np.exp(-((r / 10) ** 2)) + 0.6 * texture + rng.normal(0, 6, r.shape)
-    mask = r < radius * (1 + 0.15 * np.sin(3 * angle))
-    return low_energy, recombined, mask
+    return textured_lesion(size=128, centre=(64, 61), radius=12.0, seed=1)
 
 
 @pytest.fixture(scope="module")
