@@ -182,17 +182,19 @@ def _request(workspace: Path):
 def test_radiomics_failure_falls_back_to_dl(workspace: Path, monkeypatch) -> None:
     plans = []
 
-    def failing(jobs, settings, workers, plan=None):
+    def failing(job, settings, plan=None):
         plans.append(plan)
-        return [LesionRadiomics(None, "mask too small (3 pixels)", [], 0.0) for _ in jobs]
+        return LesionRadiomics(None, "mask too small (3 pixels)", [], 0.0)
 
-    monkeypatch.setattr(analyse_module, "extract_many", failing)
+    monkeypatch.setattr(analyse_module, "run_job", failing)
     bundle = BundleRegistry(workspace / "models").load("tiny-test")
     models = LoadedModels.load(bundle, "cpu")
-    analysis = AnalysisSection(models_dir=workspace / "models", model="tiny-test")
+    analysis = AnalysisSection(
+        models_dir=workspace / "models", model="tiny-test", radiomics_workers=1
+    )
     result = analyse_request(models, _request(workspace), analysis)
-    # inference extracts only the classifier's features
-    assert len(plans) == 1 and plans[0] is not None
+    # inference extracts only the classifier's features, the same plan for every lesion
+    assert plans and all(plan is plans[0] for plan in plans) and plans[0] is not None
     planned = {
         f"{name}{suffix}" for suffix, image in plans[0].images.items() for name in image.names()
     }

@@ -581,6 +581,9 @@ class Node:
             self._listener = None
         for loop in self._loops.values():
             loop.join()
+        close_analyzer = getattr(self.analyzer, "close", None)  # its radiomics workers
+        if close_analyzer is not None:
+            close_analyzer()
         if self._hasher is not None:
             self._hasher.stop()
         if self._identity is not None:

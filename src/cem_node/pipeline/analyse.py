@@ -12,7 +12,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,10 +31,19 @@ from cem_node.pipeline.lesion_geometry import (
     outline,
     remove_overlaps,
 )
-from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
+from cem_node.pipeline.params import PostprocessParams, PreprocessParams, RadiomicsSettings
 from cem_node.pipeline.pixels import SourceImage
+from cem_node.pipeline.prefetch import prefetched
 from cem_node.pipeline.preprocess import PreprocessedPair, preprocess_pair
-from cem_node.pipeline.radiomics import extract_many, make_job, plan_extraction
+from cem_node.pipeline.radiomics import (
+    LesionRadiomics,
+    RadiomicsJob,
+    RadiomicsPool,
+    make_job,
+    plan_extraction,
+    result_or_error,
+    run_job,
+)
 
 __all__ = [
     "LoadedModels",
@@ -109,6 +119,24 @@ class LoadedModels:
     device: object
     device_description: str
     timings_s: dict[str, float] = field(default_factory=dict)
+    _radiomics_pool: RadiomicsPool | None = field(default=None, repr=False)
+
+    def radiomics_pool(self, workers: int) -> RadiomicsPool:
+        """The worker processes for radiomics, started at the first call and kept.
+
+        A call with another number of workers replaces the pool.
+        """
+        if self._radiomics_pool is None or self._radiomics_pool.workers != workers:
+            self.close()
+            self._radiomics_pool = RadiomicsPool(workers)
+            self._radiomics_pool.start()
+        return self._radiomics_pool
+
+    def close(self) -> None:
+        """Stop the radiomics workers, if any (the networks need nothing)."""
+        pool, self._radiomics_pool = self._radiomics_pool, None
+        if pool is not None:
+            pool.close()
 
     @classmethod
     def load(cls, bundle: Bundle, device: str = "auto") -> LoadedModels:
@@ -144,12 +172,60 @@ class LoadedModels:
 
 @dataclass
 class _Candidate:
-    pair: PairInput
     mask: np.ndarray
     box: tuple[float, float, float, float]
     detector_class: str
     detector_score: float
     dl_probability: float
+    radiomics: Future[LesionRadiomics]
+
+
+@dataclass
+class _View:
+    """What the findings need of one pair once its pixels are let go."""
+
+    laterality: str
+    view: str
+    recombined_sop_instance_uid: str
+    low_energy_sop_instance_uid: str
+    shape: tuple[int, int]
+    pixel_spacing_mm: tuple[float, float] | None
+    candidates: list[_Candidate]
+
+
+@dataclass
+class _Prepared:
+    pair: PairInput
+    prepared: PreprocessedPair
+    decode_s: float
+    preprocess_s: float
+
+
+def _prepare(pairs: Iterable[PairInput], params: PreprocessParams) -> Iterator[_Prepared]:
+    """Decode (when ``pairs`` is lazy) and preprocess one pair after the other."""
+    iterator = iter(pairs)
+    while True:
+        tick = time.perf_counter()
+        try:
+            pair = next(iterator)
+        except StopIteration:
+            return
+        decoded = time.perf_counter()
+        prepared = preprocess_pair(
+            pair.low_energy.pixels,
+            pair.recombined.pixels,
+            params,
+            pair.laterality,
+        )
+        yield _Prepared(pair, prepared, decoded - tick, time.perf_counter() - decoded)
+
+
+class _Completed(Future[LesionRadiomics]):
+    """A job computed at once (no overlap): a finished future."""
+
+    def __init__(self, result: LesionRadiomics) -> None:
+        super().__init__()
+        self.set_result(result)
 
 
 def source_masks(
@@ -182,79 +258,116 @@ def _lesion_id(laterality: str, view: str, index: int) -> str:
 def analyse_study(
     models: LoadedModels,
     context: StudyContext,
-    pairs: Sequence[PairInput],
+    pairs: Iterable[PairInput],
     postprocess: PostprocessParams | None = None,
     radiomics_settings: RadiomicsSettings | None = None,
     radiomics_workers: int = 1,
+    overlap: bool = True,
 ) -> Findings:
     """Analyse the study's pairs with the loaded bundle; return its findings.
 
     ``postprocess`` and ``radiomics_settings`` default to the bundle's.
+
+    The stages overlap (``overlap``, the default): the next pair is decoded
+    (when ``pairs`` is a lazy iterable, e.g.
+    :func:`~cem_node.pipeline.service.iter_decoded_pairs`) and preprocessed in
+    a background thread while the detector runs on this one, and the
+    radiomics of a view's lesions run (in a thread, or in the bundle's worker
+    processes when ``radiomics_workers`` > 1) while the next view is
+    detected. Each view is detected on its own, so its findings never depend
+    on the study's other views; the results are those of ``overlap=False``,
+    which runs every step in turn. A pair's full-size pixels are let go once
+    its lesions' radiomics crops are made, so at most three pairs are held
+    at once whatever the size of the study.
+
+    ``timings_s`` gives each stage's own time (they overlap: their sum can
+    exceed the wall time) and ``radiomics_wait``, the time spent waiting for
+    the radiomics after the last view was detected.
     """
     manifest = models.bundle.manifest
     post = postprocess or manifest.postprocessing
     rad_settings = radiomics_settings or manifest.radiomics.settings()
     thresholds = manifest.thresholds
     notes: list[str] = []
-    timings: dict[str, float] = {}
-
-    tick = time.perf_counter()
-    prepared = [
-        preprocess_pair(
-            p.low_energy.pixels, p.recombined.pixels, manifest.preprocessing, p.laterality
-        )
-        for p in pairs
-    ]
-    timings["preprocess"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    detections = detect(models.detector, [p.image for p in prepared], post, models.device)
-    timings["detect"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    candidates: list[_Candidate] = []
-    per_view: list[list[_Candidate]] = []
-    for pair, prep, found in zip(pairs, prepared, detections, strict=True):
-        view_candidates = []
-        for det, mask in zip(found, source_masks(prep, found, post), strict=True):
-            if not mask.any():
-                notes.append(
-                    f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) was "
-                    "dropped: no mask of its own on the source image (outside the breast, or "
-                    "mostly inside a higher-scored detection: a duplicate)"
-                )
-                continue
-            box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
-            view_candidates.append(
-                _Candidate(
-                    pair=pair,
-                    mask=mask,
-                    box=tuple(float(v) for v in box),  # type: ignore[arg-type]
-                    detector_class=det.label,
-                    detector_score=det.score,
-                    dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
-                )
-            )
-        per_view.append(view_candidates)
-        candidates.extend(view_candidates)
-    timings["map_back"] = time.perf_counter() - tick
-
-    tick = time.perf_counter()
-    jobs = [
-        make_job(
-            job_id=str(i),
-            low_energy=c.pair.low_energy.pixels,
-            recombined=c.pair.recombined.pixels,
-            mask=c.mask,
-            spacing_mm=c.pair.recombined.pixel_spacing_mm,
-            settings=rad_settings,
-        )
-        for i, c in enumerate(candidates)
-    ]
+    timings = dict.fromkeys(("decode", "preprocess", "detect", "map_back", "radiomics"), 0.0)
     # only what the bundle's classifier reads (training extracts everything)
     plan = plan_extraction(models.classifier.selected_features, rad_settings)
-    radiomics = extract_many(jobs, rad_settings, workers=radiomics_workers, plan=plan)
-    timings["radiomics"] = time.perf_counter() - tick
+
+    thread_pool: ThreadPoolExecutor | None = None
+    submit: Callable[[RadiomicsJob], Future[LesionRadiomics]]
+    if not overlap:
+        submit = lambda job: _Completed(run_job(job, rad_settings, plan))  # noqa: E731
+    elif radiomics_workers > 1:
+        pool = models.radiomics_pool(radiomics_workers)
+        submit = lambda job: pool.submit(job, rad_settings, plan)  # noqa: E731
+    else:
+        thread_pool = ThreadPoolExecutor(1, thread_name_prefix="radiomics")
+        submit = lambda job: thread_pool.submit(run_job, job, rad_settings, plan)  # noqa: E731
+
+    steps = _prepare(pairs, manifest.preprocessing)
+    if overlap:
+        steps = prefetched(steps, depth=1, name="analysis-prefetch")
+    views: list[_View] = []
+    try:
+        for step in steps:
+            pair, prep = step.pair, step.prepared
+            timings["decode"] += step.decode_s
+            timings["preprocess"] += step.preprocess_s
+
+            tick = time.perf_counter()
+            found = detect(models.detector, [prep.image], post, models.device)[0]
+            timings["detect"] += time.perf_counter() - tick
+
+            tick = time.perf_counter()
+            candidates = []
+            for det, mask in zip(found, source_masks(prep, found, post), strict=True):
+                if not mask.any():
+                    notes.append(
+                        f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) "
+                        "was dropped: no mask of its own on the source image (outside the "
+                        "breast, or mostly inside a higher-scored detection: a duplicate)"
+                    )
+                    continue
+                box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
+                job = make_job(
+                    job_id=f"{pair.laterality}-{pair.view}-{len(candidates) + 1}",
+                    low_energy=pair.low_energy.pixels,
+                    recombined=pair.recombined.pixels,
+                    mask=mask,
+                    spacing_mm=pair.recombined.pixel_spacing_mm,
+                    settings=rad_settings,
+                )
+                candidates.append(
+                    _Candidate(
+                        mask=mask,
+                        box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                        detector_class=det.label,
+                        detector_score=det.score,
+                        dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
+                        radiomics=submit(job),
+                    )
+                )
+            views.append(
+                _View(
+                    laterality=pair.laterality,
+                    view=pair.view,
+                    recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
+                    low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+                    shape=pair.recombined.pixels.shape,  # type: ignore[arg-type]
+                    pixel_spacing_mm=pair.recombined.pixel_spacing_mm,
+                    candidates=candidates,
+                )
+            )
+            timings["map_back"] += time.perf_counter() - tick
+            del step, pair, prep  # the pixels go with the next step (the crops are kept)
+
+        tick = time.perf_counter()
+        radiomics = [result_or_error(c.radiomics) for v in views for c in v.candidates]
+        timings["radiomics_wait"] = time.perf_counter() - tick
+    finally:
+        if thread_pool is not None:
+            thread_pool.shutdown(wait=True, cancel_futures=True)
+    timings["radiomics"] = sum(r.seconds for r in radiomics)
 
     ok = [i for i, r in enumerate(radiomics) if r.features is not None]
     rad_probability: dict[int, float] = {}
@@ -264,18 +377,18 @@ def analyse_study(
         rad_probability = {i: float(p) for i, p in zip(ok, probs, strict=True)}
 
     lesions: list[Lesion] = []
-    views: list[ViewResult] = []
+    view_results: list[ViewResult] = []
     index = 0
-    for pair, view_candidates in zip(pairs, per_view, strict=True):
+    for view in views:
         ids = []
-        for number, cand in enumerate(view_candidates, start=1):
+        for number, cand in enumerate(view.candidates, start=1):
             rad = radiomics[index]
             rad_p = rad_probability.get(index)
             index += 1
             decision = fusion.decide_lesion(cand.dl_probability, rad_p, thresholds)
-            lesion_id = _lesion_id(pair.laterality, pair.view, number)
+            lesion_id = _lesion_id(view.laterality, view.view, number)
             points = outline(cand.mask)
-            spacing = pair.recombined.pixel_spacing_mm
+            spacing = view.pixel_spacing_mm
             area_px = int(cand.mask.sum())
             error = None if rad_p is not None else (rad.error or "radiomics unavailable")
             if error is not None:
@@ -291,10 +404,10 @@ def analyse_study(
                             lesion_id,
                         ]
                     ),
-                    laterality=pair.laterality,  # type: ignore[arg-type]
-                    view=pair.view,
-                    recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
-                    low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+                    laterality=view.laterality,  # type: ignore[arg-type]
+                    view=view.view,
+                    recombined_sop_instance_uid=view.recombined_sop_instance_uid,
+                    low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
                     box=cand.box,
                     outline=points,
                     mask=LesionMask.from_array(cand.mask),
@@ -316,21 +429,21 @@ def analyse_study(
             )
             notes.extend(f"{lesion_id}: {n}" for n in rad.notes)
             ids.append(lesion_id)
-        rows, columns = pair.recombined.pixels.shape
-        views.append(
+        rows, columns = view.shape
+        view_results.append(
             ViewResult(
-                laterality=pair.laterality,  # type: ignore[arg-type]
-                view=pair.view,
-                recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
-                low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+                laterality=view.laterality,  # type: ignore[arg-type]
+                view=view.view,
+                recombined_sop_instance_uid=view.recombined_sop_instance_uid,
+                low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
                 rows=rows,
                 columns=columns,
-                pixel_spacing_mm=pair.recombined.pixel_spacing_mm,
+                pixel_spacing_mm=view.pixel_spacing_mm,
                 lesion_ids=ids,
             )
         )
 
-    lateralities = sorted({p.laterality for p in pairs})
+    lateralities = sorted({v.laterality for v in views})
     breasts = fusion.breast_summaries(
         [(lesion.laterality, lesion.fused_probability) for lesion in lesions],
         lateralities,
@@ -347,7 +460,7 @@ def analyse_study(
         device=models.device_description,
         created=dt.datetime.now(dt.UTC),
         thresholds=thresholds,
-        views=views,
+        views=view_results,
         lesions=lesions,
         breasts=breasts,
         patient=patient,

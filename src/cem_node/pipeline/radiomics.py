@@ -92,6 +92,7 @@ import multiprocessing
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,6 +114,7 @@ __all__ = [
     "LesionRadiomics",
     "RadiomicsError",
     "RadiomicsJob",
+    "RadiomicsPool",
     "crop_box",
     "crop_margin",
     "expected_image_types",
@@ -123,6 +125,8 @@ __all__ = [
     "make_job",
     "plan_extraction",
     "pyradiomics_params",
+    "result_or_error",
+    "run_job",
 ]
 
 logger = logging.getLogger(__name__)
@@ -839,9 +843,10 @@ def _image_features_or_error(
         return f"{label}: pyradiomics failed: {type(exc).__name__}: {exc}"
 
 
-def _run_job(
+def run_job(
     job: RadiomicsJob, settings: RadiomicsSettings, plan: ExtractionPlan | None = None
 ) -> LesionRadiomics:
+    """The radiomics of one job (:func:`extract_lesion_features` on its arrays)."""
     return extract_lesion_features(
         job.low_energy, job.recombined, job.mask, job.spacing_mm, settings, plan
     )
@@ -850,6 +855,72 @@ def _run_job(
 def _init_worker() -> None:
     # A worker process is ours: one ITK thread per worker, as many workers as cores.
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)
+
+
+def _ready(_index: int) -> None:
+    # nothing: running it means the worker has started and imported this module
+    return None
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    # never a plain fork of the (multi-threaded) node
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+
+
+class RadiomicsPool:
+    """Worker processes for radiomics, started once and kept for every study.
+
+    Starting processes costs seconds (each imports pyradiomics, SimpleITK and
+    NumPy), more than the radiomics of a whole study with the bundle's
+    selected features; so the node starts them with its model and reuses them.
+    A pool whose worker died (killed, out of memory) is replaced at the next
+    submission; the jobs it held report the failure (:func:`extract_many`).
+
+    Parameters
+    ----------
+    workers : int
+        Worker processes, at least 1; each uses one ITK thread.
+    """
+
+    def __init__(self, workers: int) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, mp_context=_process_context(), initializer=_init_worker
+            )
+        return self._pool
+
+    def start(self) -> None:
+        """Start every worker now (not during the first study) and wait until one answers.
+
+        The executor starts a process per job submitted while none is idle,
+        up to ``workers``: one job per worker starts them all.
+        """
+        pool = self._executor()
+        list(pool.map(_ready, range(self.workers)))
+
+    def submit(
+        self, job: RadiomicsJob, settings: RadiomicsSettings, plan: ExtractionPlan | None = None
+    ) -> Future[LesionRadiomics]:
+        """Queue one job; its future gives the result (see :func:`result_or_error`)."""
+        try:
+            return self._executor().submit(run_job, job, settings, plan)
+        except BrokenProcessPool:
+            logger.warning("a radiomics worker had died; starting a new pool")
+            self.close()
+            return self._executor().submit(run_job, job, settings, plan)
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 def extract_many(
@@ -885,17 +956,16 @@ def extract_many(
     if workers < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
     if workers == 1 or len(jobs) <= 1:
-        return [_run_job(job, settings, plan) for job in jobs]
-    methods = multiprocessing.get_all_start_methods()
-    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
-    with ProcessPoolExecutor(
-        max_workers=min(workers, len(jobs)), mp_context=context, initializer=_init_worker
-    ) as pool:
-        futures = [pool.submit(_run_job, job, settings, plan) for job in jobs]
-        return [_result_or_error(future) for future in futures]
+        return [run_job(job, settings, plan) for job in jobs]
+    pool = RadiomicsPool(min(workers, len(jobs)))
+    try:
+        futures = [pool.submit(job, settings, plan) for job in jobs]
+        return [result_or_error(future) for future in futures]
+    finally:
+        pool.close()
 
 
-def _result_or_error(future: Future[LesionRadiomics]) -> LesionRadiomics:
+def result_or_error(future: Future[LesionRadiomics]) -> LesionRadiomics:
     """The worker's result, or its failure (a dead worker, a job that cannot be pickled)."""
     try:
         return future.result()

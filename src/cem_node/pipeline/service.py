@@ -8,11 +8,12 @@ the analysis of one :class:`~cem_node.jobs.analysis.AnalysisRequest`;
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +46,8 @@ __all__ = [
     "analyse_request",
     "decode_pairs",
     "effective_params",
+    "iter_decoded_pairs",
+    "release_freed_memory",
     "requests_from_files",
 ]
 
@@ -148,8 +151,11 @@ def requests_from_files(
     return studies, skipped
 
 
-def decode_pairs(request: AnalysisRequest) -> list[PairInput]:
-    """Decode the request's LE and RC images (once: callers reuse them, e.g. for overlays).
+def iter_decoded_pairs(request: AnalysisRequest) -> Iterator[PairInput]:
+    """Decode the request's LE and RC images one pair at a time, as they are needed.
+
+    The analysis decodes the next pair while it detects on this one, and
+    lets each pair's pixels go once used (:func:`~cem_node.pipeline.analyse.analyse_study`).
 
     Raises
     ------
@@ -168,15 +174,24 @@ def decode_pairs(request: AnalysisRequest) -> list[PairInput]:
             reason = str(exc).removeprefix(f"{path}: ")
             raise InstanceUnusableError(sop_instance_uid, reason) from exc
 
-    return [
-        PairInput(
+    for p in request.pairs:
+        yield PairInput(
             laterality=p.laterality,
             view=p.view,
             low_energy=read(p.low_energy_path, p.low_energy_sop_instance_uid),
             recombined=read(p.recombined_path, p.recombined_sop_instance_uid),
         )
-        for p in request.pairs
-    ]
+
+
+def decode_pairs(request: AnalysisRequest) -> list[PairInput]:
+    """Decode all the request's LE and RC images (once: callers reuse them, e.g. for overlays).
+
+    Raises
+    ------
+    InstanceUnusableError
+        As :func:`iter_decoded_pairs`.
+    """
+    return list(iter_decoded_pairs(request))
 
 
 def analyse_request(
@@ -189,21 +204,36 @@ def analyse_request(
     from cem_node.pipeline.analyse import analyse_study, study_context
 
     started = time.perf_counter()
-    if pairs is None:
-        pairs = decode_pairs(request)
-    decoded = time.perf_counter() - started
     post, radiomics, notes = effective_params(analysis, models.bundle)
     findings = analyse_study(
         models,
         study_context(list(request.headers), request.analysis_round),
-        pairs,
+        iter_decoded_pairs(request) if pairs is None else pairs,
         post,
         radiomics,
         radiomics_workers=analysis.radiomics_workers,
     )
-    timings = {"decode": round(decoded, 4), **findings.timings_s}
+    timings = dict(findings.timings_s)
     timings["total"] = round(time.perf_counter() - started, 4)
     return findings.model_copy(update={"timings_s": timings, "notes": notes + findings.notes})
+
+
+def release_freed_memory() -> bool:
+    """Give the heap's free pages back to the system (glibc's ``malloc_trim``).
+
+    A study's full-size arrays are freed when it is done, but glibc keeps the
+    freed pages of its arenas, so an idle node would keep the resident size of
+    its largest study. Returns False where the C library has no
+    ``malloc_trim`` (not glibc).
+    """
+    try:
+        libc = ctypes.CDLL(None)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 class BundleAnalyzer:
@@ -246,8 +276,14 @@ class BundleAnalyzer:
             except BundleError as exc:
                 raise AnalysisUnavailableError(f"model bundle: {exc}") from exc
             if self._models is None or self._models.bundle.sha256 != bundle.sha256:
+                if self._models is not None:
+                    self._models.close()  # its radiomics workers
+                    self._models = None
                 try:
                     self._models = LoadedModels.load(bundle, self._analysis.device)
+                    if self._analysis.radiomics_workers > 1:
+                        # started with the model, not during the first study
+                        self._models.radiomics_pool(self._analysis.radiomics_workers)
                 except Exception as exc:  # verified files that still cannot be used
                     raise AnalysisUnavailableError(
                         f"model bundle {bundle.name} {bundle.version} cannot be loaded: {exc}"
@@ -269,6 +305,12 @@ class BundleAnalyzer:
             self._status = f"analysis unavailable: {exc}"
         return self._status
 
+    def close(self) -> None:
+        """Stop what the loaded bundle started (its radiomics worker processes)."""
+        with self._lock:
+            if self._models is not None:
+                self._models.close()
+
     def status_line(self) -> str:
         """Which bundle is loaded (or why none), for /healthz."""
         return self._status
@@ -277,7 +319,10 @@ class BundleAnalyzer:
         from cem_node.dicom.results import encode_results
 
         models = self._loaded()
-        findings = analyse_request(models, request, self._analysis)
+        try:
+            findings = analyse_request(models, request, self._analysis)
+        finally:
+            release_freed_memory()
         identity = findings.model
         # every object type: the worker sends each destination the types it wants
         objects = encode_results(
