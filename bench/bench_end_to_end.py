@@ -21,6 +21,16 @@ What is measured
     ``--warmup`` studies that are not counted (the model is loaded at start,
     but the first inference pays for lazy initialisation).
 
+Memory
+    Before each study the kernel's peak RSS of the node's processes is reset
+    (``/proc/PID/clear_refs``, 5); after its results arrived, each process's
+    ``VmHWM`` is its peak during the study. The node's own process and the
+    sum over the node and its child processes (radiomics workers, the
+    forkserver) are reported; the sum counts pages the processes share more
+    than once, so it is an upper bound. The RSS of the idle node (after the
+    warm-up) is reported too. Target (issue #22): the node's peak at most
+    2.5 GB during a full-size study.
+
 The device is what the node chooses (CUDA when present, otherwise the CPU);
 the summary says which, with the CPU count.
 """
@@ -53,6 +63,45 @@ from cem_node.synthetic import SynthOptions, generate_study  # noqa: E402
 QUIET_PERIOD_S = 2.0
 TARGET_CPU_S = 60.0
 TARGET_GPU_S = 5.0
+TARGET_PEAK_RSS_MIB = 2.5 * 1000**3 / 2**20  # 2.5 GB
+
+
+def _process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (those alive now)."""
+    tree, index = [pid], 0
+    while index < len(tree):
+        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
+            try:
+                tree.extend(int(child) for child in task.read_text().split())
+            except OSError:  # the task ended meanwhile
+                continue
+        index += 1
+    return tree
+
+
+def _status_mib(pid: int, field: str) -> float:
+    """A ``/proc/PID/status`` memory figure (kB) in MiB; 0 when the process is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _reset_peaks(pid: int) -> None:
+    for member in _process_tree(pid):
+        try:
+            Path(f"/proc/{member}/clear_refs").write_text("5")
+        except OSError:  # gone, or not ours: its peak is then the lifetime's
+            continue
+
+
+def _peaks_mib(pid: int) -> tuple[float, float]:
+    """Peak RSS since the reset: the node's process, and the node with its children."""
+    tree = _process_tree(pid)
+    return _status_mib(pid, "VmHWM"), sum(_status_mib(member, "VmHWM") for member in tree)
 
 
 def _studies_with_lesions(root: Path, count: int, size: str, first_seed: int) -> list[Path]:
@@ -87,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="First study seed.")
     parser.add_argument("--models-dir", type=Path, default=DEMO_MODELS_DIR)
     parser.add_argument("--model", default=DEMO_MODEL)
+    parser.add_argument(
+        "--radiomics-workers",
+        type=int,
+        help="The node's [analysis] radiomics_workers (unset: the node's default).",
+    )
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args(argv)
 
@@ -104,29 +158,41 @@ def main(argv: list[str] | None = None) -> int:
                 check_interval_s=0.2,
                 models_dir=args.models_dir.resolve(),  # the node runs elsewhere
                 model=args.model,
+                extra_env={}
+                if args.radiomics_workers is None
+                else {"CEM_NODE_ANALYSIS__RADIOMICS_WORKERS": str(args.radiomics_workers)},
             )
+            idle_rss: list[float] = []
             with node:
                 for index, study in enumerate(studies):
                     files = sorted((study / "dicom").glob("*.dcm"))
                     uid = json.loads((study / "ground_truth.json").read_text())["study"][
                         "study_instance_uid"
                     ]
+                    counted = index >= args.warmup
+                    if counted:
+                        idle_rss.append(_status_mib(node.pid, "VmRSS"))
+                    _reset_peaks(node.pid)
                     node.send(files)
                     arrived = wait_for_results(pacs, uid, 600, poll_s=0.05)
                     latency = arrived.seconds - QUIET_PERIOD_S
-                    counted = index >= args.warmup
+                    peak, peak_tree = _peaks_mib(node.pid)
                     objects = {kind: len(ids) for kind, ids in arrived.instances.items()}
                     rows.append({"study": study.parent.name, "seconds": latency, "counted": counted,
-                                 "objects": objects})  # fmt: skip
+                                 "objects": objects, "peak_rss_mib": round(peak),
+                                 "peak_rss_with_children_mib": round(peak_tree)})  # fmt: skip
                     print(
                         f"{'study' if counted else 'warm-up'} {study.parent.name}: {latency:.2f} s "
-                        f"after the quiet period; objects {objects}",
+                        f"after the quiet period; peak RSS {peak:.0f} MiB (with children "
+                        f"{peak_tree:.0f} MiB); objects {objects}",
                         flush=True,
                     )
             if node.stop() != 0:
                 print(node.log_tail(), file=sys.stderr)
                 return 1
     measured = [row["seconds"] for row in rows if row["counted"]]
+    peaks = [row["peak_rss_mib"] for row in rows if row["counted"]]
+    peaks_tree = [row["peak_rss_with_children_mib"] for row in rows if row["counted"]]
     device = _device()
     target = TARGET_GPU_S if device.startswith("cuda") else TARGET_CPU_S
     summary = {
@@ -137,15 +203,23 @@ def main(argv: list[str] | None = None) -> int:
         "median_s": statistics.median(measured),
         "max_s": max(measured),
         "target_s": target,
+        "idle_rss_mib": round(statistics.median(idle_rss)),
+        "peak_rss_mib": max(peaks),
+        "peak_rss_with_children_mib": max(peaks_tree),
+        "target_peak_rss_mib": round(TARGET_PEAK_RSS_MIB),
+        "radiomics_workers": args.radiomics_workers,
         "studies": rows,
     }
     print(
         f"end-to-end latency on {device}, {args.size} studies: median {summary['median_s']:.2f} s, "
-        f"max {summary['max_s']:.2f} s over {len(measured)} studies (target < {target:g} s)"
+        f"max {summary['max_s']:.2f} s over {len(measured)} studies (target < {target:g} s); "
+        f"node RSS idle {summary['idle_rss_mib']} MiB, peak during a study "
+        f"{summary['peak_rss_mib']} MiB (with its child processes "
+        f"{summary['peak_rss_with_children_mib']} MiB; target <= {TARGET_PEAK_RSS_MIB:.0f} MiB)"
     )
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
-    return 0 if summary["max_s"] < target else 1
+    return 0 if summary["max_s"] < target and max(peaks) <= TARGET_PEAK_RSS_MIB else 1
 
 
 if __name__ == "__main__":

@@ -797,7 +797,13 @@ class AnalysisSection(_Section):
         examples=[0.1],
     )
     radiomics_workers: int = Field(
-        2, ge=1, description="Worker processes computing radiomics features."
+        1,
+        ge=1,
+        description=(
+            "Processes computing radiomics features. 1: a thread of the analysis, overlapping "
+            "the detection; more: worker processes started with the model and kept (worth it "
+            "with spare cores, e.g. a GPU worker; on 2 cores they compete with the detector)."
+        ),
     )
     radiomics_max_grey_levels: int | None = Field(
         None,

@@ -83,7 +83,15 @@ class ServedNode:
     model: str = DEMO_MODEL
     port: int = 0
     http_port: int = 0
+    extra_env: dict[str, str] = field(default_factory=dict)
     _proc: subprocess.Popen[str] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        """The node's process ID (it must be started)."""
+        if self._proc is None:
+            raise RuntimeError("the node is not started")
+        return self._proc.pid
 
     @property
     def data(self) -> Path:
@@ -113,14 +121,18 @@ class ServedNode:
             "peers", "add", "pacs", "--ae-title", pacs.ae_title, "--host", pacs.host,
             "--port", str(pacs.port), "--role", "destination",
         )  # fmt: skip
-        env = _clean_env() | {
-            "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": str(self.quiet_period_s),
-            "CEM_NODE_ASSEMBLY__CHECK_INTERVAL_S": str(self.check_interval_s),
-            "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
-            "CEM_NODE_ANALYSIS__MODELS_DIR": str(self.models_dir),
-            "CEM_NODE_ANALYSIS__MODEL": self.model,
-            "CEM_NODE_HTTP__PORT": str(self.http_port),
-        }
+        env = (
+            _clean_env()
+            | {
+                "CEM_NODE_ASSEMBLY__QUIET_PERIOD_S": str(self.quiet_period_s),
+                "CEM_NODE_ASSEMBLY__CHECK_INTERVAL_S": str(self.check_interval_s),
+                "CEM_NODE_STORAGE__MIN_FREE_MB": "0",
+                "CEM_NODE_ANALYSIS__MODELS_DIR": str(self.models_dir),
+                "CEM_NODE_ANALYSIS__MODEL": self.model,
+                "CEM_NODE_HTTP__PORT": str(self.http_port),
+            }
+            | self.extra_env
+        )
         command = [sys.executable, "-m", "cem_node", "--data-dir", str(self.data), "serve"]
         command += ["--port", str(self.port), "--host", "127.0.0.1", "--ae-title", NODE_AE]
         with self.log_path.open("w") as log:
