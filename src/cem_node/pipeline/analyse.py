@@ -255,6 +255,59 @@ def _lesion_id(laterality: str, view: str, index: int) -> str:
     return f"{laterality}-{view}-{index}"
 
 
+def _map_back(
+    step: _Prepared,
+    found: Sequence[Detection],
+    post: PostprocessParams,
+    rad_settings: RadiomicsSettings,
+    submit: Callable[[RadiomicsJob], Future[LesionRadiomics]],
+    notes: list[str],
+) -> _View:
+    """One view's detections as lesion masks on the source image, their radiomics queued.
+
+    Each lesion's radiomics crops are made here, so the caller can let the
+    pair's full-size pixels go.
+    """
+    pair, prep = step.pair, step.prepared
+    candidates = []
+    for det, mask in zip(found, source_masks(prep, found, post), strict=True):
+        if not mask.any():
+            notes.append(
+                f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) "
+                "was dropped: no mask of its own on the source image (outside the "
+                "breast, or mostly inside a higher-scored detection: a duplicate)"
+            )
+            continue
+        box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
+        job = make_job(
+            job_id=f"{pair.laterality}-{pair.view}-{len(candidates) + 1}",
+            low_energy=pair.low_energy.pixels,
+            recombined=pair.recombined.pixels,
+            mask=mask,
+            spacing_mm=pair.recombined.pixel_spacing_mm,
+            settings=rad_settings,
+        )
+        candidates.append(
+            _Candidate(
+                mask=mask,
+                box=tuple(float(v) for v in box),  # type: ignore[arg-type]
+                detector_class=det.label,
+                detector_score=det.score,
+                dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
+                radiomics=submit(job),
+            )
+        )
+    return _View(
+        laterality=pair.laterality,
+        view=pair.view,
+        recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
+        low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
+        shape=pair.recombined.pixels.shape,  # type: ignore[arg-type]
+        pixel_spacing_mm=pair.recombined.pixel_spacing_mm,
+        candidates=candidates,
+    )
+
+
 def analyse_study(
     models: LoadedModels,
     context: StudyContext,
@@ -287,7 +340,6 @@ def analyse_study(
     manifest = models.bundle.manifest
     post = postprocess or manifest.postprocessing
     rad_settings = radiomics_settings or manifest.radiomics.settings()
-    thresholds = manifest.thresholds
     notes: list[str] = []
     timings = dict.fromkeys(("decode", "preprocess", "detect", "map_back", "radiomics"), 0.0)
     # only what the bundle's classifier reads (training extracts everything)
@@ -310,56 +362,17 @@ def analyse_study(
     views: list[_View] = []
     try:
         for step in steps:
-            pair, prep = step.pair, step.prepared
             timings["decode"] += step.decode_s
             timings["preprocess"] += step.preprocess_s
 
             tick = time.perf_counter()
-            found = detect(models.detector, [prep.image], post, models.device)[0]
+            found = detect(models.detector, [step.prepared.image], post, models.device)[0]
             timings["detect"] += time.perf_counter() - tick
 
             tick = time.perf_counter()
-            candidates = []
-            for det, mask in zip(found, source_masks(prep, found, post), strict=True):
-                if not mask.any():
-                    notes.append(
-                        f"{pair.laterality}-{pair.view}: a detection (score {det.score:.2f}) "
-                        "was dropped: no mask of its own on the source image (outside the "
-                        "breast, or mostly inside a higher-scored detection: a duplicate)"
-                    )
-                    continue
-                box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
-                job = make_job(
-                    job_id=f"{pair.laterality}-{pair.view}-{len(candidates) + 1}",
-                    low_energy=pair.low_energy.pixels,
-                    recombined=pair.recombined.pixels,
-                    mask=mask,
-                    spacing_mm=pair.recombined.pixel_spacing_mm,
-                    settings=rad_settings,
-                )
-                candidates.append(
-                    _Candidate(
-                        mask=mask,
-                        box=tuple(float(v) for v in box),  # type: ignore[arg-type]
-                        detector_class=det.label,
-                        detector_score=det.score,
-                        dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
-                        radiomics=submit(job),
-                    )
-                )
-            views.append(
-                _View(
-                    laterality=pair.laterality,
-                    view=pair.view,
-                    recombined_sop_instance_uid=pair.recombined.sop_instance_uid,
-                    low_energy_sop_instance_uid=pair.low_energy.sop_instance_uid,
-                    shape=pair.recombined.pixels.shape,  # type: ignore[arg-type]
-                    pixel_spacing_mm=pair.recombined.pixel_spacing_mm,
-                    candidates=candidates,
-                )
-            )
+            views.append(_map_back(step, found, post, rad_settings, submit, notes))
             timings["map_back"] += time.perf_counter() - tick
-            del step, pair, prep  # the pixels go with the next step (the crops are kept)
+            del step  # its pixels go now (the radiomics crops are kept)
 
         tick = time.perf_counter()
         radiomics = [result_or_error(c.radiomics) for v in views for c in v.candidates]
@@ -369,6 +382,19 @@ def analyse_study(
             thread_pool.shutdown(wait=True, cancel_futures=True)
     timings["radiomics"] = sum(r.seconds for r in radiomics)
 
+    return _findings(models, context, views, radiomics, notes, timings)
+
+
+def _findings(
+    models: LoadedModels,
+    context: StudyContext,
+    views: Sequence[_View],
+    radiomics: Sequence[LesionRadiomics],
+    notes: list[str],
+    timings: dict[str, float],
+) -> Findings:
+    """Classify, fuse and decide each lesion (``radiomics`` in the views' lesion order)."""
+    thresholds = models.bundle.manifest.thresholds
     ok = [i for i, r in enumerate(radiomics) if r.features is not None]
     rad_probability: dict[int, float] = {}
     if ok:
