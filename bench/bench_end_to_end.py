@@ -57,6 +57,7 @@ from tests.e2e.node_stack import (  # noqa: E402
     wait_for_results,
 )
 from tests.peers import OrthancServer  # noqa: E402
+from tests.proc_memory import peaks_mib, reset_peaks, status_mib  # noqa: E402
 
 from cem_node.synthetic import SynthOptions, generate_study  # noqa: E402
 
@@ -64,44 +65,6 @@ QUIET_PERIOD_S = 2.0
 TARGET_CPU_S = 60.0
 TARGET_GPU_S = 5.0
 TARGET_PEAK_RSS_MIB = 2.5 * 1000**3 / 2**20  # 2.5 GB
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (those alive now)."""
-    tree, index = [pid], 0
-    while index < len(tree):
-        for task in Path(f"/proc/{tree[index]}/task").glob("*/children"):
-            try:
-                tree.extend(int(child) for child in task.read_text().split())
-            except OSError:  # the task ended meanwhile
-                continue
-        index += 1
-    return tree
-
-
-def _status_mib(pid: int, field: str) -> float:
-    """A ``/proc/PID/status`` memory figure (kB) in MiB; 0 when the process is gone."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(f"{field}:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def _reset_peaks(pid: int) -> None:
-    for member in _process_tree(pid):
-        try:
-            Path(f"/proc/{member}/clear_refs").write_text("5")
-        except OSError:  # gone, or not ours: its peak is then the lifetime's
-            continue
-
-
-def _peaks_mib(pid: int) -> tuple[float, float]:
-    """Peak RSS since the reset: the node's process, and the node with its children."""
-    tree = _process_tree(pid)
-    return _status_mib(pid, "VmHWM"), sum(_status_mib(member, "VmHWM") for member in tree)
 
 
 def _studies_with_lesions(root: Path, count: int, size: str, first_seed: int) -> list[Path]:
@@ -171,12 +134,12 @@ def main(argv: list[str] | None = None) -> int:
                     ]
                     counted = index >= args.warmup
                     if counted:
-                        idle_rss.append(_status_mib(node.pid, "VmRSS"))
-                    _reset_peaks(node.pid)
+                        idle_rss.append(status_mib(node.pid, "VmRSS") or 0.0)
+                    reset_peaks(node.pid)
                     node.send(files)
                     arrived = wait_for_results(pacs, uid, 600, poll_s=0.05)
                     latency = arrived.seconds - QUIET_PERIOD_S
-                    peak, peak_tree = _peaks_mib(node.pid)
+                    peak, peak_tree = peaks_mib(node.pid)
                     objects = {kind: len(ids) for kind, ids in arrived.instances.items()}
                     rows.append({"study": study.parent.name, "seconds": latency, "counted": counted,
                                  "objects": objects, "peak_rss_mib": round(peak),

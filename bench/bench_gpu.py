@@ -455,21 +455,6 @@ def _estimate(figures: dict[str, Any]) -> float | None:
     )
 
 
-def _start_radiomics_workers(models: LoadedModels, workers: int) -> None:
-    """Start the bundle's radiomics worker processes with the model, as the node does.
-
-    So that their start-up is not in the first study's time (``BundleAnalyzer``);
-    with one worker the radiomics run in a thread of the analysis.
-    """
-    if workers > 1:
-        models.radiomics_pool(workers)
-
-
-def _release(models: LoadedModels) -> None:
-    """Stop what the loaded bundle started (its radiomics worker processes, if any)."""
-    models.close()
-
-
 def _table(figures: dict[str, Any]) -> Table:
     """The one table of the figures."""
     table = Table(title=f"Detector and study analysis on {figures['device']}")
@@ -683,12 +668,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         demo_params = models.bundle.manifest.preprocessing
         try:
-            _start_radiomics_workers(models, settings.analysis.radiomics_workers)
+            if settings.analysis.radiomics_workers > 1:  # started with the model, as the node does
+                models.radiomics_pool(settings.analysis.radiomics_workers)
             rows, analysis, preprocess_s = _bench_models(
                 models, pairs, request, settings, device, paper_params, args, warmup, repeats
             )
         finally:
-            _release(models)  # before the end-to-end run: its node starts its own workers
+            models.close()  # before the end-to-end run: its node starts its own workers
             del models
             if cuda:
                 torch.cuda.empty_cache()  # the served node needs the GPU's memory

@@ -29,6 +29,10 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # for tests.proc_memory (stdlib only)
+
+from tests.proc_memory import reset_peaks, status_mib  # noqa: E402
 
 #: Import groups in the order a full node meets them, with why each is there.
 IMPORTS: list[tuple[str, list[str], str]] = [
@@ -45,21 +49,16 @@ IMPORTS: list[tuple[str, list[str], str]] = [
 ]
 
 
-def _status_mib(field: str, pid: str = "self") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+def _rss(field: str = "VmRSS", pid: int | str = "self") -> float:
+    return status_mib(pid, field) or 0.0
 
 
 def _measure(model: str, models_dir: Path, radiomics_workers: int) -> dict:
-    rows: list[dict] = [
-        {"step": "python", "why": "the interpreter", "rss_mib": _status_mib("VmRSS")}
-    ]
+    rows: list[dict] = [{"step": "python", "why": "the interpreter", "rss_mib": _rss()}]
     for step, modules, why in IMPORTS:
         for module in modules:
             importlib.import_module(module)
-        rows.append({"step": f"import {step}", "why": why, "rss_mib": _status_mib("VmRSS")})
+        rows.append({"step": f"import {step}", "why": why, "rss_mib": _rss()})
 
     from cem_node.config import Settings
     from cem_node.models.registry import BundleRegistry
@@ -68,14 +67,14 @@ def _measure(model: str, models_dir: Path, radiomics_workers: int) -> dict:
     from cem_node.synthetic import SynthOptions, generate_study
 
     models = LoadedModels.load(BundleRegistry(models_dir).resolve(None, model), "cpu")
-    rows.append({"step": f"load bundle {model}", "why": "weights", "rss_mib": _status_mib("VmRSS")})
+    rows.append({"step": f"load bundle {model}", "why": "weights", "rss_mib": _rss()})
     workers_rss = 0.0
     if radiomics_workers > 1:
         before = {p.pid for p in multiprocessing.active_children()}
         models.radiomics_pool(radiomics_workers)
         pids = {p.pid for p in multiprocessing.active_children()} - before
-        workers_rss = sum(_status_mib("VmRSS", str(pid)) for pid in pids)
-    idle = _status_mib("VmRSS")
+        workers_rss = sum(_rss("VmRSS", pid) for pid in pids)
+    idle = _rss()
 
     settings = Settings()
     settings.analysis.radiomics_workers = radiomics_workers
@@ -86,9 +85,9 @@ def _measure(model: str, models_dir: Path, radiomics_workers: int) -> dict:
         )
         request = studies[0].request
         analyse_request(models, request, settings.analysis)  # lazy initialisation
-        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM
+        reset_peaks("self")
         findings = analyse_request(models, request, settings.analysis)
-        peak = _status_mib("VmHWM")
+        peak = _rss("VmHWM")
     models.close()
     return {
         "model": model,

@@ -28,6 +28,7 @@ from typing import Any
 from pynetdicom.dimse_primitives import C_STORE
 
 from tests.peers import echoscu, free_port
+from tests.proc_memory import status_mib
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_AE = "CEM_NODE"
@@ -178,10 +179,10 @@ class AttackedNode:
     def rss_mb(self) -> float:
         """Resident memory of the node process (MiB, from /proc)."""
         assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        raise RuntimeError("no VmRSS")
+        rss = status_mib(self.proc.pid, "VmRSS")
+        if rss is None:
+            raise RuntimeError("no VmRSS")
+        return rss
 
     def health(self) -> tuple[int, dict[str, Any]]:
         url = f"http://127.0.0.1:{self.http_port}/healthz"

@@ -280,7 +280,7 @@ def _map_back(
             continue
         box = prep.geometry.boxes_to_source(np.array([det.box], dtype=np.float64))[0]
         job = make_job(
-            job_id=f"{pair.laterality}-{pair.view}-{len(candidates) + 1}",
+            job_id=_lesion_id(pair.laterality, pair.view, len(candidates) + 1),
             low_energy=pair.low_energy.pixels,
             recombined=pair.recombined.pixels,
             mask=mask,

@@ -897,7 +897,7 @@ class RadiomicsPool:
         return self._pool
 
     def start(self) -> None:
-        """Start every worker now (not during the first study) and wait until one answers.
+        """Start every worker now, not during the first study (returns when they are up).
 
         The executor starts a process per job submitted while none is idle,
         up to ``workers``: one job per worker starts them all.
