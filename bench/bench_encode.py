@@ -3,7 +3,7 @@
 Target (issue #5): under 2 s on CPU. Run: ``.venv/bin/python bench/bench_encode.py``.
 Generates one full-size synthetic study (not timed), builds hand-made findings
 with 3 lesions from its ground truth (``tests/findings_factory.py``), then
-times :func:`cem_node.dicom.results.encode_results` (all objects, in memory)
+times :func:`cem_node.dicom.objects.results.encode_results` (all objects, in memory)
 and, separately, writing them to bytes. Pins BLAS threads and the process to
 one core; reports the median of a few runs.
 """
@@ -32,7 +32,7 @@ from tests.findings_factory import (  # noqa: E402
     synthetic_study,
 )
 
-from cem_node.dicom.results import encode_results  # noqa: E402
+from cem_node.dicom.objects.results import encode_results  # noqa: E402
 
 
 def main() -> None:

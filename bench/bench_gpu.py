@@ -90,13 +90,18 @@ from rich.console import Console
 from rich.table import Table
 from torch import nn
 
-from cem_node.cli.train_cmd import BACKBONE_WIDTHS, PRESET_ARCHITECTURE
 from cem_node.config import Settings
-from cem_node.jobs.analysis import AnalysisRequest
+from cem_node.contracts.analysis import AnalysisRequest
+from cem_node.contracts.params import (
+    BACKBONE_WIDTHS,
+    PRESET_ARCHITECTURE,
+    DetectorConfig,
+    PostprocessParams,
+    PreprocessParams,
+)
 from cem_node.models.registry import BundleRegistry
 from cem_node.pipeline.analyse import LoadedModels, PairInput
 from cem_node.pipeline.detector import build_detector, detect
-from cem_node.pipeline.params import DetectorConfig, PostprocessParams, PreprocessParams
 from cem_node.pipeline.preprocess import preprocess_pair
 from cem_node.pipeline.service import (
     analyse_request,
@@ -109,8 +114,7 @@ from cem_node.synthetic import SynthOptions, generate_study
 REPO = Path(__file__).resolve().parents[1]
 MODELS_DIR = REPO / "models"
 DEMO_BUNDLE = "cem-demo"
-PAPER_BACKBONE = PRESET_ARCHITECTURE["paper"]["backbone"]
-PAPER_SHORT_SIDE = PRESET_ARCHITECTURE["paper"]["short_side"]
+PAPER_BACKBONE, PAPER_SHORT_SIDE = PRESET_ARCHITECTURE["paper"]
 #: Detections per image the ResNet-101 RoI heads keep (so the mask head runs on them).
 PAPER_DETECTIONS = 10
 #: Issue #22: study analysis with ResNet-101-FPN at full resolution on a GPU.

@@ -444,7 +444,7 @@ def handler_times(log: Path) -> str:
     times = [
         float(line.rsplit(" in ", 1)[1].split()[0])
         for line in log.read_text(errors="replace").splitlines()
-        if "cem_node.dicom.scp: C-STORE" in line and line.endswith(" ms")
+        if "cem_node.dicom.net.scp: C-STORE" in line and line.endswith(" ms")
     ]
     if not times:
         return ""

@@ -45,7 +45,7 @@ IMPORTS: list[tuple[str, list[str], str]] = [
     ("xgboost", ["xgboost"], "the radiomics classifier"),
     ("torch", ["torch"], "the detector (CPU and CUDA kernels)"),
     ("torchvision", ["torchvision"], "Mask R-CNN, RoI ops"),
-    ("the analysis", ["cem_node.pipeline.analyse", "cem_node.dicom.results"], "the rest"),
+    ("the analysis", ["cem_node.pipeline.analyse", "cem_node.dicom.objects.results"], "the rest"),
 ]
 
 

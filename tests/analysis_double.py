@@ -6,7 +6,7 @@ study with pairs it returns one SR naming the pairs it was given, tagged
 is a test double. It can be told to fail (transiently) a number of times,
 or to pause, so tests can kill the node mid-analysis, or to decode the
 pairs' pixel data as the real analysis does (an undecodable image then
-raises the real analysis' :class:`~cem_node.jobs.analysis.InstanceUnusableError`).
+raises the real analysis' :class:`~cem_node.contracts.analysis.InstanceUnusableError`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from pathlib import Path
 
 from pydicom.uid import generate_uid
 
-from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
-from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult, ResultObject
+from cem_node.contracts.analysis import AnalysisRequest, AnalysisResult, ResultObject
+from cem_node.dicom.objects.common import ReportingDevice
+from cem_node.dicom.objects.not_analysable import build_not_analysable_sr
 
 __all__ = ["DoubleAnalyzer"]
 

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 import xgboost
 
+from cem_node.contracts.params import DetectorConfig, PreprocessParams, RadiomicsSettings
 from cem_node.models import Bundle, write_bundle
 from cem_node.pipeline.classifier import RadiomicsClassifier
 from cem_node.pipeline.detector import build_detector, save_detector_weights
-from cem_node.pipeline.params import DetectorConfig, PreprocessParams, RadiomicsSettings
 from cem_node.pipeline.radiomics import pyradiomics_params
 
 #: A few features every extraction yields (names as the radiomics module makes them)

@@ -1,4 +1,5 @@
-"""Hand-made :class:`~cem_node.findings.Findings` for a synthetic study, from its ground truth.
+"""Hand-made findings (:mod:`cem_node.contracts.findings`) for a synthetic study, from its
+ground truth.
 
 The DICOM encoders (SEG, SR, GSPS) and everything downstream of the analysis
 need realistic findings without running a model: these are built from a
@@ -29,10 +30,10 @@ import pydicom
 from PIL import Image
 from pydicom.uid import generate_uid
 
-from cem_node.findings import Findings, Lesion, LesionMask, ModelIdentity, ViewResult
+from cem_node.contracts.findings import Findings, Lesion, LesionMask, ModelIdentity, ViewResult
+from cem_node.contracts.params import DecisionThresholds
 from cem_node.pipeline import fusion
 from cem_node.pipeline.lesion_geometry import largest_component, max_diameter, outline
-from cem_node.pipeline.params import DecisionThresholds
 from cem_node.synthetic import SynthOptions, generate_study
 
 __all__ = [

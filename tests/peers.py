@@ -29,7 +29,7 @@ from typing import Any, Self
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from cem_node.dicom.scu import RemoteAE
+from cem_node.dicom.net.scu import RemoteAE
 from tests.dicom_validators import missing_tool, require_tool
 
 __all__ = [

@@ -1,10 +1,10 @@
-"""Association access decisions (cem_node.dicom.access): pure, no network."""
+"""Association access decisions (cem_node.dicom.net.access): pure, no network."""
 
 from __future__ import annotations
 
 import pytest
 
-from cem_node.dicom.access import (
+from cem_node.dicom.net.access import (
     CALLED_AE_NOT_RECOGNISED,
     CALLING_AE_NOT_RECOGNISED,
     NO_REASON_GIVEN,

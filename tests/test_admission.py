@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import select
 
-from cem_node.dicom.admission import (
+from cem_node.dicom.net.admission import (
     AddressAllowList,
     Admission,
     AdmissionLimits,

@@ -18,13 +18,13 @@ from typer.testing import CliRunner
 
 from cem_node.cli import app
 from cem_node.config import AnalysisSection, SelectionSection
-from cem_node.findings import SCHEMA_PATH, Findings
-from cem_node.jobs.analysis import AnalysisUnavailableError
+from cem_node.contracts.analysis import AnalysisUnavailableError
+from cem_node.contracts.findings import SCHEMA_PATH, Findings
+from cem_node.contracts.params import DetectorConfig, PostprocessParams
 from cem_node.models import BundleRegistry
 from cem_node.pipeline import analyse as analyse_module
 from cem_node.pipeline.analyse import LoadedModels
 from cem_node.pipeline.detector import DetectorError, detect, load_detector
-from cem_node.pipeline.params import DetectorConfig, PostprocessParams
 from cem_node.pipeline.pixels import read_source_image
 from cem_node.pipeline.preprocess import preprocess_pair
 from cem_node.pipeline.radiomics import LesionRadiomics

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 import pytest
 
 from cem_node.config import SelectionSection
-from cem_node.findings import Findings
-from cem_node.jobs.analysis import InstanceUnusableError
+from cem_node.contracts.analysis import InstanceUnusableError
+from cem_node.contracts.findings import Findings
 from cem_node.models import BundleRegistry
 from cem_node.pipeline.analyse import LoadedModels, PairInput, analyse_study, study_context
 from cem_node.pipeline.prefetch import prefetched

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from cem_node.findings import ModelIdentity
+from cem_node.contracts.findings import ModelIdentity
 from cem_node.models import (
     ACTIVE_FILE,
     MANIFEST_NAME,

@@ -308,7 +308,7 @@ class Node:
 
     def fail_analysis(self) -> None:
         """Complete the study and let a worker without a model fail its job."""
-        from cem_node.jobs.analysis import UnavailableAnalyzer
+        from cem_node.contracts.analysis import UnavailableAnalyzer
         from cem_node.jobs.assembler import complete_due_studies
         from cem_node.jobs.worker import Worker
 

@@ -49,7 +49,7 @@ from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from sqlalchemy import Row, Select, select
 
-from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
+from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.pipeline.pixels import read_source_image
 from cem_node.store import AuditEvent, Instance, InstanceFileStore, make_engine, session_factory
 from cem_node.synthetic.study import SynthOptions, generate_study

@@ -12,12 +12,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
-from cem_node.pipeline.detector import build_detector, detect, load_detector
-from cem_node.pipeline.params import (
+from cem_node.contracts.params import (
     DetectorConfig,
     PostprocessParams,
     PreprocessParams,
 )
+from cem_node.pipeline.detector import build_detector, detect, load_detector
 from cem_node.pipeline.preprocess import resize_shape
 from cem_node.training.datasets import load_dataset, split
 from cem_node.training.detector_training import (

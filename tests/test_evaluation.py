@@ -15,8 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cem_node.cli import app
+from cem_node.contracts.params import DecisionThresholds
 from cem_node.pipeline import fusion
-from cem_node.pipeline.params import DecisionThresholds
 from cem_node.training.datasets import DatasetError, TrainingDataset
 from cem_node.training.evaluation import (
     Detection,
@@ -323,7 +323,7 @@ def test_every_number_in_report_json_has_a_ci_or_a_reason(evaluated) -> None:
 
 def test_the_bundle_manifest_takes_the_reports_figures_with_their_intervals(evaluated) -> None:
     """`models import --metrics report.json` records the figures of a real report."""
-    from cem_node.models.packing import metrics_from_report
+    from cem_node.training.packing import metrics_from_report
 
     out, result = evaluated
     assert result.exit_code == 0, result.output

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from cem_node.findings import (
+from cem_node.contracts.findings import (
     SCHEMA_PATH,
     BreastSummary,
     Findings,
@@ -20,13 +20,13 @@ from cem_node.findings import (
     ViewResult,
     findings_json_schema,
 )
+from cem_node.contracts.params import DecisionThresholds
 from cem_node.pipeline.lesion_geometry import (
     largest_component,
     max_diameter,
     outline,
     remove_overlaps,
 )
-from cem_node.pipeline.params import DecisionThresholds
 
 
 def _disk(shape, centre, radius):
@@ -197,7 +197,7 @@ def test_shipped_schema_is_current_and_validates_a_document():
 
     shipped = json.loads(SCHEMA_PATH.read_text())
     assert shipped == json.loads(json.dumps(findings_json_schema(), sort_keys=True)), (
-        "findings.schema.json is stale: run python -c 'from cem_node.findings import "
+        "findings.schema.json is stale: run python -c 'from cem_node.contracts.findings import "
         "write_json_schema; write_json_schema()'"
     )
     document = json.loads(_findings([_lesion()], ["R-CC-1"]).to_json())

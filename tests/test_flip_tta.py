@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from cem_node.contracts.params import DetectorConfig, PostprocessParams, PreprocessParams
 from cem_node.pipeline.detector import _merge_flips, _mirrored, build_detector, detect
-from cem_node.pipeline.params import DetectorConfig, PostprocessParams, PreprocessParams
 
 
 def _out(boxes: list[list[float]], scores: list[list[float]], masks: np.ndarray) -> dict:

@@ -7,7 +7,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cem_node.findings import BreastSummary, PatientSummary
+from cem_node.contracts.findings import BreastSummary, PatientSummary
+from cem_node.contracts.params import DecisionThresholds
 from cem_node.pipeline.fusion import (
     LesionDecision,
     breast_summaries,
@@ -19,7 +20,6 @@ from cem_node.pipeline.fusion import (
     patient_summary,
     youden_threshold,
 )
-from cem_node.pipeline.params import DecisionThresholds
 
 THRESHOLDS = DecisionThresholds(dl=0.6, radiomics=0.4, fused=0.5, breast=0.7, patient=0.8)
 

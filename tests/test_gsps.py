@@ -1,4 +1,4 @@
-"""The lesion-outline GSPS (cem_node.dicom.gsps), as encode_results makes it."""
+"""The lesion-outline GSPS (cem_node.dicom.objects.gsps), as encode_results makes it."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import pydicom
 import pytest
 
 from cem_node import __version__
+from cem_node.contracts.findings import Findings
 from cem_node.dicom import validation
-from cem_node.dicom.gsps import build_view_gsps, dicom_points
-from cem_node.dicom.results import encode_results
-from cem_node.dicom.seg import lesion_label
-from cem_node.dicom.status_report import NOT_FOR_CLINICAL_USE, ReportingDevice
-from cem_node.findings import Findings
+from cem_node.dicom.objects.common import NOT_FOR_CLINICAL_USE, ReportingDevice
+from cem_node.dicom.objects.gsps import build_view_gsps, dicom_points
+from cem_node.dicom.objects.results import encode_results
+from cem_node.dicom.objects.seg import lesion_label
 from tests.dicom_validators import dciodvfy_messages, pixelmed_jar
 from tests.findings_factory import findings_from_ground_truth, study_headers, synthetic_study
 

@@ -17,9 +17,9 @@ import pytest
 from sqlalchemy import text
 
 from cem_node.config import Settings
-from cem_node.identity import IdentityInUseError, hold_identity
 from cem_node.node import Node
 from cem_node.store import make_engine, upgrade
+from cem_node.store.identity import IdentityInUseError, hold_identity
 from tests.analysis_double import DoubleAnalyzer
 
 LOOPBACK = "127.0.0.1"
@@ -125,7 +125,7 @@ def test_serve_node_id_is_refused_when_invalid(tmp_path: Path) -> None:
 _HOLDER = """
 import sys, time
 from pathlib import Path
-from cem_node.identity import hold_identity
+from cem_node.store.identity import hold_identity
 from cem_node.store import make_engine
 identity = hold_identity(make_engine(sys.argv[1]), Path(sys.argv[2]), sys.argv[3])
 print(identity.node_id, flush=True)

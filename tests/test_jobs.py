@@ -15,16 +15,18 @@ import pytest
 from sqlalchemy import select
 
 from cem_node.config import Settings
-from cem_node.dicom.scu import FailureKind, SendResult
-from cem_node.dicom.status_report import ReportingDevice, build_not_analysable_sr
+from cem_node.contracts.analysis import UnavailableAnalyzer
+from cem_node.dicom.net.scu import FailureKind, SendResult
+from cem_node.dicom.objects.common import ReportingDevice
+from cem_node.dicom.objects.results import encode_not_analysable
+from cem_node.dicom.selection import summarise_exclusions
 from cem_node.jobs.admin import reprocess_study, retry_study, show_study
-from cem_node.jobs.analysis import UnavailableAnalyzer
 from cem_node.jobs.assembler import complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.jobs.states import IllegalTransitionError, transition
-from cem_node.jobs.worker import Worker, backoff_seconds, summarise_exclusions
+from cem_node.jobs.worker import Worker, backoff_seconds
 from cem_node.peers import PeerEntry
 from cem_node.store import (
     Analysis,
@@ -449,9 +451,10 @@ def test_a_study_with_nothing_usable_left_gets_the_not_analysed_report(
     def report(headers, reason: str, analysis_round: int):
         assert analysis_round == 1
         reports.append((len(headers), reason))
-        return build_not_analysable_sr(
-            list(headers), reason, device=ReportingDevice(device_serial_number="T")
+        (report,) = encode_not_analysable(
+            headers, reason, device=ReportingDevice(device_serial_number="T")
         )
+        return report.dataset
 
     worker = Worker(
         store.settings,
@@ -516,8 +519,13 @@ def test_a_study_mixing_patients_is_not_analysed_and_no_report_goes_out(
         analyzer,
         destinations=lambda: [PACS],
         node_id="w1",
-        not_analysable_report=lambda headers, reason, analysis_round: build_not_analysable_sr(
-            list(headers), reason, device=ReportingDevice(device_serial_number="T")
+        not_analysable_report=lambda headers, reason, analysis_round: (
+            encode_not_analysable(
+                headers,
+                reason,
+                analysis_round=analysis_round,
+                device=ReportingDevice(device_serial_number="T"),
+            )[0].dataset
         ),
     )
     assert worker.run_once()

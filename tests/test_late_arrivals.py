@@ -18,8 +18,8 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from cem_node.dicom.cem_selection import Classification
-from cem_node.dicom.status_report import REPLACES_PREFIX
+from cem_node.dicom.objects.predecessors import REPLACES_PREFIX
+from cem_node.dicom.selection import Classification
 from cem_node.jobs.assembler import (
     RecombinedAwaited,
     complete_due_studies,

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event, func, select
 
-from cem_node.dicom.scu import SendResult
+from cem_node.dicom.net.scu import SendResult
 from cem_node.jobs.assembler import complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
@@ -240,7 +240,7 @@ def test_a_stale_exporter_cannot_overwrite_the_outcome_of_a_newer_claim(
     store: Store, study_files: list[Path]
 ) -> None:
     """A stale batch's failure does not put back an export that a newer claim is sending."""
-    from cem_node.dicom.scu import FailureKind
+    from cem_node.dicom.net.scu import FailureKind
 
     _queued(store, study_files)
     assert _worker(store, DoubleAnalyzer(), destinations=[PACS]).run_once()

@@ -21,8 +21,16 @@ import xgboost
 from typer.testing import CliRunner, Result
 
 from cem_node.cli import app
+from cem_node.contracts.params import (
+    DetectorConfig,
+    PostprocessParams,
+    PreprocessParams,
+)
 from cem_node.models import BundleRegistry, BundleUsageError, load_bundle, sha256_file
-from cem_node.models.packing import (
+from cem_node.pipeline.classifier import RadiomicsClassifier
+from cem_node.pipeline.detector import build_detector, load_detector, save_detector_weights
+from cem_node.pipeline.radiomics import pyradiomics_params
+from cem_node.training.packing import (
     RESEARCH_DISCLAIMER,
     SYNTHETIC_DISCLAIMER,
     find_training_run,
@@ -30,14 +38,6 @@ from cem_node.models.packing import (
     pack_training_run,
     stored_weights_dtype,
 )
-from cem_node.pipeline.classifier import RadiomicsClassifier
-from cem_node.pipeline.detector import build_detector, load_detector, save_detector_weights
-from cem_node.pipeline.params import (
-    DetectorConfig,
-    PostprocessParams,
-    PreprocessParams,
-)
-from cem_node.pipeline.radiomics import pyradiomics_params
 from tests.bundle_factory import FEATURES, TINY_RADIOMICS
 
 TINY = DetectorConfig(

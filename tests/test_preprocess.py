@@ -22,7 +22,7 @@ from pydicom.uid import (
 )
 from scipy import ndimage
 
-from cem_node.pipeline.params import PreprocessParams
+from cem_node.contracts.params import PreprocessParams
 from cem_node.pipeline.pixels import PixelDataError, SourceImage, read_source_image
 from cem_node.pipeline.preprocess import (
     PreprocessError,

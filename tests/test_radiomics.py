@@ -18,7 +18,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-from cem_node.pipeline.params import RadiomicsSettings
+from cem_node.contracts.params import RadiomicsSettings
 from cem_node.pipeline.radiomics import (
     IMAGE_SUFFIXES,
     ImageFeatures,

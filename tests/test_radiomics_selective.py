@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-from cem_node.pipeline.params import RadiomicsSettings
+from cem_node.contracts.params import RadiomicsSettings
 from cem_node.pipeline.radiomics import (
     FeaturePlanError,
     extract_lesion_features,

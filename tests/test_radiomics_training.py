@@ -22,15 +22,15 @@ import torch
 from typer.testing import CliRunner
 
 from cem_node.cli import app
-from cem_node.models import BundleRegistry
-from cem_node.pipeline.classifier import RadiomicsClassifier
-from cem_node.pipeline.detector import Detection
-from cem_node.pipeline.params import (
+from cem_node.contracts.params import (
     DecisionThresholds,
     DetectorConfig,
     PreprocessParams,
     RadiomicsSettings,
 )
+from cem_node.models import BundleRegistry
+from cem_node.pipeline.classifier import RadiomicsClassifier
+from cem_node.pipeline.detector import Detection
 from cem_node.pipeline.radiomics import pyradiomics_params
 from cem_node.training.datasets import load_dataset
 from cem_node.training.detector_training import TrainConfig, train_detector
@@ -366,7 +366,7 @@ def test_detector_masks_without_matches_fail_early(work: Path, data, detector_di
 
 
 def test_map_detections_follows_the_analysis(data) -> None:
-    from cem_node.pipeline.params import PostprocessParams
+    from cem_node.contracts.params import PostprocessParams
     from cem_node.pipeline.preprocess import preprocess_pair
 
     sample = data.samples[0]

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
 from cem_node.config import ConfigError, Peer, Settings, load_settings
-from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult
+from cem_node.contracts.analysis import AnalysisRequest, AnalysisResult
 from cem_node.node import Node
 from cem_node.store import (
     Export,

@@ -1,5 +1,5 @@
-"""The SCP's streamed receive path (cem_node.dicom.pynetdicom_internals.GuardedDUL) against dcmtk's
-storescu: the middle fragments of a dataset are written straight to its file, and
+"""The SCP's streamed receive path (cem_node.dicom.net.pynetdicom_internals.GuardedDUL)
+against dcmtk's storescu: the middle fragments of a dataset are written straight to its file, and
 the stored dataset is byte for byte what was sent, whichever path a PDU took."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pydicom
 import pytest
 from sqlalchemy import select
 
-from cem_node.dicom import pynetdicom_internals as internals
+from cem_node.dicom.net import pynetdicom_internals as internals
 from cem_node.node import Node
 from cem_node.store import Instance
 from cem_node.synthetic.study import SynthOptions, generate_study
@@ -133,7 +133,7 @@ def test_unsupported_pynetdicom_warns_at_import() -> None:
     code = (
         "import logging, sys; logging.basicConfig(stream=sys.stdout);"
         "import pynetdicom; pynetdicom.__version__ = '3.1.0';"
-        "import cem_node.dicom.pynetdicom_internals as m; print('FAST_PATH', m.FAST_PATH)"
+        "import cem_node.dicom.net.pynetdicom_internals as m; print('FAST_PATH', m.FAST_PATH)"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

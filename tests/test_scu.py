@@ -1,4 +1,4 @@
-"""Outgoing DICOM (cem_node.dicom.scu) against real peers: Orthanc and dcmtk."""
+"""Outgoing DICOM (cem_node.dicom.net.scu) against real peers: Orthanc and dcmtk."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pydicom.uid import (
 )
 from pynetdicom.dsutils import split_dataset
 
-from cem_node.dicom.scu import (
+from cem_node.dicom.net.scu import (
     FailureKind,
     RemoteAE,
     SendResult,

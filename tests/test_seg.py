@@ -1,4 +1,4 @@
-"""The lesion SEG (cem_node.dicom.seg), as encode_results makes it."""
+"""The lesion SEG (cem_node.dicom.objects.seg), as encode_results makes it."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ import pydicom
 import pytest
 
 from cem_node import __version__
+from cem_node.contracts.findings import Findings, ViewResult
 from cem_node.dicom import validation
-from cem_node.dicom.results import encode_results
-from cem_node.dicom.seg import build_view_seg, lesion_label
-from cem_node.dicom.status_report import NOT_FOR_CLINICAL_USE, ReportingDevice
-from cem_node.findings import Findings, ViewResult
+from cem_node.dicom.objects.common import NOT_FOR_CLINICAL_USE, ReportingDevice
+from cem_node.dicom.objects.results import encode_results
+from cem_node.dicom.objects.seg import build_view_seg, lesion_label
 from tests.dicom_validators import dciodvfy_messages, pixelmed_jar, require_tool
 from tests.findings_factory import (
     findings_from_ground_truth,

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, text, update
 
-from cem_node.identity import advisory_key
 from cem_node.jobs.retention import purge_expired_studies
 from cem_node.node import Node
 from cem_node.store import (
@@ -28,6 +27,7 @@ from cem_node.store import (
     upgrade,
     utcnow,
 )
+from cem_node.store.identity import advisory_key
 from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
 from cem_node.synthetic.study import SynthOptions, generate_study
 from tests.analysis_double import DoubleAnalyzer

@@ -1,4 +1,5 @@
-"""The analysis report (cem_node.dicom.sr) and encode_results (cem_node.dicom.results)."""
+"""The analysis report (cem_node.dicom.objects.sr) and encode_results
+(cem_node.dicom.objects.results)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,18 @@ import pydicom
 import pytest
 
 from cem_node import __version__
+from cem_node.contracts.analysis import ResultObject
+from cem_node.contracts.findings import Findings
 from cem_node.dicom import validation
-from cem_node.dicom.results import (
+from cem_node.dicom.objects.common import COMPREHENSIVE_SR, NOT_FOR_CLINICAL_USE
+from cem_node.dicom.objects.predecessors import REPLACES_PREFIX
+from cem_node.dicom.objects.results import (
     encode_not_analysable,
     encode_results,
     replacing_earlier_reports,
     result_series_numbers,
 )
-from cem_node.dicom.sr import (
+from cem_node.dicom.objects.sr import (
     DL_PROBABILITY,
     NO_LESION_STATEMENT,
     PROBABILITY_OF_CANCER,
@@ -29,9 +34,6 @@ from cem_node.dicom.sr import (
     low_energy_tracking_uid,
     spacing_source,
 )
-from cem_node.dicom.status_report import COMPREHENSIVE_SR, NOT_FOR_CLINICAL_USE, REPLACES_PREFIX
-from cem_node.findings import Findings
-from cem_node.jobs.analysis import ResultObject
 from tests.dicom_validators import dciodvfy_messages, pixelmed_jar, require_tool
 from tests.findings_factory import (
     RADIOMICS_ERROR,

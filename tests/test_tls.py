@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from cem_node.config import Peer, Settings
-from cem_node.dicom import tls as dicom_tls
-from cem_node.dicom.scu import RemoteAE, echo
+from cem_node.dicom.net import tls as dicom_tls
+from cem_node.dicom.net.scu import RemoteAE, echo
 from cem_node.node import Node
 from tests.analysis_double import DoubleAnalyzer
 from tests.dicom_validators import missing_tool

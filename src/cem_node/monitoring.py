@@ -30,7 +30,7 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
-from cem_node.jobs.analysis import AnalysisRequest, AnalysisResult, Analyzer
+from cem_node.contracts.analysis import AnalysisRequest, AnalysisResult, Analyzer
 from cem_node.store.models import Export, ExportState, Instance, Job, Study
 
 __all__ = ["HealthEndpoint", "NodeMetrics", "export_problem"]

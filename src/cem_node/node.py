@@ -33,10 +33,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
 from cem_node.config import Settings, settings_to_dict
-from cem_node.dicom import tls as dicom_tls
-from cem_node.dicom.scp import StorageSCP
-from cem_node.identity import NodeIdentity, hold_identity
-from cem_node.jobs.analysis import Analyzer, UnavailableAnalyzer
+from cem_node.contracts.analysis import Analyzer, UnavailableAnalyzer
+from cem_node.dicom.net import tls as dicom_tls
+from cem_node.dicom.net.scp import StorageSCP
 from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
@@ -53,6 +52,7 @@ from cem_node.store import (
 )
 from cem_node.store.audit import ALERT
 from cem_node.store.hasher import InstanceHasher
+from cem_node.store.identity import NodeIdentity, hold_identity
 from cem_node.store.ingest import DiskGuard, InstanceIngestor
 from cem_node.store.notify import EXPORTS_CHANNEL, JOBS_CHANNEL, WakeListener, install_notify
 
@@ -156,8 +156,8 @@ def _not_analysable_report(
     the round's SR series number, so that a later round's report can name it."""
 
     def build(headers: Sequence[Dataset], reason: str, analysis_round: int) -> Dataset:
-        from cem_node.dicom.results import encode_not_analysable
-        from cem_node.dicom.status_report import ReportingDevice
+        from cem_node.dicom.objects.common import ReportingDevice
+        from cem_node.dicom.objects.results import encode_not_analysable
 
         device = ReportingDevice(
             software_version=__version__, device_serial_number=settings.node.ae_title
@@ -182,7 +182,7 @@ class Node:
     node_id
         Identity in claims, the audit trail and the store; held while the node
         runs (a second node with it is refused). Default: a unique identity
-        persisted in the store, see :mod:`cem_node.identity`.
+        persisted in the store, see :mod:`cem_node.store.identity`.
     receiver_only
         Only receive (an extra receiver process, see :mod:`cem_node.receiver`);
         the main process recovers, schedules, analyses and exports.

@@ -1,7 +1,7 @@
 """Minimal SEG and TID 1500 SR for one lesion, made here with highdicom.
 
 The browser test uses the node's own encoders
-(``cem_node.dicom.results.encode_results``) when they can be imported; these
+(``cem_node.dicom.objects.results.encode_results``) when they can be imported; these
 objects stand in for them otherwise, so the viewer harness can be tested on
 its own. They follow ../shared/docs/DICOM.md in the essentials OHIF needs:
 one single-frame source image per SEG with its PatientOrientation copied,

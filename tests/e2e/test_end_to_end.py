@@ -35,7 +35,7 @@ import pytest
 from PIL import Image
 from pydicom.dataset import Dataset
 
-from cem_node.dicom.sr import PROBABILITY_OF_CANCER
+from cem_node.dicom.objects.sr import PROBABILITY_OF_CANCER
 from cem_node.models.registry import load_bundle
 from cem_node.synthetic import SynthOptions, generate_study
 from tests.dicom_validators import missing_tool, run_dciodvfy, run_pixelmed_validator

@@ -1,7 +1,7 @@
 """End to end on a real CEM examination: CDD-CESM pairs -> cem-node serve -> Orthanc.
 
 One real CDD-CESM patient (``../shared/data/cdd-cesm-512``, CC BY 4.0, see
-:mod:`cem_node.synthetic.real_pairs` for the attribution) is wrapped as a CEM
+:mod:`cem_node.training.real_pairs` for the attribution) is wrapped as a CEM
 DICOM study (GE SenoBright header style, 12-bit lossless copy of the 8-bit
 pixels), sent by dcmtk ``storescu`` to ``cem-node serve`` running with the
 bundle :data:`BUNDLE`, and the test asserts that:
@@ -42,10 +42,10 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from cem_node.dicom.status_report import model_disclaimer
-from cem_node.findings import ModelIdentity
+from cem_node.contracts.findings import ModelIdentity
+from cem_node.dicom.objects.common import model_disclaimer
 from cem_node.models.registry import load_bundle
-from cem_node.synthetic.real_pairs import RealPairStudy, write_cdd_study
+from cem_node.training.real_pairs import RealPairStudy, write_cdd_study
 from tests.conftest import assert_no_patient_identifiers
 from tests.dicom_validators import missing_tool, run_dciodvfy, run_pixelmed_validator
 from tests.e2e.node_stack import (
@@ -282,7 +282,7 @@ def test_wrapped_pair_is_lossless_and_deterministic(tmp_path: Path) -> None:
         pytest.skip(f"the CDD-CESM 512-px data are not at {CDD_DIR} (see its README)")
     from PIL import Image
 
-    from cem_node.synthetic.real_pairs import RealPairError, cdd_patients
+    from cem_node.training.real_pairs import RealPairError, cdd_patients
 
     patient = min(cdd_patients(CDD_DIR), key=lambda p: int(p[1:]))
     first = write_cdd_study(CDD_DIR, patient, tmp_path / "a")

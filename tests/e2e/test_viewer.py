@@ -1,7 +1,7 @@
 """The node's results in a real radiology viewer: OHIF 3 in headless Chromium.
 
 A synthetic CEM study and the SEG, SR and GSPS objects encoded from its
-ground truth (``cem_node.dicom.results.encode_results`` on the findings of
+ground truth (``cem_node.dicom.objects.results.encode_results`` on the findings of
 ``tests/findings_factory.py``) are stored in Orthanc; OHIF (prebuilt, served
 next to Orthanc's DICOMweb) opens the SEG series, then the SR series, and the
 test checks the screenshots: overlay-coloured pixels inside the box of each
@@ -18,7 +18,7 @@ Workaround: OHIF 3.13.2 cannot display images that carry VOI LUT Function
 function ("L" for LINEAR) and the viewport fails with "Invalid VOI LUT
 function". The study's images are stored without that attribute.
 
-Until the encoders exist (no ``cem_node.dicom.results`` module), the test
+Until the encoders exist (no ``cem_node.dicom.objects.results`` module), the test
 stores one SEG and one SR made here instead (``fallback_objects``), so that
 the viewer harness itself is tested; ``CEM_NODE_E2E_OBJECTS=fallback`` asks
 for those objects anyway (to tell a harness problem from an encoder problem).
@@ -87,13 +87,13 @@ def _encoders_available() -> bool:
         return False
     tests_dir = Path(__file__).resolve().parents[1]
     return (
-        importlib.util.find_spec("cem_node.dicom.results") is not None
+        importlib.util.find_spec("cem_node.dicom.objects.results") is not None
         and (tests_dir / "findings_factory.py").is_file()
     )
 
 
 def _study_from_encoders(tmp_path: Path) -> StudyUnderTest:
-    from cem_node.dicom.results import encode_results
+    from cem_node.dicom.objects.results import encode_results
     from tests.findings_factory import (
         findings_from_ground_truth,
         study_headers,
@@ -125,7 +125,7 @@ def _study_from_encoders(tmp_path: Path) -> StudyUnderTest:
             )
             for lesion in findings.lesions
         ],
-        source="cem_node.dicom.results.encode_results",
+        source="cem_node.dicom.objects.results.encode_results",
     )
 
 

@@ -181,7 +181,7 @@ def analyze(
             )
         written = []
         if dicom:
-            from cem_node.dicom.results import encode_results
+            from cem_node.dicom.objects.results import encode_results
 
             views = {
                 v.recombined_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views

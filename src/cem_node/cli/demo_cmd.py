@@ -166,8 +166,8 @@ def _run_node(
 
     from cem_node import __version__
     from cem_node.config import Peer
-    from cem_node.dicom.scu import RemoteAE, send_files
-    from cem_node.dicom.status_report import ReportingDevice
+    from cem_node.dicom.net.scu import RemoteAE, send_files
+    from cem_node.dicom.objects.common import ReportingDevice
     from cem_node.jobs.admin import show_study
     from cem_node.node import Node
     from cem_node.pipeline.service import BundleAnalyzer
@@ -251,8 +251,8 @@ def _report(
     """Print the findings, validate what arrived, write an overlay; True when all is well."""
     import pydicom
 
+    from cem_node.contracts.findings import Findings
     from cem_node.dicom.validation import ValidatorMissingError, dciodvfy_errors
-    from cem_node.findings import Findings
     from cem_node.pipeline.overlay import write_view_overlay
     from cem_node.pipeline.pixels import read_source_image
 

@@ -28,9 +28,9 @@ def echo(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts).")] = False,
 ) -> None:
     """Check that a peer answers a C-ECHO (network, AE titles and TLS in one go)."""
-    from cem_node.dicom.scu import RemoteAE
-    from cem_node.dicom.scu import echo as c_echo
-    from cem_node.dicom.tls import TlsConfigError, client_context
+    from cem_node.dicom.net.scu import RemoteAE
+    from cem_node.dicom.net.scu import echo as c_echo
+    from cem_node.dicom.net.tls import TlsConfigError, client_context
     from cem_node.peers import PeerError, find_peer
 
     obj: CliContext = ctx.obj

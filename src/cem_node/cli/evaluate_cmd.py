@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from cem_node.cli.context import CliContext, console, fail
+from cem_node.training import run_files
 
 
 def _fractions(text: str) -> tuple[float, ...]:
@@ -363,7 +364,7 @@ def _fold_samples(data: Any, fold_dir: Path, patients: list[str], number: int) -
     from cem_node.training.datasets import DatasetError
     from cem_node.training.evaluation import select_from_split_file
 
-    for needed in ("split.json", "detector.safetensors", "detector_config.json"):
+    for needed in (run_files.SPLIT, run_files.DETECTOR_WEIGHTS, run_files.DETECTOR_CONFIG):
         if not (fold_dir / needed).is_file():
             raise fail(
                 f"fold {number}: {fold_dir / needed} is missing: train it with 'cem-node train "
@@ -371,7 +372,7 @@ def _fold_samples(data: Any, fold_dir: Path, patients: list[str], number: int) -
                 2,
             )
     try:
-        samples = select_from_split_file(data, fold_dir / "split.json", "val")
+        samples = select_from_split_file(data, fold_dir / run_files.SPLIT, "val")
     except DatasetError as exc:
         raise fail(f"fold {number}: {exc}", 2) from None
     if sorted({s.patient_id for s in samples}) != sorted(patients):

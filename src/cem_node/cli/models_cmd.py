@@ -512,7 +512,7 @@ def import_cmd(
             2,
         )
     elif source.is_dir() and not (source / MANIFEST_NAME).exists():
-        from cem_node.models.packing import find_training_run
+        from cem_node.training.packing import find_training_run
 
         run = find_training_run(source)
         if run is None:
@@ -658,7 +658,7 @@ def _pack_run(
 ) -> None:
     from cem_node.models import BundleError
     from cem_node.models.manifest import check_bundle_name
-    from cem_node.models.packing import pack_training_run
+    from cem_node.training.packing import pack_training_run
 
     if not name:
         raise fail("packing a training run needs --name (the bundle's name)", 2)

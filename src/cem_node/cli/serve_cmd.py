@@ -82,8 +82,8 @@ def serve(
     """
     from cem_node import __version__
     from cem_node.config import ROLES, ConfigError
-    from cem_node.dicom.status_report import ReportingDevice
-    from cem_node.dicom.tls import TlsConfigError
+    from cem_node.dicom.net.tls import TlsConfigError
+    from cem_node.dicom.objects.common import ReportingDevice
     from cem_node.logs import configure_logging
     from cem_node.node import Node
     from cem_node.pipeline.service import BundleAnalyzer

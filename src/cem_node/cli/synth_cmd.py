@@ -127,7 +127,7 @@ def synth(
     patient data, not for clinical use.
 
     With --from-cdd PATIENT --cdd-dir DIR: one real CDD-CESM patient instead
-    (see cem_node.synthetic.real_pairs): its low-energy / recombined pairs as
+    (see cem_node.training.real_pairs): its low-energy / recombined pairs as
     one study, and a mask PNG per view; the phantom options are not used.
     """
     if from_cdd is not None or cdd_dir is not None or cdd_view:
@@ -189,7 +189,7 @@ def _from_cdd(
     import numpy as np
     from PIL import Image
 
-    from cem_node.synthetic.real_pairs import RealPairError, cdd_patient_id, write_cdd_study
+    from cem_node.training.real_pairs import RealPairError, cdd_patient_id, write_cdd_study
 
     if patient is None or cdd_dir is None:
         console.print("[red]error:[/red] --from-cdd PATIENT and --cdd-dir DIR go together")

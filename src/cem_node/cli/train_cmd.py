@@ -34,36 +34,26 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 import typer
 
 from cem_node.cli.context import console, fail
+from cem_node.contracts.params import BACKBONE_WIDTHS, PRESET_ARCHITECTURE, BackboneName
+from cem_node.training.run_files import (
+    CHECKPOINT_JSON,
+    DETECTOR_CONFIG,
+    DETECTOR_WEIGHTS,
+    FOLDS,
+    OPERATING_POINT,
+    SPLIT,
+)
 
 app = typer.Typer(
     help="Train the models of a bundle (the detector, then the radiomics model; pack them with "
     "'cem-node models import').",
     no_args_is_help=True,
 )
-
-DETECTOR_WEIGHTS = "detector.safetensors"
-DETECTOR_CONFIG = "detector_config.json"
-SPLIT_FILE = "split.json"
-#: The folds of a cross-validation folder (cem_node.training.folds.FOLDS_FILE).
-FOLDS_FILE = "folds.json"
-OPERATING_POINT_FILE = "operating_point.json"
-
-#: Architecture and input size each preset starts from (options override them).
-PRESET_ARCHITECTURE: dict[str, dict[str, Any]] = {
-    "paper": {"backbone": "resnet101_fpn", "short_side": 800},
-    "fast": {"backbone": "mobilenet_v3_lite", "short_side": 512},
-}
-#: Default widths per backbone: the narrow ones keep mobilenet_v3_lite small and quick.
-BACKBONE_WIDTHS: dict[str, tuple[int, int, int]] = {
-    "resnet101_fpn": (256, 1024, 256),
-    "resnet50_fpn_v2": (256, 1024, 256),
-    "mobilenet_v3_lite": (64, 256, 64),
-}
 
 
 class Preset(StrEnum):
@@ -76,10 +66,8 @@ class LrSchedule(StrEnum):
     cosine = "cosine"
 
 
-class Backbone(StrEnum):
-    resnet101_fpn = "resnet101_fpn"
-    resnet50_fpn_v2 = "resnet50_fpn_v2"
-    mobilenet_v3_lite = "mobilenet_v3_lite"
+#: The --backbone choices: the backbones the detector knows.
+Backbone = StrEnum("Backbone", {name: name for name in get_args(BackboneName)})
 
 
 class OperatingRule(StrEnum):
@@ -137,7 +125,7 @@ def _architecture(
     max_long_side: int | None,
 ):
     """The DetectorConfig and PreprocessParams of this run (from DIR when resuming)."""
-    from cem_node.pipeline.params import DetectorConfig, PreprocessParams
+    from cem_node.contracts.params import DetectorConfig, PreprocessParams
 
     stored = out / DETECTOR_CONFIG
     if resume and stored.is_file():
@@ -171,11 +159,11 @@ def _architecture(
                     2,
                 )
         return detector, preprocess
-    base = PRESET_ARCHITECTURE[preset.value]
-    name = backbone.value if backbone else base["backbone"]
+    preset_backbone, preset_side = PRESET_ARCHITECTURE[preset.value]
+    name = backbone.value if backbone else preset_backbone
     defaults = BACKBONE_WIDTHS[name]
     fpn, box, mask = (w if w is not None else d for w, d in zip(widths, defaults, strict=True))
-    side = short_side or base["short_side"]
+    side = short_side or preset_side
     long_side = max_long_side or max(side, round(side * 1333 / 800))
     try:
         detector = DetectorConfig(
@@ -274,14 +262,14 @@ def _operating_point_row(out: Path, record: dict[str, Any]) -> str:
         f"{side}keep score {result['keep_score']:g}, chosen on the validation images: "
         f"{shown['images_all_found']}/{shown['images_with_lesion']} lesion images found, "
         f"{shown['false_positives_per_image']:.2f} false positives per image, mean Dice "
-        f"per image {shown['mean_dice']:.3f} ({out / OPERATING_POINT_FILE})"
+        f"per image {shown['mean_dice']:.3f} ({out / OPERATING_POINT})"
     )
 
 
 def _split(out: Path, dataset, resume: bool, fractions, seed: int, specs: list[str]):
     from cem_node.training.datasets import DatasetSplit, split
 
-    path = out / SPLIT_FILE
+    path = out / SPLIT
     if resume and path.is_file():
         record = json.loads(path.read_text())
         by_key = {s.key: s for s in dataset.samples}
@@ -338,14 +326,14 @@ def _prepare_folds(out: Path, data, k: int, seed: int, specs: list[str], err: An
         record = FoldsRecord.build(data, specs, k, seed)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
-    if (out / FOLDS_FILE).is_file():
+    if (out / FOLDS).is_file():
         try:
             earlier = read_folds(out)
         except DatasetError as exc:
             raise fail(str(exc), 2) from None
         if not earlier.same_folds(record):
             raise fail(
-                f"{out / FOLDS_FILE} holds other folds (k {earlier.k}, seed {earlier.seed}, "
+                f"{out / FOLDS} holds other folds (k {earlier.k}, seed {earlier.seed}, "
                 f"datasets {earlier.datasets}): use the same --folds, --seed and --dataset, or "
                 "another --out",
                 2,
@@ -370,7 +358,7 @@ def _fold_parts(fold_out: Path, data, record, number: int, resume: bool):
         parts = fold_split(data, record.patients, number, record.seed)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
-    path = fold_out / SPLIT_FILE
+    path = fold_out / SPLIT
     if resume and path.is_file():
         stored = _split(fold_out, data, True, parts.fractions, record.seed, record.datasets)
         if {s.key for s in stored.val} != {s.key for s in parts.val}:
@@ -474,7 +462,7 @@ def _train_run(
         "weights": str(out / DETECTOR_WEIGHTS),
         "config": str(out / DETECTOR_CONFIG),
         "history": str(result.history_path),
-        "split": str(out / SPLIT_FILE),
+        "split": str(out / SPLIT),
         "backbone": detector_config.backbone,
         "short_side": preprocess.short_side,
         **record["result"],
@@ -684,7 +672,7 @@ def detector(
         raise fail(f"--fold {fold}: the folds are 1 to {folds}", 2)
     if folds is not None and test_fraction > 0:
         raise fail("--folds holds out no test part: leave --test-fraction at 0", 2)
-    if folds is None and (out / "last.json").is_file() and not resume:
+    if folds is None and (out / CHECKPOINT_JSON).is_file() and not resume:
         raise fail(
             f"{out} already holds a training run: use --resume to continue it, or another --out",
             2,
@@ -758,7 +746,7 @@ def detector(
     summaries = []
     for number in [fold] if fold is not None else range(1, folds + 1):
         fold_out = out / record.fold_dirs[number - 1]
-        started = (fold_out / "last.json").is_file()
+        started = (fold_out / CHECKPOINT_JSON).is_file()
         if started and not resume:
             raise fail(
                 f"{fold_out} already holds a training run: use --resume to continue it",
@@ -772,11 +760,9 @@ def detector(
         if not as_json:
             _print_run(summary, run, False)
     if as_json:
-        typer.echo(json.dumps({"folds_file": str(out / FOLDS_FILE), "runs": summaries}, indent=2))
+        typer.echo(json.dumps({"folds_file": str(out / FOLDS), "runs": summaries}, indent=2))
         return
-    console().print(
-        f"folds: {out / FOLDS_FILE}; pool them with: cem-node evaluate --folds {out} ..."
-    )
+    console().print(f"folds: {out / FOLDS}; pool them with: cem-node evaluate --folds {out} ...")
 
 
 # --- train radiomics ----------------------------------------------------------------------------
@@ -872,13 +858,13 @@ def operating_point(
     """
     from rich.console import Console
 
-    from cem_node.pipeline.params import DetectorConfig, PreprocessParams
+    from cem_node.contracts.params import DetectorConfig, PreprocessParams
     from cem_node.training.datasets import DatasetError
     from cem_node.training.evaluation import select_from_split_file
 
     err = Console(stderr=True)
     config_path = detector_dir / DETECTOR_CONFIG
-    for needed in (config_path, detector_dir / DETECTOR_WEIGHTS, detector_dir / SPLIT_FILE):
+    for needed in (config_path, detector_dir / DETECTOR_WEIGHTS, detector_dir / SPLIT):
         if not needed.is_file():
             raise fail(
                 f"{needed}: missing: --detector must be a 'cem-node train detector' folder", 2
@@ -903,7 +889,7 @@ def operating_point(
     with _progress_bars(err, progress) as report:
         data = _load(specs, cache_dir, report)
     try:
-        val_samples = select_from_split_file(data, detector_dir / SPLIT_FILE, "val")
+        val_samples = select_from_split_file(data, detector_dir / SPLIT, "val")
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
     started = time.perf_counter()
@@ -920,7 +906,7 @@ def operating_point(
         "short_side": result["short_side"],
         "trained_short_side": result["trained_short_side"],
         "validation": result["operating_point_validation"],
-        "sweep": str(detector_dir / OPERATING_POINT_FILE),
+        "sweep": str(detector_dir / OPERATING_POINT),
         "seconds": round(time.perf_counter() - started, 1),
     }
     if as_json:
@@ -1027,7 +1013,7 @@ def radiomics(
     from pydantic import ValidationError
     from rich.console import Console
 
-    from cem_node.pipeline.params import RadiomicsSettings
+    from cem_node.contracts.params import RadiomicsSettings
     from cem_node.training.datasets import DatasetError
     from cem_node.training.radiomics_training import (
         RadiomicsTrainingError,
@@ -1041,7 +1027,7 @@ def radiomics(
         raise fail(f"--out {out} is a file, not a folder", 2)
     try:
         read_detector_run(detector_dir)
-        split_path = split_file or detector_dir / SPLIT_FILE
+        split_path = split_file or detector_dir / SPLIT
         keys = read_split_file(split_path, "train")
     except RadiomicsTrainingError as exc:
         raise fail(str(exc), 2) from None

@@ -32,7 +32,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import SelectionSection
-from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES, Classification, classify_image
+from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES, Classification, classify_image
 from cem_node.jobs.claims import advance_generation, for_claim
 from cem_node.jobs.states import ACTIVE_STATES, transition
 from cem_node.store.instance_files import InstanceFileStore

@@ -25,7 +25,7 @@ from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import Settings
-from cem_node.dicom.scu import FailureKind, RemoteAE, SendResult, send_files
+from cem_node.dicom.net.scu import FailureKind, RemoteAE, SendResult, send_files
 from cem_node.jobs.claims import LeaseRenewal, advance_generation, db_now, for_claim
 from cem_node.jobs.states import transition
 from cem_node.jobs.worker import backoff_seconds
@@ -62,7 +62,7 @@ class Exporter:
     ssl_context
         Returns the client TLS context for peers with ``tls = true``.
     send
-        :func:`cem_node.dicom.scu.send_files` or a stand-in.
+        :func:`cem_node.dicom.net.scu.send_files` or a stand-in.
     lease_s
         How long a batch's claim lasts without renewal; renewed every third of
         it while the batch is sent.

@@ -3,7 +3,7 @@
 When instances arrive after a study's results were sent, the study is analysed
 again as a new round (:mod:`cem_node.jobs.assembler`). Its SR must name the
 reports the PACS already holds, so that a reader of the new one knows which
-it replaces (:func:`cem_node.dicom.results.replacing_earlier_reports`); the
+it replaces (:func:`cem_node.dicom.objects.results.replacing_earlier_reports`); the
 outbox (``exports``) knows which were sent.
 """
 

@@ -19,8 +19,8 @@ import logging
 from sqlalchemy import exists, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
-from cem_node.identity import advisory_key
 from cem_node.store.audit import record_event
+from cem_node.store.identity import advisory_key
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import Export, ExportState, Instance, Study, StudyState, utcnow
 

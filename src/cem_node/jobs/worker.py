@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,24 +36,23 @@ from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import Settings
-from cem_node.dicom import cem_selection
-from cem_node.dicom.cem_selection import (
-    MAMMOGRAPHY_SOP_CLASSES,
-    Classification,
-    classify_image,
-    pair_images,
-)
-from cem_node.dicom.identifiers import header_problem
-from cem_node.dicom.results import replacing_earlier_reports
-from cem_node.findings import Findings
-from cem_node.jobs.analysis import (
-    AnalysisRequest,
+from cem_node.contracts.analysis import (
     AnalysisResult,
     AnalysisUnavailableError,
     Analyzer,
     InstanceUnusableError,
     ResultObject,
-    image_pairs,
+)
+from cem_node.contracts.findings import Findings
+from cem_node.dicom import selection
+from cem_node.dicom.identifiers import header_problem
+from cem_node.dicom.objects.results import replacing_earlier_reports
+from cem_node.dicom.selection import (
+    MAMMOGRAPHY_SOP_CLASSES,
+    Classification,
+    classify_image,
+    plan_study,
+    summarise_exclusions,
 )
 from cem_node.jobs.claims import LeaseRenewal, advance_generation, db_now, for_claim
 from cem_node.jobs.predecessors import reports_sent_before
@@ -79,7 +77,7 @@ from cem_node.store.models import (
     utcnow,
 )
 
-__all__ = ["Worker", "backoff_seconds", "summarise_exclusions", "summarise_not_analysable"]
+__all__ = ["Worker", "backoff_seconds"]
 
 _LOG = logging.getLogger(__name__)
 
@@ -95,23 +93,6 @@ def backoff_seconds(attempts: int, *, initial_s: float, max_s: float) -> float:
     return min(max_s, initial_s * 2 ** max(0, attempts - 1))
 
 
-def summarise_exclusions(excluded: Mapping[str, str]) -> str:
-    """Say which images were left out and why, in one phrase (equal reasons counted once).
-
-    Parameters
-    ----------
-    excluded
-        Reason by SOP Instance UID.
-    """
-    reasons = Counter(excluded.values())
-    listed = "; ".join(
-        f"{reason} ({count} images)" if count > 1 else reason
-        for reason, count in reasons.most_common(3)
-    )
-    more = f"; {len(reasons) - 3} other reason(s)" if len(reasons) > 3 else ""
-    return f"{len(excluded)} image(s) excluded: {listed}{more}"
-
-
 def mixed_patients(headers: Sequence[Dataset]) -> int:
     """The number of different Patient IDs the images name, when more than one (else 0).
 
@@ -119,43 +100,6 @@ def mixed_patients(headers: Sequence[Dataset]) -> int:
     """
     ids = {str(ds.get("PatientID") or "").strip() for ds in headers} - {""}
     return len(ids) if len(ids) > 1 else 0
-
-
-def summarise_not_analysable(
-    classifications: Sequence[Classification],
-    pairings: Sequence[object],
-    excluded: Mapping[str, str] | None = None,
-) -> str:
-    """Say in one sentence why a study without a complete pair cannot be analysed.
-
-    ``classifications`` are those of the usable images; ``excluded`` gives the
-    reason of each image left out (SOP Instance UID -> reason).
-    """
-    parts: list[str] = []
-    cem = [c for c in classifications if c.role in ("low_energy", "recombined")]
-    if excluded:
-        if not classifications:
-            return f"no usable mammography image: {summarise_exclusions(excluded)}"
-        parts.append(summarise_exclusions(excluded) + ";")
-    if not classifications:
-        return "no mammography image received"
-    if not cem:
-        # why each image is not CEM (a Secondary Capture is not a mammography image
-        # class at all; a mammogram without contrast is another role)
-        why = Counter(c.reason for c in classifications)
-        listed = "; ".join(
-            f"{reason} ({count} images)" if count > 1 else reason
-            for reason, count in why.most_common(3)
-        )
-        more = f"; {len(why) - 3} other reason(s)" if len(why) > 3 else ""
-        parts.append(
-            f"no low-energy or recombined image among {len(classifications)} image(s) "
-            f"({listed}{more}): not a CEM study?"
-        )
-    else:
-        reasons = [getattr(p, "reason", "") for p in pairings]
-        parts.append("no low-energy/recombined pair: " + "; ".join(r for r in reasons if r))
-    return " ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -358,12 +302,18 @@ class Worker:
             return
         # each pass leaves out one more image the analysis could not use: it ends
         while True:
-            usable = images.usable()
-            pairings = pair_images(usable, self._settings.selection)
-            complete = [p for p in pairings if p.complete]
-            self._record_pairings(claimed, pairings, images.ids)
-            if not complete:
-                reason = summarise_not_analysable(usable, pairings, images.excluded)
+            plan = plan_study(
+                images.usable(),
+                self._settings.selection,
+                study_instance_uid=claimed.study_instance_uid,
+                analysis_round=claimed.analysis_round,
+                path_of=images.paths,
+                headers=images.usable_headers(),
+                excluded=images.excluded,
+            )
+            self._record_pairings(claimed, plan.pairings, images.ids)
+            if plan.request is None:
+                reason = plan.reason
                 objects: list[ResultObject] = []
                 headers = images.usable_headers()  # the report copies patient and study
                 wanted = self._settings.selection.not_analysable_report
@@ -372,16 +322,14 @@ class Worker:
                     objects.append(ResultObject("sr", report))
                 self._finish(claimed, objects, result=None, not_analysable=reason, images=images)
                 return
-            request = AnalysisRequest(
-                study_instance_uid=claimed.study_instance_uid,
-                analysis_round=claimed.analysis_round,
-                pairs=image_pairs(complete, images.paths),
-                headers=images.usable_headers(),
-            )
             try:
-                result = self._analyzer.analyse(request)
+                result = self._analyzer.analyse(plan.request)
             except InstanceUnusableError as exc:
-                paired = {uid for p in complete for uid in (p.low_energy, p.recombined)}
+                paired = {
+                    uid
+                    for pair in plan.request.pairs
+                    for uid in (pair.low_energy_sop_instance_uid, pair.recombined_sop_instance_uid)
+                }
                 if exc.sop_instance_uid not in paired:
                     raise  # not one we handed over: the job fails (run_once)
                 _LOG.warning(
@@ -487,7 +435,7 @@ class Worker:
                 )
 
     def _record_pairings(
-        self, claimed: _Claimed, pairings: Sequence[cem_selection.Pairing], ids: Mapping[str, int]
+        self, claimed: _Claimed, pairings: Sequence[selection.Pairing], ids: Mapping[str, int]
     ) -> None:
         """Record the pairing decisions of this attempt (replacing an earlier attempt's)."""
         with self._sessions.begin() as session:

@@ -2,7 +2,7 @@
 
 A bundle is a folder holding ``manifest.toml`` and the files it lists (see
 ``models/README.md`` for the format). The manifest pins every parameter
-of the analysis (:mod:`cem_node.pipeline.params`), says what the models
+of the analysis (:mod:`cem_node.contracts.params`), says what the models
 are for (and, where it applies, that they are not for clinical use), how
 they were trained, and the SHA-256 of every other file of the bundle; the
 SHA-256 of the manifest's bytes is therefore the hash of the whole bundle.
@@ -36,8 +36,8 @@ from pydantic import (
     model_validator,
 )
 
-from cem_node.findings import SCORE_CAVEAT_MAX_CHARS
-from cem_node.pipeline.params import (
+from cem_node.contracts.findings import SCORE_CAVEAT_MAX_CHARS
+from cem_node.contracts.params import (
     CLASS_NAMES,
     DecisionThresholds,
     DetectorConfig,

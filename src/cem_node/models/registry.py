@@ -40,7 +40,7 @@ from typing import Any
 import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from cem_node.findings import ModelIdentity
+from cem_node.contracts.findings import ModelIdentity
 from cem_node.models.manifest import (
     MANIFEST_NAME,
     BundleError,

@@ -1,4 +1,5 @@
-"""The analysis of one study: paired LE/RC images in, :class:`~cem_node.findings.Findings` out.
+"""The analysis of one study: paired LE/RC images in,
+:class:`~cem_node.contracts.findings.Findings` out.
 
 Steps (PAPER.md): preprocess each pair, detect lesions on all views in one
 batch, map every mask back to the full-size source image, compute the
@@ -20,7 +21,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
-from cem_node.findings import Findings, Lesion, LesionMask, ViewResult
+from cem_node.contracts.findings import Findings, Lesion, LesionMask, ViewResult
+from cem_node.contracts.params import PostprocessParams, PreprocessParams, RadiomicsSettings
 from cem_node.models import Bundle
 from cem_node.pipeline import fusion
 from cem_node.pipeline.classifier import RadiomicsClassifier
@@ -31,7 +33,6 @@ from cem_node.pipeline.lesion_geometry import (
     outline,
     remove_overlaps,
 )
-from cem_node.pipeline.params import PostprocessParams, PreprocessParams, RadiomicsSettings
 from cem_node.pipeline.pixels import SourceImage
 from cem_node.pipeline.prefetch import prefetched
 from cem_node.pipeline.preprocess import PreprocessedPair, preprocess_pair

@@ -1,6 +1,6 @@
 """The lesion detector: a torchvision Mask R-CNN with classes benign and malignant.
 
-Three backbones (:data:`~cem_node.pipeline.params.BackboneName`): the paper's
+Three backbones (:data:`~cem_node.contracts.params.BackboneName`): the paper's
 ResNet-101-FPN, torchvision's ResNet-50-FPN-v2, and ``mobilenet_v3_lite``, a
 MobileNetV3-Large with a narrow FPN and narrow heads, small enough for a demo
 bundle and quick on a CPU.
@@ -34,7 +34,7 @@ from torchvision.ops import MultiScaleRoIAlign, batched_nms, box_iou, nms
 from torchvision.ops import boxes as box_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from cem_node.pipeline.params import (
+from cem_node.contracts.params import (
     CLASS_NAMES,
     DetectorConfig,
     PostprocessParams,

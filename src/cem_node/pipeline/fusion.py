@@ -8,7 +8,7 @@ PAPER.md "Detector" and "Fusion and decisions":
   the DL probability alone when radiomics could not be computed (:func:`fuse`);
 * every binary decision compares a probability with a Youden-index threshold
   chosen on the TRAINING predictions (:func:`youden_threshold`), one per model
-  and level (:class:`~cem_node.pipeline.params.DecisionThresholds`);
+  and level (:class:`~cem_node.contracts.params.DecisionThresholds`);
 * per breast and per patient the paper's rule (its Appendix S1) is not
   available: the score is the maximum fused probability over the lesions of the
   breast (patient), judged with its own threshold (:func:`breast_summaries`,
@@ -27,8 +27,8 @@ from typing import Literal
 
 import numpy as np
 
-from cem_node.findings import BreastSummary, PatientSummary
-from cem_node.pipeline.params import DecisionThresholds
+from cem_node.contracts.findings import BreastSummary, PatientSummary
+from cem_node.contracts.params import DecisionThresholds
 
 __all__ = [
     "FusedSource",
@@ -256,7 +256,7 @@ def youden_threshold(
 
 @dataclass(frozen=True)
 class LesionDecision:
-    """The decisions for one lesion (the decision fields of :class:`~cem_node.findings.Lesion`).
+    """The decisions for one lesion (the decision fields of a findings ``Lesion``).
 
     Attributes
     ----------

@@ -8,7 +8,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from cem_node.findings import Findings, Lesion
+from cem_node.contracts.findings import Findings, Lesion
 
 __all__ = ["LABEL_COLOURS", "write_view_overlay"]
 

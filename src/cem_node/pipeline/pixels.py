@@ -23,7 +23,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, get_decoder
 from pydicom.uid import UID
 
-from cem_node.dicom.cem_selection import _laterality, _view
+from cem_node.dicom.selection import image_laterality, image_view
 
 __all__ = ["PixelDataError", "SourceImage", "multi_frame_problem", "read_source_image"]
 
@@ -130,8 +130,8 @@ def read_source_image(source: str | os.PathLike[str] | Dataset) -> SourceImage:
     return SourceImage(
         pixels=pixels,
         sop_instance_uid=str(ds.get("SOPInstanceUID", "") or ""),
-        laterality=_laterality(ds),
-        view=_view(ds),
+        laterality=image_laterality(ds),
+        view=image_view(ds),
         pixel_spacing_mm=_spacing(ds),
         bits_stored=int(ds.get("BitsStored") or ds.get("BitsAllocated") or 8 * stored.itemsize),
         photometric_interpretation=photometric,
@@ -167,7 +167,7 @@ def multi_frame_problem(ds: Dataset) -> str | None:
         series = ds.get("SeriesNumber")
     except (TypeError, ValueError):
         series = None
-    view = " ".join(v for v in (_laterality(ds), _view(ds)) if v)
+    view = " ".join(v for v in (image_laterality(ds), image_view(ds)) if v)
     where = f" in series {series}" if series not in (None, "") else ""
     where += f" ({view})" if view else ""
     return f"multi-frame image ({frames} frames){where}: one mammography frame is expected"

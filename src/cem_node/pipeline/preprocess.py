@@ -15,7 +15,7 @@ PAPER.md "DL preprocessing", in order:
 :class:`PreprocessGeometry` maps points, boxes and masks between the source
 image and the network input, both ways, so detections come back in the
 pixel coordinates of the full-size source image (column, row; the centre of
-the top-left pixel is (0, 0)), as :mod:`cem_node.findings` requires.
+the top-left pixel is (0, 0)), as :mod:`cem_node.contracts.findings` requires.
 
 Everything here is a pure function of its arguments.
 """
@@ -31,7 +31,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from cem_node.pipeline.params import PreprocessParams
+from cem_node.contracts.params import PreprocessParams
 from cem_node.pipeline.pixels import SourceImage
 
 __all__ = [
@@ -219,7 +219,7 @@ class PreprocessGeometry:
     ``crop_w - 1 - c`` when :attr:`flipped`; the resize maps pixel centres
     ``x_net = (x_crop + 0.5) * net_w / crop_w - 0.5`` (what cv2.resize
     does). Box edges (x0, y0, x1, y1 with pixel ``c`` spanning [c, c + 1),
-    the convention of torchvision and of :class:`cem_node.findings.LesionMask`)
+    the convention of torchvision and of :class:`cem_node.contracts.findings.LesionMask`)
     scale without the half pixel: ``x_net = x_crop * net_w / crop_w``.
 
     Attributes

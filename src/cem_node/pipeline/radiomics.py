@@ -2,7 +2,7 @@
 
 PAPER.md "Handcrafted radiomics": pyradiomics 3.0.1 on the ORIGINAL (not
 preprocessed) LE and RC images with the lesion mask; image types Original,
-LoG (the sigmas of :class:`~cem_node.pipeline.params.RadiomicsSettings`) and
+LoG (the sigmas of :class:`~cem_node.contracts.params.RadiomicsSettings`) and
 Wavelet; feature classes firstorder, shape2D, glcm, glrlm, glszm, gldm,
 ngtdm; ``binWidth`` 3, ``force2D``, no normalisation, no resampling, label 1.
 
@@ -102,7 +102,7 @@ from numpy.typing import NDArray
 from radiomics import getFeatureClasses, imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
-from cem_node.pipeline.params import RadiomicsSettings
+from cem_node.contracts.params import RadiomicsSettings
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -2,8 +2,8 @@
 
 :func:`requests_from_files` groups DICOM files into studies and pairs their
 images with the node's own selection rules; :func:`analyse_request` runs
-the analysis of one :class:`~cem_node.jobs.analysis.AnalysisRequest`;
-:class:`BundleAnalyzer` is the node's :class:`~cem_node.jobs.analysis.Analyzer`.
+the analysis of one :class:`~cem_node.contracts.analysis.AnalysisRequest`;
+:class:`BundleAnalyzer` is the node's :class:`~cem_node.contracts.analysis.Analyzer`.
 """
 
 from __future__ import annotations
@@ -23,20 +23,19 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from cem_node.config import AnalysisSection, SelectionSection
-from cem_node.dicom.cem_selection import classify_image, pair_images
-from cem_node.findings import Findings
-from cem_node.jobs.analysis import (
+from cem_node.contracts.analysis import (
     AnalysisRequest,
     AnalysisResult,
     AnalysisUnavailableError,
     InstanceUnusableError,
-    image_pairs,
 )
+from cem_node.contracts.findings import Findings
+from cem_node.contracts.params import PostprocessParams, RadiomicsSettings
+from cem_node.dicom.selection import classify_image, plan_study
 from cem_node.models import Bundle, BundleError, BundleRegistry
-from cem_node.pipeline.params import PostprocessParams, RadiomicsSettings
 
 if TYPE_CHECKING:
-    from cem_node.dicom.status_report import ReportingDevice
+    from cem_node.dicom.objects.common import ReportingDevice
     from cem_node.pipeline.analyse import LoadedModels, PairInput
     from cem_node.pipeline.pixels import SourceImage
 
@@ -129,25 +128,18 @@ def requests_from_files(
         by_study[str(ds.StudyInstanceUID)].append((path, ds))
     studies = []
     for uid, members in by_study.items():
-        path_of = {str(ds.SOPInstanceUID): path for path, ds in members}
-        classifications = [classify_image(ds, selection) for _, ds in members]
-        pairings = pair_images(classifications, selection)
-        complete = [p for p in pairings if p.complete]
-        if not complete:
-            # the node's own words, so that analyze and studies show agree
-            from cem_node.jobs.worker import summarise_not_analysable
-
-            reason = summarise_not_analysable(classifications, pairings)
-            studies.append(StudyFiles(uid, None, f"not analysable: {reason}"))
-            continue
-        summary = "; ".join(p.reason for p in pairings)  # each reason names its breast and view
-        request = AnalysisRequest(
+        plan = plan_study(
+            [classify_image(ds, selection) for _, ds in members],
+            selection,
             study_instance_uid=uid,
             analysis_round=1,
-            pairs=image_pairs(complete, path_of),
+            path_of={str(ds.SOPInstanceUID): path for path, ds in members},
             headers=[ds for _, ds in members],
         )
-        studies.append(StudyFiles(uid, request, summary))
+        if plan.request is None:
+            studies.append(StudyFiles(uid, None, f"not analysable: {plan.reason}"))
+        else:
+            studies.append(StudyFiles(uid, plan.request, plan.reason))
     return studies, skipped
 
 
@@ -243,7 +235,7 @@ class BundleAnalyzer:
     again; the networks are loaded once and reloaded only when another
     bundle was activated (its hash changed), so ``cem-node models activate``
     takes effect without a restart. A missing or corrupt bundle is a
-    permanent failure (:class:`~cem_node.jobs.analysis.AnalysisUnavailableError`):
+    permanent failure (:class:`~cem_node.contracts.analysis.AnalysisUnavailableError`):
     the job fails at once, saying why, instead of retrying.
     """
 
@@ -316,7 +308,7 @@ class BundleAnalyzer:
         return self._status
 
     def analyse(self, request: AnalysisRequest) -> AnalysisResult:
-        from cem_node.dicom.results import encode_results
+        from cem_node.dicom.objects.results import encode_results
 
         models = self._loaded()
         try:

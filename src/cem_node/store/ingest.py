@@ -47,12 +47,12 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.dicom.identifiers import (
     image_identifiers_problem,
     uid_problem,
     unreadable_element,
 )
+from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.store.audit import ALERT, audit_values, record_event
 from cem_node.store.engine import SQLITE_BEGIN_OPTION
 from cem_node.store.instance_files import InstanceFileStore, StoredFile

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cem_node.identity import identity_tag
+from cem_node.store.identity import identity_tag
 
 __all__ = [
     "TEMPORARY_FILE_PREFIX",

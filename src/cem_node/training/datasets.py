@@ -14,8 +14,8 @@ SPEC strings (:func:`parse_spec`, :func:`load_dataset`):
     ``small`` or ``WxH``). They are generated once into
     ``<cache>/synthetic-N-SEED-SIZE/`` and reused afterwards. LE and RC are
     paired from the DICOM headers with the node's own rules
-    (:func:`cem_node.dicom.cem_selection.classify_image` /
-    :func:`~cem_node.dicom.cem_selection.pair_images`); lesions and their
+    (:func:`cem_node.dicom.selection.classify_image` /
+    :func:`~cem_node.dicom.selection.pair_images`); lesions and their
     pathology come from ``ground_truth.json``.
 
 ``cdd-cesm:PATH``
@@ -524,7 +524,7 @@ def _synthetic_study(study_dir: Path, source: str) -> tuple[list[Sample], list[s
     import pydicom
 
     from cem_node.config import SelectionSection
-    from cem_node.dicom.cem_selection import classify_image, pair_images
+    from cem_node.dicom.selection import classify_image, plan_study
 
     truth_path = _require(study_dir / "ground_truth.json", "synthetic ground truth")
     try:
@@ -536,20 +536,27 @@ def _synthetic_study(study_dir: Path, source: str) -> tuple[list[Sample], list[s
     spacing = float(truth["image_geometry"]["imager_pixel_spacing_mm"])
     rules = SelectionSection()
     files: dict[str, Path] = {}
-    classified = []
+    classified, headers = [], []
     for entry in truth["images"]:
         path = _require(study_dir / entry["file"], "synthetic image")
         ds = pydicom.dcmread(path, stop_before_pixels=True)
         cls = classify_image(ds, rules)
         files[cls.sop_instance_uid] = path
         classified.append(cls)
-    samples, skipped = [], []
-    for pairing in pair_images(classified, rules):
-        if not pairing.complete:  # the reason names the breast and view
-            skipped.append(f"{source}: {study_dir.name}: {pairing.reason}")
-            continue
-        assert pairing.low_energy and pairing.recombined
-        lat, view = str(pairing.laterality), str(pairing.view)
+        headers.append(ds)
+    plan = plan_study(
+        classified,
+        rules,
+        study_instance_uid=study_uid,
+        analysis_round=1,
+        path_of=files,
+        headers=headers,
+    )
+    # an incomplete pairing's reason names the breast and view
+    skipped = [f"{source}: {study_dir.name}: {p.reason}" for p in plan.pairings if not p.complete]
+    samples = []
+    for pair in plan.request.pairs if plan.request else ():
+        lat, view = pair.laterality, pair.view
         lesion_files = [
             (
                 study_dir / lesion["views"][view]["mask_png"],
@@ -568,7 +575,7 @@ def _synthetic_study(study_dir: Path, source: str) -> tuple[list[Sample], list[s
         label = max(
             (p.lower() for _, p, _ in lesion_files), key=_SEVERITY.__getitem__, default="normal"
         )
-        le_path, rc_path = files[pairing.low_energy], files[pairing.recombined]
+        le_path, rc_path = pair.low_energy_path, pair.recombined_path
         samples.append(
             Sample(
                 key=f"synthetic:{patient_id}:{study_uid}:{lat}{view}",
@@ -1003,7 +1010,7 @@ def _image_shape(path: Path, ds: Any | None) -> tuple[int, int]:
 def _manifest_sample(
     table: Path, le: Path, rc: Path, members: list[tuple[int, dict[str, str]]]
 ) -> Sample:
-    from cem_node.dicom.cem_selection import _laterality, _view
+    from cem_node.dicom.selection import image_laterality, image_view
     from cem_node.pipeline.pixels import _spacing
 
     number, first = members[0]
@@ -1011,9 +1018,9 @@ def _manifest_sample(
     le_ds, rc_ds = _header(le), _header(rc)
     header = rc_ds if rc_ds is not None else le_ds
     lat = (first.get("laterality") or "").upper() or (
-        _laterality(header) if header is not None else None
+        image_laterality(header) if header is not None else None
     )
-    view = (first.get("view") or "").upper() or (_view(header) if header is not None else None)
+    view = (first.get("view") or "").upper() or (image_view(header) if header is not None else None)
     if lat not in ("L", "R"):
         raise DatasetError(
             f"{where}: laterality {lat or '(none)'!r}: give L or R in the laterality column"

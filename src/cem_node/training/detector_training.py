@@ -56,19 +56,22 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
+from cem_node.contracts.params import DetectorConfig, PostprocessParams, PreprocessParams
 from cem_node.pipeline.detector import build_detector, save_detector_weights, select_device
-from cem_node.pipeline.params import DetectorConfig, PostprocessParams, PreprocessParams
 from cem_node.pipeline.preprocess import PreprocessError, preprocess_pair
 from cem_node.training.datasets import Sample
 from cem_node.training.metrics import HIT_RULES, dice, iou_matrix
+from cem_node.training.run_files import (
+    BEST_WEIGHTS,
+    CHECKPOINT_JSON,
+    CHECKPOINT_TENSORS,
+    HARD_EXAMPLES,
+    HISTORY,
+    OPERATING_POINT,
+)
 
 __all__ = [
-    "BEST_WEIGHTS",
-    "CHECKPOINT_JSON",
-    "CHECKPOINT_TENSORS",
-    "HISTORY",
     "KEEP_SCORE_GRID",
-    "OPERATING_POINT",
     "OPERATING_RULES",
     "PRESETS",
     "AugmentConfig",
@@ -97,14 +100,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-BEST_WEIGHTS = "best.safetensors"
-CHECKPOINT_TENSORS = "last.safetensors"
-CHECKPOINT_JSON = "last.json"
-HISTORY = "history.json"
 CHECKPOINT_FORMAT = "cem-node/detector-checkpoint/v1"
-HARD_EXAMPLES = "hard_examples.json"
 HIT_IOU = HIT_RULES["iou>=0.1"]  # the evaluation's primary hit rule
-OPERATING_POINT = "operating_point.json"
 # the keep scores tried on the validation images: from the paper's 0.1 up
 KEEP_SCORE_GRID = tuple(round(0.1 + 0.05 * i, 2) for i in range(17))
 #: How an operating point is chosen on the validation images (both measured on the source

@@ -89,12 +89,12 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from cem_node.contracts.params import DecisionThresholds, PostprocessParams, RadiomicsSettings
 from cem_node.pipeline import fusion
-from cem_node.pipeline.params import DecisionThresholds, PostprocessParams, RadiomicsSettings
 from cem_node.training.metrics import HIT_RULES, iou_matrix, match_detections
 
 if TYPE_CHECKING:
-    from cem_node.findings import Findings
+    from cem_node.contracts.findings import Findings
     from cem_node.pipeline.analyse import LoadedModels
     from cem_node.training.datasets import LoadedSample, Sample, TrainingDataset
 
@@ -140,7 +140,7 @@ SPLITS = ("test", "val", "all")
 
 @dataclass(frozen=True, eq=False)
 class Detection:
-    """One detected lesion of an image (a :class:`~cem_node.findings.Lesion`, mask decoded)."""
+    """One detected lesion of an image (a findings ``Lesion``, its mask decoded)."""
 
     lesion_id: str
     mask: np.ndarray

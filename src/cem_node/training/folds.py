@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from cem_node.training import run_files
 from cem_node.training.datasets import DatasetError, DatasetSplit
 
 if TYPE_CHECKING:
@@ -37,7 +38,7 @@ __all__ = [
     "read_folds",
 ]
 
-FOLDS_FILE = "folds.json"
+FOLDS_FILE = run_files.FOLDS
 FOLDS_FORMAT = "cem-node-folds/1"
 #: Severity order of the patient strata (a patient's most severe image label).
 _SEVERITY = {"normal": 0, "benign": 1, "malignant": 2}

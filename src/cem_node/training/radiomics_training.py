@@ -6,7 +6,7 @@ training image pair it:
 1. runs the detector exactly as the analysis does (:func:`map_detections`):
    the pairs of one study are preprocessed (:func:`~cem_node.pipeline.
    preprocess.preprocess_pair`) and detected in ONE call (the node batches a
-   study's views), with the default :class:`~cem_node.pipeline.params.
+   study's views), with the default :class:`~cem_node.contracts.params.
    PostprocessParams`; every mask is mapped back to the source image,
    restricted to the breast mask, reduced to its largest component, and the
    masks are made disjoint (the higher score keeps a contested pixel); a
@@ -14,7 +14,7 @@ training image pair it:
 2. matches the detections to the ground-truth lesions, one to one and greedily
    by mask IoU >= 0.1 (:func:`~cem_node.training.metrics.match_detections`);
 3. extracts the radiomics (the bundle's settings, default
-   :class:`~cem_node.pipeline.params.RadiomicsSettings`) of
+   :class:`~cem_node.contracts.params.RadiomicsSettings`) of
 
    * ``masks="manual"``: every ground-truth lesion on its ground-truth mask:
      these train the classifier;
@@ -118,14 +118,22 @@ from typing import Any, Literal
 
 import numpy as np
 
-from cem_node.pipeline import fusion
-from cem_node.pipeline.analyse import source_masks
-from cem_node.pipeline.params import (
+from cem_node.contracts.params import (
     DecisionThresholds,
     DetectorConfig,
     PostprocessParams,
     PreprocessParams,
     RadiomicsSettings,
+)
+from cem_node.pipeline import fusion
+from cem_node.pipeline.analyse import source_masks
+from cem_node.training.run_files import (
+    DETECTOR_CONFIG,
+    DETECTOR_WEIGHTS,
+    RADIOMICS_PARAMS,
+    RADIOMICS_SETTINGS,
+    SUMMARY,
+    THRESHOLDS,
 )
 
 __all__ = [
@@ -134,10 +142,10 @@ __all__ = [
     "DETECTOR_CONFIG",
     "DETECTOR_WEIGHTS",
     "HIT_RULE",
-    "PARAMS_FILE",
-    "SETTINGS_FILE",
-    "SUMMARY_FILE",
-    "THRESHOLDS_FILE",
+    "RADIOMICS_PARAMS",
+    "RADIOMICS_SETTINGS",
+    "SUMMARY",
+    "THRESHOLDS",
     "MappedDetection",
     "RadiomicsTrainingError",
     "RadiomicsTrainingResult",
@@ -151,12 +159,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DETECTOR_WEIGHTS = "detector.safetensors"
-DETECTOR_CONFIG = "detector_config.json"
-PARAMS_FILE = "radiomics_params.json"
-SETTINGS_FILE = "radiomics_settings.json"
-THRESHOLDS_FILE = "thresholds.json"
-SUMMARY_FILE = "summary.json"
 CACHE_FEATURES = "features.npz"
 CACHE_ROWS = "features.json"
 HIT_RULE = "iou>=0.1"
@@ -1107,10 +1109,10 @@ def train_radiomics(
     files = {
         "model": model_path,
         "features": features_path,
-        "params": out / PARAMS_FILE,
-        "settings": out / SETTINGS_FILE,
-        "thresholds": out / THRESHOLDS_FILE,
-        "summary": out / SUMMARY_FILE,
+        "params": out / RADIOMICS_PARAMS,
+        "settings": out / RADIOMICS_SETTINGS,
+        "thresholds": out / THRESHOLDS,
+        "summary": out / SUMMARY,
         "cache_features": out / CACHE_FEATURES,
         "cache_rows": out / CACHE_ROWS,
     }

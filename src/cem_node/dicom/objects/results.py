@@ -1,13 +1,13 @@
 """Encode a study's findings as the DICOM objects the node sends back.
 
-:func:`encode_results` turns one :class:`~cem_node.findings.Findings` into:
+:func:`encode_results` turns one :class:`~cem_node.contracts.findings.Findings` into:
 
 * ``seg``: one Segmentation per analysed view with at least one lesion
-  (:mod:`cem_node.dicom.seg`); a view without lesions gets none;
-* ``sr``: one TID 1500 report for the study (:mod:`cem_node.dicom.sr`),
+  (:mod:`cem_node.dicom.objects.seg`); a view without lesions gets none;
+* ``sr``: one TID 1500 report for the study (:mod:`cem_node.dicom.objects.sr`),
   which also says "No suspicious lesion found" for a study, breast or view
   without lesions;
-* ``gsps``: one presentation state per view with lesions (:mod:`cem_node.dicom.gsps`).
+* ``gsps``: one presentation state per view with lesions (:mod:`cem_node.dicom.objects.gsps`).
 
 Series. The SR, each view's SEG and each breast's GSPS have their own series
 (OHIF shows only one SEG instance of a series; General Series Laterality is
@@ -52,21 +52,17 @@ from typing import Literal
 import pydicom
 from pydicom.uid import generate_uid
 
-from cem_node.dicom.gsps import build_view_gsps
-from cem_node.dicom.seg import SEGMENTATION_TYPES, build_view_seg
-from cem_node.dicom.sr import build_findings_sr
-from cem_node.dicom.status_report import (
-    ReportingDevice,
-    build_not_analysable_sr,
-    check_sources,
-    replace_earlier_reports,
-)
-from cem_node.findings import Findings, ViewResult
-from cem_node.jobs.analysis import ResultObject
+from cem_node.contracts.analysis import RESULT_TYPES, ResultObject
+from cem_node.contracts.findings import Findings, ViewResult
+from cem_node.dicom.objects.common import ReportingDevice, check_sources
+from cem_node.dicom.objects.gsps import build_view_gsps
+from cem_node.dicom.objects.not_analysable import build_not_analysable_sr
+from cem_node.dicom.objects.predecessors import replace_earlier_reports
+from cem_node.dicom.objects.seg import SEGMENTATION_TYPES, build_view_seg
+from cem_node.dicom.objects.sr import build_findings_sr
 
 __all__ = [
     "DEFAULT_DEVICE_SERIAL",
-    "OBJECT_TYPES",
     "SERIES_BLOCK_START",
     "encode_not_analysable",
     "encode_results",
@@ -74,7 +70,6 @@ __all__ = [
     "result_series_numbers",
 ]
 
-OBJECT_TYPES = ("seg", "sr", "gsps")
 #: First number of the block the result series numbers come from.
 SERIES_BLOCK_START = 9000
 #: Device Serial Number of the default :class:`ReportingDevice`.
@@ -143,7 +138,7 @@ def encode_results(
     findings: Findings,
     headers: Sequence[pydicom.Dataset],
     *,
-    objects: Iterable[str] = OBJECT_TYPES,
+    objects: Iterable[str] = RESULT_TYPES,
     analysis_round: int = 1,
     segmentation_type: Literal["AUTO", "BINARY", "FRACTIONAL"] = "AUTO",
     device: ReportingDevice | None = None,
@@ -185,9 +180,9 @@ def encode_results(
         headers of another study or patient, or a missing analysed image.
     """
     wanted = [objects] if isinstance(objects, str) else list(dict.fromkeys(objects))
-    unknown = [o for o in wanted if o not in OBJECT_TYPES]
+    unknown = [o for o in wanted if o not in RESULT_TYPES]
     if unknown:
-        raise ValueError(f"unknown object type(s) {unknown}: choose from {OBJECT_TYPES}")
+        raise ValueError(f"unknown object type(s) {unknown}: choose from {RESULT_TYPES}")
     if segmentation_type != "AUTO" and segmentation_type not in SEGMENTATION_TYPES:
         raise ValueError(
             f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}"
@@ -308,7 +303,7 @@ def replacing_earlier_reports(
     """``objects`` with every SR naming ``predecessors`` as the reports it replaces.
 
     ``predecessors`` are the headers of the study's SRs of earlier rounds that
-    were sent (see :func:`~cem_node.dicom.status_report.replace_earlier_reports`);
+    were sent (see :func:`~cem_node.dicom.objects.predecessors.replace_earlier_reports`);
     SEG and GSPS objects are returned as they are.
     """
     return [

@@ -79,7 +79,8 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DA, TM
 
-from cem_node.dicom.status_report import (
+from cem_node.contracts.findings import Findings, Lesion, ModelIdentity, ViewResult
+from cem_node.dicom.objects.common import (
     ReportingDevice,
     check_series_number,
     check_view_image,
@@ -90,7 +91,6 @@ from cem_node.dicom.status_report import (
     stamp_times,
     utf8_if_needed,
 )
-from cem_node.findings import Findings, Lesion, ModelIdentity, ViewResult
 
 __all__ = [
     "SEGMENTATION_TYPES",

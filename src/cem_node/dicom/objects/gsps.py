@@ -40,8 +40,8 @@ import pydicom
 from pydicom.multival import MultiValue
 from pydicom.valuerep import DA, TM
 
-from cem_node.dicom.seg import lesion_label
-from cem_node.dicom.status_report import (
+from cem_node.contracts.findings import Findings, Lesion, ModelIdentity, ViewResult
+from cem_node.dicom.objects.common import (
     ReportingDevice,
     check_series_number,
     check_view_image,
@@ -52,7 +52,7 @@ from cem_node.dicom.status_report import (
     stamp_times,
     utf8_if_needed,
 )
-from cem_node.findings import Findings, Lesion, ModelIdentity, ViewResult
+from cem_node.dicom.objects.seg import lesion_label
 
 __all__ = [
     "CONTENT_LABEL",

@@ -3,7 +3,7 @@
 pynetdicom's public API (``AE.make_server`` with ``server_class`` and
 ``request_handler``) lets the node own the front door: the accept-time
 checks, the TLS handshake and the A-ASSOCIATE-RQ read of
-:mod:`cem_node.dicom.admission` happen in :class:`NodeRequestHandler` before
+:mod:`cem_node.dicom.net.admission` happen in :class:`NodeRequestHandler` before
 pynetdicom sees a byte. What follows reaches into pynetdicom's internals,
 written for pynetdicom 3.0 (:data:`WRITTEN_FOR`):
 
@@ -51,7 +51,7 @@ from pydicom.uid import UID
 from pynetdicom import evt
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
-from cem_node.dicom.admission import (
+from cem_node.dicom.net.admission import (
     A_ASSOCIATE_RQ,
     Admission,
     RefusedConnectionError,

@@ -65,6 +65,7 @@ from pydantic import ValidationError
 
 from cem_node.models.manifest import BundleUsageError, Validation, describe_validation_error
 from cem_node.models.registry import Bundle, sha256_file, write_bundle
+from cem_node.training import run_files
 
 __all__ = [
     "DETECTOR_FILES",
@@ -79,17 +80,10 @@ __all__ = [
     "stored_weights_dtype",
 ]
 
-DETECTOR_FILES = ("detector.safetensors", "detector_config.json")
+DETECTOR_FILES = run_files.DETECTOR_REQUIRED
 """Required in the detector folder."""
-DETECTOR_OPTIONAL = ("history.json", "split.json", "hard_examples.json", "operating_point.json")
-RADIOMICS_FILES = (
-    "radiomics_model.json",
-    "radiomics_features.json",
-    "radiomics_params.json",
-    "radiomics_settings.json",
-    "thresholds.json",
-    "summary.json",
-)
+DETECTOR_OPTIONAL = run_files.DETECTOR_OPTIONAL
+RADIOMICS_FILES = run_files.RADIOMICS_REQUIRED
 """Required in the radiomics folder."""
 
 SYNTHETIC_DISCLAIMER = "synthetic phantom data, not for clinical use"
@@ -364,24 +358,24 @@ def build_manifest(
     _require_files(detector_dir, DETECTOR_FILES, "detector")
     _require_files(radiomics_dir, RADIOMICS_FILES, "radiomics")
     notes: list[str] = []
-    config_path = detector_dir / "detector_config.json"
+    config_path = detector_dir / run_files.DETECTOR_CONFIG
     detector_record = _read_json(config_path)
     detector = _object(detector_record, config_path, "detector")
     preprocessing = _object(detector_record, config_path, "preprocessing")
     det_training = detector_record.get("training") or {}
     det_result = detector_record.get("result") or {}
-    summary_path = radiomics_dir / "summary.json"
+    summary_path = radiomics_dir / run_files.SUMMARY
     summary = _read_json(summary_path)
     if not isinstance(summary, dict):
         raise BundleUsageError(f"{summary_path}: expected a JSON object", path=summary_path)
-    thresholds_path = radiomics_dir / "thresholds.json"
+    thresholds_path = radiomics_dir / run_files.THRESHOLDS
     thresholds = _object(_read_json(thresholds_path), thresholds_path, "thresholds")
-    settings_path = radiomics_dir / "radiomics_settings.json"
+    settings_path = radiomics_dir / run_files.RADIOMICS_SETTINGS
     settings = _read_json(settings_path)
     if not isinstance(settings, dict):
         raise BundleUsageError(f"{settings_path}: expected a JSON object", path=settings_path)
 
-    weights_sha = sha256_file(detector_dir / "detector.safetensors")
+    weights_sha = sha256_file(detector_dir / run_files.DETECTOR_WEIGHTS)
     trained_with = (summary.get("detector") or {}).get("weights_sha256")
     if trained_with is None:
         notes.append(
@@ -544,7 +538,7 @@ def _check_radiomics_model(radiomics_dir: Path) -> None:
 
     try:
         RadiomicsClassifier.load(
-            radiomics_dir / "radiomics_model.json", radiomics_dir / "radiomics_features.json"
+            radiomics_dir / run_files.RADIOMICS_MODEL, radiomics_dir / run_files.RADIOMICS_FEATURES
         )
     except ClassifierError as exc:
         raise BundleUsageError(f"the radiomics model cannot be loaded: {exc}") from None
@@ -553,14 +547,14 @@ def _check_radiomics_model(radiomics_dir: Path) -> None:
 def _resave_weights(
     detector_dir: Path, manifest: Mapping[str, Any], dtype: str, target: Path
 ) -> None:
+    from cem_node.contracts.params import DetectorConfig, PreprocessParams
     from cem_node.pipeline.detector import DetectorError, load_detector, save_detector_weights
-    from cem_node.pipeline.params import DetectorConfig, PreprocessParams
 
     fields = set(DetectorConfig.model_fields)
     config = DetectorConfig(**{k: v for k, v in manifest["detector"].items() if k in fields})
     preprocess = PreprocessParams.model_validate(manifest["preprocessing"])
     try:
-        model = load_detector(detector_dir / "detector.safetensors", config, preprocess)
+        model = load_detector(detector_dir / run_files.DETECTOR_WEIGHTS, config, preprocess)
     except DetectorError as exc:
         raise BundleUsageError(f"cannot re-save the detector weights: {exc}") from None
     save_detector_weights(model, target, dtype)
@@ -621,7 +615,7 @@ def pack_training_run(
     metrics = metrics_from_report(metrics_file) if metrics_file is not None else None
     validation = validation_from_file(validation_file) if validation_file is not None else None
     _require_files(detector_dir, DETECTOR_FILES, "detector")
-    stored = stored_weights_dtype(detector_dir / "detector.safetensors")
+    stored = stored_weights_dtype(detector_dir / run_files.DETECTOR_WEIGHTS)
     target_dtype = weights_dtype or ("float16" if stored == "float16" else "float32")
     if target_dtype not in ("float16", "float32"):
         raise BundleUsageError(f"weights dtype must be float16 or float32, got {target_dtype!r}")
@@ -641,12 +635,12 @@ def pack_training_run(
         manifest["validation"] = validation
     _check_radiomics_model(radiomics_dir)
     files: dict[str, Path | bytes] = {
-        "radiomics_model.json": radiomics_dir / "radiomics_model.json",
-        "radiomics_features.json": radiomics_dir / "radiomics_features.json",
-        "radiomics_params.json": radiomics_dir / "radiomics_params.json",
-        "training/detector_config.json": detector_dir / "detector_config.json",
-        "training/radiomics_summary.json": radiomics_dir / "summary.json",
-        "training/thresholds.json": radiomics_dir / "thresholds.json",
+        "radiomics_model.json": radiomics_dir / run_files.RADIOMICS_MODEL,
+        "radiomics_features.json": radiomics_dir / run_files.RADIOMICS_FEATURES,
+        "radiomics_params.json": radiomics_dir / run_files.RADIOMICS_PARAMS,
+        "training/detector_config.json": detector_dir / run_files.DETECTOR_CONFIG,
+        "training/radiomics_summary.json": radiomics_dir / run_files.SUMMARY,
+        "training/thresholds.json": radiomics_dir / run_files.THRESHOLDS,
     }
     for optional in DETECTOR_OPTIONAL:
         if (detector_dir / optional).is_file():
@@ -659,7 +653,7 @@ def pack_training_run(
             notes.append(f"detector weights re-saved as {target_dtype} (trained as {stored})")
             files["detector.safetensors"] = weights
         else:
-            files["detector.safetensors"] = detector_dir / "detector.safetensors"
+            files["detector.safetensors"] = detector_dir / run_files.DETECTOR_WEIGHTS
         bundle = write_bundle(Path(dest_dir), manifest, files, overwrite=overwrite)
     return PackResult(
         bundle=bundle, notes=notes, weights_dtype=target_dtype, resaved_weights=resaved

@@ -1,4 +1,4 @@
-"""The "not analysable" SR (cem_node.dicom.status_report)."""
+"""The "not analysable" SR (cem_node.dicom.objects.common)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ from pydicom import Dataset
 
 from cem_node import __version__
 from cem_node.dicom import validation
-from cem_node.dicom.results import encode_not_analysable
-from cem_node.dicom.status_report import (
-    COMPREHENSIVE_SR,
-    NOT_FOR_CLINICAL_USE,
-    REPLACES_PREFIX,
-    STATEMENT_PREFIX,
-    ReportingDevice,
-    build_not_analysable_sr,
-    replace_earlier_reports,
-)
+from cem_node.dicom.objects.common import COMPREHENSIVE_SR, NOT_FOR_CLINICAL_USE, ReportingDevice
+from cem_node.dicom.objects.not_analysable import STATEMENT_PREFIX, build_not_analysable_sr
+from cem_node.dicom.objects.predecessors import REPLACES_PREFIX, replace_earlier_reports
+from cem_node.dicom.objects.results import encode_not_analysable
 from cem_node.synthetic import SynthOptions, generate_study
 from tests.dicom_validators import pixelmed_jar, run_dciodvfy
 

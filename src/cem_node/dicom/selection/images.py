@@ -163,7 +163,8 @@ class Pairing:
 # --------------------------------------------------------------------------- header values
 
 
-def _laterality(ds: Dataset) -> str | None:
+def image_laterality(ds: Dataset) -> str | None:
+    """The breast, ``"L"`` or ``"R"``: Image Laterality, else (Series) Laterality."""
     value = str(ds.get("ImageLaterality", "") or ds.get("Laterality", "") or "").upper()
     return value if value in {"L", "R"} else None
 
@@ -190,7 +191,7 @@ def _position_view(ds: Dataset) -> str | None:
     return position[:16]  # a view the node does not know: reported as it is
 
 
-def _view(ds: Dataset) -> str | None:
+def image_view(ds: Dataset) -> str | None:
     """The view: the View Code Sequence (CID 4014, SCT or SNOMED-RT), else View Position."""
     coded = _coded_view(ds)
     return coded[0] if coded else _position_view(ds)
@@ -281,8 +282,8 @@ def classify_image(ds: Dataset, rules: SelectionSection) -> Classification:
             sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
             role=role,
             reason=reason,
-            laterality=_laterality(ds),
-            view=_view(ds),
+            laterality=image_laterality(ds),
+            view=image_view(ds),
             acquisition_time=str(ds.get("AcquisitionTime", "") or "") or None,
             for_processing=is_for_processing(ds),
         )

@@ -7,17 +7,17 @@ The real analysis (issue #4) implements it; tests use a test double.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from pydicom.dataset import Dataset
 
-from cem_node.dicom.cem_selection import Pairing
-from cem_node.findings import Findings
+from cem_node.contracts.findings import Findings
 
 __all__ = [
+    "RESULT_TYPES",
     "AnalysisRequest",
     "AnalysisResult",
     "AnalysisUnavailableError",
@@ -25,8 +25,8 @@ __all__ = [
     "ImagePair",
     "InstanceUnusableError",
     "ResultObject",
+    "ResultType",
     "UnavailableAnalyzer",
-    "image_pairs",
 ]
 
 
@@ -42,22 +42,6 @@ class ImagePair:
     recombined_sop_instance_uid: str
 
 
-def image_pairs(pairings: Iterable[Pairing], path_of: Mapping[str, Path]) -> list[ImagePair]:
-    """The complete pairings as :class:`ImagePair` (``path_of``: SOP Instance UID -> file)."""
-    return [
-        ImagePair(
-            laterality=p.laterality or "",
-            view=p.view or "",
-            low_energy_path=path_of[p.low_energy or ""],
-            recombined_path=path_of[p.recombined or ""],
-            low_energy_sop_instance_uid=p.low_energy or "",
-            recombined_sop_instance_uid=p.recombined or "",
-        )
-        for p in pairings
-        if p.complete
-    ]
-
-
 @dataclass(frozen=True, slots=True)
 class AnalysisRequest:
     """What the worker hands to the analysis."""
@@ -69,11 +53,16 @@ class AnalysisRequest:
     """Headers (no pixel data) of every mammography image of the study."""
 
 
+ResultType = Literal["seg", "sr", "gsps"]
+"""The kinds of result object the node writes (and the names an export may choose)."""
+RESULT_TYPES: tuple[ResultType, ...] = get_args(ResultType)
+
+
 @dataclass(frozen=True, slots=True)
 class ResultObject:
-    """One DICOM object to export: ``object_type`` is ``seg``, ``sr`` or ``gsps``."""
+    """One DICOM object to export, of one of the :data:`RESULT_TYPES`."""
 
-    object_type: str
+    object_type: ResultType
     dataset: Dataset
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cem_node.pipeline.params import DecisionThresholds
+from cem_node.contracts.params import DecisionThresholds
 
 __all__ = [
     "FINDINGS_SCHEMA_VERSION",

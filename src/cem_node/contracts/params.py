@@ -15,7 +15,9 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "BACKBONE_WIDTHS",
     "CLASS_NAMES",
+    "PRESET_ARCHITECTURE",
     "BackboneName",
     "DecisionThresholds",
     "DetectorConfig",
@@ -30,6 +32,19 @@ CLASS_NAMES: tuple[str, str, str] = ("background", "benign", "malignant")
 """The detector's classes, in the order of its output channels."""
 
 BackboneName = Literal["resnet101_fpn", "resnet50_fpn_v2", "mobilenet_v3_lite"]
+"""The detector's backbones (each built by :mod:`cem_node.pipeline.detector`)."""
+BACKBONE_WIDTHS: dict[str, tuple[int, int, int]] = {
+    "resnet101_fpn": (256, 1024, 256),
+    "resnet50_fpn_v2": (256, 1024, 256),
+    "mobilenet_v3_lite": (64, 256, 64),
+}
+"""Default (FPN channels, box head width, mask head channels) of each backbone: the
+narrow ones keep ``mobilenet_v3_lite`` small and quick."""
+PRESET_ARCHITECTURE: dict[str, tuple[BackboneName, int]] = {
+    "paper": ("resnet101_fpn", 800),
+    "fast": ("mobilenet_v3_lite", 512),
+}
+"""The backbone and input short side each training preset starts from."""
 
 
 class _Params(BaseModel):

@@ -45,21 +45,21 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from cem_node.config import Settings
-from cem_node.dicom import pynetdicom_internals as internals
-from cem_node.dicom.access import (
+from cem_node.dicom.net import pynetdicom_internals as internals
+from cem_node.dicom.net.access import (
     TOO_MANY_ASSOCIATIONS,
     AccessDecision,
     AssociationRequest,
     Rejection,
     decide_association,
 )
-from cem_node.dicom.admission import (
+from cem_node.dicom.net.admission import (
     AddressAllowList,
     Admission,
     AdmissionLimits,
     ConnectionAuditor,
 )
-from cem_node.dicom.cem_selection import MAMMOGRAPHY_SOP_CLASSES
+from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import record_event
 from cem_node.store.ingest import InstanceIngestor, ReceivedFrom
@@ -204,7 +204,7 @@ class StorageSCP:
         """Listen for associations (returns at once; one thread per connection).
 
         Received datasets are streamed to a temporary file as their PDUs
-        arrive (see :func:`~cem_node.dicom.pynetdicom_internals.stream_datasets_to`),
+        arrive (see :func:`~cem_node.dicom.net.pynetdicom_internals.stream_datasets_to`),
         in the store's receiving folder when ``receiving_dir`` is given, so the
         handler moves a finished file into the store instead of writing
         megabytes after the last PDU.

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cem_node.dicom.access import Network, host_networks, normalise_address, resolve_host
+from cem_node.dicom.net.access import Network, host_networks, normalise_address, resolve_host
 from cem_node.peers import PeerEntry
 from cem_node.store.audit import record_event
 

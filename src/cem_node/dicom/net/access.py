@@ -15,7 +15,7 @@ A-ASSOCIATE-RJ result / source / reason):
 Too many simultaneous associations (``node.max_associations``) are refused by
 the SCP, after these checks: rejected-transient, service-provider
 (presentation), "local-limit-exceeded" (2). Connections that never send an
-A-ASSOCIATE-RQ are dealt with earlier, by :mod:`cem_node.dicom.admission`.
+A-ASSOCIATE-RQ are dealt with earlier, by :mod:`cem_node.dicom.net.admission`.
 """
 
 from __future__ import annotations

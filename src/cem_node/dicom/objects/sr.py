@@ -2,9 +2,9 @@
 
 A Comprehensive SR (2D image coordinates) whose root is (126000, DCM,
 "Imaging Measurement Report"), the only root OHIF opens. It is built from
-the same pieces as the "not analysable" report
-(:mod:`cem_node.dicom.status_report`), which remains the answer for a study
-that could not be analysed (:func:`build_not_analysable_sr`).
+the same pieces (:mod:`cem_node.dicom.objects.common`) as the "not
+analysable" report (:mod:`cem_node.dicom.objects.not_analysable`), the
+answer for a study that could not be analysed.
 
 Content tree::
 
@@ -109,12 +109,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 from pydicom.valuerep import DS
 
-from cem_node.dicom.gsps import dicom_points
-from cem_node.dicom.seg import laterality_code, lesion_label, score_caveat_sentence
-from cem_node.dicom.status_report import (
+from cem_node.contracts.findings import Findings, Lesion, ModelIdentity
+from cem_node.dicom.objects.common import (
     ReportingDevice,
     build_comprehensive_sr,
-    build_not_analysable_sr,
     check_series_number,
     check_sources,
     image_library,
@@ -125,7 +123,8 @@ from cem_node.dicom.status_report import (
     report_root,
     result_series_description,
 )
-from cem_node.findings import Findings, Lesion, ModelIdentity
+from cem_node.dicom.objects.gsps import dicom_points
+from cem_node.dicom.objects.seg import laterality_code, lesion_label, score_caveat_sentence
 
 __all__ = [
     "AI_CLASSIFICATION",
@@ -135,7 +134,6 @@ __all__ = [
     "PROBABILITY_OF_CANCER",
     "RADIOMICS_PROBABILITY",
     "build_findings_sr",
-    "build_not_analysable_sr",
     "low_energy_tracking_uid",
     "spacing_source",
     "sr_series_description",
@@ -529,7 +527,7 @@ def build_findings_sr(
     ------
     ValueError
         When the headers are of another study, lack an analysed image, or fail
-        the checks of :func:`~cem_node.dicom.status_report.check_sources`.
+        the checks of :func:`~cem_node.dicom.objects.common.check_sources`.
     """
     check_series_number(series_number)
     sources = check_sources(source_images)

@@ -11,7 +11,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
 from cem_node.config import PrivateTagRule, SelectionSection, Settings
-from cem_node.dicom.cem_selection import classify_image, pair_images
+from cem_node.dicom.selection import classify_image, pair_images
 from cem_node.synthetic import SynthOptions, generate_study
 
 RULES: SelectionSection = Settings.defaults().selection

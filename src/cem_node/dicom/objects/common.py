@@ -1,72 +1,11 @@
-"""The "not analysable" report: a short SR telling the radiologist the AI did not read a study.
+"""What every result object of the node shares: the toolkit of the SEG, the
+analysis SR, the GSPS and the not-analysable SR.
 
-When a received study holds no usable low-energy / recombined (LE/RC) pair, the
-node still answers, so that nobody mistakes silence for a negative reading. The
-answer is a Comprehensive SR whose root is a TID 1500 "Imaging Measurement
-Report" (126000, DCM): OHIF only opens SR documents with that root, and PACS
-text renderers show its content tree as it is.
-
-Content tree (PS3.16 TID 1500 as PixelMed's validator encodes it)::
-
-    CONTAINER (126000, DCM, "Imaging Measurement Report")            TID 1500
-      HAS CONCEPT MOD  Language of Content Item and Descendants     TID 1204
-      HAS OBS CONTEXT  Observer Type = Device, Device Observer UID,
-                       Name, Manufacturer, Model Name, Serial No.    TID 1001/1004
-      HAS CONCEPT MOD  Procedure reported = (363679005, SCT, "Imaging procedure")
-      CONTAINS  CONTAINER (111028, DCM, "Image Library")            TID 1600
-                  > Image Library Group > IMAGE "Source" per received image
-      CONTAINS  CONTAINER (126010, DCM, "Imaging Measurements")
-                  > Measurement Group without measurements           TID 1501
-                      Tracking Identifier, Tracking Unique Identifier
-                      Algorithm Name, Version, Family                TID 4019
-      CONTAINS  CONTAINER (C0034375, UMLS, "Qualitative Evaluations")
-                  TEXT (121071, DCM, "Finding")  "AI analysis not performed: <reason>"
-                  TEXT (121106, DCM, "Comment")  "Written by cem-node 0.1.0 (...)"
-                  TEXT (121106, DCM, "Comment")  "NOT FOR CLINICAL USE: ..." (optional)
-
-Why this shape:
-
-* highdicom's :class:`highdicom.sr.MeasurementReport` refuses a report without
-  at least one measurement group, so the tree is assembled from highdicom's
-  content items and templates instead, following TID 1500 directly: the
-  standard lets row 12 (Qualitative Evaluations, any TEXT or CODE item) stand
-  alone, and that is where the statement lives.
-* OHIF's SR loader (``extensions/cornerstone-dicom-sr``) reads
-  ``ImageLibrary.ContentSequence`` and ``ImagingMeasurements.ContentSequence``
-  without checking that the containers exist, so both are always present. The
-  Imaging Measurements container holds one TID 1501 group without measurements
-  (allowed: every row of TID 1501 but the tracking identifiers is optional);
-  OHIF turns it into a measurement without coordinates and draws nothing. An
-  SR with no image reference cannot show text on an image in OHIF; the viewer
-  shows the series description ("CEM AI: not analysed ...") in the study
-  browser, which is why the key words are repeated there.
-* The reason is free text (it is produced by the node's selection and pairing
-  rules), so it is a TEXT item; a coded "not performed" would say less. The
-  software name and version are in TID 4019 inside the measurement group (the
-  place TID 1500 readers look) and, for people, in a Comment; TID 4019 is not
-  repeated under Qualitative Evaluations, where PixelMed takes its items for
-  row 13/14 evaluations and rejects their relationship type.
-* Procedure reported is "Imaging procedure", not "Mammography": CID 100 is
-  extensible, but PixelMed reports codes outside it as errors.
-* Comprehensive rather than Enhanced SR (both would hold this tree): the
-  node's lesion reports are Comprehensive SR, and one SOP class for all of
-  the node's SR keeps PACS routing and viewer handling the same.
-* Every received instance is listed in the Current Requested Procedure
-  Evidence Sequence (a viewer refused an SR without it); image instances are
-  also listed in the Image Library.
-
-Nothing depends on the clock or on random numbers when ``series_instance_uid``,
-``sop_instance_uid`` and ``content_datetime`` are given: the tracking UID and
-the device observer UID are derived from them and from the device.
-
-The module also holds what every result object of the node shares, used by
-the analysis report (:mod:`cem_node.dicom.sr`), the SEG and the GSPS:
-:class:`ReportingDevice`, the checks of the source headers, the TID 1500 root
-and image library, :func:`build_comprehensive_sr`, the model bundle's
+:class:`ReportingDevice`, the checks of the source headers, the TID 1500
+root and image library, :func:`build_comprehensive_sr`, the model bundle's
 Contributing Equipment item and disclaimer (:func:`model_equipment`,
-:func:`model_disclaimer`, :func:`result_series_description`),
-:func:`stamp_times`, and :func:`replace_earlier_reports`, which makes any of
-the node's SRs name the reports of earlier rounds it replaces.
+:func:`model_disclaimer`, :func:`result_series_description`) and
+:func:`stamp_times`.
 """
 
 from __future__ import annotations
@@ -81,7 +20,6 @@ import pydicom
 from highdicom import ContributingEquipment
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import (
-    AlgorithmIdentification,
     CodeContentItem,
     CodedConcept,
     ComprehensiveSR,
@@ -90,12 +28,10 @@ from highdicom.sr import (
     DeviceObserverIdentifyingAttributes,
     ImageContentItem,
     LanguageOfContentItemAndDescendants,
-    MeasurementsAndQualitativeEvaluations,
     ObservationContext,
     ObserverContext,
     RelationshipTypeValues,
     TextContentItem,
-    TrackingIdentifier,
 )
 from highdicom.sr.utils import collect_evidence
 from pydicom.sr.codedict import codes
@@ -103,28 +39,26 @@ from pydicom.uid import RE_VALID_UID, UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from cem_node import __version__
-from cem_node.findings import ModelIdentity, ViewResult
+from cem_node.contracts.findings import ModelIdentity, ViewResult
 
 __all__ = [
     "COMPREHENSIVE_SR",
     "NOT_FOR_CLINICAL_USE",
-    "REPLACES_PREFIX",
+    "QUALITATIVE_EVALUATIONS",
+    "REQUIRED_UIDS",
     "ReportingDevice",
     "build_comprehensive_sr",
-    "build_not_analysable_sr",
     "check_series_number",
     "check_sources",
     "check_uid",
     "check_view_image",
     "device_texts",
     "image_library",
+    "is_valid_uid",
     "model_description",
     "model_disclaimer",
     "model_equipment",
-    "not_analysed_series_description",
-    "predecessor_documents",
     "qualitative_evaluations",
-    "replace_earlier_reports",
     "report_root",
     "result_series_description",
     "stamp_times",
@@ -133,22 +67,9 @@ __all__ = [
 
 COMPREHENSIVE_SR = UID("1.2.840.10008.5.1.4.1.1.88.33")
 NOT_FOR_CLINICAL_USE = "NOT FOR CLINICAL USE"
-#: Statement that opens the Finding text item.
-STATEMENT_PREFIX = "AI analysis not performed: "
-#: Tracking Identifier of the (measurement-free) TID 1501 group.
-TRACKING_IDENTIFIER = "CEM AI analysis not performed"
-#: Text of the comment added when ``not_for_clinical_use``.
-DISCLAIMER = (
-    f"{NOT_FOR_CLINICAL_USE}: research software that is not a medical device; "
-    "this report is not a reading of the images."
-)
 
-#: Opens the Comment of a report that replaces reports of earlier rounds.
-REPLACES_PREFIX = "This report replaces "
-#: SOP Class UIDs of SR documents (PS3.4 B.5) start with it.
-_SR_CLASS_ROOT = "1.2.840.10008.5.1.4.1.1.88."
 # TID 1500 row 12; not in pydicom's code dictionary under this scheme.
-_QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 _LANGUAGE = CodedConcept("en-US", "RFC5646", "English (United States)")
 # CID 100 is extensible, but PixelMed rejects codes outside it (e.g. 71651007
 # "Mammography"); "Imaging procedure" is in it.
@@ -167,7 +88,7 @@ _TYPE2_IDENTITY = (
     "StudyTime",
     "ReferringPhysicianName",
 )
-_REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+REQUIRED_UIDS = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
 _LO_MAX = 64
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
@@ -305,14 +226,7 @@ def model_equipment(model: ModelIdentity, when: datetime) -> ContributingEquipme
     )
 
 
-def not_analysed_series_description(not_for_clinical_use: bool = True) -> str:
-    """Series Description of a "not analysable" SR (at most 64 characters)."""
-    if not_for_clinical_use:
-        return f"CEM AI: not analysed ({NOT_FOR_CLINICAL_USE})"
-    return "CEM AI: not analysed"
-
-
-def _is_valid_uid(value: str) -> bool:
+def is_valid_uid(value: str) -> bool:
     """A DICOM UID: dotted decimal without leading zeros, at most 64 characters."""
     return len(value) <= 64 and RE_VALID_UID.match(value) is not None
 
@@ -344,11 +258,11 @@ def check_sources(source_images: Sequence[pydicom.Dataset]) -> list[pydicom.Data
             raise TypeError(
                 f"source_images[{index}] must be a pydicom.Dataset, got {type(ds).__name__}"
             )
-        for keyword in _REQUIRED_UIDS:
+        for keyword in REQUIRED_UIDS:
             value = ds.get(keyword)
             if not value or not str(value).strip():
                 raise ValueError(f"{_describe(index, ds)} has no {keyword}")
-            if not _is_valid_uid(str(value)):
+            if not is_valid_uid(str(value)):
                 raise ValueError(f"{_describe(index, ds)} has an invalid {keyword}: {value!r}")
         if first is None:
             first = (index, ds)
@@ -390,7 +304,7 @@ def check_uid(name: str, value: str | None) -> str:
         return generate_uid()
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str or None, got {type(value).__name__}")
-    if not _is_valid_uid(value):
+    if not is_valid_uid(value):
         raise ValueError(f"{name} is not a valid DICOM UID: {value!r}")
     return value
 
@@ -423,7 +337,7 @@ def _stand_in(first: pydicom.Dataset, sop_instance_uid: str, series_uid: str) ->
 
 def _evidence_item(ds: pydicom.Dataset) -> pydicom.Dataset:
     item = pydicom.Dataset()
-    for keyword in _REQUIRED_UIDS:
+    for keyword in REQUIRED_UIDS:
         setattr(item, keyword, ds[keyword].value)
     return item
 
@@ -431,21 +345,6 @@ def _evidence_item(ds: pydicom.Dataset) -> pydicom.Dataset:
 def _is_image(ds: pydicom.Dataset) -> bool:
     """Whether a header describes an image (has an Image Pixel module)."""
     return "Rows" in ds and "Columns" in ds
-
-
-def _algorithm(device: ReportingDevice) -> AlgorithmIdentification:
-    return AlgorithmIdentification(
-        name=device.model_name,
-        version=device.software_version,
-        family=codes.DCM.ArtificialIntelligence,
-    )
-
-
-def _signature(device: ReportingDevice) -> str:
-    return (
-        f"Written by {device.model_name} {device.software_version} ({device.manufacturer}), "
-        f"device {device.device_serial_number}."
-    )
 
 
 def report_root(
@@ -513,49 +412,11 @@ def image_library(sources: Sequence[pydicom.Dataset]) -> ContainerContentItem:
 def qualitative_evaluations(texts: Sequence[tuple[CodedConcept, str]]) -> ContainerContentItem:
     """TID 1500 row 12: a Qualitative Evaluations container of TEXT items."""
     contains = RelationshipTypeValues.CONTAINS
-    evaluations = ContainerContentItem(name=_QUALITATIVE_EVALUATIONS, relationship_type=contains)
+    evaluations = ContainerContentItem(name=QUALITATIVE_EVALUATIONS, relationship_type=contains)
     evaluations.ContentSequence = ContentSequence(
         [TextContentItem(name=name, value=text, relationship_type=contains) for name, text in texts]
     )
     return evaluations
-
-
-def _content(
-    sources: Sequence[pydicom.Dataset],
-    reason: str,
-    device: ReportingDevice,
-    sop_instance_uid: str,
-    not_for_clinical_use: bool,
-) -> ContainerContentItem:
-    contains = RelationshipTypeValues.CONTAINS
-    root = report_root(device)
-    root.ContentSequence.append(image_library(sources))
-
-    # Row 6: one TID 1501 group without measurements (OHIF needs the container).
-    measurements = ContainerContentItem(
-        name=codes.DCM.ImagingMeasurements, relationship_type=contains
-    )
-    measurements.ContentSequence = ContentSequence()
-    measurements.ContentSequence.extend(
-        MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=TrackingIdentifier(
-                uid=generate_uid(entropy_srcs=["cem-node tracking", sop_instance_uid]),
-                identifier=TRACKING_IDENTIFIER,
-            ),
-            algorithm_id=_algorithm(device),
-        )
-    )
-    root.ContentSequence.append(measurements)
-
-    # Row 12: the statement itself (TEXT items, any concept name, CONTAINS).
-    texts = [
-        (codes.DCM.Finding, STATEMENT_PREFIX + reason),
-        (codes.DCM.Comment, _signature(device)),
-    ]
-    if not_for_clinical_use:
-        texts.append((codes.DCM.Comment, DISCLAIMER))
-    root.ContentSequence.append(qualitative_evaluations(texts))
-    return root
 
 
 def check_series_number(series_number: object) -> int:
@@ -665,105 +526,6 @@ def build_comprehensive_sr(
     return sr
 
 
-def build_not_analysable_sr(
-    source_images: Sequence[pydicom.Dataset],
-    reason: str,
-    *,
-    device: ReportingDevice,
-    series_instance_uid: str | None = None,
-    series_number: int = 9901,
-    sop_instance_uid: str | None = None,
-    content_datetime: datetime | None = None,
-    not_for_clinical_use: bool = True,
-) -> pydicom.Dataset:
-    """Build the SR that tells the PACS the AI did not analyse a study, and why.
-
-    A Comprehensive SR with a TID 1500 "Imaging Measurement Report" root and no
-    measurement; see the module docstring for the content tree and why it has
-    that shape.
-
-    Parameters
-    ----------
-    source_images
-        Headers (pixel data not needed) of the study's received instances, of
-        any SOP class, all of one study. Each needs SOPClassUID,
-        SOPInstanceUID, StudyInstanceUID and SeriesInstanceUID. Patient and
-        study attributes are copied from the first one; every instance is
-        listed in the Current Requested Procedure Evidence Sequence, and the
-        image instances (those with Rows and Columns) in the Image Library.
-        An instance listed twice is kept once.
-    reason
-        Why no analysis was done, in words for a radiologist (e.g. "no
-        recombined image for the right CC view"). Stored as
-        ``"AI analysis not performed: <reason>"`` in a TEXT item (121071, DCM,
-        "Finding").
-    device
-        The software writing the SR.
-    series_instance_uid, sop_instance_uid
-        UIDs of the new series and instance; new random UIDs when None.
-    series_number
-        Series Number of the new series.
-    content_datetime
-        Content, series and instance creation date/time; now when None. A
-        timezone-aware value also sets Timezone Offset From UTC.
-    not_for_clinical_use
-        Adds a "NOT FOR CLINICAL USE" comment to the content and to the
-        Series Description.
-
-    Returns
-    -------
-    pydicom.Dataset
-        The SR (a :class:`highdicom.sr.ComprehensiveSR`), Explicit VR Little
-        Endian, ready for ``save_as(path, enforce_file_format=True)``.
-
-    Raises
-    ------
-    TypeError
-        For arguments of the wrong type.
-    ValueError
-        For an empty or blank reason, no source images, a source without one
-        of the four UIDs, sources of different studies (the message names
-        both Study Instance UIDs) or patients, one SOP Instance UID with two
-        SOP classes or series, an invalid UID or a series number outside
-        1..2**31-1.
-    """
-    if not isinstance(device, ReportingDevice):
-        raise TypeError(f"device must be a ReportingDevice, got {type(device).__name__}")
-    if not isinstance(reason, str):
-        raise TypeError(f"reason must be a str, got {type(reason).__name__}")
-    reason = reason.strip()
-    if not reason:
-        raise ValueError("reason must not be empty or blank")
-    check_series_number(series_number)
-    if content_datetime is not None and not isinstance(content_datetime, datetime):
-        raise TypeError(
-            f"content_datetime must be a datetime or None, got {type(content_datetime).__name__}"
-        )
-    if not isinstance(not_for_clinical_use, bool):
-        raise TypeError(
-            f"not_for_clinical_use must be a bool, got {type(not_for_clinical_use).__name__}"
-        )
-    sources = check_sources(source_images)
-    series_uid = check_uid("series_instance_uid", series_instance_uid)
-    sop_uid = check_uid("sop_instance_uid", sop_instance_uid)
-    if sop_uid in {ds.SOPInstanceUID for ds in sources}:
-        raise ValueError(f"sop_instance_uid {sop_uid} is the UID of one of the source_images")
-    when = content_datetime if content_datetime is not None else datetime.now()
-
-    content = _content(sources, reason, device, sop_uid, not_for_clinical_use)
-    return build_comprehensive_sr(
-        sources,
-        content,
-        device=device,
-        series_instance_uid=series_uid,
-        series_number=series_number,
-        sop_instance_uid=sop_uid,
-        when=when,
-        series_description=not_analysed_series_description(not_for_clinical_use),
-        texts=[reason],
-    )
-
-
 def check_view_image(
     argument: str, kind: str, uid: str, view: ViewResult, image: pydicom.Dataset
 ) -> None:
@@ -784,167 +546,3 @@ def check_view_image(
             f"{argument} is {image.get('Rows')} x {image.get('Columns')} pixels, the findings "
             f"of view {view.laterality}-{view.view} are {view.rows} x {view.columns}"
         )
-
-
-def _report_identity(index: int, ds: object) -> pydicom.Dataset:
-    """Check that ``predecessors[index]`` is an SR with its four UIDs; return it."""
-    if not isinstance(ds, pydicom.Dataset):
-        raise TypeError(f"predecessors[{index}] must be a pydicom.Dataset, got {type(ds).__name__}")
-    for keyword in _REQUIRED_UIDS:
-        value = str(ds.get(keyword) or "")
-        if not _is_valid_uid(value):
-            raise ValueError(f"predecessors[{index}] has no valid {keyword}: {value!r}")
-    if not str(ds.SOPClassUID).startswith(_SR_CLASS_ROOT):
-        raise ValueError(
-            f"predecessors[{index}] (SOPInstanceUID {ds.SOPInstanceUID}) is of SOP class "
-            f"{ds.SOPClassUID}, not a structured report"
-        )
-    return ds
-
-
-def predecessor_documents(predecessors: Sequence[pydicom.Dataset]) -> pydicom.Sequence:
-    """The Predecessor Documents Sequence (0040,A360) naming ``predecessors``.
-
-    One item per study: Study Instance UID, and per series a Referenced
-    Series Sequence item with its Series Instance UID and the Referenced SOP
-    Sequence of its instances (SOP class and instance UIDs): the SOP Instance
-    Reference Macro (Hierarchical), PS3.3 Table C.17-3, that the SR Document
-    General module (PS3.3 C.17.2) uses. An instance listed twice is named once.
-    """
-    studies: dict[str, dict[str, dict[str, str]]] = {}
-    for index, ds in enumerate(predecessors):
-        _report_identity(index, ds)
-        series = studies.setdefault(str(ds.StudyInstanceUID), {})
-        series.setdefault(str(ds.SeriesInstanceUID), {})[str(ds.SOPInstanceUID)] = str(
-            ds.SOPClassUID
-        )
-    items = []
-    for study_uid, series_of_study in studies.items():
-        item = pydicom.Dataset()
-        item.StudyInstanceUID = study_uid
-        item.ReferencedSeriesSequence = []
-        for series_uid, instances in series_of_study.items():
-            series_item = pydicom.Dataset()
-            series_item.SeriesInstanceUID = series_uid
-            series_item.ReferencedSOPSequence = []
-            for sop_uid, sop_class in instances.items():
-                sop = pydicom.Dataset()
-                sop.ReferencedSOPClassUID = sop_class
-                sop.ReferencedSOPInstanceUID = sop_uid
-                series_item.ReferencedSOPSequence.append(sop)
-            item.ReferencedSeriesSequence.append(series_item)
-        items.append(item)
-    return pydicom.Sequence(items)
-
-
-def _described(ds: pydicom.Dataset) -> str:
-    """``series 9001 "CEM AI: ..." of 2025-06-12 10:30:05 (SOP Instance UID ...)``."""
-    parts = []
-    if ds.get("SeriesNumber") is not None:
-        parts.append(f"series {ds.SeriesNumber}")
-    description = str(ds.get("SeriesDescription") or "").strip()
-    if description:
-        parts.append(f'"{description}"')
-    date, time = str(ds.get("ContentDate") or ""), str(ds.get("ContentTime") or "")
-    if len(date) == 8 and date.isdigit():
-        when = f"{date[:4]}-{date[4:6]}-{date[6:]}"
-        if len(time) >= 6 and time[:6].isdigit():
-            when += f" {time[:2]}:{time[2:4]}:{time[4:6]}"
-        parts.append(f"of {when}")
-    parts.append(f"(SOP Instance UID {ds.SOPInstanceUID})")
-    return " ".join(parts)
-
-
-def replaces_statement(predecessors: Sequence[pydicom.Dataset]) -> str:
-    """The sentence saying that a report replaces ``predecessors`` (earlier reports)."""
-    unique = {str(ds.SOPInstanceUID): ds for ds in predecessors}
-    listed = "; ".join(_described(ds) for ds in unique.values())
-    which = "the earlier report" if len(unique) == 1 else f"the {len(unique)} earlier reports"
-    return (
-        f"{REPLACES_PREFIX}{which} of this study: {listed}. Images received after "
-        f"{'it was' if len(unique) == 1 else 'they were'} written were analysed again; "
-        "read this report instead (Predecessor Documents Sequence)."
-    )
-
-
-def replace_earlier_reports(
-    sr: pydicom.Dataset, predecessors: Sequence[pydicom.Dataset]
-) -> pydicom.Dataset:
-    """A copy of ``sr`` that names ``predecessors`` as the reports it replaces.
-
-    The copy lists them in its Predecessor Documents Sequence (0040,A360; see
-    :func:`predecessor_documents`), after any it already had, and says so for
-    people: a TEXT item (121106, DCM, "Comment") opening with
-    :data:`REPLACES_PREFIX`, first in the report's Qualitative Evaluations
-    container (TID 1500 row 12, added when the report has none), so that a
-    radiologist reads it before the findings. UIDs, dates and everything else
-    are kept: the same inputs give the same object.
-
-    Parameters
-    ----------
-    sr
-        An SR document of the node (a TID 1500 root container).
-    predecessors
-        Headers of the earlier SR documents of the same study that this one
-        replaces (four UIDs, Series Number, Series Description and Content
-        Date/Time are read). Empty: ``sr`` is returned unchanged.
-
-    Raises
-    ------
-    TypeError, ValueError
-        When ``sr`` is not an SR document with a root container, a
-        predecessor is not an SR or is of another study, or is ``sr`` itself.
-    """
-    if not isinstance(sr, pydicom.Dataset):
-        raise TypeError(f"sr must be a pydicom.Dataset, got {type(sr).__name__}")
-    if isinstance(predecessors, pydicom.Dataset) or not isinstance(predecessors, Sequence):
-        raise TypeError(
-            f"predecessors must be a sequence of pydicom.Dataset, got {type(predecessors).__name__}"
-        )
-    if not predecessors:
-        return sr
-    if not str(sr.get("SOPClassUID") or "").startswith(_SR_CLASS_ROOT) or (
-        sr.get("ValueType") != "CONTAINER" or "ContentSequence" not in sr
-    ):
-        raise ValueError(
-            f"sr {sr.get('SOPInstanceUID')} is not a structured report with a root container"
-        )
-    for index, ds in enumerate(predecessors):
-        _report_identity(index, ds)
-        if ds.StudyInstanceUID != sr.StudyInstanceUID:
-            raise ValueError(
-                f"predecessors[{index}] is of study {ds.StudyInstanceUID}, the report of "
-                f"study {sr.StudyInstanceUID}"
-            )
-        if ds.SOPInstanceUID == sr.SOPInstanceUID:
-            raise ValueError(f"predecessors[{index}] is the report itself ({sr.SOPInstanceUID})")
-
-    out = pydicom.Dataset(copy.deepcopy(dict(sr.items())))
-    if hasattr(sr, "file_meta"):
-        out.file_meta = copy.deepcopy(sr.file_meta)
-    earlier = list(out.get("PredecessorDocumentsSequence") or [])
-    out.PredecessorDocumentsSequence = pydicom.Sequence(
-        earlier + list(predecessor_documents(predecessors))
-    )
-    statement = replaces_statement(predecessors)
-    comment = TextContentItem(
-        name=codes.DCM.Comment, value=statement, relationship_type=RelationshipTypeValues.CONTAINS
-    )
-    evaluations = next(
-        (
-            item
-            for item in out.ContentSequence
-            if item.get("ValueType") == "CONTAINER"
-            and item.ConceptNameCodeSequence[0].CodeValue == _QUALITATIVE_EVALUATIONS.value
-            and item.ConceptNameCodeSequence[0].CodingSchemeDesignator
-            == _QUALITATIVE_EVALUATIONS.scheme_designator
-        ),
-        None,
-    )
-    if evaluations is None:
-        out.ContentSequence.append(qualitative_evaluations([(codes.DCM.Comment, statement)]))
-    else:
-        evaluations.ContentSequence.insert(0, comment)
-    if not statement.isascii():  # a description copied from elsewhere
-        out.SpecificCharacterSet = "ISO_IR 192"
-    return out

@@ -1,0 +1,53 @@
+"""CEM selection: which received images are low-energy or recombined, how they pair,
+and what of a study goes to the analysis.
+
+:mod:`.images` classifies one image from its header and pairs images per
+breast and view; :mod:`.plan` turns a study's classified images into an
+analysis request, or into the reason it cannot be analysed.
+"""
+
+from cem_node.dicom.selection.images import (
+    FOR_PROCESSING_SOP_CLASSES,
+    MAMMOGRAPHY_SOP_CLASSES,
+    MODEL_VIEWS,
+    Classification,
+    MammoView,
+    Pairing,
+    Role,
+    VendorPreset,
+    classify_image,
+    image_laterality,
+    image_view,
+    is_for_processing,
+    pair_images,
+    vendor_presets_for,
+)
+from cem_node.dicom.selection.plan import (
+    StudyPlan,
+    image_pairs,
+    plan_study,
+    summarise_exclusions,
+    summarise_not_analysable,
+)
+
+__all__ = [
+    "FOR_PROCESSING_SOP_CLASSES",
+    "MAMMOGRAPHY_SOP_CLASSES",
+    "MODEL_VIEWS",
+    "Classification",
+    "MammoView",
+    "Pairing",
+    "Role",
+    "StudyPlan",
+    "VendorPreset",
+    "classify_image",
+    "image_laterality",
+    "image_pairs",
+    "image_view",
+    "is_for_processing",
+    "pair_images",
+    "plan_study",
+    "summarise_exclusions",
+    "summarise_not_analysable",
+    "vendor_presets_for",
+]
