@@ -115,6 +115,7 @@ class Bench:
         import pydicom
         from pydicom.uid import generate_uid
 
+        from cem_node.jobs.rounds import open_round
         from cem_node.store import InstanceFileStore
         from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
         from cem_node.synthetic.study import SynthOptions, generate_study
@@ -127,6 +128,7 @@ class Bench:
             self.sessions,
             files,
             DiskGuard(str(self.store), high_watermark_percent=99.99, min_free_mb=0),
+            open_round=open_round,
         )
         uids = []
         for _ in range(count):

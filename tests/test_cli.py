@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from cem_node import __version__
 from cem_node.cli import app
-from cem_node.store import Instance, Pairing, make_engine, session_factory
+from cem_node.store import Instance, PairingRecord, make_engine, session_factory
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def test_demo_end_to_end_with_a_bundle(tmp_path: Path, monkeypatch) -> None:
     engine = make_engine(f"sqlite:///{tmp_path / 'demo' / 'cem-node.db'}")
     with session_factory(engine).begin() as session:
         assert session.scalar(select(func.count()).select_from(Instance)) == 8
-        assert session.scalar(select(func.count()).where(Pairing.paired)) == 4
+        assert session.scalar(select(func.count()).where(PairingRecord.paired)) == 4
     engine.dispose()
 
 

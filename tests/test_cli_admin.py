@@ -21,6 +21,7 @@ from typer.testing import CliRunner, Result
 
 from cem_node.cli import app
 from cem_node.cli.context import CliContext
+from cem_node.jobs.rounds import open_round
 from cem_node.store import AuditEvent, Instance, InstanceFileStore, head_revision
 from cem_node.store import upgrade as upgrade_schema
 from cem_node.store.ingest import DiskGuard, IngestOutcome, InstanceIngestor, ReceivedFrom
@@ -294,6 +295,7 @@ class Node:
             self.sessions,
             self.files,
             DiskGuard(str(self.files.root), high_watermark_percent=99.9, min_free_mb=0),
+            open_round=open_round,
         )
         uids = set()
         for path in paths:
@@ -409,6 +411,7 @@ def test_studies_list_shows_the_objects_accepted_and_ignored(
         node.sessions,
         node.files,
         DiskGuard(str(node.files.root), high_watermark_percent=99.9, min_free_mb=0),
+        open_round=open_round,
     )
     buffer = io.BytesIO()
     ds.save_as(buffer)

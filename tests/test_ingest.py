@@ -16,6 +16,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
+from cem_node.jobs.rounds import open_round
 from cem_node.store import (
     AuditEvent,
     Instance,
@@ -102,6 +103,7 @@ def test_hashes_are_filled_after_the_answer(tmp_path: Path, files: dict[str, lis
         store,
         DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
         on_stored=hasher.submit,
+        open_round=open_round,
     )
     for path in files["explicit"][:3]:
         assert ingestor.ingest(path.read_bytes(), sender=SENDER).outcome is IngestOutcome.STORED
@@ -138,7 +140,10 @@ def test_a_lost_index_race_keeps_the_moved_file(
     sessions = session_factory(engine)
     store = InstanceFileStore(tmp_path / "store")
     ingestor = InstanceIngestor(
-        sessions, store, DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0)
+        sessions,
+        store,
+        DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+        open_round=open_round,
     )
     index = ingestor._index
     calls = []
@@ -182,6 +187,7 @@ def test_hashing_waits_for_a_pause_in_the_whole_nodes_receiving(
         store,
         DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
         on_stored=hasher.submit,
+        open_round=open_round,
     )
     assert ingestor.ingest(files["explicit"][0].read_bytes(), sender=SENDER).outcome is (
         IngestOutcome.STORED
@@ -231,6 +237,7 @@ def ingestor(tmp_path: Path) -> Iterator[InstanceIngestor]:
         session_factory(engine),
         InstanceFileStore(tmp_path / "store"),
         DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+        open_round=open_round,
     )
     engine.dispose()
 

@@ -25,6 +25,7 @@ from cem_node.jobs.assembler import complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
+from cem_node.jobs.rounds import open_round
 from cem_node.jobs.states import IllegalTransitionError, transition
 from cem_node.jobs.worker import Worker, backoff_seconds
 from cem_node.peers import PeerEntry
@@ -68,6 +69,7 @@ class Store:
             self.sessions,
             self.files,
             DiskGuard(str(root), high_watermark_percent=99.99, min_free_mb=0),
+            open_round=open_round,
         )
         self.settings = Settings.defaults()
         self.settings.export.initial_backoff_s = 1

@@ -15,6 +15,7 @@ import pytest
 from sqlalchemy import select, text, update
 
 from cem_node.jobs.retention import purge_expired_studies
+from cem_node.jobs.rounds import open_round
 from cem_node.node import Node
 from cem_node.store import (
     AuditEvent,
@@ -110,7 +111,10 @@ def test_stored_paths_are_relative_to_the_store_root(
     sessions = session_factory(engine)
     receiver = InstanceFileStore(tmp_path / "receiver-mount").owned_by("receiver")
     ingestor = InstanceIngestor(
-        sessions, receiver, DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0)
+        sessions,
+        receiver,
+        DiskGuard(str(tmp_path), high_watermark_percent=99.99, min_free_mb=0),
+        open_round=open_round,
     )
     for path in study_files:
         assert ingestor.ingest(path.read_bytes(), sender=ReceivedFrom("M", "C", "::1")).status == 0
@@ -131,7 +135,10 @@ def _finished_study(url: str, root: Path, files: list[Path]) -> tuple[object, In
     sessions = session_factory(engine)
     store = InstanceFileStore(root)
     ingestor = InstanceIngestor(
-        sessions, store, DiskGuard(str(root), high_watermark_percent=99.99, min_free_mb=0)
+        sessions,
+        store,
+        DiskGuard(str(root), high_watermark_percent=99.99, min_free_mb=0),
+        open_round=open_round,
     )
     for path in files:
         assert ingestor.ingest(path.read_bytes(), sender=ReceivedFrom("M", "C", "::1")).status == 0

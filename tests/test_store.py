@@ -42,7 +42,7 @@ from cem_node.store import (
     JobState,
     LesionLabel,
     ModelBundle,
-    Pairing,
+    PairingRecord,
     Peer,
     PeerRole,
     SchemaOutdatedError,
@@ -270,7 +270,7 @@ def test_round_trip_of_a_study_and_its_results(engine: Engine) -> None:
         )
         job = Job(study=study, state=JobState.QUEUED, analysis_round=1)
         job.pairings.append(
-            Pairing(
+            PairingRecord(
                 image_laterality="L",
                 view="CC",
                 low_energy=le,

@@ -40,6 +40,7 @@ from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
 from cem_node.jobs.exporter import Exporter
 from cem_node.jobs.recovery import recover
 from cem_node.jobs.retention import purge_expired_studies
+from cem_node.jobs.rounds import open_round
 from cem_node.jobs.worker import Worker
 from cem_node.monitoring import HealthEndpoint, NodeMetrics, export_problem
 from cem_node.peers import PeerEntry, list_peers
@@ -502,6 +503,7 @@ class Node:
             self.sessions,
             self.files,
             self._disk,
+            open_round=open_round,
             unknown_sop_classes=settings.node.accept_unknown_sop_classes,
             actor=self.node_id,
             on_stored=self._stored,

@@ -279,6 +279,17 @@ class AnalysisSection(_Section):
         "Unset: the bundle's value.",
         examples=[0.1],
     )
+    retry_initial_backoff_s: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Seconds before a failed analysis (a transient error) is tried again; doubled "
+            "after each failure."
+        ),
+    )
+    retry_max_backoff_s: float = Field(
+        600.0, gt=0, description="Longest wait between two attempts of an analysis."
+    )
     radiomics_workers: int = Field(
         1,
         ge=1,
@@ -297,3 +308,12 @@ class AnalysisSection(_Section):
         ),
         examples=[256],
     )
+
+    @model_validator(mode="after")
+    def _retry_backoff_ordered(self) -> AnalysisSection:
+        if self.retry_max_backoff_s < self.retry_initial_backoff_s:
+            raise ValueError(
+                f"retry_max_backoff_s ({self.retry_max_backoff_s}) must not be shorter than "
+                f"retry_initial_backoff_s ({self.retry_initial_backoff_s})"
+            )
+        return self

@@ -1,8 +1,10 @@
 """The contract between the worker and the analysis of one study round.
 
-The worker selects and pairs the images; an :class:`Analyzer` turns the
+The worker selects and pairs the images
+(:func:`cem_node.dicom.selection.plan_study`); an :class:`Analyzer` turns the
 pairs into result objects (SEG, SR, GSPS datasets) and a findings document.
-The real analysis (issue #4) implements it; tests use a test double.
+:class:`cem_node.pipeline.service.BundleAnalyzer` is the node's analyzer;
+tests use a test double.
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ from cem_node.store.models import (
     Instance,
     Job,
     JobState,
-    Pairing,
+    PairingRecord,
     Study,
     StudyState,
 )
@@ -136,7 +136,9 @@ def show_study(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
         jobs = session.scalars(select(Job).where(Job.study_id == s.id).order_by(Job.id)).all()
         latest_with_pairs = next((j for j in reversed(jobs) if j.pairings), None)
         uid_of = {i.id: i.sop_instance_uid for i in s.instances}
-        pairings: list[Pairing] = list(latest_with_pairs.pairings) if latest_with_pairs else []
+        pairings: list[PairingRecord] = (
+            list(latest_with_pairs.pairings) if latest_with_pairs else []
+        )
         analyses = session.scalars(
             select(Analysis).where(Analysis.study_id == s.id).order_by(Analysis.id)
         ).all()
@@ -162,82 +164,91 @@ def show_study(sessions: sessionmaker[Session], uid: str) -> dict[str, Any]:
             "completed_at": _iso(s.completed_at),
             "completion_reason": s.completion_reason,
             "instances": [
-                {
-                    "sop_instance_uid": i.sop_instance_uid,
-                    "series_number": i.series_number,
-                    "instance_number": i.instance_number,
-                    "role": i.role.value if i.role else None,
-                    "role_reason": i.role_reason,
-                    "laterality": i.image_laterality,
-                    "view": i.view,
-                    "transfer_syntax_uid": i.transfer_syntax_uid,
-                    "size_bytes": i.size_bytes,
-                    "version": i.version,
-                    "calling_ae_title": i.calling_ae_title,
-                    "received_at": _iso(i.received_at),
-                }
+                _instance_row(i)
                 for i in sorted(s.instances, key=lambda i: (i.series_number or 0, i.id))
             ],
-            "pairings": [
-                {
-                    "laterality": p.image_laterality,
-                    "view": p.view,
-                    "paired": p.paired,
-                    "low_energy": uid_of.get(p.low_energy_instance_id or -1),
-                    "recombined": uid_of.get(p.recombined_instance_id or -1),
-                    "reason": p.reason,
-                }
-                for p in pairings
-            ],
-            "jobs": [
-                {
-                    "id": j.id,
-                    "round": j.analysis_round,
-                    "state": j.state.value,
-                    "attempts": j.attempts,
-                    "last_error": j.last_error,
-                    "started_at": _iso(j.started_at),
-                    "finished_at": _iso(j.finished_at),
-                }
-                for j in jobs
-            ],
-            "analyses": [
-                {
-                    "id": a.id,
-                    "round": a.analysis_round,
-                    "model": a.model_name,
-                    "model_version": a.model_version,
-                    "model_sha256": a.model_sha256,
-                    "not_analysable_reason": a.not_analysable_reason,
-                    "superseded": a.superseded_by_id is not None,
-                    "finished_at": _iso(a.finished_at),
-                }
-                for a in analyses
-            ],
-            "exports": [
-                {
-                    "destination": e.destination,
-                    "object_type": e.object_type,
-                    "sop_instance_uid": e.sop_instance_uid,
-                    "state": e.state.value,
-                    "attempts": e.attempts,
-                    "last_status": e.last_status,
-                    "last_error": e.last_error,
-                    "sent_at": _iso(e.sent_at),
-                }
-                for e in exports
-            ],
-            "audit": [
-                {
-                    "at": _iso(a.occurred_at),
-                    "event": a.event_type,
-                    "decision": a.decision,
-                    "actor": a.actor,
-                    "message": a.message,
-                }
-                for a in audit
-            ],
+            "pairings": [_pairing_row(p, uid_of) for p in pairings],
+            "jobs": [_job_row(j) for j in jobs],
+            "analyses": [_analysis_row(a) for a in analyses],
+            "exports": [_export_row(e) for e in exports],
+            "audit": [_audit_row(a) for a in audit],
         }
+
+
+def _instance_row(i: Instance) -> dict[str, Any]:
+    return {
+        "sop_instance_uid": i.sop_instance_uid,
+        "series_number": i.series_number,
+        "instance_number": i.instance_number,
+        "role": i.role.value if i.role else None,
+        "role_reason": i.role_reason,
+        "laterality": i.image_laterality,
+        "view": i.view,
+        "transfer_syntax_uid": i.transfer_syntax_uid,
+        "size_bytes": i.size_bytes,
+        "version": i.version,
+        "calling_ae_title": i.calling_ae_title,
+        "received_at": _iso(i.received_at),
+    }
+
+
+def _pairing_row(p: PairingRecord, uid_of: dict[int, str]) -> dict[str, Any]:
+    return {
+        "laterality": p.image_laterality,
+        "view": p.view,
+        "paired": p.paired,
+        "low_energy": uid_of.get(p.low_energy_instance_id or -1),
+        "recombined": uid_of.get(p.recombined_instance_id or -1),
+        "reason": p.reason,
+    }
+
+
+def _job_row(j: Job) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "round": j.analysis_round,
+        "state": j.state.value,
+        "attempts": j.attempts,
+        "last_error": j.last_error,
+        "started_at": _iso(j.started_at),
+        "finished_at": _iso(j.finished_at),
+    }
+
+
+def _analysis_row(a: Analysis) -> dict[str, Any]:
+    return {
+        "id": a.id,
+        "round": a.analysis_round,
+        "model": a.model_name,
+        "model_version": a.model_version,
+        "model_sha256": a.model_sha256,
+        "not_analysable_reason": a.not_analysable_reason,
+        "superseded": a.superseded_by_id is not None,
+        "finished_at": _iso(a.finished_at),
+    }
+
+
+def _export_row(e: Export) -> dict[str, Any]:
+    return {
+        "destination": e.destination,
+        "object_type": e.object_type,
+        "sop_instance_uid": e.sop_instance_uid,
+        "state": e.state.value,
+        "attempts": e.attempts,
+        "last_status": e.last_status,
+        "last_error": e.last_error,
+        "sent_at": _iso(e.sent_at),
+    }
+
+
+def _audit_row(a: AuditEvent) -> dict[str, Any]:
+    return {
+        "at": _iso(a.occurred_at),
+        "event": a.event_type,
+        "decision": a.decision,
+        "actor": a.actor,
+        "message": a.message,
+    }
 
 
 def retry_study(sessions: sessionmaker[Session], uid: str, *, actor: str) -> str:

@@ -26,6 +26,7 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pydicom
 from sqlalchemy import or_, select
@@ -34,7 +35,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from cem_node.config import SelectionSection
 from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES, Classification, classify_image
 from cem_node.jobs.claims import advance_generation, for_claim
-from cem_node.jobs.states import ACTIVE_STATES, transition
+from cem_node.jobs.states import ACTIVE_STATES, create_job, transition
 from cem_node.store.instance_files import InstanceFileStore
 from cem_node.store.models import Instance, Job, JobState, Study, StudyState, utcnow
 
@@ -167,23 +168,11 @@ def complete_due_studies(
         Study.state == StudyState.RECEIVING,
         or_(Study.last_received_at <= quiet_before, Study.receiving_since <= forced_before),
     )
-    notes: dict[int, str] = {}  # what each due study still waits for
-    held: dict[int, str] = {}  # ... and those of them not yet at their maximum wait
-    checked = None  # the studies the check cleared (None: no check)
-    if awaiting is not None:
-        # read the headers outside the claiming transaction (files, not rows)
-        with sessions.begin() as session:
-            candidates = session.execute(
-                select(Study.id, Study.last_received_at, Study.receiving_since).where(*due_now)
-            ).all()
-        for study_id, last, since in candidates:
-            note = awaiting(study_id, last)
-            if note is None:
-                continue
-            notes[study_id] = note
-            if since is None or since > forced_before:
-                held[study_id] = note
-        checked = [study_id for study_id, _, _ in candidates if study_id not in held]
+    notes, held, checked = (
+        _check_awaiting(sessions, due_now, awaiting, forced_before)
+        if awaiting is not None
+        else ({}, {}, None)
+    )
     completed: list[CompletedStudy] = []
     with sessions.begin() as session:
         if held:
@@ -202,62 +191,78 @@ def complete_due_studies(
             study.state = StudyState.COMPLETE
             study.completed_at = now
             study.completion_reason = reason
-            # the study's unfinished jobs, locked: a job whose row a worker holds (its
-            # results being committed) is left to finish its round, not overwritten
-            jobs = session.scalars(
-                for_claim(
-                    select(Job)
-                    .where(Job.study_id == study.id, Job.state.in_(list(ACTIVE_STATES)))
-                    .order_by(Job.id),
-                    session,
-                )
-            ).all()
-            current = None
-            for job in jobs:
-                if job.analysis_round == study.analysis_round and job.state is JobState.RECEIVED:
-                    current = job
-                elif advance_generation(session, job):  # still as read: a claim on it ends
-                    transition(
-                        session,
-                        job,
-                        JobState.SUPERSEDED,
-                        actor=actor,
-                        reason=f"round {study.analysis_round} replaces it",
-                        study_instance_uid=study.study_instance_uid,
-                    )
-            if current is None:  # e.g. a study row written by an older version
-                current = Job(
-                    study_id=study.id,
-                    state=JobState.RECEIVED,
-                    analysis_round=study.analysis_round,
-                )
-                session.add(current)
-                session.flush()
+            current = _current_job(session, study, actor)
             if reason == "quiet_period":
                 why = "quiet period elapsed"
             elif waited_for is not None:
                 why = f"maximum wait elapsed, still {waited_for}"
             else:
                 why = "maximum wait elapsed (instances still arriving)"
+            uid = study.study_instance_uid
             transition(
-                session,
-                current,
-                JobState.COMPLETE,
-                actor=actor,
-                reason=why,
-                study_instance_uid=study.study_instance_uid,
+                session, current, JobState.COMPLETE, actor=actor, reason=why, study_instance_uid=uid
             )
-            transition(
-                session,
-                current,
-                JobState.QUEUED,
-                actor=actor,
-                study_instance_uid=study.study_instance_uid,
-            )
+            transition(session, current, JobState.QUEUED, actor=actor, study_instance_uid=uid)
             completed.append(
                 CompletedStudy(study.study_instance_uid, study.analysis_round, reason, current.id)
             )
     return completed
+
+
+def _check_awaiting(
+    sessions: sessionmaker[Session],
+    due_now: tuple[Any, ...],
+    awaiting: AwaitingCheck,
+    forced_before: dt.datetime,
+) -> tuple[dict[int, str], dict[int, str], list[int]]:
+    """What each due study still waits for; those of them not yet at their maximum wait
+    (held); and the due studies the check cleared."""
+    notes: dict[int, str] = {}
+    held: dict[int, str] = {}
+    # read the headers outside the claiming transaction (files, not rows)
+    with sessions.begin() as session:
+        candidates = session.execute(
+            select(Study.id, Study.last_received_at, Study.receiving_since).where(*due_now)
+        ).all()
+    for study_id, last, since in candidates:
+        note = awaiting(study_id, last)
+        if note is None:
+            continue
+        notes[study_id] = note
+        if since is None or since > forced_before:
+            held[study_id] = note
+    checked = [study_id for study_id, _, _ in candidates if study_id not in held]
+    return notes, held, checked
+
+
+def _current_job(session: Session, study: Study, actor: str) -> Job:
+    """The job of the study's current round; its older unfinished jobs are superseded."""
+    # the study's unfinished jobs, locked: a job whose row a worker holds (its
+    # results being committed) is left to finish its round, not overwritten
+    jobs = session.scalars(
+        for_claim(
+            select(Job)
+            .where(Job.study_id == study.id, Job.state.in_(list(ACTIVE_STATES)))
+            .order_by(Job.id),
+            session,
+        )
+    ).all()
+    current = None
+    for job in jobs:
+        if job.analysis_round == study.analysis_round and job.state is JobState.RECEIVED:
+            current = job
+        elif advance_generation(session, job):  # still as read: a claim on it ends
+            transition(
+                session,
+                job,
+                JobState.SUPERSEDED,
+                actor=actor,
+                reason=f"round {study.analysis_round} replaces it",
+                study_instance_uid=study.study_instance_uid,
+            )
+    if current is None:  # e.g. a study row written by an older version
+        current = create_job(session, study)
+    return current
 
 
 def _is_waiting_note(reason: str | None) -> bool:

@@ -187,7 +187,6 @@ class Exporter:
 
         ``held`` gives the claim generation of each export of the batch.
         """
-        export = self._settings.export
         jobs: set[int] = set()
         study_uids: dict[int, str | None] = {}
         with self._sessions.begin() as session:
@@ -214,36 +213,7 @@ class Exporter:
                         select(Study.study_instance_uid).where(Study.id == row.study_id)
                     )
                 study_uid = study_uids[row.study_id]
-                if failure is None:
-                    row.state = ExportState.DONE
-                    row.sent_at = now
-                    row.last_error = None
-                    decision, text = "sent", f"{row.object_type} sent to {destination}"
-                elif failure is FailureKind.TRANSIENT and row.attempts < export.max_attempts:
-                    delay = backoff_seconds(
-                        row.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
-                    )
-                    row.state = ExportState.PENDING
-                    row.next_attempt_at = now + dt.timedelta(seconds=delay)
-                    row.last_error = message
-                    decision = "retry"
-                    text = (
-                        f"{row.object_type} to {destination} failed (attempt {row.attempts} of "
-                        f"{export.max_attempts}): {message}; retry in {delay:g} s"
-                    )
-                else:
-                    row.state = ExportState.FAILED
-                    row.last_error = message
-                    decision = ALERT
-                    why = (
-                        "permanent rejection"
-                        if failure is FailureKind.PERMANENT
-                        else f"{row.attempts} attempts"
-                    )
-                    text = (
-                        f"{row.object_type} to {destination} failed ({why}): {message}; "
-                        "`cem-node studies retry` once fixed"
-                    )
+                decision, text = self._apply_outcome(row, failure, message, now, destination)
                 record_event(
                     session,
                     "export",
@@ -258,6 +228,46 @@ class Exporter:
                 if row.job_id is not None:
                     jobs.add(row.job_id)
             settle_jobs(session, jobs, actor=self._node_id)
+
+    def _apply_outcome(
+        self,
+        row: Export,
+        failure: FailureKind | None,
+        message: str,
+        now: dt.datetime,
+        destination: str,
+    ) -> tuple[str, str]:
+        """Set ``row``'s state from one send's outcome: done, pending again after a
+        backoff (a transient failure with attempts left), or failed; return the audit
+        decision and text."""
+        export = self._settings.export
+        if failure is None:
+            row.state = ExportState.DONE
+            row.sent_at = now
+            row.last_error = None
+            return "sent", f"{row.object_type} sent to {destination}"
+        if failure is FailureKind.TRANSIENT and row.attempts < export.max_attempts:
+            delay = backoff_seconds(
+                row.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
+            )
+            row.state = ExportState.PENDING
+            row.next_attempt_at = now + dt.timedelta(seconds=delay)
+            row.last_error = message
+            return "retry", (
+                f"{row.object_type} to {destination} failed (attempt {row.attempts} of "
+                f"{export.max_attempts}): {message}; retry in {delay:g} s"
+            )
+        row.state = ExportState.FAILED
+        row.last_error = message
+        why = (
+            "permanent rejection"
+            if failure is FailureKind.PERMANENT
+            else f"{row.attempts} attempts"
+        )
+        return ALERT, (
+            f"{row.object_type} to {destination} failed ({why}): {message}; "
+            "`cem-node studies retry` once fixed"
+        )
 
 
 def settle_jobs(session: Session, job_ids: set[int], *, actor: str) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import or_, select
@@ -88,45 +89,16 @@ def recover(
     with sessions.begin() as session:
         # the database's clock on PostgreSQL: the one every node's leases were granted by
         now = now or db_now(session)
-        mine = (Job.claimed_by == node_id) if at_start else False
-        # locked (SKIP LOCKED: a row a worker is writing is not stale) and changed only
-        # if still as read (advance_generation)
-        jobs = session.scalars(
-            for_claim(
-                select(Job)
-                .where(
-                    Job.state == JobState.ANALYSING,
-                    or_(mine, Job.lease_expires_at.is_(None), Job.lease_expires_at <= now),
-                )
-                .order_by(Job.id),
-                session,
-            )
-        ).all()
         job_outcomes = Counter(
             _hand_back_job(session, job, actor=node_id, max_attempts=max_analysis_attempts)
-            for job in jobs
+            for job in _stale_jobs(session, now, node_id if at_start else None)
         )
         # a crash between completion and queueing (they share a transaction, but
         # rows written by other versions may not)
         completed = select(Job).where(Job.state == JobState.COMPLETE).order_by(Job.id)
         for job in session.scalars(for_claim(completed, session)):
             transition(session, job, JobState.QUEUED, actor=node_id, reason="recovered")
-        mine_exports = (Export.claimed_by == node_id) if at_start else False
-        exports = session.scalars(
-            for_claim(
-                select(Export)
-                .where(
-                    Export.state == ExportState.SENDING,
-                    or_(
-                        mine_exports,
-                        Export.lease_expires_at.is_(None),
-                        Export.lease_expires_at <= now,
-                    ),
-                )
-                .order_by(Export.id),
-                session,
-            )
-        ).all()
+        exports = _stale_exports(session, now, node_id if at_start else None)
         export_limit = max_export_attempts or ExportSection().max_attempts
         export_outcomes = Counter(
             _hand_back_export(session, export, actor=node_id, max_attempts=export_limit)
@@ -167,6 +139,29 @@ def recover(
             removed,
         )
     return report
+
+
+def _stale_jobs(session: Session, now: dt.datetime, mine: str | None) -> Sequence[Job]:
+    """Jobs analysing under an expired (or no) lease, or claimed by ``mine`` (a previous
+    run of this node), locked."""
+    # SKIP LOCKED: a row a worker is writing is not stale; each is changed only if
+    # still as read (advance_generation)
+    claimed_by_me = (Job.claimed_by == mine) if mine else False
+    query = select(Job).where(
+        Job.state == JobState.ANALYSING,
+        or_(claimed_by_me, Job.lease_expires_at.is_(None), Job.lease_expires_at <= now),
+    )
+    return session.scalars(for_claim(query.order_by(Job.id), session)).all()
+
+
+def _stale_exports(session: Session, now: dt.datetime, mine: str | None) -> Sequence[Export]:
+    """Exports sending under an expired (or no) lease, or claimed by ``mine``, locked."""
+    claimed_by_me = (Export.claimed_by == mine) if mine else False
+    query = select(Export).where(
+        Export.state == ExportState.SENDING,
+        or_(claimed_by_me, Export.lease_expires_at.is_(None), Export.lease_expires_at <= now),
+    )
+    return session.scalars(for_claim(query.order_by(Export.id), session)).all()
 
 
 def _lost_claim(claimed_by: str | None, attempts: int, max_attempts: int) -> str:

@@ -20,9 +20,15 @@ from __future__ import annotations
 from sqlalchemy.orm import Session
 
 from cem_node.store.audit import record_event
-from cem_node.store.models import Job, JobState, utcnow
+from cem_node.store.models import Job, JobState, Study, utcnow
 
-__all__ = ["ACTIVE_STATES", "ALLOWED_TRANSITIONS", "IllegalTransitionError", "transition"]
+__all__ = [
+    "ACTIVE_STATES",
+    "ALLOWED_TRANSITIONS",
+    "IllegalTransitionError",
+    "create_job",
+    "transition",
+]
 
 S = JobState
 
@@ -55,6 +61,17 @@ class IllegalTransitionError(RuntimeError):
         self.job_id = job.id
         self.source = job.state
         self.target = target
+
+
+def create_job(session: Session, study: Study) -> Job:
+    """The job of the study's current round, in the machine's first state (``received``).
+
+    The round's opening is audited by its caller (:func:`cem_node.jobs.rounds.open_round`).
+    """
+    job = Job(study_id=study.id, state=JobState.RECEIVED, analysis_round=study.analysis_round)
+    session.add(job)
+    session.flush()
+    return job
 
 
 def transition(

@@ -71,7 +71,7 @@ from cem_node.store.models import (
     JobKind,
     JobState,
     LesionLabel,
-    Pairing,
+    PairingRecord,
     Study,
     StudyState,
     utcnow,
@@ -440,10 +440,10 @@ class Worker:
         """Record the pairing decisions of this attempt (replacing an earlier attempt's)."""
         with self._sessions.begin() as session:
             self._held(session, claimed)
-            session.execute(delete(Pairing).where(Pairing.job_id == claimed.job_id))
+            session.execute(delete(PairingRecord).where(PairingRecord.job_id == claimed.job_id))
             for p in pairings:
                 session.add(
-                    Pairing(
+                    PairingRecord(
                         job_id=claimed.job_id,
                         image_laterality=p.laterality,
                         view=p.view,
@@ -463,6 +463,8 @@ class Worker:
         not_analysable: str | None,
         images: _Images,
     ) -> None:
+        """Record the round's analysis, queue its exports and move the job on, in one
+        transaction (the written files are removed when the claim was lost)."""
         # a later round's SR names the reports already sent that it replaces
         sent = reports_sent_before(
             self._sessions, self._files, claimed.study_id, claimed.analysis_round
@@ -475,85 +477,11 @@ class Worker:
                 job = self._held(session, claimed)
                 study = session.get(Study, claimed.study_id)
                 assert study is not None
-                analysis = Analysis(
-                    study_id=study.id,
-                    job_id=job.id,
-                    analysis_round=job.analysis_round,
-                    not_analysable_reason=not_analysable,
-                    started_at=job.started_at,
-                    finished_at=utcnow(),
+                analysis = _record_analysis(session, job, study, result, not_analysable)
+                exports = self._queue_exports(
+                    session, job, analysis, list(zip(objects, written, strict=True)), destinations
                 )
-                if result is not None:
-                    analysis.model_name = result.model_name[:128]
-                    analysis.model_version = result.model_version[:64]
-                    analysis.model_sha256 = result.model_sha256[:64]
-                    analysis.device = (result.device or "")[:64] or None
-                    analysis.document = result.document
-                    analysis.patient_score = result.patient_score
-                session.add(analysis)
-                session.flush()
-                if result is not None and result.findings is not None:
-                    _add_finding_rows(session, analysis, result.findings)
-                for older in session.scalars(
-                    select(Analysis).where(
-                        Analysis.study_id == study.id,
-                        Analysis.id != analysis.id,
-                        Analysis.superseded_by_id.is_(None),
-                    )
-                ):
-                    older.superseded_by_id = analysis.id
-                    older.superseded_at = utcnow()
-                exports = 0
-                for obj, (relative, sop_class, sop_uid) in zip(objects, written, strict=True):
-                    for peer in destinations:
-                        wanted = peer.objects or tuple(self._settings.export.objects)
-                        if obj.object_type not in wanted:
-                            continue
-                        session.add(
-                            Export(
-                                study_id=study.id,
-                                analysis_id=analysis.id,
-                                job_id=job.id,
-                                destination=peer.name,
-                                object_type=obj.object_type,
-                                sop_class_uid=sop_class,
-                                sop_instance_uid=sop_uid,
-                                file_path=relative,
-                            )
-                        )
-                        exports += 1
-                current = study.analysis_round == job.analysis_round
-                transition(
-                    session,
-                    job,
-                    JobState.ENCODED,
-                    actor=self._node_id,
-                    study_instance_uid=study.study_instance_uid,
-                    reason=f"{len(objects)} object(s), {exports} export(s)",
-                )
-                if exports:
-                    transition(
-                        session,
-                        job,
-                        JobState.EXPORTING,
-                        actor=self._node_id,
-                        study_instance_uid=study.study_instance_uid,
-                    )
-                else:
-                    transition(
-                        session,
-                        job,
-                        JobState.DONE,
-                        actor=self._node_id,
-                        study_instance_uid=study.study_instance_uid,
-                        reason="nothing to export" if objects else "no result objects",
-                    )
-                if current:
-                    if not_analysable is not None:
-                        study.state = StudyState.NOT_ANALYSABLE
-                        study.state_reason = not_analysable  # the state says "not analysable"
-                    elif not exports:
-                        study.state = StudyState.DONE
+                self._advance(session, job, study, len(objects), exports, not_analysable)
                 record_event(
                     session,
                     "analysis",
@@ -561,15 +489,7 @@ class Worker:
                     actor=self._node_id,
                     job_id=job.id,
                     study_instance_uid=study.study_instance_uid,
-                    message=(
-                        f"not analysable: {not_analysable}"
-                        if not_analysable
-                        else f"analysed with {result.model_name} {result.model_version} "
-                        f"(sha256 {result.model_sha256[:12]})"
-                        + (f"; {summarise_exclusions(images.excluded)}" if images.excluded else "")
-                        if result
-                        else None
-                    ),
+                    message=_analysis_message(result, not_analysable, images.excluded),
                     details={
                         "objects": [o.object_type for o in objects],
                         "destinations": [p.name for p in destinations],
@@ -582,6 +502,78 @@ class Worker:
                 self._files.remove(relative)
             raise
 
+    def _queue_exports(
+        self,
+        session: Session,
+        job: Job,
+        analysis: Analysis,
+        written: list[tuple[ResultObject, tuple[str, str, str]]],
+        destinations: list[PeerEntry],
+    ) -> int:
+        """One export row per written object and destination that wants its type."""
+        exports = 0
+        for obj, (relative, sop_class, sop_uid) in written:
+            for peer in destinations:
+                wanted = peer.objects or tuple(self._settings.export.objects)
+                if obj.object_type not in wanted:
+                    continue
+                session.add(
+                    Export(
+                        study_id=job.study_id,
+                        analysis_id=analysis.id,
+                        job_id=job.id,
+                        destination=peer.name,
+                        object_type=obj.object_type,
+                        sop_class_uid=sop_class,
+                        sop_instance_uid=sop_uid,
+                        file_path=relative,
+                    )
+                )
+                exports += 1
+        return exports
+
+    def _advance(
+        self,
+        session: Session,
+        job: Job,
+        study: Study,
+        objects: int,
+        exports: int,
+        not_analysable: str | None,
+    ) -> None:
+        """encoded, then exporting (or done: nothing to send); the study's state when
+        this is its current round."""
+        current = study.analysis_round == job.analysis_round
+        uid = study.study_instance_uid
+        reason = f"{objects} object(s), {exports} export(s)"
+        transition(
+            session,
+            job,
+            JobState.ENCODED,
+            actor=self._node_id,
+            study_instance_uid=uid,
+            reason=reason,
+        )
+        if exports:
+            transition(
+                session, job, JobState.EXPORTING, actor=self._node_id, study_instance_uid=uid
+            )
+        else:
+            transition(
+                session,
+                job,
+                JobState.DONE,
+                actor=self._node_id,
+                study_instance_uid=uid,
+                reason="nothing to export" if objects else "no result objects",
+            )
+        if current:
+            if not_analysable is not None:
+                study.state = StudyState.NOT_ANALYSABLE
+                study.state_reason = not_analysable  # the state says "not analysable"
+            elif not exports:
+                study.state = StudyState.DONE
+
     def _write(self, claimed: _Claimed, obj: ResultObject) -> tuple[str, str, str]:
         ds = obj.dataset
         sop_uid = str(ds.SOPInstanceUID)
@@ -592,7 +584,7 @@ class Worker:
         return relative, str(ds.SOPClassUID), sop_uid
 
     def _fail(self, claimed: _Claimed, message: str, *, retry: bool) -> None:
-        export = self._settings.export
+        analysis = self._settings.analysis
         with self._sessions.begin() as session:
             try:
                 job = self._held(session, claimed)
@@ -605,7 +597,9 @@ class Worker:
             assert study is not None
             if retry and job.attempts < MAX_ANALYSIS_ATTEMPTS:
                 delay = backoff_seconds(
-                    job.attempts, initial_s=export.initial_backoff_s, max_s=export.max_backoff_s
+                    job.attempts,
+                    initial_s=analysis.retry_initial_backoff_s,
+                    max_s=analysis.retry_max_backoff_s,
                 )
                 job.last_error = message
                 transition(
@@ -658,6 +652,60 @@ class _ClaimLostError(Exception):
             why = f"moved to {job.state.value}"
         super().__init__(why)
         self.superseded = job is not None and job.state is JobState.SUPERSEDED
+
+
+def _record_analysis(
+    session: Session,
+    job: Job,
+    study: Study,
+    result: AnalysisResult | None,
+    not_analysable: str | None,
+) -> Analysis:
+    """The round's analysis row (with its findings), superseding the study's earlier ones."""
+    analysis = Analysis(
+        study_id=study.id,
+        job_id=job.id,
+        analysis_round=job.analysis_round,
+        not_analysable_reason=not_analysable,
+        started_at=job.started_at,
+        finished_at=utcnow(),
+    )
+    if result is not None:
+        analysis.model_name = result.model_name[:128]
+        analysis.model_version = result.model_version[:64]
+        analysis.model_sha256 = result.model_sha256[:64]
+        analysis.device = (result.device or "")[:64] or None
+        analysis.document = result.document
+        analysis.patient_score = result.patient_score
+    session.add(analysis)
+    session.flush()
+    if result is not None and result.findings is not None:
+        _add_finding_rows(session, analysis, result.findings)
+    for older in session.scalars(
+        select(Analysis).where(
+            Analysis.study_id == study.id,
+            Analysis.id != analysis.id,
+            Analysis.superseded_by_id.is_(None),
+        )
+    ):
+        older.superseded_by_id = analysis.id
+        older.superseded_at = utcnow()
+    return analysis
+
+
+def _analysis_message(
+    result: AnalysisResult | None, not_analysable: str | None, excluded: Mapping[str, str]
+) -> str | None:
+    """The audit line of a finished analysis: the model, or why there was none."""
+    if not_analysable:
+        return f"not analysable: {not_analysable}"
+    if result is None:
+        return None
+    return (
+        f"analysed with {result.model_name} {result.model_version} "
+        f"(sha256 {result.model_sha256[:12]})"
+        + (f"; {summarise_exclusions(excluded)}" if excluded else "")
+    )
 
 
 def _add_finding_rows(session: Session, analysis: Analysis, findings: Findings) -> None:

@@ -1,4 +1,4 @@
-"""The analysis of a CEM study (Beuque et al., Radiology 2023; ../shared/docs/PAPER.md).
+"""The analysis of a CEM study (the method of Beuque et al., Radiology 2023).
 
 One module per stage, pure functions where possible:
 

@@ -35,7 +35,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import pydicom
 from pydicom.dataelem import RawDataElement
@@ -59,8 +59,6 @@ from cem_node.store.instance_files import InstanceFileStore, StoredFile
 from cem_node.store.models import (
     AuditEvent,
     Instance,
-    Job,
-    JobState,
     Study,
     StudyState,
     utcnow,
@@ -94,6 +92,7 @@ __all__ = [
     "IngestResult",
     "InstanceIngestor",
     "ReceivedFrom",
+    "RoundOpener",
     "Status",
 ]
 
@@ -228,6 +227,12 @@ def _int(ds: Dataset, keyword: str) -> int | None:
         return None
 
 
+class RoundOpener(Protocol):
+    """Opens a study's next analysis round (:func:`cem_node.jobs.rounds.open_round`)."""
+
+    def __call__(self, session: Session, study: Study, *, now: Any, actor: str) -> object: ...
+
+
 class InstanceIngestor:
     """Store and index received instances (thread-safe: one call per C-STORE).
 
@@ -239,6 +244,10 @@ class InstanceIngestor:
         The instance file store.
     disk
         The disk watermark guard.
+    open_round
+        Called in the indexing transaction when an instance starts a study round
+        (a new study, or one completed before): the round and job workflow,
+        :func:`cem_node.jobs.rounds.open_round` in the node.
     unknown_sop_classes
         ``"ignore"``: accept non-mammography objects with success and discard
         them; ``"refuse"``: answer ``0x0122``.
@@ -255,6 +264,7 @@ class InstanceIngestor:
         files: InstanceFileStore,
         disk: DiskGuard,
         *,
+        open_round: RoundOpener,
         unknown_sop_classes: Literal["ignore", "refuse"] = "ignore",
         actor: str = "cem-node",
         on_stored: Callable[[int, str], None] | None = None,
@@ -262,6 +272,7 @@ class InstanceIngestor:
         self._sessions = sessions
         self._files = files
         self._disk = disk
+        self._open_round = open_round
         self._unknown = unknown_sop_classes
         self._actor = actor
         self._on_stored = on_stored
@@ -571,53 +582,13 @@ class InstanceIngestor:
                 study_date=_text(ds, "StudyDate", 8),
                 study_time=_text(ds, "StudyTime", 16),
                 study_description=_text(ds, "StudyDescription", 64),
-                state=StudyState.RECEIVING,
-                analysis_round=1,
-                first_received_at=now,
                 last_received_at=now,
-                receiving_since=now,
             )
-            session.add(study)
-            session.flush()  # IntegrityError here if another association created it
-            job = Job(study_id=study.id, state=JobState.RECEIVED, analysis_round=1)
-            session.add(job)
-            session.flush()
-            record_event(
-                session,
-                "study_received",
-                decision="accepted",
-                actor=self._actor,
-                study_instance_uid=uid,
-                job_id=job.id,
-                message="first instance of a new study: round 1",
-            )
+            self._open_round(session, study, now=now, actor=self._actor)
             return study
         study.last_received_at = now  # type: ignore[assignment]
         if study.state is not StudyState.RECEIVING:
-            previous = study.state
-            study.state = StudyState.RECEIVING
-            study.state_reason = None
-            study.analysis_round += 1
-            study.receiving_since = now  # type: ignore[assignment]
-            study.completed_at = None
-            study.completion_reason = None
-            job = Job(
-                study_id=study.id, state=JobState.RECEIVED, analysis_round=study.analysis_round
-            )
-            session.add(job)
-            session.flush()
-            record_event(
-                session,
-                "study_reopened",
-                decision="accepted",
-                actor=self._actor,
-                study_instance_uid=uid,
-                job_id=job.id,
-                message=(
-                    f"instance arrived after completion (study was {previous.value}): "
-                    f"round {study.analysis_round} will re-analyse it"
-                ),
-            )
+            self._open_round(session, study, now=now, actor=self._actor)
         return study
 
     def _sender_fields(self, sender: ReceivedFrom) -> dict[str, str | None]:

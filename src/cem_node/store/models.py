@@ -64,7 +64,7 @@ __all__ = [
     "JobState",
     "LesionLabel",
     "ModelBundle",
-    "Pairing",
+    "PairingRecord",
     "Peer",
     "PeerRole",
     "Study",
@@ -178,7 +178,7 @@ class JobKind(enum.StrEnum):
 
 
 class JobState(enum.StrEnum):
-    """The persisted state machine of a job (issue #3)."""
+    """The persisted state machine of a job (:mod:`cem_node.jobs.states`)."""
 
     RECEIVED = "received"
     COMPLETE = "complete"
@@ -330,7 +330,7 @@ class Instance(_Timestamps, Base):
     called_ae_title: Mapped[str | None] = mapped_column(String(_AE))
     remote_address: Mapped[str | None] = mapped_column(String(64))
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime(), default=utcnow)
-    # CEM classification (issue #3): filled by the selection rules, with why.
+    # CEM classification: filled by the selection rules, with why.
     role: Mapped[ImageRole | None] = mapped_column(_enum(ImageRole, "image_role"))
     role_reason: Mapped[str | None] = mapped_column(Text)
     image_laterality: Mapped[str | None] = mapped_column(String(_SH))
@@ -380,7 +380,7 @@ class Job(_Timestamps, Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
-    pairings: Mapped[list[Pairing]] = relationship(
+    pairings: Mapped[list[PairingRecord]] = relationship(
         back_populates="job", cascade="all, delete-orphan", passive_deletes=True
     )
 
@@ -395,7 +395,7 @@ class Job(_Timestamps, Base):
         return f"Job(id={self.id!r}, study_id={self.study_id!r}, state={self.state!r})"
 
 
-class Pairing(Base):
+class PairingRecord(Base):
     """One low-energy/recombined pair (or an image left unpaired, and why).
 
     Pairings belong to the job that made them, so each analysis round keeps
@@ -470,8 +470,9 @@ class ModelBundle(Base):
 class Analysis(Base):
     """The result of analysing one round of one study: the findings document.
 
-    ``document`` holds the full typed findings document (issue #4) as JSON,
-    ``findings`` one row per lesion for queries. The bundle's identity is
+    ``document`` holds the full typed findings document
+    (:mod:`cem_node.contracts.findings`) as JSON, ``findings`` one row per
+    lesion for queries. The bundle's identity is
     copied so that a result stays attributable after its bundle is removed.
     A later round supersedes an analysis (``superseded_by_id``); nothing is
     deleted.
