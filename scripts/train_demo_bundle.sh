@@ -16,7 +16,7 @@
 #   HARD_EXAMPLES=1 scripts/train_demo_bundle.sh [WORK_DIR]
 #
 # HARD_EXAMPLES=1 adds the experimental second stage (not shipped: on the
-# held-out set it was not better than 0.2.0, see README "The demo bundle"):
+# held-out set it was not better than 0.2.0, see docs/RESULTS.md and docs/models/cem-demo.md):
 # 10 epochs of hard-example fine-tuning from the float16 weights of stage 1
 # (as the bundle ships them), the training images that stage 1 misses a lesion
 # on drawn 4x as often, cosine decay from 1e-4, then the keep score chosen on
