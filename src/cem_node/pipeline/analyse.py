@@ -396,12 +396,7 @@ def _findings(
 ) -> Findings:
     """Classify, fuse and decide each lesion (``radiomics`` in the views' lesion order)."""
     thresholds = models.bundle.manifest.thresholds
-    ok = [i for i, r in enumerate(radiomics) if r.features is not None]
-    rad_probability: dict[int, float] = {}
-    if ok:
-        ages = [context.patient_age_years] * len(ok)
-        probs = models.classifier.predict_proba([radiomics[i].features for i in ok], ages=ages)
-        rad_probability = {i: float(p) for i, p in zip(ok, probs, strict=True)}
+    rad_probability = _radiomics_probabilities(models, context, radiomics)
 
     lesions: list[Lesion] = []
     view_results: list[ViewResult] = []
@@ -409,66 +404,20 @@ def _findings(
     for view in views:
         ids = []
         for number, cand in enumerate(view.candidates, start=1):
-            rad = radiomics[index]
-            rad_p = rad_probability.get(index)
+            lesion = _lesion(
+                models,
+                context,
+                view,
+                cand,
+                number,
+                radiomics[index],
+                rad_probability.get(index),
+                notes,
+            )
             index += 1
-            decision = fusion.decide_lesion(cand.dl_probability, rad_p, thresholds)
-            lesion_id = _lesion_id(view.laterality, view.view, number)
-            points = outline(cand.mask)
-            spacing = view.pixel_spacing_mm
-            area_px = int(cand.mask.sum())
-            error = None if rad_p is not None else (rad.error or "radiomics unavailable")
-            if error is not None:
-                notes.append(f"{lesion_id}: radiomics failed ({error}); fused score = DL only")
-            lesions.append(
-                Lesion(
-                    lesion_id=lesion_id,
-                    tracking_uid=generate_uid(
-                        entropy_srcs=[
-                            context.study_instance_uid,
-                            str(context.analysis_round),
-                            models.bundle.sha256,
-                            lesion_id,
-                        ]
-                    ),
-                    laterality=view.laterality,  # type: ignore[arg-type]
-                    view=view.view,
-                    recombined_sop_instance_uid=view.recombined_sop_instance_uid,
-                    low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
-                    box=cand.box,
-                    outline=points,
-                    mask=LesionMask.from_array(cand.mask),
-                    area_px=area_px,
-                    area_mm2=None if spacing is None else area_px * spacing[0] * spacing[1],
-                    max_diameter_mm=max_diameter(points, spacing),
-                    detector_class=cand.detector_class,  # type: ignore[arg-type]
-                    detector_score=cand.detector_score,
-                    dl_probability=cand.dl_probability,
-                    radiomics_probability=rad_p,
-                    radiomics_error=error,
-                    fused_probability=decision.fused_probability,
-                    fused_source=decision.fused_source,
-                    dl_label=decision.dl_label,
-                    radiomics_label=decision.radiomics_label,
-                    fused_label=decision.fused_label,
-                    agreement=decision.agreement,
-                )
-            )
-            notes.extend(f"{lesion_id}: {n}" for n in rad.notes)
-            ids.append(lesion_id)
-        rows, columns = view.shape
-        view_results.append(
-            ViewResult(
-                laterality=view.laterality,  # type: ignore[arg-type]
-                view=view.view,
-                recombined_sop_instance_uid=view.recombined_sop_instance_uid,
-                low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
-                rows=rows,
-                columns=columns,
-                pixel_spacing_mm=view.pixel_spacing_mm,
-                lesion_ids=ids,
-            )
-        )
+            lesions.append(lesion)
+            ids.append(lesion.lesion_id)
+        view_results.append(_view_result(view, ids))
 
     lateralities = sorted({v.laterality for v in views})
     breasts = fusion.breast_summaries(
@@ -493,4 +442,86 @@ def _findings(
         patient=patient,
         notes=notes,
         timings_s={k: round(v, 4) for k, v in timings.items()},
+    )
+
+
+def _radiomics_probabilities(
+    models: LoadedModels, context: StudyContext, radiomics: Sequence[LesionRadiomics]
+) -> dict[int, float]:
+    """The classifier's probability of each lesion with features, by its index."""
+    ok = [i for i, r in enumerate(radiomics) if r.features is not None]
+    if not ok:
+        return {}
+    ages = [context.patient_age_years] * len(ok)
+    probs = models.classifier.predict_proba([radiomics[i].features for i in ok], ages=ages)
+    return {i: float(p) for i, p in zip(ok, probs, strict=True)}
+
+
+def _lesion(
+    models: LoadedModels,
+    context: StudyContext,
+    view: _View,
+    cand: _Candidate,
+    number: int,
+    rad: LesionRadiomics,
+    rad_p: float | None,
+    notes: list[str],
+) -> Lesion:
+    """Lesion ``number`` of ``view``, fused and decided; its notes go to ``notes``."""
+    decision = fusion.decide_lesion(cand.dl_probability, rad_p, models.bundle.manifest.thresholds)
+    lesion_id = _lesion_id(view.laterality, view.view, number)
+    points = outline(cand.mask)
+    spacing = view.pixel_spacing_mm
+    area_px = int(cand.mask.sum())
+    error = None if rad_p is not None else (rad.error or "radiomics unavailable")
+    if error is not None:
+        notes.append(f"{lesion_id}: radiomics failed ({error}); fused score = DL only")
+    lesion = Lesion(
+        lesion_id=lesion_id,
+        tracking_uid=generate_uid(
+            entropy_srcs=[
+                context.study_instance_uid,
+                str(context.analysis_round),
+                models.bundle.sha256,
+                lesion_id,
+            ]
+        ),
+        laterality=view.laterality,  # type: ignore[arg-type]
+        view=view.view,
+        recombined_sop_instance_uid=view.recombined_sop_instance_uid,
+        low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
+        box=cand.box,
+        outline=points,
+        mask=LesionMask.from_array(cand.mask),
+        area_px=area_px,
+        area_mm2=None if spacing is None else area_px * spacing[0] * spacing[1],
+        max_diameter_mm=max_diameter(points, spacing),
+        detector_class=cand.detector_class,  # type: ignore[arg-type]
+        detector_score=cand.detector_score,
+        dl_probability=cand.dl_probability,
+        radiomics_probability=rad_p,
+        radiomics_error=error,
+        fused_probability=decision.fused_probability,
+        fused_source=decision.fused_source,
+        dl_label=decision.dl_label,
+        radiomics_label=decision.radiomics_label,
+        fused_label=decision.fused_label,
+        agreement=decision.agreement,
+    )
+    notes.extend(f"{lesion_id}: {n}" for n in rad.notes)
+    return lesion
+
+
+def _view_result(view: _View, lesion_ids: list[str]) -> ViewResult:
+    """The findings' entry of ``view`` with the ids of its lesions."""
+    rows, columns = view.shape
+    return ViewResult(
+        laterality=view.laterality,  # type: ignore[arg-type]
+        view=view.view,
+        recombined_sop_instance_uid=view.recombined_sop_instance_uid,
+        low_energy_sop_instance_uid=view.low_energy_sop_instance_uid,
+        rows=rows,
+        columns=columns,
+        pixel_spacing_mm=view.pixel_spacing_mm,
+        lesion_ids=lesion_ids,
     )

@@ -52,7 +52,9 @@ classifier's selected features): per image only the needed image types (LoG
 sigmas, wavelet sub-bands) and, per image type, only the needed features are
 computed; an image with no needed feature is not extracted at all. The crop is
 that of the full settings, so the values equal the full extraction's. Training
-extracts everything (feature selection needs it).
+extracts everything (feature selection needs it). The feature names, the
+pyradiomics parameters and the plans are in :mod:`cem_node.pipeline.radiomics_plan`
+(re-exported here).
 
 Crop
 ----
@@ -99,10 +101,22 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk  # noqa: N813 (the usual name)
 from numpy.typing import NDArray
-from radiomics import getFeatureClasses, imageoperations
+from radiomics import imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from cem_node.contracts.params import RadiomicsSettings
+from cem_node.pipeline.radiomics_plan import (
+    IMAGE_SUFFIXES,
+    WAVELET_SUBBANDS,
+    ExtractionPlan,
+    FeaturePlanError,
+    ImagePlan,
+    expected_image_types,
+    log_image_type,
+    plan_extraction,
+    planned_pyradiomics_params,
+    pyradiomics_params,
+)
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -131,11 +145,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: tuple[str, str] = ("_low_energy", "_recombined")
-"""Suffixes of the low-energy and recombined feature names, in that order."""
-
-WAVELET_SUBBANDS: tuple[str, str, str, str] = ("LL", "LH", "HL", "HH")
-"""The four 2-D sub-bands of pyradiomics' (coif1, one level) stationary wavelet."""
 
 _RADIOMICS_LOGGERS = ("radiomics", "pykwalify")
 _SUM_AVERAGE_NAG = "GLCM is symmetrical, therefore Sum Average"
@@ -146,131 +155,6 @@ _WAVELET_MARGIN_PX = 6  # support of the one-level coif1 stationary wavelet
 
 class RadiomicsError(ValueError):
     """The features of an image cannot be extracted (the message says why)."""
-
-
-class FeaturePlanError(ValueError):
-    """A needed feature name is not one an extraction with the settings gives."""
-
-
-@dataclass(frozen=True)
-class ImagePlan:
-    """What to extract from one image (LE or RC): only the needed features.
-
-    Attributes
-    ----------
-    features : dict of str to dict of str to tuple of str
-        pyradiomics image type name (``original``, ``log-sigma-0-4-mm-3D``,
-        ``wavelet-LH``, ...) -> feature class (``glcm``, ``shape2D``, ...) -> feature
-        names (``Idmn``, ...), without the image suffix. Shape features only under
-        ``original``.
-    """
-
-    features: dict[str, dict[str, tuple[str, ...]]]
-
-    def names(self) -> tuple[str, ...]:
-        """The unsuffixed pyradiomics names, e.g. ``original_glcm_Idmn``."""
-        return tuple(
-            f"{image_type}_{cls}_{name}"
-            for image_type, classes in self.features.items()
-            for cls, names in classes.items()
-            for name in names
-        )
-
-
-@dataclass(frozen=True)
-class ExtractionPlan:
-    """The features to extract per image; an image not in ``images`` is not extracted.
-
-    Build it with :func:`plan_extraction`.
-
-    Attributes
-    ----------
-    images : dict of str to ImagePlan
-        Image suffix (``_low_energy`` / ``_recombined``) -> what to extract from it.
-    """
-
-    images: dict[str, ImagePlan]
-
-
-def _class_feature_names(feature_class: str) -> frozenset[str]:
-    """The non-deprecated feature names pyradiomics computes for ``feature_class``."""
-    names = getFeatureClasses()[feature_class].getFeatureNames()
-    return frozenset(name for name, deprecated in names.items() if not deprecated)
-
-
-def plan_extraction(names: Sequence[str], settings: RadiomicsSettings) -> ExtractionPlan:
-    """The plan that extracts only ``names`` (e.g. a classifier's selected features).
-
-    Pure: parses each ``<imagetype>_<class>_<feature><suffix>`` name (see "Feature
-    names" in the module docstring) and checks it against ``settings``.
-
-    Parameters
-    ----------
-    names : sequence of str
-        Needed feature names, with the image suffix.
-    settings : RadiomicsSettings
-        The radiomics settings of the extraction (image types, feature classes).
-
-    Returns
-    -------
-    ExtractionPlan
-        Per image suffix with at least one needed feature: image type -> class ->
-        feature names, in the order of ``settings`` (image types) and first mention
-        (classes, features). An image with no needed feature is absent.
-
-    Raises
-    ------
-    FeaturePlanError
-        When a name has no image suffix, is not of the form
-        ``<imagetype>_<class>_<feature>``, or names an image type, a feature class or a
-        feature that an extraction with ``settings`` does not give.
-    """
-    image_types = expected_image_types(settings)
-    wanted: dict[str, dict[str, dict[str, list[str]]]] = {}
-    for full in names:
-        suffix = next((s for s in IMAGE_SUFFIXES if full.endswith(s)), None)
-        if suffix is None:
-            raise FeaturePlanError(
-                f"feature {full!r}: the name does not end in an image suffix {IMAGE_SUFFIXES}"
-            )
-        parts = full[: -len(suffix)].split("_")
-        if len(parts) != 3 or not all(parts):
-            raise FeaturePlanError(
-                f"feature {full!r}: expected '<imagetype>_<class>_<feature>{suffix}'"
-            )
-        image_type, cls, feature = parts
-        if image_type not in image_types:
-            raise FeaturePlanError(
-                f"feature {full!r}: image type {image_type!r} is not extracted with these "
-                f"settings (image types: {', '.join(image_types)})"
-            )
-        if cls not in settings.feature_classes:
-            raise FeaturePlanError(
-                f"feature {full!r}: feature class {cls!r} is not extracted with these "
-                f"settings (classes: {', '.join(settings.feature_classes)})"
-            )
-        if cls.startswith("shape") and image_type != "original":
-            raise FeaturePlanError(
-                f"feature {full!r}: shape features exist only for the 'original' image type"
-            )
-        if feature not in _class_feature_names(cls):
-            raise FeaturePlanError(f"feature {full!r}: pyradiomics' {cls} has no {feature!r}")
-        features = wanted.setdefault(suffix, {}).setdefault(image_type, {}).setdefault(cls, [])
-        if feature not in features:
-            features.append(feature)
-    return ExtractionPlan(
-        images={
-            suffix: ImagePlan(
-                features={
-                    t: {c: tuple(f) for c, f in wanted[suffix][t].items()}
-                    for t in image_types
-                    if t in wanted[suffix]
-                }
-            )
-            for suffix in IMAGE_SUFFIXES
-            if suffix in wanted
-        }
-    )
 
 
 @dataclass(frozen=True)
@@ -336,81 +220,6 @@ class RadiomicsJob:
     recombined: NDArray[Any]
     mask: NDArray[np.bool_]
     spacing_mm: tuple[float, float] | None
-
-
-def pyradiomics_params(settings: RadiomicsSettings) -> dict[str, Any]:
-    """The pyradiomics parameter dictionary of ``settings``.
-
-    JSON-serialisable (the model bundle stores it) and accepted by
-    ``RadiomicsFeatureExtractor(params)``. It describes an extraction on a one-slice
-    3-D image (``force2D``, ``force2Ddimension`` 0); see the module docstring for how
-    the LoG images are made.
-
-    Parameters
-    ----------
-    settings : RadiomicsSettings
-        The radiomics settings.
-
-    Returns
-    -------
-    dict
-        With the keys ``setting``, ``imageType`` and ``featureClass``.
-    """
-    image_types: dict[str, dict[str, Any]] = {"Original": {}}
-    if settings.log_sigmas_mm:
-        image_types["LoG"] = {"sigma": [float(s) for s in settings.log_sigmas_mm]}
-    if settings.wavelet:
-        image_types["Wavelet"] = {"wavelet": "coif1", "level": 1, "start_level": 0}
-    return {
-        "setting": {
-            "binWidth": float(settings.bin_width),
-            "force2D": True,
-            "force2Ddimension": 0,
-            "normalize": False,
-            "resampledPixelSpacing": None,
-            "preCrop": False,
-            "label": 1,
-            "minimumROIDimensions": 2,
-            "additionalInfo": False,
-        },
-        "imageType": image_types,
-        "featureClass": {name: [] for name in settings.feature_classes},
-    }
-
-
-def log_image_type(sigma_mm: float) -> str:
-    """pyradiomics' image type name of the LoG with ``sigma_mm``, e.g. ``log-sigma-0-4-mm-3D``.
-
-    Parameters
-    ----------
-    sigma_mm : float
-        The LoG sigma in mm.
-
-    Returns
-    -------
-    str
-        The name (pyradiomics writes "-3D" even for the 2-D LoG used here).
-    """
-    return "log-sigma-{}-mm-3D".format(str(float(sigma_mm)).replace(".", "-"))
-
-
-def expected_image_types(settings: RadiomicsSettings) -> tuple[str, ...]:
-    """The image type names an extraction with ``settings`` must give.
-
-    Parameters
-    ----------
-    settings : RadiomicsSettings
-        The radiomics settings.
-
-    Returns
-    -------
-    tuple of str
-        ``original``, one LoG name per sigma, and the four ``wavelet-*`` sub-bands.
-    """
-    names = ["original", *(log_image_type(s) for s in settings.log_sigmas_mm)]
-    if settings.wavelet:
-        names += [f"wavelet-{band}" for band in WAVELET_SUBBANDS]
-    return tuple(names)
 
 
 def crop_margin(settings: RadiomicsSettings, spacing_mm: tuple[float, float] | None) -> int:
@@ -639,7 +448,7 @@ def _pyradiomics_features(
     """
     images = _sitk_pair(pixels, inside, spacing_xy)
     _, _, image_3d, mask_3d = images
-    extractor = RadiomicsFeatureExtractor(_planned_params(settings, plan))
+    extractor = RadiomicsFeatureExtractor(planned_pyradiomics_params(settings, plan))
     base = dict(extractor.settings)
     bounding_box, _ = imageoperations.checkMask(image_3d, mask_3d, **base)
     if bounding_box is None:
@@ -680,22 +489,6 @@ def _pyradiomics_features(
         )
 
     return raw
-
-
-def _planned_params(settings: RadiomicsSettings, plan: ImagePlan | None) -> dict[str, Any]:
-    """:func:`pyradiomics_params` with only the LoG sigmas and the wavelet ``plan`` needs."""
-    params = pyradiomics_params(settings)
-    if plan is None:
-        return params
-    image_types = params["imageType"]
-    sigmas = [float(s) for s in settings.log_sigmas_mm if log_image_type(s) in plan.features]
-    if sigmas:
-        image_types["LoG"] = {**image_types["LoG"], "sigma": sigmas}
-    else:
-        image_types.pop("LoG", None)
-    if not any(t.startswith("wavelet-") for t in plan.features):
-        image_types.pop("Wavelet", None)
-    return params
 
 
 def extract_image_features(

@@ -10,6 +10,11 @@ computes the measures and writes the report. For cross-validation,
 :func:`pool_records` joins the folds' out-of-fold records and
 :func:`fold_summary` gives a fold's row.
 
+This module runs and scores; the record classes live in
+:mod:`~cem_node.training.evaluation_records`, the Table 3 cases in
+:mod:`~cem_node.training.evaluation_cases` and the folds in
+:mod:`~cem_node.training.evaluation_folds`. All are importable from here.
+
 How the bundle is run
 ---------------------
 The samples of one study (same patient and study id: up to four LE/RC pairs,
@@ -83,15 +88,33 @@ import json
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from cem_node.contracts.params import DecisionThresholds, PostprocessParams, RadiomicsSettings
 from cem_node.pipeline import fusion
-from cem_node.training.metrics import HIT_RULES, iou_matrix, match_detections
+from cem_node.training.evaluation_cases import (
+    CLASSIFICATION_MODES,
+    MODELS,
+    CaseTable,
+    ModelCases,
+    classification_cases,
+)
+from cem_node.training.evaluation_folds import fold_models, fold_summary, pool_records
+from cem_node.training.evaluation_records import (
+    DEFAULT_RULES,
+    PRIMARY_RULE,
+    Detection,
+    DetectionRecord,
+    EvaluationRecords,
+    ImageRecord,
+    ImageResult,
+    LesionRecord,
+    TruthLesion,
+)
+from cem_node.training.metrics import Match, iou_matrix, match_detections
 
 if TYPE_CHECKING:
     from cem_node.contracts.findings import Findings
@@ -126,179 +149,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PRIMARY_RULE = "iou>=0.1"
-DEFAULT_RULES: tuple[str, ...] = tuple(HIT_RULES)
-MODELS: tuple[str, ...] = ("radiomics", "dl", "fused", "agreed")
-Mode = Literal["manual", "dl", "dl_all"]
-Level = Literal["lesion", "patient"]
-CLASSIFICATION_MODES: tuple[Mode, ...] = ("manual", "dl", "dl_all")
 SPLITS = ("test", "val", "all")
-
-
-# --- inputs of the scoring (with masks) ------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Detection:
-    """One detected lesion of an image (a findings ``Lesion``, its mask decoded)."""
-
-    lesion_id: str
-    mask: np.ndarray
-    dl_probability: float
-    radiomics_probability: float | None
-    fused_probability: float
-    fused_source: str
-    dl_label: str
-    radiomics_label: str | None
-    fused_label: str
-    radiomics_error: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class TruthLesion:
-    """One ground-truth lesion, with the radiomics probability of its manual mask."""
-
-    lesion_id: str
-    mask: np.ndarray
-    label: str
-    radiomics_probability: float | None = None
-    radiomics_error: str | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class ImageResult:
-    """The ground truth and the detections of one image pair (full-size masks)."""
-
-    key: str
-    patient_id: str
-    study_id: str
-    laterality: str
-    view: str
-    shape: tuple[int, int]
-    truths: tuple[TruthLesion, ...]
-    detections: tuple[Detection, ...]
-
-
-# --- records (no masks) ----------------------------------------------------------------------
-
-
-@dataclass
-class LesionRecord:
-    """One ground-truth lesion: identification per hit rule and manual-mask classification."""
-
-    lesion_id: str
-    label: str
-    area_px: int
-    hit: dict[str, bool]
-    iou: dict[str, float]
-    dice: dict[str, float]
-    detection: dict[str, str | None]
-    detection_label_correct: dict[str, bool]
-    radiomics_probability: float | None
-    radiomics_error: str | None
-    dl_probability: float | None
-    fused_probability: float | None
-    fused_source: str | None
-    dl_label: str | None
-    radiomics_label: str | None
-    fused_label: str | None
-
-
-@dataclass
-class DetectionRecord:
-    """One detection: the findings' probabilities and its ground-truth match per hit rule."""
-
-    lesion_id: str
-    area_px: int
-    dl_probability: float
-    radiomics_probability: float | None
-    radiomics_error: str | None
-    fused_probability: float
-    fused_source: str
-    dl_label: str
-    radiomics_label: str | None
-    fused_label: str
-    truth: dict[str, str | None]
-    truth_label: dict[str, str | None]
-
-
-@dataclass
-class ImageRecord:
-    """One image pair: its lesions, detections and the pixel counts of the mask unions."""
-
-    key: str
-    patient_id: str
-    study_id: str
-    laterality: str
-    view: str
-    lesions: list[LesionRecord]
-    detections: list[DetectionRecord]
-    truth_px: int
-    predicted_px: int
-    overlap_px: int
-
-    @property
-    def has_lesion(self) -> bool:
-        return bool(self.lesions)
-
-    @property
-    def union_dice(self) -> float | None:
-        """Dice of the union of the predicted masks vs the union of the ground-truth masks;
-        None for an image without a ground-truth lesion."""
-        if not self.lesions:
-            return None
-        return 2.0 * self.overlap_px / (self.truth_px + self.predicted_px)
-
-
-@dataclass
-class EvaluationRecords:
-    """Everything measured on the evaluated images, and what could not be evaluated."""
-
-    images: list[ImageRecord]
-    thresholds: DecisionThresholds
-    rules: tuple[str, ...] = DEFAULT_RULES
-    classification_rule: str = PRIMARY_RULE
-    failures: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def patients(self) -> list[str]:
-        return sorted({image.patient_id for image in self.images})
-
-    def by_patient(self) -> dict[str, list[ImageRecord]]:
-        out: dict[str, list[ImageRecord]] = defaultdict(list)
-        for image in self.images:
-            out[image.patient_id].append(image)
-        return dict(sorted(out.items()))
-
-    def counts(self) -> dict[str, int]:
-        """Patients, studies, images, lesions (by label) and detections."""
-        lesions = [lesion for image in self.images for lesion in image.lesions]
-        return {
-            "patients": len(self.patients),
-            "patients_with_lesion": sum(
-                1 for images in self.by_patient().values() if any(i.lesions for i in images)
-            ),
-            "studies": len({(i.patient_id, i.study_id) for i in self.images}),
-            "images": len(self.images),
-            "images_with_lesion": sum(1 for i in self.images if i.lesions),
-            "images_without_lesion": sum(1 for i in self.images if not i.lesions),
-            "lesions": len(lesions),
-            "benign_lesions": sum(1 for lesion in lesions if lesion.label == "benign"),
-            "malignant_lesions": sum(1 for lesion in lesions if lesion.label == "malignant"),
-            "detections": sum(len(i.detections) for i in self.images),
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready: every record (the report writes it as ``cases.json``)."""
-        return {
-            "thresholds": self.thresholds.model_dump(),
-            "rules": list(self.rules),
-            "classification_rule": self.classification_rule,
-            "failures": list(self.failures),
-            "notes": list(self.notes),
-            "images": [{**asdict(image), "union_dice": image.union_dice} for image in self.images],
-        }
 
 
 # --- scoring one image ---------------------------------------------------------------------
@@ -330,73 +181,11 @@ def score_image(
             )
     matrix = iou_matrix(pred_masks, gt_masks)
     matches = {rule: match_detections(pred_masks, gt_masks, rule, iou=matrix) for rule in rules}
-
-    lesions = []
-    for j, truth in enumerate(result.truths):
-        hit, iou, dice, detection, correct = {}, {}, {}, {}, {}
-        for rule, match in matches.items():
-            i = match.gt_to_pred[j]
-            hit[rule] = i is not None
-            iou[rule] = float(matrix[i, j]) if i is not None else 0.0
-            dice[rule] = _dice_from_iou(iou[rule])
-            detection[rule] = result.detections[i].lesion_id if i is not None else None
-            correct[rule] = i is not None and result.detections[i].dl_label == truth.label
-        i = matches[classification_rule].gt_to_pred[j]
-        dl = result.detections[i].dl_probability if i is not None else None
-        decision = (
-            fusion.decide_lesion(dl, truth.radiomics_probability, thresholds)
-            if dl is not None
-            else None
-        )
-        rad_label = (
-            fusion.label_for(truth.radiomics_probability, thresholds.radiomics)
-            if truth.radiomics_probability is not None
-            else None
-        )
-        lesions.append(
-            LesionRecord(
-                lesion_id=truth.lesion_id,
-                label=truth.label,
-                area_px=int(np.count_nonzero(truth.mask)),
-                hit=hit,
-                iou=iou,
-                dice=dice,
-                detection=detection,
-                detection_label_correct=correct,
-                radiomics_probability=truth.radiomics_probability,
-                radiomics_error=truth.radiomics_error,
-                dl_probability=dl,
-                fused_probability=None if decision is None else decision.fused_probability,
-                fused_source=None if decision is None else decision.fused_source,
-                dl_label=None if decision is None else decision.dl_label,
-                radiomics_label=rad_label,
-                fused_label=None if decision is None else decision.fused_label,
-            )
-        )
-
-    detections = []
-    for i, det in enumerate(result.detections):
-        truth_id, truth_label = {}, {}
-        for rule, match in matches.items():
-            j = match.pred_to_gt[i]
-            truth_id[rule] = result.truths[j].lesion_id if j is not None else None
-            truth_label[rule] = result.truths[j].label if j is not None else None
-        detections.append(
-            DetectionRecord(
-                lesion_id=det.lesion_id,
-                area_px=int(np.count_nonzero(det.mask)),
-                dl_probability=det.dl_probability,
-                radiomics_probability=det.radiomics_probability,
-                radiomics_error=det.radiomics_error,
-                fused_probability=det.fused_probability,
-                fused_source=det.fused_source,
-                dl_label=det.dl_label,
-                radiomics_label=det.radiomics_label,
-                fused_label=det.fused_label,
-                truth=truth_id,
-                truth_label=truth_label,
-            )
-        )
+    lesions = [
+        _lesion_record(result, j, matrix, matches, classification_rule, thresholds)
+        for j in range(len(result.truths))
+    ]
+    detections = [_detection_record(result, i, matches) for i in range(len(result.detections))]
 
     truth_union = np.zeros(result.shape, dtype=bool)
     for mask in gt_masks:
@@ -415,6 +204,80 @@ def score_image(
         truth_px=int(truth_union.sum()),
         predicted_px=int(pred_union.sum()),
         overlap_px=int(np.logical_and(truth_union, pred_union).sum()),
+    )
+
+
+def _lesion_record(
+    result: ImageResult,
+    j: int,
+    matrix: np.ndarray,
+    matches: dict[str, Match],
+    classification_rule: str,
+    thresholds: DecisionThresholds,
+) -> LesionRecord:
+    """Ground-truth lesion ``j``: its match per rule and its manual-mask classification."""
+    truth = result.truths[j]
+    hit, iou, dice, detection, correct = {}, {}, {}, {}, {}
+    for rule, match in matches.items():
+        i = match.gt_to_pred[j]
+        hit[rule] = i is not None
+        iou[rule] = float(matrix[i, j]) if i is not None else 0.0
+        dice[rule] = _dice_from_iou(iou[rule])
+        detection[rule] = result.detections[i].lesion_id if i is not None else None
+        correct[rule] = i is not None and result.detections[i].dl_label == truth.label
+    i = matches[classification_rule].gt_to_pred[j]
+    dl = result.detections[i].dl_probability if i is not None else None
+    decision = (
+        fusion.decide_lesion(dl, truth.radiomics_probability, thresholds)
+        if dl is not None
+        else None
+    )
+    rad_label = (
+        fusion.label_for(truth.radiomics_probability, thresholds.radiomics)
+        if truth.radiomics_probability is not None
+        else None
+    )
+    return LesionRecord(
+        lesion_id=truth.lesion_id,
+        label=truth.label,
+        area_px=int(np.count_nonzero(truth.mask)),
+        hit=hit,
+        iou=iou,
+        dice=dice,
+        detection=detection,
+        detection_label_correct=correct,
+        radiomics_probability=truth.radiomics_probability,
+        radiomics_error=truth.radiomics_error,
+        dl_probability=dl,
+        fused_probability=None if decision is None else decision.fused_probability,
+        fused_source=None if decision is None else decision.fused_source,
+        dl_label=None if decision is None else decision.dl_label,
+        radiomics_label=rad_label,
+        fused_label=None if decision is None else decision.fused_label,
+    )
+
+
+def _detection_record(result: ImageResult, i: int, matches: dict[str, Match]) -> DetectionRecord:
+    """Detection ``i``: the findings' probabilities and its ground-truth match per rule."""
+    det = result.detections[i]
+    truth_id, truth_label = {}, {}
+    for rule, match in matches.items():
+        j = match.pred_to_gt[i]
+        truth_id[rule] = result.truths[j].lesion_id if j is not None else None
+        truth_label[rule] = result.truths[j].label if j is not None else None
+    return DetectionRecord(
+        lesion_id=det.lesion_id,
+        area_px=int(np.count_nonzero(det.mask)),
+        dl_probability=det.dl_probability,
+        radiomics_probability=det.radiomics_probability,
+        radiomics_error=det.radiomics_error,
+        fused_probability=det.fused_probability,
+        fused_source=det.fused_source,
+        dl_label=det.dl_label,
+        radiomics_label=det.radiomics_label,
+        fused_label=det.fused_label,
+        truth=truth_id,
+        truth_label=truth_label,
     )
 
 
@@ -696,439 +559,4 @@ def evaluate_samples(
         classification_rule=classification_rule,
         failures=failures,
         notes=notes,
-    )
-
-
-# --- cross-validation folds ------------------------------------------------------------------
-
-
-def fold_models(models: LoadedModels, detector_dir: Path) -> LoadedModels:
-    """``models`` with the detector of a ``cem-node train detector`` folder in its place.
-
-    The folder's weights, architecture, inference preprocessing (the
-    operating point's input size when one was chosen) and post-processing
-    (the defaults with its chosen keep score, as ``train radiomics`` and
-    ``models import`` would use them) replace the bundle's; the radiomics
-    model, its settings and the decision thresholds stay the bundle's.
-
-    Raises
-    ------
-    ValueError
-        When the folder is not a detector run (the message names the file).
-    """
-    import dataclasses
-
-    from cem_node.pipeline.detector import load_detector
-    from cem_node.training.radiomics_training import (
-        RadiomicsTrainingError,
-        detector_postprocess,
-        read_detector_run,
-    )
-
-    try:
-        weights, config, preprocess, record = read_detector_run(detector_dir)
-        post = detector_postprocess(record)
-    except RadiomicsTrainingError as exc:
-        raise ValueError(str(exc)) from None
-    manifest = models.bundle.manifest
-    swapped = manifest.model_copy(
-        update={
-            "detector": manifest.detector.model_copy(update=config.model_dump()),
-            "preprocessing": preprocess,
-            "postprocessing": post,
-        }
-    )
-    detector = load_detector(weights, config, preprocess, device=models.device)
-    return dataclasses.replace(
-        models,
-        bundle=dataclasses.replace(models.bundle, manifest=swapped),
-        detector=detector,
-    )
-
-
-def pool_records(folds: Sequence[EvaluationRecords]) -> EvaluationRecords:
-    """The records of every fold as one set (each fold's held-out images, once each).
-
-    Raises
-    ------
-    ValueError
-        When the folds differ in rules or thresholds, or an image is in two folds.
-    """
-    if not folds:
-        raise ValueError("no fold to pool")
-    first = folds[0]
-    images: list[ImageRecord] = []
-    failures: list[str] = []
-    notes: list[str] = []
-    for number, records in enumerate(folds, start=1):
-        if (records.rules, records.classification_rule, records.thresholds) != (
-            first.rules,
-            first.classification_rule,
-            first.thresholds,
-        ):
-            raise ValueError(f"fold {number} was scored with other rules or thresholds")
-        images.extend(records.images)
-        failures.extend(f"fold {number}: {line}" for line in records.failures)
-        notes.extend(f"fold {number}: {line}" for line in records.notes)
-    keys = [image.key for image in images]
-    if len(keys) != len(set(keys)):
-        raise ValueError("an image is held out by more than one fold")
-    return EvaluationRecords(
-        images=images,
-        thresholds=first.thresholds,
-        rules=first.rules,
-        classification_rule=first.classification_rule,
-        failures=failures,
-        notes=notes,
-    )
-
-
-def fold_summary(records: EvaluationRecords, rule: str = PRIMARY_RULE) -> dict[str, Any]:
-    """One row of the per-fold table: counts, per-image sensitivity, mean Dice, FP per image.
-
-    Plain values on the fold's held-out images (no interval: the pooled
-    tables carry the intervals); None where the fold has no image with a lesion.
-    """
-    counts = records.counts()
-    with_lesion = [image for image in records.images if image.lesions]
-    found = sum(1 for image in with_lesion if any(les.hit[rule] for les in image.lesions))
-    dice = [image.union_dice for image in with_lesion]
-    false_positives = sum(
-        1 for image in records.images for d in image.detections if d.truth[rule] is None
-    )
-    return {
-        "patients": counts["patients"],
-        "images": counts["images"],
-        "images_with_lesion": counts["images_with_lesion"],
-        "lesions": counts["lesions"],
-        "failures": len(records.failures),
-        "rule": rule,
-        "per_image_sensitivity": found / len(with_lesion) if with_lesion else None,
-        "images_found": found,
-        "mean_dice_per_image": float(np.mean(dice)) if dice else None,
-        "false_positives_per_image": (
-            false_positives / len(records.images) if records.images else None
-        ),
-    }
-
-
-# --- Table 3 cases ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelCases:
-    """The cases of one model (row) of a Table 3 block: truth, score and label per case.
-
-    ``excluded`` counts, per reason, the cases of the block that have no value
-    for this model.
-    """
-
-    model: str
-    ids: tuple[str, ...]
-    y_true: np.ndarray
-    scores: np.ndarray
-    y_pred: np.ndarray
-    threshold: str
-    excluded: dict[str, int]
-    #: The patient of each case (the unit a by-patient bootstrap resamples).
-    patients: tuple[str, ...] = ()
-
-    @property
-    def n(self) -> int:
-        return len(self.ids)
-
-
-@dataclass(frozen=True)
-class CaseTable:
-    """The cases of one Table 3 block (mask mode x level).
-
-    Attributes
-    ----------
-    unit
-        What a case is (``lesion``, ``detection``, ``patient``).
-    negative
-        What a negative case is, in words (for the reasons in the report).
-    y_true
-        Truth of every case of the block (1 malignant).
-    agree
-        For the cases with both a DL and a radiomics label: whether they agree.
-    patients, agree_patients
-        The patient of each case, and of each ``agree`` entry.
-    """
-
-    mode: str
-    level: str
-    unit: str
-    negative: str
-    positive: str
-    ids: tuple[str, ...]
-    y_true: np.ndarray
-    models: dict[str, ModelCases]
-    agree: np.ndarray
-    notes: tuple[str, ...] = ()
-    patients: tuple[str, ...] = ()
-    agree_patients: tuple[str, ...] = ()
-
-
-@dataclass
-class _Case:
-    case_id: str
-    truth: int
-    radiomics: float | None
-    radiomics_label: str | None
-    dl: float | None
-    dl_label: str | None
-    fused: float | None
-    fused_label: str | None
-    fused_source: str | None = None
-    patient: str = ""
-
-
-def _model_cases(cases: Sequence[_Case], thresholds: DecisionThresholds, level: str):
-    rows: dict[str, list[tuple[str, int, float, int, str]]] = {m: [] for m in MODELS}
-    excluded: dict[str, dict[str, int]] = {m: defaultdict(int) for m in MODELS}
-    agree, agree_patients = [], []
-    for case in cases:
-        values = {
-            "radiomics": (case.radiomics, case.radiomics_label),
-            "dl": (case.dl, case.dl_label),
-            "fused": (case.fused, case.fused_label),
-        }
-        for model, (score, label) in values.items():
-            if score is None or label is None:
-                excluded[model][f"no {_MODEL_WORDS[model]} probability"] += 1
-            else:
-                rows[model].append(
-                    (
-                        case.case_id,
-                        case.truth,
-                        float(score),
-                        int(label == "malignant"),
-                        case.patient,
-                    )
-                )
-        if case.radiomics_label is None or case.dl_label is None:
-            excluded["agreed"]["no DL or no radiomics label"] += 1
-        else:
-            agreed = case.radiomics_label == case.dl_label
-            agree.append(agreed)
-            agree_patients.append(case.patient)
-            if not agreed:
-                excluded["agreed"]["DL and radiomics labels disagree"] += 1
-            elif case.fused is None or case.fused_label is None:
-                excluded["agreed"]["no DL + radiomics probability"] += 1
-            else:
-                rows["agreed"].append(
-                    (
-                        case.case_id,
-                        case.truth,
-                        float(case.fused),
-                        int(case.fused_label == "malignant"),
-                        case.patient,
-                    )
-                )
-    lesion_thresholds = {
-        "radiomics": f"radiomics >= {thresholds.radiomics:g}",
-        "dl": f"DL >= {thresholds.dl:g}",
-        "fused": f"fused >= {thresholds.fused:g} (DL >= {thresholds.dl:g} when radiomics failed)",
-        "agreed": "as DL + radiomics, on the cases whose DL and radiomics labels agree",
-    }
-    patient_thresholds = {
-        "radiomics": f"max radiomics >= {thresholds.radiomics:g} (the lesion threshold)",
-        "dl": f"max DL >= {thresholds.dl:g} (the lesion threshold)",
-        "fused": f"max fused >= {thresholds.patient:g} (the patient threshold)",
-        "agreed": "as DL + radiomics, on the patients whose DL and radiomics labels agree",
-    }
-    texts = lesion_thresholds if level == "lesion" else patient_thresholds
-    out = {}
-    for model in MODELS:
-        data = rows[model]
-        out[model] = ModelCases(
-            model=model,
-            ids=tuple(r[0] for r in data),
-            y_true=np.array([r[1] for r in data], dtype=int),
-            scores=np.array([r[2] for r in data], dtype=float),
-            y_pred=np.array([r[3] for r in data], dtype=int),
-            threshold=texts[model],
-            excluded=dict(excluded[model]),
-            patients=tuple(r[4] for r in data),
-        )
-    return out, np.array(agree, dtype=bool), tuple(agree_patients)
-
-
-_MODEL_WORDS = {"radiomics": "radiomics", "dl": "DL", "fused": "DL + radiomics"}
-
-
-def _label(p: float, threshold: float) -> str:
-    return fusion.label_for(p, threshold)
-
-
-def _patient_case(
-    patient: str, truth: int, members: Sequence[_Case], thresholds: DecisionThresholds
-) -> _Case:
-    """Max over the patient's cases, per model; labels as documented in the module."""
-
-    def top(values: Iterable[float | None]) -> float | None:
-        present = [v for v in values if v is not None]
-        return max(present) if present else None
-
-    rad = top(c.radiomics for c in members)
-    dl = top(c.dl for c in members)
-    fused = top(c.fused for c in members)
-    return _Case(
-        case_id=patient,
-        patient=patient,
-        truth=truth,
-        radiomics=rad,
-        radiomics_label=None if rad is None else _label(rad, thresholds.radiomics),
-        dl=dl,
-        dl_label=None if dl is None else _label(dl, thresholds.dl),
-        fused=fused,
-        fused_label=None if fused is None else _label(fused, thresholds.patient),
-    )
-
-
-def classification_cases(records: EvaluationRecords, mode: Mode, level: Level) -> CaseTable:
-    """The cases of one Table 3 block; see the module documentation for the definitions."""
-    if mode not in CLASSIFICATION_MODES:
-        raise ValueError(f"mode must be one of {CLASSIFICATION_MODES}, got {mode!r}")
-    if level not in ("lesion", "patient"):
-        raise ValueError(f"level must be 'lesion' or 'patient', got {level!r}")
-    if mode == "dl_all" and level == "patient":
-        raise ValueError("per patient, 'dl_all' is 'dl' (every detection counts)")
-    rule = records.classification_rule
-    thresholds = records.thresholds
-    notes: list[str] = []
-
-    def lesion_case(image: ImageRecord, lesion: LesionRecord) -> _Case:
-        return _Case(
-            case_id=f"{image.key}#{lesion.lesion_id}",
-            patient=image.patient_id,
-            truth=int(lesion.label == "malignant"),
-            radiomics=lesion.radiomics_probability,
-            radiomics_label=lesion.radiomics_label,
-            dl=lesion.dl_probability,
-            dl_label=lesion.dl_label,
-            fused=lesion.fused_probability,
-            fused_label=lesion.fused_label,
-            fused_source=lesion.fused_source,
-        )
-
-    def detection_case(image: ImageRecord, det: DetectionRecord) -> _Case:
-        return _Case(
-            case_id=f"{image.key}#{det.lesion_id}",
-            patient=image.patient_id,
-            truth=int(det.truth_label[rule] == "malignant"),
-            radiomics=det.radiomics_probability,
-            radiomics_label=det.radiomics_label,
-            dl=det.dl_probability,
-            dl_label=det.dl_label,
-            fused=det.fused_probability,
-            fused_label=det.fused_label,
-            fused_source=det.fused_source,
-        )
-
-    if level == "lesion":
-        if mode == "manual":
-            cases = [lesion_case(i, les) for i in records.images for les in i.lesions]
-            unit, negative, positive = "lesion", "benign lesion", "malignant lesion"
-            missed = sum(1 for c in cases if c.dl is None)
-            if missed:
-                notes.append(
-                    f"{missed} of {len(cases)} lesions have no detection matching them "
-                    f"({rule}): no DL probability, so no DL, DL + radiomics or agreed value"
-                )
-        elif mode == "dl":
-            cases = [
-                detection_case(i, d)
-                for i in records.images
-                for d in i.detections
-                if d.truth[rule] is not None
-            ]
-            unit, negative, positive = (
-                "matched detection",
-                "detection of a benign lesion",
-                "detection of a malignant lesion",
-            )
-            unmatched = sum(
-                1 for i in records.images for d in i.detections if d.truth[rule] is None
-            )
-            notes.append(
-                f"cases: the detections that match a ground-truth lesion ({rule}); "
-                f"{unmatched} false-positive detections are not cases here (see 'DL masks, "
-                "every detection')"
-            )
-        else:
-            cases = [detection_case(i, d) for i in records.images for d in i.detections]
-            unit, negative, positive = (
-                "detection",
-                "detection that is not of a malignant lesion",
-                "detection of a malignant lesion",
-            )
-            notes.append(
-                "cases: every detection; truth malignant when it matches a malignant lesion "
-                f"({rule}), else benign (a benign lesion or a false positive)"
-            )
-        dl_only = sum(1 for c in cases if c.fused_source == "dl_only")
-        if dl_only:
-            notes.append(
-                f"{dl_only} cases have no radiomics (extraction failed): their DL + radiomics "
-                "value is the DL probability (the node's rule)"
-            )
-    else:
-        unit, negative, positive = (
-            "patient",
-            "patient without a malignant lesion",
-            "patient with a malignant lesion",
-        )
-        cases = []
-        for patient, images in records.by_patient().items():
-            lesions = [les for image in images for les in image.lesions]
-            truth = int(any(les.label == "malignant" for les in lesions))
-            if mode == "manual":
-                if not lesions:
-                    continue
-                members = [lesion_case(i, les) for i in images for les in i.lesions]
-            else:
-                members = [detection_case(i, d) for i in images for d in i.detections]
-                if not members:
-                    members = [
-                        _Case(
-                            case_id=patient,
-                            patient=patient,
-                            truth=truth,
-                            radiomics=0.0,
-                            radiomics_label="benign",
-                            dl=0.0,
-                            dl_label="benign",
-                            fused=0.0,
-                            fused_label="benign",
-                        )
-                    ]
-            cases.append(_patient_case(patient, truth, members, thresholds))
-        if mode == "manual":
-            left_out = len(records.patients) - len(cases)
-            notes.append(
-                "cases: the patients with at least one ground-truth lesion (manual masks exist "
-                f"only for lesions); {left_out} patients without lesions are not cases here"
-            )
-        else:
-            notes.append(
-                "cases: every patient; score: the maximum over all the patient's detections "
-                "(false positives included); a patient without detections scores 0"
-            )
-    models_cases, agree, agree_patients = _model_cases(cases, thresholds, level)
-    return CaseTable(
-        mode=mode,
-        level=level,
-        unit=unit,
-        negative=negative,
-        positive=positive,
-        ids=tuple(c.case_id for c in cases),
-        y_true=np.array([c.truth for c in cases], dtype=int),
-        models=models_cases,
-        agree=agree,
-        notes=tuple(notes),
-        patients=tuple(c.patient for c in cases),
-        agree_patients=agree_patients,
     )

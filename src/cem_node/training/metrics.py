@@ -521,30 +521,15 @@ def bootstrap_ci(
         With ``value`` None and the reason when the measure is undefined on
         all cases.
     """
-    if not arrays:
-        raise ValueError("bootstrap_ci needs at least one array of cases")
-    if n_resamples < 0:
-        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
-    if not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-    data = [np.asarray(a) for a in arrays]
+    data = _bootstrap_data(arrays, n_resamples, alpha)
     n = len(data[0])
-    if any(len(a) != n for a in data):
-        raise ValueError(f"arrays differ in length: {[len(a) for a in data]}")
     try:
         value = _evaluate(metric_fn, data)
     except UndefinedMetricError as exc:
         return MetricValue.undefined(str(exc), n=n)
     if n_resamples == 0:
         return MetricValue(value=value, n=n, reason="bootstrap disabled (0 resamples)", alpha=alpha)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n_resamples):
-        index = rng.integers(0, n, size=n)
-        try:
-            values.append(_evaluate(metric_fn, [a[index] for a in data]))
-        except UndefinedMetricError:
-            continue
+    values = _resampled_values(metric_fn, data, n_resamples, seed)
     skipped = n_resamples - len(values)
     if not values:
         return MetricValue(
@@ -566,3 +551,36 @@ def bootstrap_ci(
         n_skipped=skipped,
         alpha=alpha,
     )
+
+
+def _bootstrap_data(
+    arrays: Sequence[Sequence[Any] | np.ndarray], n_resamples: int, alpha: float
+) -> list[np.ndarray]:
+    """The cases as arrays of one length, after checking the bootstrap's arguments."""
+    if not arrays:
+        raise ValueError("bootstrap_ci needs at least one array of cases")
+    if n_resamples < 0:
+        raise ValueError(f"n_resamples must be >= 0, got {n_resamples}")
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0])
+    if any(len(a) != n for a in data):
+        raise ValueError(f"arrays differ in length: {[len(a) for a in data]}")
+    return data
+
+
+def _resampled_values(
+    metric_fn: Callable[..., float], data: Sequence[np.ndarray], n_resamples: int, seed: int
+) -> list[float]:
+    """The measure on each resample where it is defined (the undefined ones are dropped)."""
+    n = len(data[0])
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n_resamples):
+        index = rng.integers(0, n, size=n)
+        try:
+            values.append(_evaluate(metric_fn, [a[index] for a in data]))
+        except UndefinedMetricError:
+            continue
+    return values

@@ -21,6 +21,10 @@ Figures (matplotlib, Agg, no pyplot state): ``roc_curves.png`` and
 ``calibration_curves.png`` (one panel per mask mode and level, a curve per
 model; a panel that cannot be drawn says why) and ``dice_violin.png``
 (per-lesion Dice of the hit lesions and per-image Dice of the mask unions).
+
+The Markdown rendering lives in :mod:`~cem_node.training.report_markdown` and
+the fixed texts (titles, definitions, the paper's headline) in
+:mod:`~cem_node.training.report_definitions`.
 """
 
 from __future__ import annotations
@@ -36,14 +40,23 @@ from typing import Any
 import numpy as np
 
 from cem_node.training import metrics as m
-from cem_node.training.evaluation import (
+from cem_node.training.evaluation_cases import (
     CLASSIFICATION_MODES,
     MODELS,
     CaseTable,
-    EvaluationRecords,
     ModelCases,
     classification_cases,
 )
+from cem_node.training.evaluation_records import EvaluationRecords
+from cem_node.training.report_definitions import (
+    BOOTSTRAP_BY_PATIENT,
+    CLASSIFICATION_MEASURES,
+    DEFINITIONS,
+    MODE_TITLES,
+    MODEL_TITLES,
+    PAPER_HEADLINE,
+)
+from cem_node.training.report_markdown import render_markdown
 
 __all__ = [
     "DEFINITIONS",
@@ -58,154 +71,12 @@ __all__ = [
 
 REPORT_FORMAT = "cem-node-evaluation-report/1"
 
-MODE_TITLES = {
-    "manual": "Manual (ground-truth) masks",
-    "dl": "DL masks: detections matched to a lesion",
-    "dl_all": "DL masks: every detection (false positives = negative)",
-}
-MODEL_TITLES = {
-    "radiomics": "Radiomics",
-    "dl": "DL",
-    "fused": "DL + radiomics",
-    "agreed": "Agreed labels (DL = radiomics)",
-}
-CLASSIFICATION_MEASURES = ("auc", "sensitivity", "specificity", "accuracy", "f1")
 _MODEL_VALUES = {
     "radiomics": "a radiomics probability",
     "dl": "a DL probability",
     "fused": "a DL + radiomics probability",
     "agreed": "agreeing DL and radiomics labels",
 }
-MEASURE_TITLES = {
-    "auc": "AUC",
-    "sensitivity": "Sensitivity",
-    "specificity": "Specificity",
-    "accuracy": "Accuracy",
-    "f1": "F1",
-}
-
-DEFINITIONS: dict[str, str] = {
-    "hit": (
-        "A detection hits a ground-truth lesion when the IoU of their masks passes the rule "
-        "(iou>=0.1: the authors' follow-up; iou>=0.5: COCO). Matching is one to one, greedy "
-        "by decreasing IoU (ties: the higher-scoring detection)."
-    ),
-    "identification_sensitivity": (
-        "Per lesion: the fraction of ground-truth lesions hit. Per image / per patient: the "
-        "fraction of images / patients with at least one ground-truth lesion in which at least "
-        "one lesion is hit."
-    ),
-    "identification_accuracy": (
-        "The paper does not define it; here: as sensitivity, but the hit must come from a "
-        "detection whose DL label (DL probability at the bundle's DL threshold) is the "
-        "lesion's label (benign / malignant). Same denominators as sensitivity."
-    ),
-    "dice": (
-        "Per lesion: Dice with the matched detection's mask (2 IoU / (1 + IoU)); 'mean Dice' "
-        "counts a missed lesion as 0, 'mean Dice of hit lesions' leaves it out. Per image: "
-        "Dice of the union of the predicted masks vs the union of the ground-truth masks "
-        "(images with a lesion; does not depend on the hit rule). Per patient: the same, "
-        "pooled over the patient's images with a lesion (2 sum|P&G| / (sum|P| + sum|G|))."
-    ),
-    "classification_manual": (
-        "Cases: the ground-truth lesions. Radiomics on the ground-truth mask with the bundle's "
-        "radiomics settings and classifier; DL probability from the detection matched to the "
-        "lesion under the classification rule; a lesion without a matching detection has no "
-        "DL, DL + radiomics or agreed value (excluded from those rows, counted)."
-    ),
-    "classification_dl": (
-        "Cases: the detections that match a ground-truth lesion (classification rule), with "
-        "that lesion's label; probabilities as the node reports them (radiomics on the DL "
-        "mask). False-positive detections are counted apart."
-    ),
-    "classification_dl_all": (
-        "Cases: every detection; truth malignant when it matches a malignant lesion, else "
-        "benign (a benign lesion or a false positive), as the paper's DL-mask counts suggest "
-        "(2463 negatives for 590 lesions)."
-    ),
-    "per_patient": (
-        "Score: the maximum over the patient's cases (manual: ground-truth lesions, patients "
-        "with a lesion only; DL: all detections, every patient, 0 without detection). Truth: "
-        "any malignant lesion. DL + radiomics is labelled with the bundle's patient threshold "
-        "(the node's rule); radiomics and DL with their lesion thresholds (malignant when any "
-        "lesion is)."
-    ),
-    "agreed": (
-        "The cases whose DL and radiomics labels agree, scored and labelled as DL + radiomics; "
-        "'agreement' is the fraction of cases with both labels that agree."
-    ),
-    "thresholds": (
-        "All thresholds come from the bundle's manifest (Youden index on the training "
-        "predictions); none is tuned on the evaluated data."
-    ),
-    "bootstrap": (
-        "95 % percentile intervals from resampling the cases of each table (lesions, images, "
-        "detections or patients) with replacement; resamples on which a measure is undefined "
-        "(e.g. one class only) are skipped and counted. Lesions and images of one patient are "
-        "resampled independently (as in the paper), so per-lesion and per-image intervals "
-        "ignore the correlation within a patient."
-    ),
-}
-
-BOOTSTRAP_BY_PATIENT = (
-    "95 % percentile intervals from resampling the patients with replacement, each drawn "
-    "patient bringing all its cases (lesions, images, detections) into the table (a cluster "
-    "bootstrap): the cases of one patient are not independent, and the intervals keep that "
-    "correlation. Resamples on which a measure is undefined (e.g. one class only) are skipped "
-    "and counted."
-)
-
-#: The paper's headline numbers (external set, 279 patients, 590 lesions) and where ours are.
-PAPER_HEADLINE: tuple[tuple[str, str, tuple[str, ...], bool], ...] = (
-    (
-        "identification sensitivity per lesion (the paper's 'per image')",
-        "90% (532/590)",
-        ("table2", "{rule}", "per_lesion", "sensitivity"),
-        True,
-    ),
-    (
-        "identification sensitivity per patient",
-        "99% (275/279)",
-        ("table2", "{rule}", "per_patient", "sensitivity"),
-        True,
-    ),
-    (
-        "mean Dice per lesion, hit lesions (the paper's 'per image')",
-        "0.71",
-        ("table2", "{rule}", "per_lesion", "mean_dice_hit"),
-        False,
-    ),
-    (
-        "mean Dice per patient",
-        "0.80",
-        ("table2", "{rule}", "per_patient", "mean_dice"),
-        False,
-    ),
-    (
-        "AUC, manual masks, DL + radiomics, per lesion",
-        "0.88 [0.86, 0.91]",
-        ("table3", "manual", "lesion", "rows", "fused", "metrics", "auc"),
-        False,
-    ),
-    (
-        "AUC, DL masks, DL + radiomics, per lesion (every detection)",
-        "0.95 [0.94, 0.96]",
-        ("table3", "dl_all", "lesion", "rows", "fused", "metrics", "auc"),
-        False,
-    ),
-    (
-        "sensitivity, DL masks, DL + radiomics, per lesion (every detection)",
-        "90% (317/353) [87, 93]",
-        ("table3", "dl_all", "lesion", "rows", "fused", "metrics", "sensitivity"),
-        True,
-    ),
-    (
-        "specificity, DL masks, DL + radiomics, per lesion (every detection)",
-        "86% (2106/2463) [84, 87]",
-        ("table3", "dl_all", "lesion", "rows", "fused", "metrics", "specificity"),
-        True,
-    ),
-)
 
 
 @dataclass
@@ -327,14 +198,20 @@ def _pooled_dice(overlap: np.ndarray, truth: np.ndarray, predicted: np.ndarray) 
 
 
 def _table2_rule(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
+    return {
+        "per_lesion": _table2_per_lesion(records, rule, boot),
+        "per_image": _table2_per_image(records, rule, boot),
+        "per_patient": _table2_per_patient(records, rule, boot),
+    }
+
+
+def _table2_per_lesion(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
     pairs = [(image, les) for image in records.images for les in image.lesions]
     lesions = [les for _, les in pairs]
     lesion_patients = [image.patient_id for image, _ in pairs]
     hit_patients = [image.patient_id for image, les in pairs if les.hit[rule]]
-    images = [image for image in records.images if image.lesions]
-    image_patients = [image.patient_id for image in images]
     no_lesion = "no ground-truth lesion in the evaluated data"
-    per_lesion = {
+    return {
         "n": len(lesions),
         "sensitivity": _proportion(
             [les.hit[rule] for les in lesions], boot, no_lesion, lesion_patients
@@ -353,8 +230,13 @@ def _table2_rule(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str
             hit_patients,
         ),
     }
+
+
+def _table2_per_image(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
+    images = [image for image in records.images if image.lesions]
+    image_patients = [image.patient_id for image in images]
     no_image = "no image with a ground-truth lesion in the evaluated data"
-    per_image = {
+    return {
         "n": len(images),
         "sensitivity": _proportion(
             [any(les.hit[rule] for les in i.lesions) for i in images],
@@ -375,13 +257,16 @@ def _table2_rule(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str
             image_patients,
         ),
     }
+
+
+def _table2_per_patient(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
     patients = [[i for i in group if i.lesions] for group in records.by_patient().values()]
     patients = [group for group in patients if group]
     no_patient = "no patient with a ground-truth lesion in the evaluated data"
     overlap = np.array([sum(i.overlap_px for i in g) for g in patients], dtype=float)
     truth = np.array([sum(i.truth_px for i in g) for g in patients], dtype=float)
     predicted = np.array([sum(i.predicted_px for i in g) for g in patients], dtype=float)
-    per_patient = {
+    return {
         "n": len(patients),
         "sensitivity": _proportion(
             [any(les.hit[rule] for i in g for les in i.lesions) for g in patients],
@@ -407,7 +292,6 @@ def _table2_rule(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str
             else m.MetricValue.undefined(no_patient)
         ),
     }
-    return {"per_lesion": per_lesion, "per_image": per_image, "per_patient": per_patient}
 
 
 def _false_positives(records: EvaluationRecords, rule: str, boot: _Boot) -> dict[str, Any]:
@@ -558,7 +442,6 @@ def build_report(
         raise ValueError(f"bootstrap_unit must be case or patient, got {context.bootstrap_unit!r}")
     by_patient = context.bootstrap_unit == "patient"
     boot = _Boot(n_resamples, seed, alpha, by_patient=by_patient)
-    counts = records.counts()
     document: dict[str, Any] = {
         "format": REPORT_FORMAT,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -566,17 +449,7 @@ def build_report(
         "command": context.command,
         "bundle": context.bundle,
         "device": context.device,
-        "data": {
-            "dataset": context.dataset,
-            "split": context.split,
-            "split_file": context.split_file,
-            "split_seed": context.split_seed,
-            "split_fractions": (list(context.split_fractions) if context.split_fractions else None),
-            "samples_selected": context.samples_selected,
-            "counts": counts,
-            "skipped_samples": list(context.skipped_samples),
-            "failures": list(records.failures),
-        },
+        "data": _data_section(records, context),
         "thresholds": records.thresholds.model_dump(),
         "settings_notes": list(context.settings_notes),
         "hit_rules": list(records.rules),
@@ -599,9 +472,32 @@ def build_report(
         "cross_validation": context.cross_validation,
         "table2": {rule: _table2_rule(records, rule, boot) for rule in records.rules},
         "false_positives": {rule: _false_positives(records, rule, boot) for rule in records.rules},
-        "table3": {},
+        "table3": _table3(records, boot),
         "notes": list(records.notes),
     }
+    document = _jsonable(document)
+    document["paper"] = _paper_section(document, records.classification_rule)
+    return document
+
+
+def _data_section(records: EvaluationRecords, context: ReportContext) -> dict[str, Any]:
+    """What was evaluated: dataset, split, counts, and what was left out."""
+    return {
+        "dataset": context.dataset,
+        "split": context.split,
+        "split_file": context.split_file,
+        "split_seed": context.split_seed,
+        "split_fractions": (list(context.split_fractions) if context.split_fractions else None),
+        "samples_selected": context.samples_selected,
+        "counts": records.counts(),
+        "skipped_samples": list(context.skipped_samples),
+        "failures": list(records.failures),
+    }
+
+
+def _table3(records: EvaluationRecords, boot: _Boot) -> dict[str, Any]:
+    """Table 3: per mask mode, a lesion block and a patient block."""
+    table3: dict[str, Any] = {}
     for mode in CLASSIFICATION_MODES:
         entry: dict[str, Any] = {"title": MODE_TITLES[mode]}
         entry["lesion"] = _classification_block(classification_cases(records, mode, "lesion"), boot)
@@ -614,11 +510,15 @@ def build_report(
             entry["patient"] = _classification_block(
                 classification_cases(records, mode, "patient"), boot
             )
-        document["table3"][mode] = entry
-    document = _jsonable(document)
+        table3[mode] = entry
+    return table3
+
+
+def _paper_section(document: dict[str, Any], rule: str) -> dict[str, Any]:
+    """The paper's headline numbers, each with ours looked up in the (JSON-ready) document."""
     paper = []
     for what, value, path, percent in PAPER_HEADLINE:
-        resolved = [p.replace("{rule}", records.classification_rule) for p in path]
+        resolved = [p.replace("{rule}", rule) for p in path]
         ours = _lookup(document, resolved)
         paper.append(
             {
@@ -629,351 +529,13 @@ def build_report(
                 "percent": percent,
             }
         )
-    document["paper"] = {
+    return {
         "source": (
             "Beuque et al., Radiology 2023;307(5):e221843: external set, 279 patients, 590 "
             "lesions (real CEM, a different population and a different model)"
         ),
         "headline": paper,
     }
-    return document
-
-
-# --- markdown -------------------------------------------------------------------------------
-
-
-def _fmt(metric: dict[str, Any] | None, percent: bool = False, digits: int = 2) -> str:
-    if metric is None:
-        return "—"
-    value = metric.get("value")
-    if value is None:
-        return "n/a"
-
-    def number(v: float) -> str:
-        return f"{100 * v:.0f}" if percent else f"{v:.{digits}f}"
-
-    text = number(value) + ("%" if percent else "")
-    if metric.get("numerator") is not None and metric.get("denominator") is not None:
-        text += f" ({metric['numerator']}/{metric['denominator']})"
-    ci = metric.get("ci")
-    text += f" [{number(ci[0])}, {number(ci[1])}]" if ci else " [no CI]"
-    return text
-
-
-class _Footnotes:
-    """Reasons for 'n/a' cells, numbered once per distinct text."""
-
-    def __init__(self) -> None:
-        self.items: list[str] = []
-
-    def cell(self, metric: dict[str, Any] | None, percent: bool = False) -> str:
-        text = _fmt(metric, percent)
-        if metric is None:
-            return text
-        reason = metric.get("reason")
-        skipped = metric.get("n_skipped") or 0
-        notes = []
-        if reason:
-            notes.append(reason)
-        if skipped and metric.get("ci"):
-            notes.append(
-                f"CI from {metric['n_resamples'] - skipped} of {metric['n_resamples']} resamples "
-                f"({skipped} undefined: one class only or no case)"
-            )
-        for note in notes:
-            if note not in self.items:
-                self.items.append(note)
-            text += f" <sup>{self.items.index(note) + 1}</sup>"
-        return text
-
-    def render(self) -> list[str]:
-        return [f"{i}. {text}" for i, text in enumerate(self.items, start=1)]
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines
-
-
-def _fold_lines(folds: dict[str, Any]) -> list[str]:
-    """The per-fold table of a pooled cross-validation report."""
-
-    def share(value: float | None, percent: bool) -> str:
-        if value is None:
-            return "n/a"
-        return f"{100 * value:.0f}%" if percent else f"{value:.2f}"
-
-    rows = [
-        [
-            str(row["fold"]),
-            f"`{row['detector']}`",
-            str(row["patients"]),
-            str(row["images"]),
-            f"{share(row['per_image_sensitivity'], True)} "
-            f"({row['images_found']}/{row['images_with_lesion']})",
-            share(row["mean_dice_per_image"], False),
-            share(row["false_positives_per_image"], False),
-        ]
-        for row in folds["per_fold"]
-    ]
-    rule = folds["per_fold"][0]["rule"] if folds["per_fold"] else "iou>=0.1"
-    return [
-        "## Folds",
-        "",
-        f"Each fold's detector on its own held-out patients ({rule}; plain values, the "
-        "intervals are those of the pooled tables below).",
-        "",
-        *_table(
-            [
-                "Fold",
-                "Detector",
-                "Patients",
-                "Images",
-                "Per-image sensitivity",
-                "Mean Dice per image",
-                "False positives per image",
-            ],
-            rows,
-        ),
-        "",
-    ]
-
-
-def render_markdown(document: dict[str, Any]) -> str:
-    """``report.md`` from the document of :func:`build_report`."""
-    bundle = document["bundle"]
-    data = document["data"]
-    counts = data["counts"]
-    boot = document["bootstrap"]
-    rules = document["hit_rules"]
-    cv = document.get("cross_validation")
-    title = (
-        f"# Pooled out-of-fold evaluation of {cv['k']} fold detectors (seed {cv['seed']}, "
-        f"{cv['patients']} patients)"
-        if cv
-        else f"# Evaluation of model bundle {bundle.get('name')} {bundle.get('version')}"
-    )
-    lines = [
-        title,
-        "",
-        f"Created {document['created']} by cem-node {document['cem_node_version']}"
-        + (f": `{document['command']}`" if document.get("command") else "."),
-        "",
-        "## What was evaluated",
-        "",
-        *(
-            [
-                f"- **Detectors**: one per fold, from `{cv['folds_dir']}` (each fold's weights, "
-                "input size and keep score); the radiomics model, its settings and the "
-                "thresholds are those of the bundle below (the bundle's own detector is not "
-                "used)."
-            ]
-            if cv
-            else []
-        ),
-        f"- **Bundle**: {bundle.get('name')} version {bundle.get('version')}, manifest sha256 "
-        f"`{bundle.get('sha256')}`; intended use: {bundle.get('intended_use')}"
-        + (f"; **{bundle['disclaimer']}**" if bundle.get("disclaimer") else ""),
-    ]
-    training = bundle.get("training")
-    if isinstance(training, dict):
-        text = "; ".join(f"{k}: {v}" for k, v in training.items() if v not in (None, ""))
-        lines.append(f"- **Training** (from the manifest): {text}")
-    elif training:
-        lines.append(f"- **Training** (from the manifest): {training}")
-    split = data["split"]
-    folds = document.get("cross_validation")
-    split_text = (
-        f"pooled out-of-fold over {folds['k']} patient-level folds (seed {folds['seed']}, "
-        f"`{folds['folds_file']}`): every image is evaluated once, by the detector of the fold "
-        "that held its patient out of training"
-        if folds
-        else "all samples"
-        if split == "all" and not data.get("split_file")
-        else f"the {split} part of the training's split file `{data['split_file']}`"
-        if data.get("split_file")
-        else f"the {split} part of the patient split (seed {data['split_seed']}, fractions "
-        f"{data['split_fractions']}; the training's split only if training used the same "
-        "dataset, seed and fractions)"
-    )
-    lines += [
-        f"- **Data**: `{data['dataset']}`, {split_text}.",
-        f"- **Evaluated**: {counts['patients']} patients ({counts['patients_with_lesion']} with "
-        f"a lesion), {counts['studies']} studies, {counts['images']} images "
-        f"({counts['images_with_lesion']} with a lesion, {counts['images_without_lesion']} "
-        f"without), {counts['lesions']} lesions ({counts['malignant_lesions']} malignant, "
-        f"{counts['benign_lesions']} benign), {counts['detections']} detections.",
-        f"- **Device**: {document['device']}.",
-    ]
-    if data["skipped_samples"]:
-        lines.append(
-            f"- **Samples the dataset left out** ({len(data['skipped_samples'])}): "
-            + "; ".join(data["skipped_samples"][:10])
-            + (" ..." if len(data["skipped_samples"]) > 10 else "")
-        )
-    if data["failures"]:
-        lines.append(
-            f"- **Studies that failed and are NOT in the numbers** ({len(data['failures'])}): "
-            + "; ".join(data["failures"][:10])
-            + (" ..." if len(data["failures"]) > 10 else "")
-        )
-    for note in document["settings_notes"]:
-        lines.append(f"- **Setting override**: {note}")
-    thresholds = document["thresholds"]
-    lines += [
-        "- **Thresholds** (bundle manifest, Youden index on the training predictions; not tuned "
-        "on this data): " + ", ".join(f"{k} {v:g}" for k, v in thresholds.items()) + ".",
-        f"- **Hit rules**: {', '.join(rules)} (mask IoU; one-to-one greedy matching by IoU). "
-        f"Lesion classification with DL masks uses **{document['classification_rule']}**.",
-        f"- **Confidence intervals**: {100 * boot['level']:.0f}% percentile bootstrap, "
-        f"{boot['n_resamples']} resamples of the "
-        + (
-            "patients (each with all its lesions, images and detections)"
-            if boot.get("unit") == "patient"
-            else "cases"
-        )
-        + f", seed {boot['seed']}.",
-        "",
-    ]
-    if folds:
-        lines += _fold_lines(folds)
-    notes = _Footnotes()
-
-    # Table 2
-    lines += ["## Table 2: identification and segmentation", ""]
-    header = ["Level", "Measure", *rules]
-    rows = []
-    for level, title in (
-        ("per_lesion", "Per lesion"),
-        ("per_image", "Per image"),
-        ("per_patient", "Per patient"),
-    ):
-        measures = [
-            ("sensitivity", "Identification sensitivity", True),
-            ("accuracy", "Identification accuracy", True),
-            ("mean_dice", "Mean Dice" + (" (missed = 0)" if level == "per_lesion" else ""), False),
-        ]
-        if level == "per_lesion":
-            measures.append(("mean_dice_hit", "Mean Dice of hit lesions", False))
-        n = document["table2"][rules[0]][level]["n"]
-        for key, name, percent in measures:
-            rows.append(
-                [
-                    f"{title} (n = {n})",
-                    name,
-                    *(notes.cell(document["table2"][r][level][key], percent) for r in rules),
-                ]
-            )
-    for key, name, percent in (
-        ("false_positives_per_image", "False positives per image (all images)", False),
-        ("precision", "Detections that hit a lesion", True),
-        ("clean_rate_without_lesion", "Lesion-free images without detection", True),
-    ):
-        rows.append(
-            [
-                "Detections",
-                name,
-                *(notes.cell(document["false_positives"][r][key], percent) for r in rules),
-            ]
-        )
-    lines += _table(header, rows)
-    lines += [
-        "",
-        "Per-image and per-patient Dice do not depend on the hit rule. Identification "
-        "accuracy: " + DEFINITIONS["identification_accuracy"],
-        "",
-    ]
-
-    # Table 3
-    lines += ["## Table 3: classification (benign vs malignant)", ""]
-    for entry in document["table3"].values():
-        lines += [f"### {entry['title']}", ""]
-        for level in ("lesion", "patient"):
-            block = entry[level]
-            if "same_as" in block:
-                lines += [f"Per patient: {block['reason']}.", ""]
-                continue
-            lines += [
-                f"**Per {level}**: {block['n_cases']} {block['unit']}s "
-                f"({block['n_positive']} positive: {block['positive']}; {block['n_negative']} "
-                f"negative: {block['negative']}). Agreement of the DL and radiomics labels: "
-                f"{notes.cell(block['agreement'], True)}.",
-                "",
-            ]
-            header = ["Model", "n", *(MEASURE_TITLES[k] for k in CLASSIFICATION_MEASURES)]
-            rows = []
-            for model, row in block["rows"].items():
-                rows.append(
-                    [
-                        MODEL_TITLES[model],
-                        str(row["n"]),
-                        *(
-                            notes.cell(row["metrics"][k], k != "auc")
-                            for k in CLASSIFICATION_MEASURES
-                        ),
-                    ]
-                )
-            lines += _table(header, rows)
-            lines.append("")
-            for note in block["notes"]:
-                lines.append(f"- {note}")
-            for model, row in block["rows"].items():
-                excluded = ", ".join(f"{c} {why}" for why, c in row["excluded"].items())
-                lines.append(
-                    f"- {MODEL_TITLES[model]}: label {row['threshold']}"
-                    + (f"; excluded: {excluded}" if excluded else "")
-                )
-            lines.append("")
-
-    if notes.items:
-        lines += ["### Notes to the tables", "", *notes.render(), ""]
-
-    # figures
-    figures = document.get("figures") or {}
-    if figures:
-        lines += ["## Figures", ""]
-        for name, figure in figures.items():
-            lines.append(f"![{name}]({figure['file']})")
-            lines.append("")
-            for note in figure.get("notes", []):
-                lines.append(f"- {note}")
-            lines.append("")
-
-    # paper
-    paper = document["paper"]
-    lines += [
-        "## The paper's headline numbers, for comparison",
-        "",
-        f"Source: {paper['source']}. Ours are on the data above; they compare only on "
-        "comparable data.",
-        "",
-    ]
-    rows = []
-    for item in paper["headline"]:
-        ours = item["ours"]
-        cell = _fmt(ours, item["percent"]) if isinstance(ours, dict) else "—"
-        if isinstance(ours, dict) and ours.get("value") is None:
-            cell = f"n/a: {ours.get('reason')}"
-        rows.append([item["measure"], item["paper"], cell])
-    lines += _table(["Measure", "Paper", "This evaluation"], rows)
-    lines += ["", "## Definitions", ""]
-    for key, text in document["definitions"].items():
-        lines.append(f"- **{key.replace('_', ' ')}**: {text}")
-    if document["notes"]:
-        widened = [note for note in document["notes"] if "binWidth widened" in note]
-        other = [note for note in document["notes"] if "binWidth widened" not in note]
-        lines += ["", "## Analysis notes", ""]
-        if widened:
-            lines.append(
-                f"- radiomics: the grey-level cap widened the bin width {len(widened)} times "
-                "(listed in report.json)"
-            )
-        shown = other[:30]
-        lines += [f"- {note}" for note in shown]
-        if len(other) > len(shown):
-            lines.append(f"- ... and {len(other) - len(shown)} more (report.json)")
-    return "\n".join(lines) + "\n"
 
 
 # --- figures --------------------------------------------------------------------------------
