@@ -47,6 +47,73 @@ def _outline(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return ndimage.binary_dilation(edge)
 
 
+def _draw_header(
+    draw: ImageDraw.ImageDraw,
+    truth: dict[str, Any],
+    font: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+    small: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> None:
+    """The patient, breasts and lesions in a line each, and the disclaimer."""
+    p, s = truth["patient"], truth["study"]
+    breasts = ", ".join(
+        f"{b['laterality']}: density {b['density']}, BPE {b['bpe']}" for b in truth["breasts"]
+    )
+    lesions = (
+        "; ".join(
+            f"{les['lesion_id']} {les['pathology']} {les['morphology']} "
+            f"{les['enhancement']} {les['size_mm']} mm"
+            for les in truth["lesions"]
+        )
+        or "no lesion"
+    )
+    draw.text(
+        (8, 4),
+        f"{p['patient_name']}  age {p['age_years']}  {s['accession_number']}  {breasts}",
+        fill=(230, 230, 230),
+        font=font,
+    )
+    draw.text((8, 22), f"lesions: {lesions}", fill=(230, 230, 230), font=small)
+    draw.text((8, 38), truth["disclaimer"], fill=(250, 160, 60), font=small)
+
+
+def _draw_truth(
+    tile: Image.Image,
+    truth: dict[str, Any],
+    masks: dict[str, np.ndarray],
+    lat: str,
+    view: str,
+    scale: float,
+    small: ImageFont.ImageFont | ImageFont.FreeTypeFont,
+) -> Image.Image:
+    """A copy of one view's tile with its lesion outlines and names and its
+    calcification clusters drawn in; ``scale`` is tile pixels per image pixel."""
+    tile_w = tile.width
+    arr = np.array(tile)
+    for lesion in truth["lesions"]:
+        if lesion["laterality"] != lat or view not in lesion["views"]:
+            continue
+        mask = masks[lesion["views"][view]["mask_png"]]
+        key = "cyst" if lesion["kind"] == "cyst" else lesion["pathology"]
+        arr[_outline(mask, (tile_w, TILE_HEIGHT))] = COLOURS[key]
+    tile = Image.fromarray(arr)
+    tdraw = ImageDraw.Draw(tile)
+    for lesion in truth["lesions"]:
+        if lesion["laterality"] == lat and view in lesion["views"]:
+            x0, y0, _, _ = lesion["views"][view]["bbox_xyxy"]
+            key = "cyst" if lesion["kind"] == "cyst" else lesion["pathology"]
+            tdraw.text(
+                (x0 * scale, max(0, y0 * scale - 14)),
+                lesion["lesion_id"],
+                fill=COLOURS[key],
+                font=small,
+            )
+    for cluster in truth["calcification_clusters"]:
+        if cluster["laterality"] == lat:
+            cx, cy = (v * scale for v in cluster["centre_xy"][view])
+            tdraw.ellipse([cx - 9, cy - 9, cx + 9, cy + 9], outline=CALC_COLOUR, width=2)
+    return tile
+
+
 def write_contact_sheet(
     path: Path,
     truth: dict[str, Any],
@@ -82,26 +149,7 @@ def write_contact_sheet(
     draw = ImageDraw.Draw(sheet)
     font, small = _font(15), _font(12)
 
-    p, s = truth["patient"], truth["study"]
-    breasts = ", ".join(
-        f"{b['laterality']}: density {b['density']}, BPE {b['bpe']}" for b in truth["breasts"]
-    )
-    lesions = (
-        "; ".join(
-            f"{les['lesion_id']} {les['pathology']} {les['morphology']} "
-            f"{les['enhancement']} {les['size_mm']} mm"
-            for les in truth["lesions"]
-        )
-        or "no lesion"
-    )
-    draw.text(
-        (8, 4),
-        f"{p['patient_name']}  age {p['age_years']}  {s['accession_number']}  {breasts}",
-        fill=(230, 230, 230),
-        font=font,
-    )
-    draw.text((8, 22), f"lesions: {lesions}", fill=(230, 230, 230), font=small)
-    draw.text((8, 38), truth["disclaimer"], fill=(250, 160, 60), font=small)
+    _draw_header(draw, truth, font, small)
 
     def place(col: int, row: int, name: str | None, title: str, lat: str, view: str) -> None:
         x = col * tile_w
@@ -120,30 +168,7 @@ def write_contact_sheet(
             )
             return
         tile = _windowed(pixels[name], tile_w, windows[name])
-        arr = np.array(tile)
-        for lesion in truth["lesions"]:
-            if lesion["laterality"] != lat or view not in lesion["views"]:
-                continue
-            mask = masks[lesion["views"][view]["mask_png"]]
-            key = "cyst" if lesion["kind"] == "cyst" else lesion["pathology"]
-            arr[_outline(mask, (tile_w, TILE_HEIGHT))] = COLOURS[key]
-        tile = Image.fromarray(arr)
-        tdraw = ImageDraw.Draw(tile)
-        scale = tile_w / cols
-        for lesion in truth["lesions"]:
-            if lesion["laterality"] == lat and view in lesion["views"]:
-                x0, y0, _, _ = lesion["views"][view]["bbox_xyxy"]
-                key = "cyst" if lesion["kind"] == "cyst" else lesion["pathology"]
-                tdraw.text(
-                    (x0 * scale, max(0, y0 * scale - 14)),
-                    lesion["lesion_id"],
-                    fill=COLOURS[key],
-                    font=small,
-                )
-        for cluster in truth["calcification_clusters"]:
-            if cluster["laterality"] == lat:
-                cx, cy = (v * scale for v in cluster["centre_xy"][view])
-                tdraw.ellipse([cx - 9, cy - 9, cx + 9, cy + 9], outline=CALC_COLOUR, width=2)
+        tile = _draw_truth(tile, truth, masks, lat, view, tile_w / cols, small)
         sheet.paste(tile, (x, y))
 
     for col, (lat, view) in enumerate(ORDER):

@@ -82,18 +82,12 @@ acquisition date/time, and the contrast injection time is the study time.
 from __future__ import annotations
 
 import copy
-import datetime as dt
-import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
 import numpy as np
 from pydicom import Dataset
-from pydicom.dataset import FileMetaDataset
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     UID,
     ExplicitVRLittleEndian,
@@ -102,7 +96,45 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from cem_node import __version__
+from cem_node.synthetic.dicom_checks import (
+    _age_at,
+    _check_choice,
+    _check_date,
+    _check_int,
+    _check_number,
+    _check_person_name,
+    _check_pixels,
+    _check_text,
+    _check_time,
+    _check_uid,
+)
+from cem_node.synthetic.dicom_modules import (
+    add_contrast_bolus,
+    add_detector_and_exposure,
+    add_gems_private_block,
+    add_general_image,
+    add_image_pixel_and_voi,
+    add_mammography_image,
+    add_patient_and_study,
+    add_series_and_equipment,
+    file_meta,
+)
+from cem_node.synthetic.dicom_vocabulary import (
+    _ANODES,
+    _FILTERS,
+    _HIGH_ENERGY_MIN_KVP,
+    _IMAGE_TYPES,
+    _ORIENTATIONS,
+    DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION,
+    DIGITAL_MAMMOGRAPHY_FOR_PROCESSING,
+    DISCLAIMER,
+    HIGH_ENERGY_FILTERS,
+    IMPLEMENTATION_CLASS_UID,
+    IMPLEMENTATION_VERSION_NAME,
+    VENDOR_STYLES,
+    VendorName,
+    VendorStyle,
+)
 
 __all__ = [
     "DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION",
@@ -126,17 +158,6 @@ __all__ = [
     "write_mg_image",
 ]
 
-#: Digital Mammography X-Ray Image Storage - For Presentation.
-DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION = UID("1.2.840.10008.5.1.4.1.1.1.2")
-#: Digital Mammography X-Ray Image Storage - For Processing.
-DIGITAL_MAMMOGRAPHY_FOR_PROCESSING = UID("1.2.840.10008.5.1.4.1.1.1.2.1")
-#: Fixed UID under pydicom's root, made once from the entropy "cem-node" and
-#: "ImplementationClassUID" (a constant keeps the files deterministic).
-IMPLEMENTATION_CLASS_UID = UID("1.2.826.0.1.3680043.8.498.74066020914533676164413809874428842274")
-#: "CEM_NODE_010" for version 0.1.0 (SH: at most 16 characters).
-IMPLEMENTATION_VERSION_NAME = ("CEM_NODE_" + re.sub(r"[^0-9A-Za-z]", "", __version__))[:16]
-DISCLAIMER = "SYNTHETIC PHANTOM - NOT PATIENT DATA"
-
 TransferSyntaxName = Literal["explicit", "jpeg2000", "jpegls", "rle"]
 ImageKind = Literal["low_energy", "recombined", "non_contrast"]
 
@@ -148,198 +169,6 @@ TRANSFER_SYNTAX_UIDS: dict[str, UID] = {
 }
 # pydicom's own RLE encoder takes ~1 s on a full mammogram, pylibjpeg-rle ~0.1 s
 _ENCODING_PLUGINS = {"jpeg2000": "pylibjpeg", "jpegls": "pyjpegls", "rle": "pylibjpeg"}
-
-# Equipment identity (clearly synthetic where it identifies a site)
-_MANUFACTURER = "GE Healthcare"
-_MODEL = "Senographe Pristina"
-_INSTITUTION = "SYNTHETIC PHANTOM HOSPITAL"
-_STATION = "SYNTHMAMMO01"
-_DEVICE_SERIAL = "SYN000001"
-_DETECTOR_ID = "SYNDET0001"
-_SOFTWARE_VERSIONS = ["SYNTH_SENOBRIGHT_1.0", f"cem-node {__version__}"]
-_SOURCE_TO_DETECTOR_MM = 660.0
-_FOCAL_SPOT_MM = 0.3
-_PRIVATE_CREATOR = "GEMS_SENO_02"
-
-# Contrast agent (Iohexol 350 mgI/ml, 1.5 ml/kg IV, one injection per study)
-_AGENT_NAME = "IOHEXOL 350 MGI/ML"
-_AGENT_CONCENTRATION_MG_PER_ML = 350
-_AGENT_DOSE_ML_PER_KG = 1.5
-_AGENT_MAX_ML = 150.0
-
-# (code value, coding scheme, code meaning)
-_CodeTuple = tuple[str, str, str]
-_VIEW_CODES: dict[str, _CodeTuple] = {
-    "CC": ("399162004", "SCT", "cranio-caudal"),
-    "MLO": ("399368009", "SCT", "medio-lateral oblique"),
-}
-# the SNOMED-RT codes of the same views in editions of PS3.16 before SCT
-_OLD_VIEW_CODES: dict[str, _CodeTuple] = {
-    "CC": ("R-10242", "SRT", "cranio-caudal"),
-    "MLO": ("R-10226", "SRT", "medio-lateral oblique"),
-}
-_BREAST: _CodeTuple = ("76752008", "SCT", "Breast")
-_IOHEXOL: _CodeTuple = ("109218004", "SCT", "Iohexol")
-_INTRAVENOUS: _CodeTuple = ("47625008", "SCT", "Intravenous route")
-_MULTI_ENERGY: _CodeTuple = ("113097", "DCM", "Multi-energy proportional weighting")
-
-_ORIENTATIONS: dict[tuple[str, str], tuple[str, str]] = {
-    ("L", "CC"): ("A", "R"),
-    ("R", "CC"): ("P", "L"),
-    ("L", "MLO"): ("A", "F"),
-    ("R", "MLO"): ("P", "F"),
-}
-_IMAGE_TYPES: dict[str, tuple[str, ...]] = {
-    "low_energy": ("ORIGINAL", "PRIMARY", "", "", "LOW_ENERGY"),
-    "recombined": ("DERIVED", "PRIMARY", "", "SUBTRACTION", ""),
-    "non_contrast": ("ORIGINAL", "PRIMARY", ""),
-}
-# Acquisition Device Processing Code of GE images (seen in real SenoBright data)
-_PROCESSING_CODES = {
-    "low_energy": "GEMS_FFDM_PV",
-    "recombined": "GEMS_CESM_1",
-    "non_contrast": "GEMS_FFDM_PV",
-}
-
-# DICOM Defined Terms (PS3.3 C.8.7.8/C.8.7.10), plus SILVER and TITANIUM: Ag
-# filters are used for low-energy CEM exposures, Ti for Siemens' high-energy
-# ones (TiCEM), and neither is a Defined Term.
-_ANODES = frozenset({"TUNGSTEN", "MOLYBDENUM", "RHODIUM"})
-_FILTERS = frozenset(
-    {
-        "MOLYBDENUM",
-        "ALUMINUM",
-        "COPPER",
-        "RHODIUM",
-        "NIOBIUM",
-        "EUROPIUM",
-        "LEAD",
-        "SILVER",
-        "TITANIUM",
-    }
-)
-#: Filters of a high-energy exposure.
-HIGH_ENERGY_FILTERS = frozenset({"COPPER", "TITANIUM"})
-# nominal filter thicknesses of a mammography unit, in mm
-_FILTER_THICKNESS_MM = {
-    "MOLYBDENUM": 0.03,
-    "RHODIUM": 0.025,
-    "SILVER": 0.03,
-    "ALUMINUM": 0.5,
-    "COPPER": 0.3,
-    "TITANIUM": 0.3,
-}
-_HIGH_ENERGY_MIN_KVP = 40.0
-
-VendorName = Literal["standard", "ge", "hologic", "siemens", "fujifilm"]
-_STANDARD_IMAGE_TYPES = _IMAGE_TYPES
-
-
-@dataclass(frozen=True)
-class VendorStyle:
-    """How one vendor's CEM images look, as far as docs/VENDORS.md confirms it.
-
-    Parameters
-    ----------
-    name: str
-        ``standard``, ``ge``, ``hologic``, ``siemens`` or ``fujifilm``.
-    manufacturer, model: str
-        Manufacturer and Manufacturer's Model Name.
-    image_types: Mapping[str, tuple[str, ...]]
-        Image Type (0008,0008) per image kind.
-    processing_codes: Mapping[str, str]
-        Acquisition Device Processing Code per image kind (none when absent).
-    gems_block: bool
-        Write GE's private block GEMS_SENO_02 (group 0045).
-    high_energy_filter: str
-        Filter of the high-energy exposure a recombined image records.
-    source_to_detector_mm: float
-        Distance Source to Detector.
-    detector_type: str
-        Detector Type (DIRECT or SCINTILLATOR).
-    series_layout: {"by_kind", "one_series"}
-        One series per image kind, or the low-energy and recombined images of
-        the examination in one series (a synthetic choice, not a vendor fact).
-    """
-
-    name: str
-    manufacturer: str
-    model: str
-    software_versions: tuple[str, ...]
-    image_types: Mapping[str, tuple[str, ...]]
-    processing_codes: Mapping[str, str] = field(default_factory=dict)
-    gems_block: bool = False
-    high_energy_filter: str = "COPPER"
-    source_to_detector_mm: float = _SOURCE_TO_DETECTOR_MM
-    detector_type: str = "SCINTILLATOR"
-    series_layout: Literal["by_kind", "one_series"] = "by_kind"
-
-
-_SYNTH_VERSION = f"cem-node {__version__}"
-#: The styles of ``cem-node synth --vendor`` (docs/VENDORS.md gives the sources).
-VENDOR_STYLES: dict[str, VendorStyle] = {
-    s.name: s
-    for s in (
-        # the phantom's original style: the standard's Image Type values, GE names
-        VendorStyle(
-            "standard",
-            _MANUFACTURER,
-            _MODEL,
-            tuple(_SOFTWARE_VERSIONS),
-            _STANDARD_IMAGE_TYPES,
-            _PROCESSING_CODES,
-            gems_block=True,
-        ),
-        # GE SenoBright: energy in Image Type value 4, GEMS processing codes
-        VendorStyle(
-            "ge",
-            "GE MEDICAL SYSTEMS",
-            "Senographe Pristina",
-            ("SYNTH_SENOBRIGHT_1.0", _SYNTH_VERSION),
-            {
-                "low_energy": ("ORIGINAL", "PRIMARY", "", "LOW_ENERGY"),
-                "recombined": ("DERIVED", "PRIMARY", "", "RECOMBINED"),
-                "non_contrast": ("ORIGINAL", "PRIMARY", ""),
-            },
-            _PROCESSING_CODES,
-            gems_block=True,
-        ),
-        VendorStyle(
-            "hologic",
-            "HOLOGIC, Inc.",
-            "Selenia Dimensions",
-            ("SYNTH_AWS_1.0", _SYNTH_VERSION),
-            _STANDARD_IMAGE_TYPES,
-            source_to_detector_mm=700.0,
-            detector_type="DIRECT",
-            series_layout="one_series",
-        ),
-        VendorStyle(
-            "siemens",
-            "SIEMENS",
-            "MAMMOMAT Revelation",
-            ("SYNTH_VB_1.0", _SYNTH_VERSION),
-            _STANDARD_IMAGE_TYPES,
-            high_energy_filter="TITANIUM",
-            # a-Se, direct conversion (Siemens' MAMMOMAT detector, docs/VENDORS.md)
-            detector_type="DIRECT",
-        ),
-        VendorStyle(
-            "fujifilm",
-            "FUJIFILM Corporation",
-            "AMULET Innovality",
-            ("SYNTH_AWS_1.0", _SYNTH_VERSION),
-            _STANDARD_IMAGE_TYPES,
-            # a-Se, direct conversion with optical readout (AMULET, docs/VENDORS.md)
-            detector_type="DIRECT",
-            series_layout="one_series",
-        ),
-    )
-}
-
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-_DATE_RE = re.compile(r"^\d{8}$")
-_TIME_RE = re.compile(r"^(\d{2})(\d{2})(\d{2})(\.\d{1,6})?$")
 
 
 @dataclass(frozen=True)
@@ -561,113 +390,6 @@ def patient_orientation_for(laterality: str, view: str) -> tuple[str, str]:
 # --- input checks -------------------------------------------------------------
 
 
-def _check_text(name: str, value: object, max_len: int, *, empty_ok: bool = False) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-    if not value and not empty_ok:
-        raise ValueError(f"{name} must not be empty")
-    if len(value) > max_len:
-        raise ValueError(
-            f"{name} must have at most {max_len} characters, got {len(value)}: {value!r}"
-        )
-    if "\\" in value or any(ord(c) < 32 for c in value):
-        raise ValueError(f"{name} must not contain a backslash or control characters: {value!r}")
-    try:
-        value.encode("iso8859-1")
-    except UnicodeEncodeError:
-        raise ValueError(f"{name} must be encodable as ISO_IR 100 (Latin-1): {value!r}") from None
-    return value
-
-
-def _check_uid(name: str, value: object) -> UID:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
-    if len(value) > 64 or not _UID_RE.match(value):
-        raise ValueError(
-            f"{name} is not a valid UID (dot-separated numbers without leading zeros, "
-            f"at most 64 characters): {value!r}"
-        )
-    return UID(value)
-
-
-def _check_date(name: str, value: object) -> dt.date:
-    if not isinstance(value, str) or not _DATE_RE.match(value):
-        raise ValueError(f"{name} must be a date string YYYYMMDD, got {value!r}")
-    try:
-        return dt.datetime.strptime(value, "%Y%m%d").date()
-    except ValueError:
-        raise ValueError(f"{name} is not a valid calendar date: {value!r}") from None
-
-
-def _check_time(name: str, value: object) -> str:
-    match = _TIME_RE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"{name} must be a time string HHMMSS or HHMMSS.ffffff, got {value!r}")
-    hours, minutes, seconds = (int(g) for g in match.groups()[:3])
-    if hours > 23 or minutes > 59 or seconds > 59:
-        raise ValueError(f"{name} is not a valid time of day: {value!r}")
-    return value
-
-
-def _check_number(name: str, value: object, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
-        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if not math.isfinite(number) or not low <= number <= high:
-        raise ValueError(f"{name} must be between {low:g} and {high:g}, got {value!r}")
-    return number
-
-
-def _check_int(name: str, value: object, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if not low <= int(value) <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {value!r}")
-    return int(value)
-
-
-def _check_choice(name: str, value: object, choices: frozenset[str] | tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {sorted(choices)}, got {value!r}")
-    return str(value)
-
-
-def _check_person_name(name: str, value: object) -> str:
-    text = _check_text(name, value, 5 * 64 + 4)
-    parts = text.split("^")
-    if len(parts) > 5 or any(len(p) > 64 for p in parts) or "=" in text:
-        raise ValueError(
-            f"{name} must be a single-group DICOM person name with at most 5 '^'-separated "
-            f"components of at most 64 characters each, got {value!r}"
-        )
-    return text
-
-
-def _age_at(birth: dt.date, day: dt.date) -> int:
-    return day.year - birth.year - ((day.month, day.day) < (birth.month, birth.day))
-
-
-def _check_pixels(pixels: object, bits_stored: int) -> np.ndarray:
-    if not isinstance(pixels, np.ndarray):
-        raise TypeError(f"pixels must be a numpy.ndarray, got {type(pixels).__name__}")
-    if pixels.dtype != np.dtype("<u2") and pixels.dtype != np.dtype("=u2"):
-        raise ValueError(
-            f"pixels must have dtype uint16 (native little endian), got {pixels.dtype}"
-        )
-    if pixels.ndim != 2:
-        raise ValueError(f"pixels must be 2D (rows, columns), got shape {pixels.shape}")
-    rows, cols = pixels.shape
-    if not (1 <= rows <= 65535 and 1 <= cols <= 65535):
-        raise ValueError(f"pixels must have 1 to 65535 rows and columns, got shape {pixels.shape}")
-    top = int(pixels.max())
-    if top >= 1 << bits_stored:
-        raise ValueError(
-            f"pixel values must be below 2**bits_stored = {1 << bits_stored} "
-            f"(bits_stored={bits_stored}), got a maximum of {top}"
-        )
-    return np.ascontiguousarray(pixels)
-
-
 def _check_acquisition(acq: AcquisitionInfo) -> None:
     if not isinstance(acq, AcquisitionInfo):
         raise TypeError(f"acquisition must be an AcquisitionInfo, got {type(acq).__name__}")
@@ -738,24 +460,35 @@ def _check_acquisition(acq: AcquisitionInfo) -> None:
         )
 
 
-# --- value formatting ---------------------------------------------------------
-
-
-def _ds(value: float, places: int = 2) -> str:
-    """Format a number as a Decimal String of at most 16 characters."""
-    text = f"{value:.{places}f}"
-    if "." in text:
-        text = text.rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
-
-
-def _code(code: _CodeTuple) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = code
-    return item
-
-
 # --- the dataset --------------------------------------------------------------
+
+
+def _check_patient_and_study(patient: PatientInfo, study: StudyInfo) -> tuple[int, float]:
+    """Check the patient and the study; return the patient's age and weight."""
+    _check_text("patient.patient_id", patient.patient_id, 64)
+    _check_person_name("patient.patient_name", patient.patient_name)
+    birth = _check_date("patient.birth_date", patient.birth_date)
+    age = _check_int("patient.age_years", patient.age_years, 0, 150)
+    _check_choice("patient.sex", patient.sex, ("F", "M", "O"))
+    weight = _check_number("patient.weight_kg", patient.weight_kg, 1.0, 400.0)
+    _check_uid("study.study_instance_uid", study.study_instance_uid)
+    _check_text("study.study_id", study.study_id, 16, empty_ok=True)
+    _check_text("study.accession_number", study.accession_number, 16, empty_ok=True)
+    study_day = _check_date("study.study_date", study.study_date)
+    _check_time("study.study_time", study.study_time)
+    _check_text("study.description", study.description, 64, empty_ok=True)
+    if birth > study_day:
+        raise ValueError(
+            f"patient.birth_date {patient.birth_date} is after study.study_date {study.study_date}"
+        )
+    # a modality computes the age from the birth date; allow a year for rounding
+    real_age = _age_at(birth, study_day)
+    if abs(real_age - age) > 1:
+        raise ValueError(
+            f"patient.age_years={age} does not match birth_date {patient.birth_date} "
+            f"at study_date {study.study_date} (age {real_age})"
+        )
+    return age, weight
 
 
 def build_mg_dataset(
@@ -817,199 +550,20 @@ def build_mg_dataset(
         if acq.for_processing
         else DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
     )
+    age, weight = _check_patient_and_study(patient, study)
 
-    _check_text("patient.patient_id", patient.patient_id, 64)
-    _check_person_name("patient.patient_name", patient.patient_name)
-    birth = _check_date("patient.birth_date", patient.birth_date)
-    age = _check_int("patient.age_years", patient.age_years, 0, 150)
-    _check_choice("patient.sex", patient.sex, ("F", "M", "O"))
-    weight = _check_number("patient.weight_kg", patient.weight_kg, 1.0, 400.0)
-    _check_uid("study.study_instance_uid", study.study_instance_uid)
-    _check_text("study.study_id", study.study_id, 16, empty_ok=True)
-    _check_text("study.accession_number", study.accession_number, 16, empty_ok=True)
-    study_day = _check_date("study.study_date", study.study_date)
-    _check_time("study.study_time", study.study_time)
-    _check_text("study.description", study.description, 64, empty_ok=True)
-    if birth > study_day:
-        raise ValueError(
-            f"patient.birth_date {patient.birth_date} is after study.study_date {study.study_date}"
-        )
-    # a modality computes the age from the birth date; allow a year for rounding
-    real_age = _age_at(birth, study_day)
-    if abs(real_age - age) > 1:
-        raise ValueError(
-            f"patient.age_years={age} does not match birth_date {patient.birth_date} "
-            f"at study_date {study.study_date} (age {real_age})"
-        )
-
-    rows, cols = pixels.shape
+    # one call per group of modules (cem_node.synthetic.dicom_modules)
     ds = Dataset()
-
-    # SOP Common
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = acq.sop_instance_uid
-    # Patient (+ Patient Study)
-    ds.PatientName = patient.patient_name
-    ds.PatientID = patient.patient_id
-    ds.PatientBirthDate = patient.birth_date
-    ds.PatientSex = patient.sex
-    ds.PatientAge = f"{age:03d}Y"
-    ds.PatientWeight = _ds(weight, 1)
-    # General Study
-    ds.StudyInstanceUID = study.study_instance_uid
-    ds.StudyDate = study.study_date
-    ds.StudyTime = study.study_time
-    ds.ReferringPhysicianName = ""
-    ds.StudyID = study.study_id
-    ds.AccessionNumber = study.accession_number
-    ds.StudyDescription = study.description
-    # General Series, DX Series, Mammography Series
-    ds.Modality = "MG"
-    ds.SeriesInstanceUID = acq.series_instance_uid
-    ds.SeriesNumber = acq.series_number
-    ds.SeriesDescription = acq.series_description
-    ds.BodyPartExamined = "BREAST"
-    ds.PresentationIntentType = "FOR PROCESSING" if acq.for_processing else "FOR PRESENTATION"
-    # Frame of Reference: images taken without releasing compression
-    if acq.frame_of_reference_uid is not None:
-        ds.FrameOfReferenceUID = acq.frame_of_reference_uid
-        ds.PositionReferenceIndicator = ""
-    # General Equipment
-    ds.Manufacturer = style.manufacturer
-    ds.InstitutionName = _INSTITUTION
-    ds.StationName = _STATION
-    ds.ManufacturerModelName = style.model
-    ds.DeviceSerialNumber = _DEVICE_SERIAL
-    ds.SoftwareVersions = list(style.software_versions)
-    # General Image, DX Image
-    ds.ImageType = list(style.image_types[acq.kind])
-    ds.InstanceNumber = acq.instance_number
-    ds.PatientOrientation = list(_ORIENTATIONS[(acq.laterality, acq.view)])
-    ds.ContentDate = acq.acquisition_date
-    ds.ContentTime = acq.acquisition_time
-    ds.AcquisitionDate = acq.acquisition_date
-    ds.AcquisitionTime = acq.acquisition_time
-    ds.ImageComments = DISCLAIMER
-    if acq.kind == "recombined":
-        ds.DerivationDescription = (
-            "Recombined image: weighted subtraction of the logarithms of the low- and "
-            f"high-energy exposures (iodine image). {DISCLAIMER}"
-        )
-        ds.DerivationCodeSequence = Sequence([_code(_MULTI_ENERGY)])
-        if acq.source_sop_instance_uids:
-            refs = []
-            for uid in acq.source_sop_instance_uids:
-                ref = Dataset()
-                ref.ReferencedSOPClassUID = DIGITAL_MAMMOGRAPHY_FOR_PRESENTATION
-                ref.ReferencedSOPInstanceUID = uid
-                refs.append(ref)
-            ds.SourceImageSequence = Sequence(refs)
-    if acq.kind in style.processing_codes:
-        ds.AcquisitionDeviceProcessingCode = style.processing_codes[acq.kind]
-    ds.BurnedInAnnotation = "NO"
-    ds.RecognizableVisualFeatures = "NO"
-    ds.LossyImageCompression = "00"
-    ds.PresentationLUTShape = "IDENTITY"
-    # Image Pixel
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.Rows = rows
-    ds.Columns = cols
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelIntensityRelationship = "LOG"
-    # higher values = less X-ray intensity (bright dense tissue)
-    ds.PixelIntensityRelationshipSign = -1
-    ds.RescaleIntercept = "0"
-    ds.RescaleSlope = "1"
-    ds.RescaleType = "US"
-    # VOI LUT (For Presentation images only)
-    if not acq.for_processing:
-        ds.WindowCenter = _ds(acq.window_center, 1)
-        ds.WindowWidth = _ds(acq.window_width, 1)
-        ds.WindowCenterWidthExplanation = "NORMAL"
-        # LINEAR is the meaning when the attribute is absent; written only for
-        # SIGMOID (OHIF 3.13 cannot display an image that carries VOI LUT Function)
-        if acq.voi_lut_function != "LINEAR":
-            ds.VOILUTFunction = acq.voi_lut_function
-    # Contrast/Bolus: one injection per study, at the study time
-    if acq.kind != "non_contrast":
-        volume = min(_AGENT_DOSE_ML_PER_KG * weight, _AGENT_MAX_ML)
-        ds.ContrastBolusAgent = _AGENT_NAME
-        ds.ContrastBolusAgentSequence = Sequence([_code(_IOHEXOL)])
-        ds.ContrastBolusRoute = "IV"
-        ds.ContrastBolusAdministrationRouteSequence = Sequence([_code(_INTRAVENOUS)])
-        ds.ContrastBolusVolume = _ds(volume, 1)
-        ds.ContrastBolusStartTime = study.study_time
-        ds.ContrastBolusTotalDose = _ds(volume, 1)
-        ds.ContrastBolusIngredient = "IODINE"
-        ds.ContrastBolusIngredientConcentration = str(_AGENT_CONCENTRATION_MG_PER_ML)
-    # DX Anatomy Imaged, Mammography Image
-    ds.ImageLaterality = acq.laterality
-    ds.AnatomicRegionSequence = Sequence([_code(_BREAST)])
-    ds.OrganExposed = "BREAST"
-    ds.BreastImplantPresent = "NO"
-    ds.PartialView = "NO"
-    ds.PositionerType = "MAMMOGRAPHIC"
-    if not acq.old_view_codes:
-        ds.ViewPosition = acq.view
-    view_item = _code((_OLD_VIEW_CODES if acq.old_view_codes else _VIEW_CODES)[acq.view])
-    view_item.ViewModifierCodeSequence = Sequence()
-    ds.ViewCodeSequence = Sequence([view_item])
-    ds.PositionerPrimaryAngle = _ds(acq.positioner_primary_angle_deg, 1)
-    ds.PositionerSecondaryAngle = "0"
-    ds.DistanceSourceToDetector = _ds(style.source_to_detector_mm)
-    ds.BodyPartThickness = _ds(acq.compressed_thickness_mm, 1)
-    ds.CompressionForce = _ds(acq.compression_force_n, 1)
-    # DX Detector
-    ds.DetectorType = style.detector_type
-    ds.DetectorConfiguration = "AREA"
-    ds.DetectorID = _DETECTOR_ID
-    ds.DetectorElementSpacing = [_ds(spacing, 4), _ds(spacing, 4)]
-    ds.ImagerPixelSpacing = [_ds(spacing, 4), _ds(spacing, 4)]
-    # X-Ray Acquisition Dose, Generation, Filtration, Grid
-    ds.KVP = _ds(acq.kvp, 1)
-    ds.XRayTubeCurrent = acq.tube_current_ma
-    ds.ExposureTime = acq.exposure_time_ms
-    ds.Exposure = max(1, round(acq.exposure_mas))
-    ds.ExposureInuAs = round(acq.exposure_mas * 1000)
-    # a detector-signal index; kept simple and deterministic
-    ds.RelativeXRayExposure = max(1, round(acq.exposure_mas * acq.kvp / 10))
-    ds.EntranceDoseInmGy = _ds(acq.entrance_dose_mgy, 3)
-    ds.OrganDose = _ds(acq.organ_dose_mgy / 100.0, 5)  # Organ Dose is in dGy
-    ds.ExposureControlMode = "AUTOMATIC"
-    ds.FocalSpots = _ds(_FOCAL_SPOT_MM, 1)
-    ds.AnodeTargetMaterial = acq.anode
-    ds.FilterMaterial = acq.filter_material
-    thickness = _FILTER_THICKNESS_MM.get(acq.filter_material)
-    if thickness is not None:
-        ds.FilterThicknessMinimum = _ds(thickness, 3)
-        ds.FilterThicknessMaximum = _ds(thickness, 3)
-    ds.Grid = "RECIPROCATING"
-    # Acquisition Context (Type 2: present, empty)
-    ds.AcquisitionContextSequence = Sequence()
-
-    # A small vendor block, as real Senographe images carry one; only
-    # elements whose VR pydicom, dcmtk and dicom3tools agree on
-    if style.gems_block:
-        block = ds.private_block(0x0045, _PRIVATE_CREATOR, create=True)
-        block.add_new(0x14, "DS", _ds(spacing * 1000, 1))  # Pixel Pitch Microns
-        block.add_new(0x15, "IS", bits_stored)  # Pixel Depth Bits
-        if not acq.for_processing:  # Windowing parameters
-            block.add_new(0x29, "DS", [ds.WindowCenter, ds.WindowWidth])
-
+    add_patient_and_study(ds, sop_class, patient, study, acq, age=age, weight=weight)
+    add_series_and_equipment(ds, acq, style)
+    add_general_image(ds, acq, style)
+    add_image_pixel_and_voi(ds, pixels.shape, bits_stored, acq)
+    add_contrast_bolus(ds, acq, study, weight=weight)
+    add_mammography_image(ds, acq, style)
+    add_detector_and_exposure(ds, acq, style, spacing)
+    add_gems_private_block(ds, acq, style, spacing, bits_stored)
     ds.PixelData = pixels.astype("<u2", copy=False).tobytes()
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = sop_class
-    meta.MediaStorageSOPInstanceUID = acq.sop_instance_uid
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    meta.ImplementationClassUID = IMPLEMENTATION_CLASS_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+    ds.file_meta = file_meta(sop_class, acq.sop_instance_uid)
     return ds
 
 

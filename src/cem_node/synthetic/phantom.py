@@ -95,6 +95,52 @@ def _vessels(shape: BreastShape, grid: Grid, rng: np.random.Generator) -> np.nda
     return ndimage.gaussian_filter(np.asarray(canvas), 0.7)
 
 
+def _add_lesions(
+    out: RenderedView,
+    breast: BreastSpec,
+    shape: BreastShape,
+    grid: Grid,
+    rng: np.random.Generator,
+    path: np.ndarray,
+) -> None:
+    """Add the breast's lesions and calcifications to ``out.le`` and ``out.rc``
+    (in place, within ``out.breast``) and record their masks and centres."""
+    le, rc, inside = out.le, out.rc, out.breast
+    for spec in breast.lesions:
+        raster = render_lesion(spec, shape, grid, rng)
+        rows = slice(raster.row0, raster.row0 + raster.mask.shape[0])
+        cols = slice(raster.col0, raster.col0 + raster.mask.shape[1])
+        local = inside[rows, cols]
+        le[rows, cols] += raster.le * local * np.sqrt(path[rows, cols])
+        rc[rows, cols] += raster.rc * local
+        mask = np.zeros(grid.shape, dtype=bool)
+        mask[rows, cols] = raster.mask & local
+        out.lesion_masks[spec.lesion_id] = mask
+    for cluster in breast.calcifications:
+        out.calcification_centres[cluster.cluster_id] = draw_calcifications(
+            le, cluster, shape, grid, amplitude=0.3 if cluster.form == "pleomorphic" else 0.22
+        )
+
+
+def _add_nipple_marker(
+    le: np.ndarray, rc: np.ndarray, inside: np.ndarray, shape: BreastShape, grid: Grid
+) -> None:
+    """Draw a metal skin marker (BB) on the nipple, in place: bright in LE,
+    still visible in RC, and part of the breast mask."""
+    px = grid.pixel_mm
+    ny, nx = shape.nipple_y_mm, shape.depth_mm + 0.25 * shape.nipple_radius_mm
+    r = 1.6
+    rr = slice(max(0, int((ny - 2 * r) / px)), int((ny + 2 * r) / px) + 1)
+    cc = slice(max(0, int((nx - 2 * r) / px)), min(grid.cols, int((nx + 2 * r) / px) + 1))
+    yy = (np.arange(rr.start, rr.stop, dtype=np.float32)[:, None] + 0.5) * px - ny
+    xx = (np.arange(cc.start, cc.stop, dtype=np.float32)[None, :] + 0.5) * px - nx
+    ball = smoothstep((r - np.hypot(yy, xx)) / 0.3 + 0.5)
+    le[rr, cc] = np.maximum(le[rr, cc], 0.95 * ball)
+    rc[rr, cc] = np.maximum(rc[rr, cc], 0.8 * ball)
+    inside_marker = ball > 0.5
+    inside[rr, cc] |= inside_marker
+
+
 def render_view(
     breast: BreastSpec, view: View, grid: Grid, rng: np.random.Generator
 ) -> RenderedView:
@@ -153,34 +199,9 @@ def render_view(
     rc += 0.035 * vessels + 0.015 * muscle
 
     out = RenderedView(le=le, rc=rc, breast=inside)
-    for spec in breast.lesions:
-        raster = render_lesion(spec, shape, grid, rng)
-        rows = slice(raster.row0, raster.row0 + raster.mask.shape[0])
-        cols = slice(raster.col0, raster.col0 + raster.mask.shape[1])
-        local = inside[rows, cols]
-        le[rows, cols] += raster.le * local * np.sqrt(path[rows, cols])
-        rc[rows, cols] += raster.rc * local
-        mask = np.zeros(grid.shape, dtype=bool)
-        mask[rows, cols] = raster.mask & local
-        out.lesion_masks[spec.lesion_id] = mask
-    for cluster in breast.calcifications:
-        out.calcification_centres[cluster.cluster_id] = draw_calcifications(
-            le, cluster, shape, grid, amplitude=0.3 if cluster.form == "pleomorphic" else 0.22
-        )
-
+    _add_lesions(out, breast, shape, grid, rng, path)
     if breast.nipple_marker:
-        # a metal skin marker (BB) on the nipple: bright in LE, still visible in RC
-        ny, nx = shape.nipple_y_mm, shape.depth_mm + 0.25 * shape.nipple_radius_mm
-        r = 1.6
-        rr = slice(max(0, int((ny - 2 * r) / px)), int((ny + 2 * r) / px) + 1)
-        cc = slice(max(0, int((nx - 2 * r) / px)), min(grid.cols, int((nx + 2 * r) / px) + 1))
-        yy = (np.arange(rr.start, rr.stop, dtype=np.float32)[:, None] + 0.5) * px - ny
-        xx = (np.arange(cc.start, cc.stop, dtype=np.float32)[None, :] + 0.5) * px - nx
-        ball = smoothstep((r - np.hypot(yy, xx)) / 0.3 + 0.5)
-        le[rr, cc] = np.maximum(le[rr, cc], 0.95 * ball)
-        rc[rr, cc] = np.maximum(rc[rr, cc], 0.8 * ball)
-        inside_marker = ball > 0.5
-        inside[rr, cc] |= inside_marker
+        _add_nipple_marker(le, rc, inside, shape, grid)
 
     noise = rng.standard_normal(grid.shape, dtype=np.float32)
     le += noise * (0.007 + 0.006 * dense)

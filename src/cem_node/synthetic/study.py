@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
 from pydicom.uid import generate_uid
 
 from cem_node import __version__
@@ -37,8 +36,10 @@ from cem_node.synthetic.dicom_writer import (
     StudyInfo,
     TransferSyntaxName,
     VendorName,
+    VendorStyle,
     write_mg_image,
 )
+from cem_node.synthetic.ground_truth import clusters_truth, lesions_truth
 from cem_node.synthetic.lesions import (
     CalcificationCluster,
     LesionSpec,
@@ -304,6 +305,24 @@ class _Image:
     for_processing: bool = False
 
 
+@dataclass(frozen=True)
+class _StudyContext:
+    """What every image and the ground truth of one study are made with."""
+
+    study_dir: Path
+    seed: int
+    index: int
+    options: SynthOptions
+    grid: Grid
+    bits: int
+    rng: np.random.Generator
+    patient: PatientInfo
+    study: StudyInfo
+
+    def uid(self, *parts: object) -> str:
+        return _uid(self.seed, self.index, *parts)
+
+
 def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) -> Path:
     """Generate one study into ``out_dir/study-NNNN`` and return that folder.
 
@@ -321,6 +340,28 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     (study_dir / "dicom").mkdir(parents=True, exist_ok=True)
     (study_dir / "masks").mkdir(exist_ok=True)
 
+    # every draw from rng happens in the same order for the same seed: the
+    # helpers below are called in the order the draws were always made
+    patient, study, start = _sample_patient_and_study(rng, seed, index)
+    breasts = _sample_breasts(rng, patient.age_years, options)
+    bits = int(rng.choice([12, 14]))
+    ctx = _StudyContext(study_dir, seed, index, options, grid, bits, rng, patient, study)
+    rendered, images = _acquire(ctx, breasts, style, start)
+
+    masks: dict[str, np.ndarray] = {}
+    truth = _ground_truth(ctx, breasts, rendered, images, masks)
+    (study_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
+    write_contact_sheet(
+        study_dir / "contact_sheet.png", truth, {i.file.name: i.pixels for i in images}, masks
+    )
+    return study_dir
+
+
+def _sample_patient_and_study(
+    rng: np.random.Generator, seed: int, index: int
+) -> tuple[PatientInfo, StudyInfo, dt.datetime]:
+    """Draw the patient's age and the study's date and time; return the
+    patient, the study and the time it starts."""
     age = _sample_age(rng)
     study_day = dt.date(2025, 1, 6) + dt.timedelta(days=int(rng.integers(0, 700)))
     birth = study_day - dt.timedelta(days=int(age * 365.25 + rng.integers(0, 360)))
@@ -340,6 +381,13 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
         study_date=start.strftime("%Y%m%d"),
         study_time=start.strftime("%H%M%S"),
     )
+    return patient, study, start
+
+
+def _sample_breasts(
+    rng: np.random.Generator, age: int, options: SynthOptions
+) -> dict[Laterality, BreastSpec]:
+    """Draw the breasts of the study: both, or one with ``one-breast``."""
     density = sample_density(rng, age)
     bpe = sample_bpe(rng, age)
     sides: tuple[Laterality, ...] = ("R", "L")
@@ -348,30 +396,45 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     marker = bool(rng.random() < 0.25)
     shape_seed = int(rng.integers(0, 2**31))
     thickness = float(np.clip(rng.normal(55, 11), 30, 85))
-    breasts = {
+    return {
         lat: replace(
             sample_breast(rng, lat, age, density, bpe, shape_seed, thickness), nipple_marker=marker
         )
         for lat in sides
     }
-    bits = int(rng.choice([12, 14]))
-    present = [v for v in VIEW_ORDER if v[0] in breasts]
-    missing_rc = (
-        present[int(rng.integers(0, len(present)))] if "missing-rc" in options.edge_cases else None
-    )
+
+
+def _series_plan(ctx: _StudyContext, style: VendorStyle) -> dict[str, tuple[str, int, str]]:
+    """Series (UID, number, description) of each kind of image."""
+    uid = ctx.uid
     series = {
-        "low_energy": (_uid(seed, index, "series", 1), 1, "CESM Low Energy"),
-        "recombined": (_uid(seed, index, "series", 2), 2, "CESM Recombined"),
-        "non_contrast": (_uid(seed, index, "series", 3), 3, "2D Mammography"),
-        "for_processing": (_uid(seed, index, "series", 4), 4, "CESM Low Energy For Processing"),
+        "low_energy": (uid("series", 1), 1, "CESM Low Energy"),
+        "recombined": (uid("series", 2), 2, "CESM Recombined"),
+        "non_contrast": (uid("series", 3), 3, "2D Mammography"),
+        "for_processing": (uid("series", 4), 4, "CESM Low Energy For Processing"),
     }
     if style.series_layout == "one_series":  # LE and RC of the examination together
         series["recombined"] = series["low_energy"] = (
-            _uid(seed, index, "series", 1),
+            uid("series", 1),
             1,
             "Contrast Enhanced Mammography",
         )
-    split = "split-series" in options.edge_cases
+    return series
+
+
+def _acquire(
+    ctx: _StudyContext,
+    breasts: dict[Laterality, BreastSpec],
+    style: VendorStyle,
+    start: dt.datetime,
+) -> tuple[dict[tuple[Laterality, View], RenderedView], list[_Image]]:
+    """Render every view and write its images, in the technologist's order;
+    return the rendered views and the images written."""
+    rng, edge_cases = ctx.rng, ctx.options.edge_cases
+    present = [v for v in VIEW_ORDER if v[0] in breasts]
+    missing_rc = present[int(rng.integers(0, len(present)))] if "missing-rc" in edge_cases else None
+    series = _series_plan(ctx, style)
+    split = "split-series" in edge_cases
 
     images: list[_Image] = []
     rendered: dict[tuple[Laterality, View], RenderedView] = {}
@@ -379,120 +442,79 @@ def generate_study(out_dir: Path, seed: int, index: int, options: SynthOptions) 
     injection = start + dt.timedelta(minutes=2)
     for n, (lat, view) in enumerate(present):
         breast = breasts[lat]
-        result = render_view(breast, view, grid, rng)
+        result = render_view(breast, view, ctx.grid, rng)
         rendered[(lat, view)] = result
         acquired = injection + dt.timedelta(seconds=75 * n + int(rng.integers(0, 20)))
         mask = result.breast[:, ::-1] if lat == "R" else result.breast
         kinds = ["low_energy", "recombined"]
         if missing_rc == (lat, view):
             kinds.remove("recombined")
-        if "for-processing" in options.edge_cases:
+        if "for-processing" in edge_cases:
             kinds.append("for_processing")
         for kind in kinds:
             image_kind = "low_energy" if kind == "for_processing" else kind
-            pixels = _to_stored(result.rc if kind == "recombined" else result.le, bits, lat)
+            pixels = _to_stored(result.rc if kind == "recombined" else result.le, ctx.bits, lat)
             instance += 1
             name = series[kind][2]
             in_series = (
-                (_uid(seed, index, "series", lat, view, kind), 10 + instance, name)
-                if split
-                else series[kind]
+                (ctx.uid("series", lat, view, kind), 10 + instance, name) if split else series[kind]
             )
             images.append(
                 _write(
-                    study_dir,
-                    patient,
-                    study,
+                    ctx,
                     breast,
                     view,
                     image_kind,
                     pixels,
                     mask,
-                    bits,
-                    grid,
                     acquired,
                     in_series,
                     instance,
-                    _uid(seed, index, "image", lat, view, kind),
-                    options,
-                    rng,
+                    ctx.uid("image", lat, view, kind),
                     for_processing=kind == "for_processing",
                 )
             )
-    if "extra-non-cem" in options.edge_cases:
-        lat, view = next(v for v in VIEW_ORDER if v[0] in breasts)
-        base = rendered[(lat, view)]
-        noisy = np.clip(base.le + rng.normal(0, 0.006, base.le.shape).astype(np.float32), 0, 1)
-        pixels = _to_stored(noisy, bits, lat)
-        mask = base.breast[:, ::-1] if lat == "R" else base.breast
+    if "extra-non-cem" in edge_cases:
         instance += 1
-        prior = start - dt.timedelta(minutes=1)
-        images.append(
-            _write(
-                study_dir,
-                patient,
-                study,
-                breasts[lat],
-                view,
-                "non_contrast",
-                pixels,
-                mask,
-                bits,
-                grid,
-                prior,
-                series["non_contrast"],
-                instance,
-                _uid(seed, index, "image", lat, view, "dm"),
-                options,
-                rng,
-            )
-        )
-
-    masks: dict[str, np.ndarray] = {}
-    truth = _ground_truth(
-        seed,
-        index,
-        options,
-        grid,
-        bits,
-        patient,
-        study,
-        breasts,
-        rendered,
-        images,
-        study_dir,
-        masks,
-    )
-    (study_dir / "ground_truth.json").write_text(json.dumps(truth, indent=2) + "\n")
-    write_contact_sheet(
-        study_dir / "contact_sheet.png", truth, {i.file.name: i.pixels for i in images}, masks
-    )
-    return study_dir
+        images.append(_write_non_cem(ctx, breasts, rendered, series, instance, start))
+    return rendered, images
 
 
-def _write(
-    study_dir: Path,
-    patient: PatientInfo,
-    study: StudyInfo,
-    breast: BreastSpec,
-    view: View,
-    kind: str,
-    pixels: np.ndarray,
-    mask: np.ndarray,
-    bits: int,
-    grid: Grid,
-    acquired: dt.datetime,
-    series: tuple[str, int, str],
+def _write_non_cem(
+    ctx: _StudyContext,
+    breasts: dict[Laterality, BreastSpec],
+    rendered: dict[tuple[Laterality, View], RenderedView],
+    series: dict[str, tuple[str, int, str]],
     instance: int,
-    sop_uid: str,
-    options: SynthOptions,
-    rng: np.random.Generator,
-    *,
-    for_processing: bool = False,
+    start: dt.datetime,
 ) -> _Image:
-    style = VENDOR_STYLES[options.vendor]
-    lat = breast.laterality
-    thick = breast.thickness_mm
+    """The ``extra-non-cem`` image: a conventional 2D mammogram of the first
+    view, taken a minute before the study (a noisy copy of its low energy)."""
+    lat, view = next(v for v in VIEW_ORDER if v[0] in breasts)
+    base = rendered[(lat, view)]
+    noisy = np.clip(base.le + ctx.rng.normal(0, 0.006, base.le.shape).astype(np.float32), 0, 1)
+    pixels = _to_stored(noisy, ctx.bits, lat)
+    mask = base.breast[:, ::-1] if lat == "R" else base.breast
+    prior = start - dt.timedelta(minutes=1)
+    return _write(
+        ctx,
+        breasts[lat],
+        view,
+        "non_contrast",
+        pixels,
+        mask,
+        prior,
+        series["non_contrast"],
+        instance,
+        ctx.uid("image", lat, view, "dm"),
+    )
+
+
+def _exposure(
+    kind: str, thick: float, style: VendorStyle, rng: np.random.Generator
+) -> tuple[float, str, str, float, int, float]:
+    """Technique of one image: kVp, anode, filter, mAs, tube current and
+    average glandular dose."""
     # automatic exposure control: thicker breasts get harder beams
     le_kvp = float(np.clip(round(24 + 0.12 * thick), 26, 34))
     anode = "MOLYBDENUM" if thick < 45 else "RHODIUM"
@@ -510,7 +532,29 @@ def _write(
         )
     current = int(rng.uniform(60, 100))
     agd = float(0.4 + 0.025 * thick + rng.normal(0, 0.1))
-    center, width = _window(pixels, mask, kind, bits)
+    return kvp, anode, filt, mas, current, agd
+
+
+def _write(
+    ctx: _StudyContext,
+    breast: BreastSpec,
+    view: View,
+    kind: str,
+    pixels: np.ndarray,
+    mask: np.ndarray,
+    acquired: dt.datetime,
+    series: tuple[str, int, str],
+    instance: int,
+    sop_uid: str,
+    *,
+    for_processing: bool = False,
+) -> _Image:
+    options = ctx.options
+    style = VENDOR_STYLES[options.vendor]
+    lat = breast.laterality
+    thick = breast.thickness_mm
+    kvp, anode, filt, mas, current, agd = _exposure(kind, thick, style, ctx.rng)
+    center, width = _window(pixels, mask, kind, ctx.bits)
     acquisition = AcquisitionInfo(
         laterality=lat,
         view=view,
@@ -529,7 +573,7 @@ def _write(
         exposure_time_ms=int(1000 * mas / current),
         tube_current_ma=current,
         compressed_thickness_mm=round(thick, 1),
-        compression_force_n=round(float(rng.uniform(60, 140)), 1),
+        compression_force_n=round(float(ctx.rng.uniform(60, 140)), 1),
         entrance_dose_mgy=round(agd * 3.2, 2),
         organ_dose_mgy=round(agd * (1.2 if kind == "recombined" else 1.0), 2),
         positioner_primary_angle_deg=0.0 if view == "CC" else (45.0 if lat == "R" else -45.0),
@@ -540,16 +584,16 @@ def _write(
     )
     prefix = {"low_energy": "LE", "recombined": "RC", "non_contrast": "DM"}[kind]
     suffix = "_for_processing" if for_processing else ""
-    path = study_dir / "dicom" / f"{prefix}_{lat}{view}{suffix}.dcm"
+    path = ctx.study_dir / "dicom" / f"{prefix}_{lat}{view}{suffix}.dcm"
     write_mg_image(
         path,
         pixels,
         transfer_syntax=options.transfer_syntax,
-        patient=patient,
-        study=study,
+        patient=ctx.patient,
+        study=ctx.study,
         acquisition=acquisition,
-        pixel_spacing_mm=grid.pixel_mm,
-        bits_stored=bits,
+        pixel_spacing_mm=ctx.grid.pixel_mm,
+        bits_stored=ctx.bits,
         vendor=style,
     )
     image = _Image(path, kind, lat, view, sop_uid, series[0], pixels, (center, width))
@@ -557,123 +601,16 @@ def _write(
     return image
 
 
-def _bbox(mask: np.ndarray) -> list[int]:
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return [int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1]
-
-
-def _max_diameter_mm(mask: np.ndarray, pixel_mm: float) -> float:
-    rows, cols = np.nonzero(mask)
-    if rows.size == 0:
-        return 0.0
-    pts = np.stack([rows, cols], axis=1).astype(np.float32)
-    # extreme points of the outline suffice for the largest (Feret) diameter
-    step = max(1, pts.shape[0] // 4000)
-    sample = pts[::step]
-    hull = sample[
-        np.unique(
-            np.concatenate(
-                [
-                    np.argsort(sample @ np.array([np.cos(a), np.sin(a)]))[[0, -1]]
-                    for a in np.linspace(0, np.pi, 90)
-                ]
-            )
-        )
-    ]
-    span = np.sqrt(((hull[:, None, :] - hull[None, :, :]) ** 2).sum(-1)).max()
-    return round(float(span + 1.0) * pixel_mm, 1)
-
-
 def _ground_truth(
-    seed: int,
-    index: int,
-    options: SynthOptions,
-    grid: Grid,
-    bits: int,
-    patient: PatientInfo,
-    study: StudyInfo,
+    ctx: _StudyContext,
     breasts: dict[Laterality, BreastSpec],
     rendered: dict[tuple[Laterality, View], RenderedView],
     images: list[_Image],
-    study_dir: Path,
     masks: dict[str, np.ndarray],
 ) -> dict[str, Any]:
     """The ground-truth document; writes the mask PNGs and fills ``masks``
     (keyed by their path in the document) for the contact sheet."""
-    by_view: dict[tuple[str, str, str], _Image] = {
-        (i.laterality, i.view, i.kind): i for i in images if not i.for_processing
-    }
-    lesions = []
-    for lat, breast in breasts.items():
-        for spec in breast.lesions:
-            views = {}
-            for view in ("CC", "MLO"):
-                mask = rendered[(lat, view)].lesion_masks[spec.lesion_id]
-                if lat == "R":
-                    mask = mask[:, ::-1]
-                png = f"masks/{spec.lesion_id}_{lat}{view}.png"
-                Image.fromarray(mask).convert("1").save(study_dir / png, optimize=True)
-                masks[png] = mask
-                shape = breast.shapes[view]
-                row_c, col_c = lesion_centre_mm(spec, shape)
-                nipple_dist = float(np.hypot(row_c - shape.nipple_y_mm, col_c - shape.depth_mm))
-                refs = {
-                    k: by_view[(lat, view, k)].sop_instance_uid
-                    for k in ("low_energy", "recombined")
-                    if (lat, view, k) in by_view
-                }
-                ys, xs = np.nonzero(mask)
-                views[view] = {
-                    "mask_png": png,
-                    "image_sop_instance_uids": refs,
-                    "bbox_xyxy": _bbox(mask),
-                    "centroid_xy": [round(float(xs.mean()), 1), round(float(ys.mean()), 1)],
-                    "area_mm2": round(float(mask.sum()) * grid.pixel_mm**2, 1),
-                    "largest_diameter_mm": _max_diameter_mm(mask, grid.pixel_mm),
-                    "nipple_distance_mm": round(nipple_dist, 1),
-                    # depth behind the nipple along the nipple-chest wall axis: the
-                    # quantity a reader matches between CC and MLO
-                    "posterior_depth_mm": round(shape.depth_mm - col_c, 1),
-                }
-            lesions.append(
-                {
-                    "lesion_id": spec.lesion_id,
-                    "laterality": lat,
-                    "pathology": spec.pathology,
-                    "kind": spec.kind,
-                    "morphology": spec.morphology,
-                    "margin": {
-                        "round": "circumscribed",
-                        "oval": "circumscribed",
-                        "irregular": "indistinct",
-                        "spiculated": "spiculated",
-                    }[spec.morphology],
-                    "enhancement": spec.enhancement,
-                    "size_mm": round(spec.diameter_mm, 1),
-                    "with_calcifications": spec.with_calcifications,
-                    "views": views,
-                }
-            )
-    clusters = []
-    for lat, breast in breasts.items():
-        for cluster in breast.calcifications:
-            centres = {}
-            for view in ("CC", "MLO"):
-                row, col = rendered[(lat, view)].calcification_centres[cluster.cluster_id]
-                if lat == "R":
-                    col = grid.cols - col
-                centres[view] = [round(col, 1), round(row, 1)]
-            clusters.append(
-                {
-                    "cluster_id": cluster.cluster_id,
-                    "laterality": lat,
-                    "form": cluster.form,
-                    "count": len(cluster.radii_mm),
-                    "lesion_id": cluster.lesion_id,
-                    "centre_xy": centres,
-                }
-            )
+    options, grid, patient, study = ctx.options, ctx.grid, ctx.patient, ctx.study
     return {
         "schema": GROUND_TRUTH_SCHEMA,
         "disclaimer": DISCLAIMER,
@@ -681,8 +618,8 @@ def _ground_truth(
             "name": "cem-node synth",
             "version": __version__,
             "phantom_version": PHANTOM_VERSION,
-            "seed": seed,
-            "index": index,
+            "seed": ctx.seed,
+            "index": ctx.index,
             "size": options.size,
             "transfer_syntax": options.transfer_syntax,
             "edge_cases": sorted(options.edge_cases),
@@ -705,7 +642,7 @@ def _ground_truth(
             "rows": grid.rows,
             "columns": grid.cols,
             "imager_pixel_spacing_mm": grid.pixel_mm,
-            "bits_stored": bits,
+            "bits_stored": ctx.bits,
         },
         "breasts": [
             {
@@ -720,7 +657,7 @@ def _ground_truth(
         ],
         "images": [
             {
-                "file": str(i.file.relative_to(study_dir)),
+                "file": str(i.file.relative_to(ctx.study_dir)),
                 "kind": i.kind,
                 "laterality": i.laterality,
                 "view": i.view,
@@ -731,8 +668,8 @@ def _ground_truth(
             }
             for i in images
         ],
-        "lesions": lesions,
-        "calcification_clusters": clusters,
+        "lesions": lesions_truth(ctx.study_dir, grid.pixel_mm, breasts, rendered, images, masks),
+        "calcification_clusters": clusters_truth(grid, breasts, rendered),
     }
 
 

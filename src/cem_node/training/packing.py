@@ -334,30 +334,25 @@ def validation_from_file(path: Path) -> dict[str, Any]:
 # --- the manifest --------------------------------------------------------------------------------
 
 
-def build_manifest(
-    detector_dir: Path,
-    radiomics_dir: Path,
-    *,
-    name: str,
-    version: str,
-    description: str | None = None,
-    intended_use: str | None = None,
-    clinical: bool = False,
-    metrics: Mapping[str, float | str] | None = None,
-    weights_dtype: str = "float32",
-    created: dt.datetime | None = None,
-) -> tuple[dict[str, Any], list[str]]:
-    """The manifest (without ``[files]``) of the two runs, and notes on what was decided.
+@dataclass
+class _RunRecords:
+    """What the manifest is made from: the detector run's config record and
+    the radiomics run's summary, thresholds and settings."""
 
-    Raises
-    ------
-    BundleUsageError
-        A missing or unreadable file, or runs that do not belong together.
-    """
-    detector_dir, radiomics_dir = Path(detector_dir), Path(radiomics_dir)
+    detector: dict[str, Any]
+    preprocessing: dict[str, Any]
+    det_training: Any
+    det_result: Any
+    summary: dict[str, Any]
+    summary_path: Path
+    thresholds: dict[str, Any]
+    settings: dict[str, Any]
+
+
+def _read_runs(detector_dir: Path, radiomics_dir: Path) -> _RunRecords:
+    """Read the records of both runs (checking that their files are there)."""
     _require_files(detector_dir, DETECTOR_FILES, "detector")
     _require_files(radiomics_dir, RADIOMICS_FILES, "radiomics")
-    notes: list[str] = []
     config_path = detector_dir / run_files.DETECTOR_CONFIG
     detector_record = _read_json(config_path)
     detector = _object(detector_record, config_path, "detector")
@@ -374,12 +369,28 @@ def build_manifest(
     settings = _read_json(settings_path)
     if not isinstance(settings, dict):
         raise BundleUsageError(f"{settings_path}: expected a JSON object", path=settings_path)
+    return _RunRecords(
+        detector,
+        preprocessing,
+        det_training,
+        det_result,
+        summary,
+        summary_path,
+        thresholds,
+        settings,
+    )
 
+
+def _check_same_detector(
+    detector_dir: Path, radiomics_dir: Path, runs: _RunRecords, notes: list[str]
+) -> None:
+    """Refuse a radiomics run trained on another detector's detections (its
+    thresholds were chosen on them); note when the run does not say."""
     weights_sha = sha256_file(detector_dir / run_files.DETECTOR_WEIGHTS)
-    trained_with = (summary.get("detector") or {}).get("weights_sha256")
+    trained_with = (runs.summary.get("detector") or {}).get("weights_sha256")
     if trained_with is None:
         notes.append(
-            f"{summary_path} does not record the detector's weights: not checked that the "
+            f"{runs.summary_path} does not record the detector's weights: not checked that the "
             "radiomics run used this detector"
         )
     elif trained_with != weights_sha:
@@ -391,9 +402,10 @@ def build_manifest(
             path=radiomics_dir,
         )
 
-    det_specs = det_training.get("datasets") if isinstance(det_training, dict) else None
-    rad_specs = summary.get("datasets")
-    synthetic = _is_synthetic(det_specs) or _is_synthetic(rad_specs)
+
+def _clinical_use(synthetic: bool, clinical: bool, notes: list[str]) -> tuple[bool, str | None]:
+    """``for_clinical_use`` and the disclaimer: synthetic training data rules
+    clinical use out, and a research bundle says so."""
     for_clinical = bool(clinical)
     if synthetic:
         disclaimer: str | None = SYNTHETIC_DISCLAIMER
@@ -407,7 +419,13 @@ def build_manifest(
         disclaimer = None
     else:
         disclaimer = RESEARCH_DISCLAIMER
+    return for_clinical, disclaimer
 
+
+def _training_data(runs: _RunRecords, det_specs: Any, rad_specs: Any) -> dict[str, Any]:
+    """``[training.data]``: datasets, seeds, commands and sizes of both runs
+    (scalars only; what a run does not record is left out)."""
+    det_training, det_result, summary = runs.det_training, runs.det_result, runs.summary
     counts = summary.get("counts") or {}
     by_label = counts.get("training_rows_by_label") or {}
     model = summary.get("model") or {}
@@ -454,9 +472,18 @@ def build_manifest(
         "radiomics_uses_age": model.get("use_age"),
         "radiomics_grid": summary.get("grid"),
     }
-    data = {k: v for k, v in ((k, _scalar(v)) for k, v in data.items()) if v is not None}
-    backbone = detector.get("backbone", "?")
-    text = (
+    return {k: v for k, v in ((k, _scalar(v)) for k, v in data.items()) if v is not None}
+
+
+def _training_text(runs: _RunRecords) -> str:
+    """``[training] description``: how the detector and the radiomics model were
+    trained, in words."""
+    det_result, summary = runs.det_result, runs.summary
+    counts = summary.get("counts") or {}
+    cv = summary.get("cv_auc") or {}
+    selected = (summary.get("selection") or {}).get("selected") or []
+    backbone = runs.detector.get("backbone", "?")
+    return (
         f"Detector: Mask R-CNN {backbone}"
         + (
             f", {det_result['epochs_completed']} epoch(s), best epoch {det_result['best_epoch']}"
@@ -485,6 +512,38 @@ def build_manifest(
         )
         + ". Thresholds: Youden on the training predictions."
     )
+
+
+def build_manifest(
+    detector_dir: Path,
+    radiomics_dir: Path,
+    *,
+    name: str,
+    version: str,
+    description: str | None = None,
+    intended_use: str | None = None,
+    clinical: bool = False,
+    metrics: Mapping[str, float | str] | None = None,
+    weights_dtype: str = "float32",
+    created: dt.datetime | None = None,
+) -> tuple[dict[str, Any], list[str]]:
+    """The manifest (without ``[files]``) of the two runs, and notes on what was decided.
+
+    Raises
+    ------
+    BundleUsageError
+        A missing or unreadable file, or runs that do not belong together.
+    """
+    detector_dir, radiomics_dir = Path(detector_dir), Path(radiomics_dir)
+    runs = _read_runs(detector_dir, radiomics_dir)
+    notes: list[str] = []
+    _check_same_detector(detector_dir, radiomics_dir, runs, notes)
+    det_training, summary = runs.det_training, runs.summary
+    det_specs = det_training.get("datasets") if isinstance(det_training, dict) else None
+    rad_specs = summary.get("datasets")
+    synthetic = _is_synthetic(det_specs) or _is_synthetic(rad_specs)
+    for_clinical, disclaimer = _clinical_use(synthetic, clinical, notes)
+    data = _training_data(runs, det_specs, rad_specs)
     steps = ("detector_command", "detector_operating_point_command", "radiomics_command")
     commands = [data[step] for step in steps if data.get(step)]
     seed = data.get("detector_seed", data.get("radiomics_seed", 0))
@@ -504,26 +563,26 @@ def build_manifest(
             **({"disclaimer": disclaimer} if disclaimer else {}),
         },
         "training": {
-            "description": text,
+            "description": _training_text(runs),
             "synthetic": synthetic,
             **({"command": " && ".join(str(c) for c in commands)} if commands else {}),
             "seed": seed if isinstance(seed, int) and not isinstance(seed, bool) else 0,
             "data": data,
         },
         "detector": {
-            **detector,
+            **runs.detector,
             "weights": "detector.safetensors",
             "weights_dtype": weights_dtype,
         },
-        "preprocessing": preprocessing,
+        "preprocessing": runs.preprocessing,
         "postprocessing": postprocessing if isinstance(postprocessing, dict) else {},
         "radiomics": {
-            **settings,
+            **runs.settings,
             "model": "radiomics_model.json",
             "features": "radiomics_features.json",
             "params": "radiomics_params.json",
         },
-        "thresholds": thresholds,
+        "thresholds": runs.thresholds,
     }
     if metrics:
         manifest["metrics"] = dict(metrics)
@@ -558,6 +617,52 @@ def _resave_weights(
     except DetectorError as exc:
         raise BundleUsageError(f"cannot re-save the detector weights: {exc}") from None
     save_detector_weights(model, target, dtype)
+
+
+def _weights_dtypes(detector_dir: Path, weights_dtype: str | None) -> tuple[str, str]:
+    """The detector weights' stored dtype and the dtype the bundle gets (as
+    trained when not asked, float32 for mixed weights)."""
+    _require_files(detector_dir, DETECTOR_FILES, "detector")
+    stored = stored_weights_dtype(detector_dir / run_files.DETECTOR_WEIGHTS)
+    target_dtype = weights_dtype or ("float16" if stored == "float16" else "float32")
+    if target_dtype not in ("float16", "float32"):
+        raise BundleUsageError(f"weights dtype must be float16 or float32, got {target_dtype!r}")
+    return stored, target_dtype
+
+
+def _bundle_files(detector_dir: Path, radiomics_dir: Path) -> dict[str, Path | bytes]:
+    """The bundle's files but the detector weights: the radiomics model and the
+    runs' records (under ``training/``), by their name in the bundle."""
+    files: dict[str, Path | bytes] = {
+        "radiomics_model.json": radiomics_dir / run_files.RADIOMICS_MODEL,
+        "radiomics_features.json": radiomics_dir / run_files.RADIOMICS_FEATURES,
+        "radiomics_params.json": radiomics_dir / run_files.RADIOMICS_PARAMS,
+        "training/detector_config.json": detector_dir / run_files.DETECTOR_CONFIG,
+        "training/radiomics_summary.json": radiomics_dir / run_files.SUMMARY,
+        "training/thresholds.json": radiomics_dir / run_files.THRESHOLDS,
+    }
+    for optional in DETECTOR_OPTIONAL:
+        if (detector_dir / optional).is_file():
+            files[f"training/{optional}"] = detector_dir / optional
+    return files
+
+
+def _detector_weights(
+    detector_dir: Path,
+    manifest: Mapping[str, Any],
+    stored: str,
+    target_dtype: str,
+    scratch: Path,
+    notes: list[str],
+) -> Path:
+    """The weights file to bundle: the trained one, or a copy re-saved in
+    ``target_dtype`` under ``scratch`` (noted) when it is stored otherwise."""
+    if stored == target_dtype:
+        return detector_dir / run_files.DETECTOR_WEIGHTS
+    weights = scratch / "detector.safetensors"
+    _resave_weights(detector_dir, manifest, target_dtype, weights)
+    notes.append(f"detector weights re-saved as {target_dtype} (trained as {stored})")
+    return weights
 
 
 def pack_training_run(
@@ -614,11 +719,7 @@ def pack_training_run(
         raise BundleUsageError("a bundle needs a version (e.g. 1.0.0)")
     metrics = metrics_from_report(metrics_file) if metrics_file is not None else None
     validation = validation_from_file(validation_file) if validation_file is not None else None
-    _require_files(detector_dir, DETECTOR_FILES, "detector")
-    stored = stored_weights_dtype(detector_dir / run_files.DETECTOR_WEIGHTS)
-    target_dtype = weights_dtype or ("float16" if stored == "float16" else "float32")
-    if target_dtype not in ("float16", "float32"):
-        raise BundleUsageError(f"weights dtype must be float16 or float32, got {target_dtype!r}")
+    stored, target_dtype = _weights_dtypes(detector_dir, weights_dtype)
     manifest, notes = build_manifest(
         detector_dir,
         radiomics_dir,
@@ -634,26 +735,12 @@ def pack_training_run(
     if validation is not None:
         manifest["validation"] = validation
     _check_radiomics_model(radiomics_dir)
-    files: dict[str, Path | bytes] = {
-        "radiomics_model.json": radiomics_dir / run_files.RADIOMICS_MODEL,
-        "radiomics_features.json": radiomics_dir / run_files.RADIOMICS_FEATURES,
-        "radiomics_params.json": radiomics_dir / run_files.RADIOMICS_PARAMS,
-        "training/detector_config.json": detector_dir / run_files.DETECTOR_CONFIG,
-        "training/radiomics_summary.json": radiomics_dir / run_files.SUMMARY,
-        "training/thresholds.json": radiomics_dir / run_files.THRESHOLDS,
-    }
-    for optional in DETECTOR_OPTIONAL:
-        if (detector_dir / optional).is_file():
-            files[f"training/{optional}"] = detector_dir / optional
+    files = _bundle_files(detector_dir, radiomics_dir)
+    resaved = stored != target_dtype
     with tempfile.TemporaryDirectory(prefix="cem-node-pack-") as scratch:
-        resaved = stored != target_dtype
-        if resaved:
-            weights = Path(scratch) / "detector.safetensors"
-            _resave_weights(detector_dir, manifest, target_dtype, weights)
-            notes.append(f"detector weights re-saved as {target_dtype} (trained as {stored})")
-            files["detector.safetensors"] = weights
-        else:
-            files["detector.safetensors"] = detector_dir / run_files.DETECTOR_WEIGHTS
+        files["detector.safetensors"] = _detector_weights(
+            detector_dir, manifest, stored, target_dtype, Path(scratch), notes
+        )
         bundle = write_bundle(Path(dest_dir), manifest, files, overwrite=overwrite)
     return PackResult(
         bundle=bundle, notes=notes, weights_dtype=target_dtype, resaved_weights=resaved
