@@ -374,6 +374,50 @@ def select_features(
         when no feature survives the filters.
     """
     matrix, truth, labels = _check_inputs(X, y, names)
+    _check_selection_params(variance_min, spearman_max, n_features, rfe_step, method)
+    if method == "rfecv":
+        _check_folds(truth, 10, "RFECV")
+
+    dropped: list[DroppedFeature] = []
+    notes: list[str] = []
+    mean, std = training_scaler(matrix)  # 1. z-score
+    scaled = _zscore(matrix, mean, std)
+    keep = _variance_filter(scaled, std, labels, variance_min, dropped)  # 2.
+    after_variance = tuple(labels[j] for j in keep)
+    keep = _correlation_filter(scaled, keep, labels, spearman_max, dropped)  # 3.
+    after_correlation = tuple(labels[j] for j in keep)
+    keep, ranking, rfecv_auc = _eliminate(  # 4. RFE / RFECV
+        scaled,
+        truth,
+        keep,
+        labels,
+        method=method,
+        n_features=n_features,
+        rfe_step=rfe_step,
+        seed=seed,
+        n_jobs=n_jobs,
+        dropped=dropped,
+        notes=notes,
+    )
+    return FeatureSelection(
+        names=labels,
+        selected=tuple(labels[j] for j in keep),
+        indices=tuple(keep),
+        mean=dict(zip(labels, mean.tolist(), strict=True)),
+        std=dict(zip(labels, std.tolist(), strict=True)),
+        after_variance=after_variance,
+        after_correlation=after_correlation,
+        dropped=tuple(dropped),
+        method=method,
+        rfe_ranking=ranking,
+        rfecv_auc=rfecv_auc,
+        notes=tuple(notes),
+    )
+
+
+def _check_selection_params(
+    variance_min: float, spearman_max: float, n_features: int, rfe_step: int, method: str
+) -> None:
     if not variance_min >= 0:
         raise ValueError(f"variance_min must be >= 0, got {variance_min}")
     if not 0 < spearman_max <= 1:
@@ -384,17 +428,16 @@ def select_features(
         raise ValueError(f"rfe_step must be >= 1, got {rfe_step}")
     if method not in ("rfe", "rfecv"):
         raise ValueError(f"method must be 'rfe' or 'rfecv', got {method!r}")
-    if method == "rfecv":
-        _check_folds(truth, 10, "RFECV")
 
-    dropped: list[DroppedFeature] = []
-    notes: list[str] = []
 
-    # 1. z-score
-    mean, std = training_scaler(matrix)
-    scaled = _zscore(matrix, mean, std)
-
-    # 2. variance
+def _variance_filter(
+    scaled: np.ndarray,
+    std: np.ndarray,
+    labels: tuple[str, ...],
+    variance_min: float,
+    dropped: list[DroppedFeature],
+) -> list[int]:
+    """Step 2: the columns whose z-scored variance reaches ``variance_min``."""
     variance = scaled.var(axis=0)
     keep = []
     for j, name in enumerate(labels):
@@ -411,37 +454,61 @@ def select_features(
             keep.append(j)
     if not keep:
         raise ValueError(f"no feature has variance >= {variance_min} (all {len(labels)} dropped)")
-    after_variance = tuple(labels[j] for j in keep)
+    return keep
 
-    # 3. Spearman correlation
-    if len(keep) > 1:
-        absolute = _spearman_abs(scaled[:, keep])
-        sums = absolute.sum(axis=1)
-        alive = np.ones(len(keep), dtype=bool)
-        rows, cols = np.triu_indices(len(keep), k=1)
-        strong = np.flatnonzero(absolute[rows, cols] > spearman_max)
-        order = strong[np.argsort(-absolute[rows[strong], cols[strong]], kind="stable")]
-        for pair in order:
-            a, b = int(rows[pair]), int(cols[pair])  # a < b: a comes first in names
-            if not (alive[a] and alive[b]):
-                continue
-            tie = abs(sums[a] - sums[b]) <= 1e-9 * max(sums[a], sums[b])
-            drop, kept = (b, a) if tie or sums[b] > sums[a] else (a, b)
-            dropped.append(
-                DroppedFeature(
-                    labels[keep[drop]],
-                    "correlation",
-                    f"|Spearman rho| {absolute[a, b]:.3f} > {spearman_max} with "
-                    f"{labels[keep[kept]]!r}; summed |rho| {sums[drop]:.3f} vs "
-                    f"{sums[kept]:.3f}{' (tie: the later one is dropped)' if tie else ''}",
-                )
+
+def _correlation_filter(
+    scaled: np.ndarray,
+    keep: list[int],
+    labels: tuple[str, ...],
+    spearman_max: float,
+    dropped: list[DroppedFeature],
+) -> list[int]:
+    """Step 3: drop one of each pair with |Spearman rho| > ``spearman_max`` (see
+    :func:`select_features`)."""
+    if len(keep) <= 1:
+        return keep
+    absolute = _spearman_abs(scaled[:, keep])
+    sums = absolute.sum(axis=1)
+    alive = np.ones(len(keep), dtype=bool)
+    rows, cols = np.triu_indices(len(keep), k=1)
+    strong = np.flatnonzero(absolute[rows, cols] > spearman_max)
+    order = strong[np.argsort(-absolute[rows[strong], cols[strong]], kind="stable")]
+    for pair in order:
+        a, b = int(rows[pair]), int(cols[pair])  # a < b: a comes first in names
+        if not (alive[a] and alive[b]):
+            continue
+        tie = abs(sums[a] - sums[b]) <= 1e-9 * max(sums[a], sums[b])
+        drop, kept = (b, a) if tie or sums[b] > sums[a] else (a, b)
+        dropped.append(
+            DroppedFeature(
+                labels[keep[drop]],
+                "correlation",
+                f"|Spearman rho| {absolute[a, b]:.3f} > {spearman_max} with "
+                f"{labels[keep[kept]]!r}; summed |rho| {sums[drop]:.3f} vs "
+                f"{sums[kept]:.3f}{' (tie: the later one is dropped)' if tie else ''}",
             )
-            alive[drop] = False
-            sums -= absolute[:, drop]
-        keep = [j for j, live in zip(keep, alive, strict=True) if live]
-    after_correlation = tuple(labels[j] for j in keep)
+        )
+        alive[drop] = False
+        sums -= absolute[:, drop]
+    return [j for j, live in zip(keep, alive, strict=True) if live]
 
-    # 4. RFE / RFECV
+
+def _eliminate(
+    scaled: np.ndarray,
+    truth: np.ndarray,
+    keep: list[int],
+    labels: tuple[str, ...],
+    *,
+    method: Literal["rfe", "rfecv"],
+    n_features: int,
+    rfe_step: int,
+    seed: int,
+    n_jobs: int,
+    dropped: list[DroppedFeature],
+    notes: list[str],
+) -> tuple[list[int], dict[str, int], dict[int, float] | None]:
+    """Step 4: RFE or RFECV; the columns kept, the ranking and RFECV's AUC per size."""
     ranking: dict[str, int] = {}
     rfecv_auc: dict[int, float] | None = None
     estimator = _xgb_estimator(
@@ -452,58 +519,55 @@ def select_features(
             f"RFE skipped: {len(keep)} feature(s) left after the filters, "
             f"n_features is {n_features}"
         )
-    elif method == "rfecv" and len(keep) == 1:
+        return keep, ranking, rfecv_auc
+    if method == "rfecv" and len(keep) == 1:
         notes.append("RFECV skipped: one feature left after the filters")
-    else:
-        from sklearn.feature_selection import RFE, RFECV
-        from sklearn.model_selection import StratifiedKFold
-
-        if method == "rfe":
-            selector: Any = RFE(estimator, n_features_to_select=n_features, step=rfe_step)
-        else:
-            selector = RFECV(
-                estimator,
-                step=rfe_step,
-                min_features_to_select=1,
-                cv=StratifiedKFold(n_splits=10, shuffle=True, random_state=seed),
-                scoring="roc_auc",
-                n_jobs=n_jobs,
-            )
-        selector.fit(scaled[:, keep], truth)
-        ranks = [int(r) for r in selector.ranking_]
-        ranking = {labels[j]: r for j, r in zip(keep, ranks, strict=True)}
-        if method == "rfecv":
-            results = selector.cv_results_
-            rfecv_auc = {
-                int(n): float(s)
-                for n, s in zip(results["n_features"], results["mean_test_score"], strict=True)
-            }
-            notes.append(f"RFECV chose {int(selector.n_features_)} feature(s)")
-        step_name: SelectionStep = method
-        for j, rank in zip(keep, ranks, strict=True):
-            if rank > 1:
-                dropped.append(
-                    DroppedFeature(
-                        labels[j],
-                        step_name,
-                        f"{method.upper()} rank {rank} (1 = kept; higher = eliminated earlier)",
-                    )
+        return keep, ranking, rfecv_auc
+    selector = _rfe_selector(estimator, method, n_features, rfe_step, seed, n_jobs)
+    selector.fit(scaled[:, keep], truth)
+    ranks = [int(r) for r in selector.ranking_]
+    ranking = {labels[j]: r for j, r in zip(keep, ranks, strict=True)}
+    if method == "rfecv":
+        results = selector.cv_results_
+        rfecv_auc = {
+            int(n): float(s)
+            for n, s in zip(results["n_features"], results["mean_test_score"], strict=True)
+        }
+        notes.append(f"RFECV chose {int(selector.n_features_)} feature(s)")
+    step_name: SelectionStep = method
+    for j, rank in zip(keep, ranks, strict=True):
+        if rank > 1:
+            dropped.append(
+                DroppedFeature(
+                    labels[j],
+                    step_name,
+                    f"{method.upper()} rank {rank} (1 = kept; higher = eliminated earlier)",
                 )
-        keep = [j for j, rank in zip(keep, ranks, strict=True) if rank == 1]
+            )
+    keep = [j for j, rank in zip(keep, ranks, strict=True) if rank == 1]
+    return keep, ranking, rfecv_auc
 
-    return FeatureSelection(
-        names=labels,
-        selected=tuple(labels[j] for j in keep),
-        indices=tuple(keep),
-        mean=dict(zip(labels, mean.tolist(), strict=True)),
-        std=dict(zip(labels, std.tolist(), strict=True)),
-        after_variance=after_variance,
-        after_correlation=after_correlation,
-        dropped=tuple(dropped),
-        method=method,
-        rfe_ranking=ranking,
-        rfecv_auc=rfecv_auc,
-        notes=tuple(notes),
+
+def _rfe_selector(
+    estimator: Any,
+    method: Literal["rfe", "rfecv"],
+    n_features: int,
+    rfe_step: int,
+    seed: int,
+    n_jobs: int,
+) -> Any:
+    from sklearn.feature_selection import RFE, RFECV
+    from sklearn.model_selection import StratifiedKFold
+
+    if method == "rfe":
+        return RFE(estimator, n_features_to_select=n_features, step=rfe_step)
+    return RFECV(
+        estimator,
+        step=rfe_step,
+        min_features_to_select=1,
+        cv=StratifiedKFold(n_splits=10, shuffle=True, random_state=seed),
+        scoring="roc_auc",
+        n_jobs=n_jobs,
     )
 
 
@@ -599,7 +663,6 @@ def fit_radiomics_classifier(
         fewer than ``cv_folds`` cases in a class.
     """
     from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import GridSearchCV, StratifiedKFold
 
     matrix, truth, labels = _check_inputs(X, y, names)
     _check_folds(truth, cv_folds, "the grid search")
@@ -611,16 +674,7 @@ def fit_radiomics_classifier(
     if age_column is not None:
         inputs = np.column_stack([inputs, age_column])
 
-    search = GridSearchCV(
-        _xgb_estimator(seed, 1),
-        {k: list(v) for k, v in param_grid.items()},
-        scoring="roc_auc",
-        cv=StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed),
-        refit=True,
-        n_jobs=n_jobs,
-        error_score="raise",
-    )
-    search.fit(inputs, truth)
+    search = _grid_search(inputs, truth, param_grid, seed=seed, cv_folds=cv_folds, n_jobs=n_jobs)
     best = search.best_index_
     booster = search.best_estimator_.get_booster().copy()
     classifier = RadiomicsClassifier(
@@ -641,6 +695,31 @@ def fit_radiomics_classifier(
         grid=param_grid,
         n_candidates=n_candidates,
     )
+
+
+def _grid_search(
+    inputs: np.ndarray,
+    truth: np.ndarray,
+    param_grid: Mapping[str, tuple[Any, ...]],
+    *,
+    seed: int,
+    cv_folds: int,
+    n_jobs: int,
+) -> Any:
+    """The fitted :class:`~sklearn.model_selection.GridSearchCV` (ROC AUC, stratified folds)."""
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    search = GridSearchCV(
+        _xgb_estimator(seed, 1),
+        {k: list(v) for k, v in param_grid.items()},
+        scoring="roc_auc",
+        cv=StratifiedKFold(n_splits=cv_folds, shuffle=True, random_state=seed),
+        refit=True,
+        n_jobs=n_jobs,
+        error_score="raise",
+    )
+    search.fit(inputs, truth)
+    return search
 
 
 def _plain(value: Any) -> Any:

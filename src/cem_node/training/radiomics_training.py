@@ -33,6 +33,11 @@ training image pair it:
 5. chooses the decision thresholds (Youden index, argmax TPR - FPR, on the
    TRAINING data; see "Thresholds") and writes the run folder.
 
+The stages live beside this module: :mod:`~cem_node.training.radiomics_cases`
+(1-2), :mod:`~cem_node.training.radiomics_features` (3, the feature cache),
+:mod:`~cem_node.training.radiomics_thresholds` (5) and
+:mod:`~cem_node.training.radiomics_outputs` (the run folder).
+
 The run folder (``out_dir``)
 ----------------------------
 ``radiomics_model.json`` / ``radiomics_features.json``
@@ -102,16 +107,9 @@ is 0.5 and ``thresholds.json`` says why.
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
 import json
-import logging
-import math
-import os
-import tempfile
 import time
-from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -125,8 +123,31 @@ from cem_node.contracts.params import (
     PreprocessParams,
     RadiomicsSettings,
 )
-from cem_node.pipeline import fusion
-from cem_node.pipeline.analyse import source_masks
+from cem_node.training.radiomics_cases import (
+    HIT_RULE,
+    MappedDetection,
+    _Cases,
+    gather_cases,
+    map_detections,
+)
+from cem_node.training.radiomics_features import (
+    CACHE_FEATURES,
+    CACHE_ROWS,
+    MaskMode,
+    _Cache,
+    _FeatureQueue,
+    _load_cache,
+    _Row,
+    settings_hash,
+)
+from cem_node.training.radiomics_outputs import write_run
+from cem_node.training.radiomics_thresholds import (
+    ThresholdRecord,
+    _OutOfFold,
+    choose_thresholds,
+    detection_radiomics,
+    out_of_fold,
+)
 from cem_node.training.run_files import (
     DETECTOR_CONFIG,
     DETECTOR_WEIGHTS,
@@ -157,80 +178,9 @@ __all__ = [
     "train_radiomics",
 ]
 
-log = logging.getLogger(__name__)
-
-CACHE_FEATURES = "features.npz"
-CACHE_ROWS = "features.json"
-HIT_RULE = "iou>=0.1"
-"""A detection matches a ground-truth lesion when their mask IoU is at least 0.1."""
-
-CACHE_FORMAT = "cem-node/radiomics-feature-cache/v1"
-_TRANSIENT = "radiomics worker failed"  # a dead worker: extracted again by the next run
-THRESHOLDS_FORMAT = "cem-node/radiomics-thresholds/v1"
-SUMMARY_FORMAT = "cem-node/radiomics-training/v1"
-
-MaskMode = Literal["manual", "detector"]
-
 
 class RadiomicsTrainingError(ValueError):
     """The radiomics model cannot be trained: missing file, too few lesions, bad input."""
-
-
-# --- detections as the analysis sees them -------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class MappedDetection:
-    """One detection on the source image, as :func:`~cem_node.pipeline.analyse.analyse_study`
-    keeps it.
-
-    Attributes
-    ----------
-    mask
-        bool mask of the source image's shape (breast only, one component,
-        disjoint from the higher-scored detections).
-    score, label
-        The detector's score and class.
-    dl_probability
-        :func:`~cem_node.pipeline.fusion.dl_probability` of its class scores.
-    """
-
-    mask: np.ndarray
-    score: float
-    label: str
-    dl_probability: float
-
-
-def map_detections(
-    prepared: Any, found: Sequence[Any], post: PostprocessParams
-) -> list[MappedDetection]:
-    """The detections of one preprocessed pair mapped to the source image, as the analysis does.
-
-    :func:`cem_node.pipeline.analyse.source_masks`, the analysis' own mapping;
-    detections left with an empty mask are dropped.
-
-    Parameters
-    ----------
-    prepared
-        The :class:`~cem_node.pipeline.preprocess.PreprocessedPair`.
-    found
-        Its :class:`~cem_node.pipeline.detector.Detection` list (highest score first).
-    post
-        The post-processing parameters.
-    """
-    out = []
-    for det, mask in zip(found, source_masks(prepared, found, post), strict=True):
-        if not mask.any():
-            continue
-        out.append(
-            MappedDetection(
-                mask=mask,
-                score=float(det.score),
-                label=str(det.label),
-                dl_probability=fusion.dl_probability(det.p_benign, det.p_malignant),
-            )
-        )
-    return out
 
 
 # --- the detector run and the split ------------------------------------------------------------
@@ -306,294 +256,6 @@ def read_split_file(path: Path, part: str = "train") -> list[str]:
     return [str(k) for k in entry["samples"]]
 
 
-# --- hashing ----------------------------------------------------------------------------------
-
-
-def settings_hash(settings: RadiomicsSettings) -> str:
-    """A short hash of everything the features depend on besides the pixels and the mask.
-
-    The settings, their pyradiomics parameters and the pyradiomics version.
-    """
-    import radiomics
-
-    from cem_node.pipeline.radiomics import pyradiomics_params
-
-    document = {
-        "settings": settings.model_dump(mode="json"),
-        "params": pyradiomics_params(settings),
-        "pyradiomics": str(getattr(radiomics, "__version__", "?")),
-    }
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def _mask_hash(mask: np.ndarray) -> str:
-    array = np.asarray(mask, dtype=bool)
-    digest = hashlib.sha256(np.asarray(array.shape, dtype=np.int64).tobytes())
-    digest.update(np.packbits(array, axis=None).tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _pixels_hash(low_energy: np.ndarray, recombined: np.ndarray) -> str:
-    digest = hashlib.sha256()
-    for image in (low_energy, recombined):
-        array = np.ascontiguousarray(image, dtype=np.float32)
-        digest.update(np.asarray(array.shape, dtype=np.int64).tobytes())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _file_sha256(path: Path) -> str:
-    with Path(path).open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-# --- rows and the feature cache ----------------------------------------------------------------
-
-
-@dataclass
-class _Row:
-    """One mask whose radiomics is needed."""
-
-    sample_key: str
-    patient_id: str
-    study_id: str
-    laterality: str
-    view: str
-    lesion_id: str
-    label: str | None  # benign / malignant; None for an unmatched detection
-    mask_mode: MaskMode
-    mask_sha: str
-    pixels_sha: str
-    train: bool  # trains the classifier
-    gt_index: int | None = None  # the ground-truth lesion (manual row, matched detection)
-    dl_probability: float | None = None  # detections (and manual rows with a match)
-    score: float | None = None
-    iou: float | None = None
-    features: np.ndarray | None = None
-    error: str | None = None
-    cached: bool = False
-    link: int | None = None  # detection row -> its training row (manual mode)
-
-    def key(self, settings_id: str) -> str:
-        return "|".join(
-            (self.sample_key, self.mask_mode, self.mask_sha, self.pixels_sha, settings_id)
-        )
-
-    def describe(self, settings_id: str) -> dict[str, Any]:
-        return {
-            "sample": self.sample_key,
-            "patient_id": self.patient_id,
-            "study_id": self.study_id,
-            "laterality": self.laterality,
-            "view": self.view,
-            "lesion_id": self.lesion_id,
-            "label": self.label,
-            "mask_mode": self.mask_mode,
-            "mask_sha256": self.mask_sha,
-            "pixels_sha256": self.pixels_sha,
-            "settings_hash": settings_id,
-            "error": self.error,
-        }
-
-
-@dataclass
-class _Cache:
-    names: list[str] | None
-    rows: dict[str, tuple[dict[str, Any], np.ndarray]]  # key -> (description, features)
-    note: str | None = None
-
-
-def _load_cache(out_dir: Path, settings_id: str) -> _Cache:
-    rows_path, matrix_path = out_dir / CACHE_ROWS, out_dir / CACHE_FEATURES
-    if not rows_path.is_file() or not matrix_path.is_file():
-        return _Cache(None, {})
-    try:
-        document = json.loads(rows_path.read_text(encoding="utf-8"))
-        with np.load(matrix_path, allow_pickle=False) as data:
-            matrix = np.asarray(data["features"], dtype=float)
-        names = [str(n) for n in document["feature_names"]]
-        described = list(document["rows"])
-        if document.get("format") != CACHE_FORMAT:
-            raise ValueError(f"format {document.get('format')!r} is not {CACHE_FORMAT!r}")
-        if matrix.shape != (len(described), len(names)):
-            raise ValueError(
-                f"{CACHE_FEATURES} has shape {matrix.shape}, {CACHE_ROWS} describes "
-                f"{len(described)} rows x {len(names)} features"
-            )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        note = f"feature cache in {out_dir} ignored: {exc}"
-        log.warning("%s", note)
-        return _Cache(None, {}, note)
-    rows = {}
-    for description, values in zip(described, matrix, strict=True):
-        if description.get("settings_hash") != settings_id:
-            continue
-        key = "|".join(
-            str(description.get(k))
-            for k in ("sample", "mask_mode", "mask_sha256", "pixels_sha256", "settings_hash")
-        )
-        rows[key] = (description, values)
-    return _Cache(names if rows else None, rows)
-
-
-def _save_cache(
-    out_dir: Path,
-    settings_id: str,
-    names: list[str],
-    rows: Sequence[_Row],
-    cache: _Cache,
-) -> None:
-    described: list[dict[str, Any]] = []
-    vectors: list[np.ndarray] = []
-    seen: set[str] = set()
-    for row in rows:
-        key = row.key(settings_id)
-        if key in seen or (row.features is None and row.error is None):  # not extracted yet
-            continue
-        seen.add(key)
-        described.append(row.describe(settings_id))
-        vectors.append(row.features if row.features is not None else np.full(len(names), np.nan))
-    if cache.names == names:  # rows of earlier runs with these settings, not asked for now
-        for key, (description, values) in cache.rows.items():
-            if key not in seen:
-                seen.add(key)
-                described.append(description)
-                vectors.append(values)
-    matrix = np.vstack(vectors) if vectors else np.empty((0, len(names)))
-    document = {
-        "format": CACHE_FORMAT,
-        "settings_hash": settings_id,
-        "feature_names": names,
-        "rows": described,
-    }
-    _write_atomic(out_dir / CACHE_ROWS, _json_bytes(document))
-    handle, temporary = tempfile.mkstemp(prefix=f".{CACHE_FEATURES}.", suffix=".npz", dir=out_dir)
-    os.close(handle)
-    try:
-        np.savez(temporary, features=np.asarray(matrix, dtype=np.float64))
-        Path(temporary).replace(out_dir / CACHE_FEATURES)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
-# --- ages --------------------------------------------------------------------------------------
-
-
-def _synthetic_age(sample: Any, memo: dict[str, float | None]) -> float | None:
-    """The age in the synthetic study's ground truth (``source`` is ``<study dir> <LAT><VIEW>``)."""
-    if not str(sample.key).startswith("synthetic:"):
-        return None
-    folder = str(sample.source).rsplit(" ", 1)[0]
-    if folder not in memo:
-        age = None
-        try:
-            truth = json.loads((Path(folder) / "ground_truth.json").read_text(encoding="utf-8"))
-            value = truth["patient"]["age_years"]
-            if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-                age = float(value)
-        except (OSError, ValueError, KeyError, TypeError):
-            age = None
-        memo[folder] = age
-    return memo[folder]
-
-
-def _sample_age(
-    sample: Any, ages: Mapping[str, float] | None, memo: dict[str, float | None]
-) -> float | None:
-    if ages is not None and sample.patient_id in ages:
-        return float(ages[sample.patient_id])
-    value = getattr(sample, "age_years", None)
-    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return _synthetic_age(sample, memo)
-
-
-# --- thresholds --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ThresholdRecord:
-    """How one threshold was chosen."""
-
-    value: float
-    computed: bool
-    on: str
-    n: int
-    n_malignant: int
-    n_benign: int
-    reason: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "value": self.value,
-            "method": "youden" if self.computed else "fallback",
-            "on": self.on,
-            "n": self.n,
-            "n_malignant": self.n_malignant,
-            "n_benign": self.n_benign,
-            "reason": self.reason,
-        }
-
-
-def _youden(truth: Sequence[int], scores: Sequence[float], on: str) -> ThresholdRecord:
-    y = np.asarray(truth, dtype=int)
-    s = np.asarray(scores, dtype=float)
-    positives = int(y.sum())
-    negatives = int(y.size - positives)
-    if y.size == 0:
-        reason = "no case to compute it on: 0.5 used"
-    elif positives == 0 or negatives == 0:
-        present = "malignant" if positives else "benign"
-        reason = f"one class only (all {y.size} cases are {present}): 0.5 used"
-    else:
-        value = fusion.youden_threshold(y, s)
-        return ThresholdRecord(
-            min(1.0, max(0.0, value)), True, on, int(y.size), positives, negatives
-        )
-    return ThresholdRecord(0.5, False, on, int(y.size), positives, negatives, reason)
-
-
-# --- out-of-fold predictions -------------------------------------------------------------------
-
-
-def _oof_folds(
-    y: np.ndarray, groups: Sequence[str], folds: int, seed: int
-) -> tuple[list[tuple[np.ndarray, np.ndarray]], str]:
-    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
-
-    indices = np.arange(y.size)
-    if len(set(groups)) >= folds:
-        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-        splits = list(splitter.split(indices, y, groups))
-        if all(len(set(y[train].tolist())) == 2 for train, _ in splits):
-            return splits, f"StratifiedGroupKFold({folds}, shuffle, seed {seed}) by patient"
-        reason = "a patient-grouped fold would train on one class only"
-    else:
-        reason = f"{len(set(groups))} patient(s) < {folds} folds"
-    splitter2 = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    splits = list(splitter2.split(indices, y))
-    return splits, f"StratifiedKFold({folds}, shuffle, seed {seed}) by lesion ({reason})"
-
-
-def _fit_booster(inputs: np.ndarray, y: np.ndarray, params: Mapping[str, Any], seed: int) -> Any:
-    from xgboost import XGBClassifier
-
-    model = XGBClassifier(
-        objective="binary:logistic", tree_method="hist", random_state=seed, n_jobs=1, **params
-    )
-    model.fit(inputs, y)
-    return model
-
-
-def _model_inputs(classifier: Any, raw: np.ndarray, ages: np.ndarray | None) -> np.ndarray:
-    scaled = classifier.scale(raw)
-    if classifier.use_age:
-        scaled = np.column_stack([scaled, ages if ages is not None else np.full(len(raw), np.nan)])
-    return scaled
-
-
 # --- the result --------------------------------------------------------------------------------
 
 
@@ -635,26 +297,6 @@ class RadiomicsTrainingResult:
 
 
 # --- the training ------------------------------------------------------------------------------
-
-
-def _group_by_study(samples: Iterable[Any]) -> list[list[Any]]:
-    groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
-    for sample in samples:
-        groups[(sample.patient_id, sample.study_id)].append(sample)
-    return [
-        sorted(groups[key], key=lambda s: (s.laterality, s.view, s.key)) for key in sorted(groups)
-    ]
-
-
-def _failure(rows: Sequence[_Row], index: int) -> dict[str, Any]:
-    row = rows[index]
-    return {
-        "sample": row.sample_key,
-        "lesion_id": row.lesion_id,
-        "mask_mode": row.mask_mode,
-        "train": row.train,
-        "error": row.error,
-    }
 
 
 def train_radiomics(
@@ -731,22 +373,111 @@ def train_radiomics(
         A missing detector file, no usable training lesion, too few lesions of
         a class for the cross-validation.
     """
-    import torch
-
-    from cem_node.pipeline.detector import detect, load_detector, select_device
-    from cem_node.pipeline.preprocess import PreprocessError, preprocess_pair
-    from cem_node.pipeline.radiomics import extract_many, make_job, pyradiomics_params
-    from cem_node.training.metrics import match_detections
-    from cem_node.training.radiomics_model import fit_radiomics_classifier, select_features
-
     started = time.perf_counter()
+    run = _open_run(
+        samples,
+        detector_dir,
+        out_dir,
+        masks=masks,
+        settings=settings or RadiomicsSettings(),
+        postprocess=postprocess,
+        workers=workers,
+        cv_folds=cv_folds,
+        device=device,
+        detect_fn=detect_fn,
+    )
+    queue, cases = _gather_rows(run, samples, ages=ages, workers=workers, progress=progress)
+    train_set = _training_set(run, queue, cases)
+    fit = _fit_model(
+        run,
+        queue,
+        train_set,
+        cases.sample_ages,
+        use_age=use_age,
+        n_features=n_features,
+        selection=selection,
+        grid=grid,
+        seed=seed,
+        workers=workers,
+    )
+    oof, records, thresholds = _thresholds(run, queue.rows, train_set, fit, cases, seed=seed)
+    files, summary = write_run(
+        run,
+        queue,
+        cases,
+        train_set,
+        fit,
+        oof,
+        records,
+        thresholds,
+        n_samples=len(samples),
+        recorded={
+            "command": command,
+            "datasets": datasets,
+            "split_file": split_file,
+            "seed": seed,
+            "grid": grid,
+        },
+        started=started,
+    )
+    return RadiomicsTrainingResult(
+        out_dir=run.out,
+        files=files,
+        thresholds=thresholds,
+        threshold_records=records,
+        summary=summary,
+        extracted=queue.extracted,
+        reused=train_set.reused,
+        classifier=fit.classifier,
+        notes=run.notes,
+    )
+
+
+@dataclass
+class _Run:
+    """The resolved inputs of one :func:`train_radiomics` call, and what it notes and times."""
+
+    detector_dir: Path
+    weights: Path
+    detector_config: DetectorConfig
+    preprocess: PreprocessParams
+    detector_record: dict
+    post: PostprocessParams
+    settings: RadiomicsSettings
+    settings_id: str
+    out: Path
+    cache: _Cache
+    masks: MaskMode
+    cv_folds: int
+    torch_device: Any
+    device_text: str
+    # detect_study(samples, prepared pairs) -> per pair its Detection list; None once freed
+    detect_study: Callable[[Sequence[Any], Sequence[Any]], list[list[Any]]] | None
+    notes: list[str] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _open_run(
+    samples: Sequence[Any],
+    detector_dir: Path,
+    out_dir: Path,
+    *,
+    masks: MaskMode,
+    settings: RadiomicsSettings,
+    postprocess: PostprocessParams | None,
+    workers: int,
+    cv_folds: int,
+    device: str,
+    detect_fn: Callable[[Sequence[Any], Sequence[Any]], list[list[Any]]] | None,
+) -> _Run:
+    """Check the arguments, read the detector run, open the run folder and its feature cache,
+    and load the detector (unless ``detect_fn`` replaces it)."""
     if masks not in ("manual", "detector"):
         raise RadiomicsTrainingError(f"masks must be 'manual' or 'detector', got {masks!r}")
     if workers < 1:
         raise RadiomicsTrainingError(f"workers must be at least 1, got {workers}")
     if cv_folds < 2:
         raise RadiomicsTrainingError(f"cv_folds must be at least 2, got {cv_folds}")
-    settings = settings or RadiomicsSettings()
     weights, detector_config, preprocess, detector_record = read_detector_run(detector_dir)
     post = postprocess or detector_postprocess(detector_record)
     if not samples:
@@ -757,221 +488,194 @@ def train_radiomics(
     out.mkdir(parents=True, exist_ok=True)
     settings_id = settings_hash(settings)
     cache = _load_cache(out, settings_id)
-    notes: list[str] = [cache.note] if cache.note else []
-    timings: dict[str, float] = {}
+    torch_device, device_text, detect_study = _open_detector(
+        detector_dir, weights, detector_config, preprocess, post, device, detect_fn
+    )
+    return _Run(
+        detector_dir=detector_dir,
+        weights=weights,
+        detector_config=detector_config,
+        preprocess=preprocess,
+        detector_record=detector_record,
+        post=post,
+        settings=settings,
+        settings_id=settings_id,
+        out=out,
+        cache=cache,
+        masks=masks,
+        cv_folds=cv_folds,
+        torch_device=torch_device,
+        device_text=device_text,
+        detect_study=detect_study,
+        notes=[cache.note] if cache.note else [],
+    )
+
+
+def _open_detector(
+    detector_dir: Path,
+    weights: Path,
+    detector_config: DetectorConfig,
+    preprocess: PreprocessParams,
+    post: PostprocessParams,
+    device: str,
+    detect_fn: Callable[[Sequence[Any], Sequence[Any]], list[list[Any]]] | None,
+) -> tuple[Any, str, Callable[[Sequence[Any], Sequence[Any]], list[list[Any]]]]:
+    """The torch device, its description for the summary, and the per-study detection."""
+    from cem_node.pipeline.detector import detect, load_detector, select_device
 
     torch_device, device_text = select_device(device)
-    detector = None
-    if detect_fn is None:
-        try:
-            detector = load_detector(weights, detector_config, preprocess, device=torch_device)
-        except Exception as exc:  # DetectorError, torch errors
-            raise RadiomicsTrainingError(
-                f"cannot load the detector of {detector_dir}: {exc}"
-            ) from None
-    else:
-        device_text = "detect_fn (the detector was not run)"
+    if detect_fn is not None:
+        return torch_device, "detect_fn (the detector was not run)", detect_fn
+    try:
+        detector = load_detector(weights, detector_config, preprocess, device=torch_device)
+    except Exception as exc:  # DetectorError, torch errors
+        raise RadiomicsTrainingError(f"cannot load the detector of {detector_dir}: {exc}") from None
 
-    # 1-2. detect and match, study by study ------------------------------------------------
+    def detect_study(kept: Sequence[Any], prepared: Sequence[Any]) -> list[list[Any]]:
+        return detect(detector, [p.image for p in prepared], post, torch_device)
+
+    return torch_device, device_text, detect_study
+
+
+def _gather_rows(
+    run: _Run,
+    samples: Sequence[Any],
+    *,
+    ages: Mapping[str, float] | None,
+    workers: int,
+    progress: Callable[[str, int, int], None] | None,
+) -> tuple[_FeatureQueue, _Cases]:
+    """Steps 1-3: detect and match study by study, then extract the radiomics still pending.
+
+    Fails before the costly extraction when too few training lesions are asked for.
+    """
+    import torch
+
     tick = time.perf_counter()
-    groups = _group_by_study(samples)
-    rows: list[_Row] = []
-    jobs: list[Any] = []  # RadiomicsJob per row to extract; job_rows: its row index
-    job_rows: list[int] = []
-    sample_failures: list[dict[str, str]] = []
-    age_memo: dict[str, float | None] = {}
-    sample_ages: dict[str, float | None] = {}
-    lesion_counts = {"benign": 0, "malignant": 0}
-    breasts: dict[tuple[str, str, str], dict[str, Any]] = {}
-    studies: dict[tuple[str, str], dict[str, Any]] = {}
-    det_counts = {"detections": 0, "matched": 0, "false_positives": 0, "lesions_missed": 0}
-    used_samples = 0
-
-    def want(row: _Row, le: np.ndarray, rc: np.ndarray, mask: np.ndarray, spacing: Any) -> None:
-        index = len(rows)
-        rows.append(row)
-        hit = cache.rows.get(row.key(settings_id))
-        if hit is not None and not str(hit[0].get("error") or "").startswith(_TRANSIENT):
-            description, values = hit
-            row.cached = True
-            row.error = description.get("error")
-            row.features = None if row.error else np.asarray(values, dtype=float)
-            return
-        jobs.append(make_job(f"{index}", le, rc, mask, spacing, settings))
-        job_rows.append(index)
-
-    names: list[str] | None = list(cache.names) if cache.names else None
-    # Pending jobs are extracted in chunks (a pool of workers per chunk, its startup
-    # amortised; the cropped images of at most one chunk in memory) and the cache is saved
-    # after each, so an interrupted run goes on where it stopped.
-    chunk = max(64, workers * 50)
-    extracted = 0
-    radiomics_seconds = 0.0
-
-    def extract_pending() -> None:
-        nonlocal names, extracted
-        if not jobs:
-            return
-        if progress is not None:
-            progress("radiomics", extracted, extracted + len(jobs))
-        results = extract_many(jobs, settings, workers=workers)
-        for index, result in zip(job_rows, results, strict=True):
-            row = rows[index]
-            if result.features is None:
-                row.error = result.error or "radiomics unavailable"
-                continue
-            if names is None:
-                names = sorted(result.features)
-            if set(result.features) != set(names):
-                row.error = (
-                    f"feature set differs from the other rows ({len(result.features)} vs "
-                    f"{len(names)} features)"
-                )
-                continue
-            row.features = np.array([result.features[n] for n in names], dtype=float)
-        extracted += len(jobs)
-        jobs.clear()
-        job_rows.clear()
-        if names is not None:
-            _save_cache(out, settings_id, names, rows, cache)
-
-    for done, group in enumerate(groups):
-        if progress is not None:
-            progress("detecting", done, len(groups))
-        if len(jobs) >= chunk:
-            tick_radiomics = time.perf_counter()
-            extract_pending()
-            radiomics_seconds += time.perf_counter() - tick_radiomics
-        loaded, prepared, kept = [], [], []
-        for sample in group:
-            try:
-                data = sample.load()
-                prep = preprocess_pair(
-                    data.low_energy, data.recombined, preprocess, sample.laterality
-                )
-            except (PreprocessError, ValueError, OSError) as exc:
-                sample_failures.append({"sample": sample.key, "error": str(exc)})
-                continue
-            loaded.append(data)
-            prepared.append(prep)
-            kept.append(sample)
-        if not kept:
-            continue
-        if detect_fn is not None:
-            found_all = detect_fn(kept, prepared)
-        else:
-            found_all = detect(detector, [p.image for p in prepared], post, torch_device)
-        for sample, data, prep, found in zip(kept, loaded, prepared, found_all, strict=True):
-            used_samples += 1
-            sample_ages[sample.key] = _sample_age(sample, ages, age_memo)
-            detections = map_detections(prep, found, post)
-            gt = list(data.lesions)
-            match = match_detections([d.mask for d in detections], [g.mask for g in gt], HIT_RULE)
-            pix = _pixels_hash(data.low_energy, data.recombined)
-            spacing = sample.pixel_spacing_mm
-            common = {
-                "sample_key": sample.key,
-                "patient_id": sample.patient_id,
-                "study_id": sample.study_id,
-                "laterality": sample.laterality,
-                "view": sample.view,
-                "pixels_sha": pix,
-            }
-            breast = breasts.setdefault(
-                (sample.patient_id, sample.study_id, sample.laterality),
-                {"malignant": False, "scores": []},
-            )
-            study = studies.setdefault(
-                (sample.patient_id, sample.study_id), {"malignant": False, "scores": []}
-            )
-            gt_rows: dict[int, int] = {}
-            for j, lesion in enumerate(gt):
-                lesion_counts[lesion.label] = lesion_counts.get(lesion.label, 0) + 1
-                if lesion.label == "malignant":
-                    breast["malignant"] = study["malignant"] = True
-                if match.gt_to_pred[j] is None:
-                    det_counts["lesions_missed"] += 1
-                if masks != "manual":
-                    continue
-                matched = match.gt_to_pred[j]
-                row = _Row(
-                    **common,
-                    lesion_id=lesion.lesion_id or f"lesion-{j + 1}",
-                    label=lesion.label,
-                    mask_mode="manual",
-                    mask_sha=_mask_hash(lesion.mask),
-                    train=True,
-                    gt_index=j,
-                    dl_probability=None if matched is None else detections[matched].dl_probability,
-                    iou=None if matched is None else float(match.iou[matched, j]),
-                )
-                gt_rows[j] = len(rows)
-                want(row, data.low_energy, data.recombined, lesion.mask, spacing)
-            for k, det in enumerate(detections):
-                j = match.pred_to_gt[k]
-                det_counts["detections"] += 1
-                det_counts["matched" if j is not None else "false_positives"] += 1
-                row = _Row(
-                    **common,
-                    lesion_id=f"detection-{k + 1}"
-                    + (f" ({gt[j].lesion_id or f'lesion-{j + 1}'})" if j is not None else ""),
-                    label=None if j is None else gt[j].label,
-                    mask_mode="detector",
-                    mask_sha=_mask_hash(det.mask),
-                    train=masks == "detector" and j is not None,
-                    gt_index=j,
-                    dl_probability=det.dl_probability,
-                    score=det.score,
-                    iou=None if j is None else float(match.iou[k, j]),
-                    link=gt_rows.get(j) if j is not None else None,
-                )
-                breast["scores"].append(len(rows))
-                study["scores"].append(len(rows))
-                want(row, data.low_energy, data.recombined, det.mask, spacing)
-        del loaded, prepared
-    if progress is not None:
-        progress("detecting", len(groups), len(groups))
-    timings["detect"] = time.perf_counter() - tick - radiomics_seconds
-    del detector
-    if torch_device.type == "cuda":
+    queue = _FeatureQueue(run.out, run.settings, run.settings_id, run.cache, workers, progress)
+    assert run.detect_study is not None
+    cases = gather_cases(
+        samples,
+        queue,
+        masks=run.masks,
+        preprocess=run.preprocess,
+        post=run.post,
+        ages=ages,
+        detect_study=run.detect_study,
+        progress=progress,
+    )
+    run.timings["detect"] = time.perf_counter() - tick - queue.seconds
+    run.detect_study = None  # the last reference to the detector
+    if run.torch_device.type == "cuda":
         torch.cuda.empty_cache()
 
-    def too_few(n_mal: int, n_ben: int, n_candidates: int, n_failed: int) -> RadiomicsTrainingError:
-        what = (
-            "ground-truth lesions"
-            if masks == "manual"
-            else f"detections matched to a lesion ({HIT_RULE}; {det_counts['matched']} matched "
-            f"of {det_counts['detections']} detections)"
-        )
-        return RadiomicsTrainingError(
-            f"too few training lesions for {cv_folds}-fold cross-validation: {n_mal} malignant "
-            f"and {n_ben} benign {what} with radiomics ({n_candidates} candidate(s), "
-            f"{n_failed} failed); need at least {cv_folds} of each"
-            + ("; train the detector longer or use --masks manual" if masks == "detector" else "")
-        )
+    candidates = [i for i, r in enumerate(queue.rows) if r.train]
+    wanted = [1 if queue.rows[i].label == "malignant" else 0 for i in candidates]
+    if min(sum(wanted), len(wanted) - sum(wanted)) < run.cv_folds:  # before the extraction
+        raise _too_few(run, cases, sum(wanted), len(wanted) - sum(wanted), len(candidates), 0)
 
-    candidates = [i for i, r in enumerate(rows) if r.train]
-    wanted = [1 if rows[i].label == "malignant" else 0 for i in candidates]
-    if min(sum(wanted), len(wanted) - sum(wanted)) < cv_folds:  # before the costly extraction
-        raise too_few(sum(wanted), len(wanted) - sum(wanted), len(candidates), 0)
-
-    # 3. radiomics of the rows still pending ----------------------------------------------
     tick = time.perf_counter()
-    extract_pending()
-    if progress is not None and extracted:
-        progress("radiomics", extracted, extracted)
-    timings["radiomics"] = radiomics_seconds + time.perf_counter() - tick
-    reused = sum(1 for r in rows if r.cached)
+    queue.extract_pending()
+    if progress is not None and queue.extracted:
+        progress("radiomics", queue.extracted, queue.extracted)
+    run.timings["radiomics"] = queue.seconds + time.perf_counter() - tick
+    return queue, cases
 
+
+def _too_few(
+    run: _Run, cases: _Cases, n_mal: int, n_ben: int, n_candidates: int, n_failed: int
+) -> RadiomicsTrainingError:
+    det_counts = cases.det_counts
+    what = (
+        "ground-truth lesions"
+        if run.masks == "manual"
+        else f"detections matched to a lesion ({HIT_RULE}; {det_counts['matched']} matched "
+        f"of {det_counts['detections']} detections)"
+    )
+    return RadiomicsTrainingError(
+        f"too few training lesions for {run.cv_folds}-fold cross-validation: {n_mal} malignant "
+        f"and {n_ben} benign {what} with radiomics ({n_candidates} candidate(s), "
+        f"{n_failed} failed); need at least {run.cv_folds} of each"
+        + ("; train the detector longer or use --masks manual" if run.masks == "detector" else "")
+    )
+
+
+def _failure(rows: Sequence[_Row], index: int) -> dict[str, Any]:
+    row = rows[index]
+    return {
+        "sample": row.sample_key,
+        "lesion_id": row.lesion_id,
+        "mask_mode": row.mask_mode,
+        "train": row.train,
+        "error": row.error,
+    }
+
+
+@dataclass
+class _TrainingSet:
+    """The rows that train the classifier (``index``, with radiomics) and their labels."""
+
+    candidates: list[int]  # every training row, with radiomics or not
+    index: list[int]
+    y: np.ndarray
+    n_malignant: int
+    n_benign: int
+    failures: list[dict[str, Any]]  # every failed row
+    reused: int  # rows taken from the feature cache
+
+
+def _training_set(run: _Run, queue: _FeatureQueue, cases: _Cases) -> _TrainingSet:
+    """The training rows whose radiomics worked; too few of a class for the CV is an error."""
+    rows = queue.rows
+    candidates = [i for i, r in enumerate(rows) if r.train]
+    reused = sum(1 for r in rows if r.cached)
     failures = [_failure(rows, i) for i, r in enumerate(rows) if r.error is not None]
     train_index = [i for i, r in enumerate(rows) if r.train and r.features is not None]
     y_all = np.array([1 if rows[i].label == "malignant" else 0 for i in train_index], dtype=int)
     n_mal, n_ben = int(y_all.sum()), int(y_all.size - y_all.sum())
-    if names is None or min(n_mal, n_ben) < cv_folds:
-        raise too_few(n_mal, n_ben, len(candidates), len(candidates) - len(train_index))
+    if queue.names is None or min(n_mal, n_ben) < run.cv_folds:
+        raise _too_few(
+            run, cases, n_mal, n_ben, len(candidates), len(candidates) - len(train_index)
+        )
+    return _TrainingSet(candidates, train_index, y_all, n_mal, n_ben, failures, reused)
 
-    # 4. selection and fit ------------------------------------------------------------------
+
+# --- selection and fit -------------------------------------------------------------------------
+
+
+@dataclass
+class _Fit:
+    """Step 4: the training matrix, the ages, the feature selection and the fitted model."""
+
+    X: np.ndarray
+    row_ages: np.ndarray
+    age_info: dict[str, Any]
+    chosen: Any  # radiomics_model.FeatureSelection
+    fitted: Any  # radiomics_model.FittedRadiomics
+
+    @property
+    def classifier(self) -> Any:
+        return self.fitted.classifier
+
+
+def _fit_model(
+    run: _Run,
+    queue: _FeatureQueue,
+    train_set: _TrainingSet,
+    sample_ages: Mapping[str, float | None],
+    *,
+    use_age: bool,
+    n_features: int,
+    selection: Literal["rfe", "rfecv"],
+    grid: Literal["paper", "fast"] | Mapping[str, Sequence[Any]],
+    seed: int,
+    workers: int,
+) -> _Fit:
+    """Select the features and fit the classifier by grid search (timed as ``fit``)."""
+    from cem_node.training.radiomics_model import fit_radiomics_classifier, select_features
+
     tick = time.perf_counter()
+    rows, train_index, y_all = queue.rows, train_set.index, train_set.y
     X = np.vstack([rows[i].features for i in train_index])  # noqa: N806
     row_ages = np.array(
         [
@@ -982,6 +686,35 @@ def train_radiomics(
         ],
         dtype=float,
     )
+    age_info = _age_info(use_age, row_ages, run.notes)
+    try:
+        chosen = select_features(
+            X,
+            y_all,
+            queue.names,
+            n_features=n_features,
+            method=selection,
+            seed=seed,
+            n_jobs=workers,
+        )
+        fitted = fit_radiomics_classifier(
+            chosen.subset(X),
+            y_all,
+            chosen.selected,
+            ages=row_ages if age_info["used"] else None,
+            grid=grid,
+            seed=seed,
+            cv_folds=run.cv_folds,
+            n_jobs=workers,
+        )
+    except ValueError as exc:
+        raise RadiomicsTrainingError(f"cannot fit the radiomics model: {exc}") from None
+    run.timings["fit"] = time.perf_counter() - tick
+    return _Fit(X, row_ages, age_info, chosen, fitted)
+
+
+def _age_info(use_age: bool, row_ages: np.ndarray, notes: list[str]) -> dict[str, Any]:
+    """Whether the age is used (``summary.json``'s ``age``); none known: fitted without it."""
     age_info: dict[str, Any] = {"requested": use_age, "used": False}
     if use_age:
         known = int(np.isfinite(row_ages).sum())
@@ -996,254 +729,51 @@ def train_radiomics(
             notes.append(age_info["reason"])
         else:
             age_info["used"] = True
-    try:
-        chosen = select_features(
-            X, y_all, names, n_features=n_features, method=selection, seed=seed, n_jobs=workers
-        )
-        fitted = fit_radiomics_classifier(
-            chosen.subset(X),
-            y_all,
-            chosen.selected,
-            ages=row_ages if age_info["used"] else None,
-            grid=grid,
-            seed=seed,
-            cv_folds=cv_folds,
-            n_jobs=workers,
-        )
-    except ValueError as exc:
-        raise RadiomicsTrainingError(f"cannot fit the radiomics model: {exc}") from None
-    classifier = fitted.classifier
-    timings["fit"] = time.perf_counter() - tick
+    return age_info
 
-    # out-of-fold predictions of the chosen model
+
+# --- thresholds ------------------------------------------------------------------------------
+
+
+def _thresholds(
+    run: _Run,
+    rows: Sequence[_Row],
+    train_set: _TrainingSet,
+    fit: _Fit,
+    cases: _Cases,
+    *,
+    seed: int,
+) -> tuple[_OutOfFold, dict[str, ThresholdRecord], DecisionThresholds]:
+    """Step 5: out-of-fold predictions (timed as ``oof``) and the Youden thresholds; a
+    threshold that fell back to 0.5 is noted."""
     tick = time.perf_counter()
-    sel = list(chosen.indices)
-    age_column = row_ages if classifier.use_age else None
-    inputs = _model_inputs(classifier, X[:, sel], age_column)
-    groups_of_rows = [rows[i].patient_id for i in train_index]
-    splits, fold_method = _oof_folds(y_all, groups_of_rows, cv_folds, seed)
-    oof = np.empty(len(train_index), dtype=float)
-    fold_of = np.empty(len(train_index), dtype=int)
-    fold_models = []
-    for f, (fit_part, held_out) in enumerate(splits):
-        model = _fit_booster(inputs[fit_part], y_all[fit_part], fitted.best_params, seed)
-        oof[held_out] = model.predict_proba(inputs[held_out])[:, 1]
-        fold_of[held_out] = f
-        fold_models.append(model)
-    from sklearn.metrics import roc_auc_score
-
-    oof_auc = float(roc_auc_score(y_all, oof))
-    position = {row_index: k for k, row_index in enumerate(train_index)}
-
-    # radiomics probability of every detection, as the node would get it
-    def radiomics_of(row_index: int) -> float | None:
-        row = rows[row_index]
-        if row.features is None:
-            return None
-        if row_index in position:
-            return float(oof[position[row_index]])
-        age = sample_ages.get(row.sample_key)
-        raw = row.features[sel][None, :]
-        ages_in = np.array([np.nan if age is None else age], dtype=float)
-        if row.link is not None and row.link in position:
-            model = fold_models[fold_of[position[row.link]]]
-            return float(model.predict_proba(_model_inputs(classifier, raw, ages_in))[0, 1])
-        return float(classifier.predict_matrix(raw, ages_in if classifier.use_age else None)[0])
-
-    detection_rows = [i for i, r in enumerate(rows) if r.mask_mode == "detector"]
-    det_radiomics = {i: radiomics_of(i) for i in detection_rows}
-    timings["oof"] = time.perf_counter() - tick
-
-    # 5. thresholds -------------------------------------------------------------------------
-    records: dict[str, ThresholdRecord] = {}
-    records["radiomics"] = _youden(
-        y_all,
-        oof,
-        f"out-of-fold radiomics predictions of the {len(train_index)} training lesions "
-        f"({masks} masks; {fold_method})",
+    oof = out_of_fold(
+        fit.classifier,
+        fit.X,
+        train_set.y,
+        fit.row_ages,
+        rows,
+        train_set.index,
+        selected=fit.chosen.indices,
+        best_params=fit.fitted.best_params,
+        cv_folds=run.cv_folds,
+        seed=seed,
     )
-    # DL: every training lesion with a matched detection (its radiomics need not have worked)
-    matched_lesions = [i for i in candidates if rows[i].dl_probability is not None]
-    records["dl"] = _youden(
-        [1 if rows[i].label == "malignant" else 0 for i in matched_lesions],
-        [rows[i].dl_probability for i in matched_lesions],
-        f"DL probabilities of the detections matched ({HIT_RULE}) to the training lesions "
-        f"({len(matched_lesions)} of {len(candidates)} lesions matched)",
+    det_radiomics = detection_radiomics(rows, oof, fit.classifier, cases.sample_ages)
+    run.timings["oof"] = time.perf_counter() - tick
+    records = choose_thresholds(
+        rows,
+        y=train_set.y,
+        train_index=train_set.index,
+        candidates=train_set.candidates,
+        oof=oof,
+        det_radiomics=det_radiomics,
+        breasts=cases.breasts,
+        studies=cases.studies,
+        masks=run.masks,
     )
-    with_both = [i for i in train_index if rows[i].dl_probability is not None]
-    records["fused"] = _youden(
-        [1 if rows[i].label == "malignant" else 0 for i in with_both],
-        [(rows[i].dl_probability + oof[position[i]]) / 2.0 for i in with_both],
-        "mean of the DL probability and the out-of-fold radiomics probability of the "
-        f"training lesions with both ({len(with_both)})",
-    )
-
-    def fused_of(row_index: int) -> float:
-        row = rows[row_index]
-        assert row.dl_probability is not None
-        value, _ = fusion.fuse(row.dl_probability, det_radiomics.get(row_index))
-        return value
-
-    for level, table, unit in (
-        ("breast", breasts, "breasts"),
-        ("patient", studies, "patients (studies)"),
-    ):
-        truth = [1 if entry["malignant"] else 0 for entry in table.values()]
-        scores = [
-            max((fused_of(i) for i in entry["scores"]), default=0.0) for entry in table.values()
-        ]
-        empty = sum(1 for entry in table.values() if not entry["scores"])
-        records[level] = _youden(
-            truth,
-            scores,
-            f"maximum fused probability over all detections of the {len(truth)} training "
-            f"{unit} ({empty} without detection scored 0); truth: a malignant lesion",
-        )
     thresholds = DecisionThresholds(**{k: v.value for k, v in records.items()})
     for level, record in records.items():
         if not record.computed:
-            notes.append(f"{level} threshold: {record.reason}")
-
-    # 6. write ------------------------------------------------------------------------------
-    model_path, features_path = classifier.save(out)
-    files = {
-        "model": model_path,
-        "features": features_path,
-        "params": out / RADIOMICS_PARAMS,
-        "settings": out / RADIOMICS_SETTINGS,
-        "thresholds": out / THRESHOLDS,
-        "summary": out / SUMMARY,
-        "cache_features": out / CACHE_FEATURES,
-        "cache_rows": out / CACHE_ROWS,
-    }
-    _write_atomic(files["params"], _json_bytes(pyradiomics_params(settings)))
-    _write_atomic(files["settings"], _json_bytes(settings.model_dump(mode="json")))
-    _write_atomic(
-        files["thresholds"],
-        _json_bytes(
-            {
-                "format": THRESHOLDS_FORMAT,
-                "thresholds": thresholds.model_dump(mode="json"),
-                "method": (
-                    "Youden index (argmax TPR - FPR; the lowest threshold on ties) on the "
-                    "training predictions; 0.5 where it cannot be computed"
-                ),
-                "mask_mode": masks,
-                "hit_rule": HIT_RULE,
-                "details": {k: v.to_dict() for k, v in records.items()},
-                "notes": [
-                    "radiomics: out-of-fold predictions, because in-sample predictions of "
-                    "boosted trees are nearly perfect and their Youden threshold is meaningless "
-                    f"(the in-sample one, {fitted.youden_threshold:.4g}, is not used)",
-                ],
-            }
-        ),
-    )
-    weights_sha = _file_sha256(weights)
-    training_record = detector_record.get("training") if isinstance(detector_record, dict) else None
-    if not isinstance(training_record, dict):
-        training_record = {}
-    rows_by_label = {
-        "malignant": n_mal,
-        "benign": n_ben,
-    }
-    summary: dict[str, Any] = {
-        "format": SUMMARY_FORMAT,
-        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": command,
-        "datasets": list(datasets),
-        "split_file": None if split_file is None else str(split_file),
-        "seed": seed,
-        "mask_mode": masks,
-        "hit_rule": HIT_RULE,
-        "detector": {
-            "dir": str(Path(detector_dir)),
-            "weights_sha256": weights_sha,
-            "config": detector_config.model_dump(mode="json"),
-            "preprocessing": preprocess.model_dump(mode="json"),
-            "datasets": training_record.get("datasets"),
-            "seed": training_record.get("seed"),
-            "command": training_record.get("command"),
-            "device": device_text,
-        },
-        "postprocessing": post.model_dump(mode="json"),
-        "radiomics_settings": settings.model_dump(mode="json"),
-        "settings_hash": settings_id,
-        "grid": grid if isinstance(grid, str) else "custom",
-        "cv_folds": cv_folds,
-        "selection": chosen.to_dict(),
-        "model": fitted.to_dict(),
-        "best_params": fitted.best_params,
-        "cv_auc": {"mean": fitted.cv_auc, "std": fitted.cv_auc_std},
-        "oof_auc": oof_auc,
-        "oof_folds": fold_method,
-        "in_sample_auc": fitted.training_auc,
-        "in_sample_youden_threshold": fitted.youden_threshold,
-        "age": age_info,
-        "counts": {
-            "samples": len(samples),
-            "samples_used": used_samples,
-            "studies": len(studies),
-            "patients": len({p for p, _ in studies}),
-            "breasts": len(breasts),
-            "lesions": lesion_counts,
-            **det_counts,
-            "training_rows": len(train_index),
-            "training_rows_by_label": rows_by_label,
-            "training_candidates": len(candidates),
-            "radiomics_rows": len(rows),
-            "radiomics_failed": len(failures),
-            "extracted": extracted,
-            "reused_from_cache": reused,
-            "samples_failed": len(sample_failures),
-        },
-        "failures": {"radiomics": failures, "samples": sample_failures},
-        "thresholds": thresholds.model_dump(mode="json"),
-        "notes": notes,
-        "timings_s": {k: round(v, 3) for k, v in timings.items()},
-        "seconds": round(time.perf_counter() - started, 3),
-    }
-    _write_atomic(files["summary"], _json_bytes(summary))
-    return RadiomicsTrainingResult(
-        out_dir=out,
-        files=files,
-        thresholds=thresholds,
-        threshold_records=records,
-        summary=summary,
-        extracted=extracted,
-        reused=reused,
-        classifier=classifier,
-        notes=notes,
-    )
-
-
-# --- files -------------------------------------------------------------------------------------
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
-def _json_bytes(document: Any) -> bytes:
-    return (json.dumps(_plain(document), indent=2, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+            run.notes.append(f"{level} threshold: {record.reason}")
+    return oof, records, thresholds
