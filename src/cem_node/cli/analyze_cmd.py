@@ -6,7 +6,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -107,11 +107,6 @@ def analyze(
     code 0 when every study with a pair was analysed, 1 when one failed or
     none could be analysed, 2 for bad input.
     """
-    from cem_node.models import BundleError, BundleRegistry
-    from cem_node.pipeline.analyse import LoadedModels
-    from cem_node.pipeline.overlay import write_view_overlay
-    from cem_node.pipeline.service import analyse_request, decode_pairs, requests_from_files
-
     obj: CliContext = ctx.obj
     settings = obj.settings_or_exit()
     analysis = settings.analysis
@@ -121,6 +116,37 @@ def analyze(
         analysis = analysis.model_copy(update={"models_dir": models_dir})
     err = console()
     err.file = sys.stderr
+    studies = _read_studies(paths, settings, err)
+    models = _load_models(model, analysis, err)
+
+    documents = []
+    failed = 0
+    for study in studies:
+        if study.request is None:
+            err.print(f"[yellow]{study.study_instance_uid}[/]: {study.reason}")
+            failed += 1
+            continue
+        try:
+            findings, pairs = _analyse_study(models, study.request, analysis)
+        except Exception as exc:
+            err.print(f"[red]{study.study_instance_uid}: analysis failed: {exc}[/]")
+            failed += 1
+            continue
+        study_dir = out / study.study_instance_uid
+        overlays, written = _write_study(findings, pairs, study.request, study_dir, dicom)
+        documents.append(findings.model_dump(mode="json"))
+        if not as_json:
+            _print_study(findings, study_dir, overlays, written)
+    if as_json:
+        typer.echo(json.dumps({"studies": documents}, indent=2))
+    if failed or not documents:
+        raise typer.Exit(1)
+
+
+def _read_studies(paths: list[Path], settings: Any, err: Any) -> list[Any]:
+    """The studies among ``paths`` (exit 2 when there is none); non-DICOM files are named."""
+    from cem_node.pipeline.service import requests_from_files
+
     try:
         studies, skipped = requests_from_files(paths, settings.selection)
     except FileNotFoundError as exc:
@@ -131,6 +157,13 @@ def analyze(
             err.print(f"  {line}")
     if not studies:
         raise fail("no DICOM study among the given paths", 2)
+    return studies
+
+
+def _load_models(model: str | None, analysis: Any, err: Any) -> Any:
+    """The resolved bundle's models (exit 2 when unknown, 1 when they cannot be loaded)."""
+    from cem_node.models import BundleError, BundleRegistry
+    from cem_node.pipeline.analyse import LoadedModels
 
     registry = BundleRegistry(analysis.bundles_dir)
     try:
@@ -144,83 +177,78 @@ def analyze(
     identity = bundle.identity()
     if identity.disclaimer:
         err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
+    return models
 
-    documents = []
-    failed = 0
-    for study in studies:
-        if study.request is None:
-            err.print(f"[yellow]{study.study_instance_uid}[/]: {study.reason}")
-            failed += 1
-            continue
-        try:
-            started = time.perf_counter()
-            pairs = decode_pairs(study.request)  # once: the analysis and the overlays use them
-            decoded = time.perf_counter() - started
-            findings = analyse_request(models, study.request, analysis, pairs)
-            timings = {**findings.timings_s, "decode": round(decoded, 4)}
-            timings["total"] = round(time.perf_counter() - started, 4)
-            findings = findings.model_copy(update={"timings_s": timings})
-        except Exception as exc:
-            err.print(f"[red]{study.study_instance_uid}: analysis failed: {exc}[/]")
-            failed += 1
-            continue
-        study_dir = out / study.study_instance_uid
-        study_dir.mkdir(parents=True, exist_ok=True)
-        (study_dir / "findings.json").write_text(findings.to_json() + "\n")
-        overlays = []
-        for pair in pairs:
-            overlays.append(
-                write_view_overlay(
-                    findings,
-                    pair.laterality,
-                    pair.view,
-                    pair.recombined.pixels,
-                    pair.low_energy.pixels,
-                    study_dir / f"overlay-{pair.laterality}-{pair.view}.png",
-                )
-            )
-        written = []
-        if dicom:
-            from cem_node.dicom.objects.results import encode_results
 
-            views = {
-                v.recombined_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views
-            }
-            views.update(
-                {v.low_energy_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views}
+def _analyse_study(models: Any, request: Any, analysis: Any) -> tuple[Any, Any]:
+    """The findings of one study, with the decode time in its timings, and its pairs."""
+    from cem_node.pipeline.service import analyse_request, decode_pairs
+
+    started = time.perf_counter()
+    pairs = decode_pairs(request)  # once: the analysis and the overlays use them
+    decoded = time.perf_counter() - started
+    findings = analyse_request(models, request, analysis, pairs)
+    timings = {**findings.timings_s, "decode": round(decoded, 4)}
+    timings["total"] = round(time.perf_counter() - started, 4)
+    findings = findings.model_copy(update={"timings_s": timings})
+    return findings, pairs
+
+
+def _write_study(
+    findings: Any, pairs: Any, request: Any, study_dir: Path, dicom: bool
+) -> tuple[list[Any], list[Path]]:
+    """Write findings.json, the overlays and (``dicom``) the result objects of one study."""
+    from cem_node.pipeline.overlay import write_view_overlay
+
+    study_dir.mkdir(parents=True, exist_ok=True)
+    (study_dir / "findings.json").write_text(findings.to_json() + "\n")
+    overlays = []
+    for pair in pairs:
+        overlays.append(
+            write_view_overlay(
+                findings,
+                pair.laterality,
+                pair.view,
+                pair.recombined.pixels,
+                pair.low_energy.pixels,
+                study_dir / f"overlay-{pair.laterality}-{pair.view}.png",
             )
-            dicom_dir = study_dir / "dicom"
-            dicom_dir.mkdir(exist_ok=True)
-            for obj in encode_results(findings, list(study.request.headers)):
-                path = dicom_dir / _result_name(obj, views)
-                obj.dataset.save_as(path, enforce_file_format=True)
-                written.append(path)
-        documents.append(findings.model_dump(mode="json"))
-        if not as_json:
-            out_console = console()
-            out_console.print(_table(findings, study_dir))
-            summary = ", ".join(
-                f"{b.laterality}: {b.label}" + ("" if b.score is None else f" ({b.score:.2f})")
-                for b in findings.breasts
-            )
-            out_console.print(
-                f"breasts {summary}; patient: {findings.patient.label}"
-                + ("" if findings.patient.score is None else f" ({findings.patient.score:.2f})")
-            )
-            for note in condensed_notes(findings.notes):
-                out_console.print(f"  note: {note}")
-            out_console.print(
-                f"  wrote {study_dir / 'findings.json'}, {len(overlays)} overlay PNG(s)"
-                + (
-                    f" and {len(written)} DICOM object(s) in {study_dir / 'dicom'}"
-                    if written
-                    else ""
-                )
-            )
-    if as_json:
-        typer.echo(json.dumps({"studies": documents}, indent=2))
-    if failed or not documents:
-        raise typer.Exit(1)
+        )
+    written = []
+    if dicom:
+        from cem_node.dicom.objects.results import encode_results
+
+        views = {v.recombined_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views}
+        views.update(
+            {v.low_energy_sop_instance_uid: f"{v.laterality}-{v.view}" for v in findings.views}
+        )
+        dicom_dir = study_dir / "dicom"
+        dicom_dir.mkdir(exist_ok=True)
+        for obj in encode_results(findings, list(request.headers)):
+            path = dicom_dir / _result_name(obj, views)
+            obj.dataset.save_as(path, enforce_file_format=True)
+            written.append(path)
+    return overlays, written
+
+
+def _print_study(findings: Any, study_dir: Path, overlays: list[Any], written: list[Path]) -> None:
+    """One study's table, breast and patient labels, notes and files, on stdout."""
+    out_console = console()
+    out_console.print(_table(findings, study_dir))
+    summary = ", ".join(
+        f"{b.laterality}: {b.label}" + ("" if b.score is None else f" ({b.score:.2f})")
+        for b in findings.breasts
+    )
+    out_console.print(
+        f"breasts {summary}; patient: {findings.patient.label}"
+        + ("" if findings.patient.score is None else f" ({findings.patient.score:.2f})")
+    )
+    for note in condensed_notes(findings.notes):
+        out_console.print(f"  note: {note}")
+    out_console.print(
+        f"  wrote {study_dir / 'findings.json'}, {len(overlays)} overlay PNG(s)"
+        + (f" and {len(written)} DICOM object(s) in {study_dir / 'dicom'}" if written else "")
+    )
 
 
 def condensed_notes(notes: list[str]) -> list[str]:

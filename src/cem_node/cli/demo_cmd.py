@@ -162,16 +162,50 @@ def _run_node(
     timeout_s: float,
 ) -> tuple[dict[str, Any] | None, list[Path]]:
     """Start a node, send the study, wait for the results at the PACS."""
-    from sqlalchemy import select
-
     from cem_node import __version__
-    from cem_node.config import Peer
     from cem_node.dicom.net.scu import RemoteAE, send_files
     from cem_node.dicom.objects.common import ReportingDevice
-    from cem_node.jobs.admin import show_study
     from cem_node.node import Node
     from cem_node.pipeline.service import BundleAnalyzer
-    from cem_node.store.models import Analysis, Study
+
+    node_settings = _node_settings(settings, analysis, out, pacs)
+    analyzer = BundleAnalyzer(
+        node_settings.analysis,
+        device=ReportingDevice(software_version=__version__, device_serial_number="DEMO"),
+    )
+    started = time.perf_counter()
+    console.print(analyzer.preload())
+    timings["model bundle load"] = time.perf_counter() - started
+    node = Node(node_settings, analyzer=analyzer, node_id="demo")
+    node.start()
+    try:
+        started = time.perf_counter()
+        remote = RemoteAE(node_settings.node.ae_title, "127.0.0.1", node.port)
+        results = send_files(files, remote, calling_ae_title=DEMO_SOURCE_AE)
+        failed = [r for r in results if not r.delivered]
+        if failed:
+            console.print(f"[red]{len(failed)} C-STORE failures: {failed[0].message}[/red]")
+            return None, []
+        timings["C-STORE to the node"] = time.perf_counter() - started
+        console.print(f"sent {len(files)} images to {remote.ae_title} on port {node.port}")
+        assert node.sessions is not None
+        started = time.perf_counter()
+        detail = _wait_for_study(node.sessions, uid, timeout_s)
+        timings["quiet period + analysis + export"] = time.perf_counter() - started
+        console.print(
+            f"study state: {detail['state']}"
+            + (f" ({detail['state_reason']})" if detail["state_reason"] else "")
+        )
+        document = _latest_document(node.sessions, uid)
+    finally:
+        node.stop()
+    return document, list(pacs.received)
+
+
+def _node_settings(settings: Any, analysis: Any, out: Path, pacs: DemoPacs) -> Any:
+    """The demo node's settings: loopback, SQLite in ``out``, short assembly waits, and the
+    demo modality and PACS as its peers."""
+    from cem_node.config import Peer
 
     node_settings = settings.model_copy(deep=True)
     node_settings.analysis = analysis
@@ -194,50 +228,37 @@ def _run_node(
             role="destination",
         ),
     ]
-    analyzer = BundleAnalyzer(
-        node_settings.analysis,
-        device=ReportingDevice(software_version=__version__, device_serial_number="DEMO"),
-    )
-    started = time.perf_counter()
-    console.print(analyzer.preload())
-    timings["model bundle load"] = time.perf_counter() - started
-    node = Node(node_settings, analyzer=analyzer, node_id="demo")
-    node.start()
-    try:
-        started = time.perf_counter()
-        remote = RemoteAE(node_settings.node.ae_title, "127.0.0.1", node.port)
-        results = send_files(files, remote, calling_ae_title=DEMO_SOURCE_AE)
-        failed = [r for r in results if not r.delivered]
-        if failed:
-            console.print(f"[red]{len(failed)} C-STORE failures: {failed[0].message}[/red]")
-            return None, []
-        timings["C-STORE to the node"] = time.perf_counter() - started
-        console.print(f"sent {len(files)} images to {remote.ae_title} on port {node.port}")
-        assert node.sessions is not None
-        started = time.perf_counter()
-        deadline = time.monotonic() + timeout_s
-        detail = show_study(node.sessions, uid)
-        with console.status("waiting for the analysis and the export ..."):
-            while detail["state"] not in ("done", "failed", "not_analysable"):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-                detail = show_study(node.sessions, uid)
-        timings["quiet period + analysis + export"] = time.perf_counter() - started
-        console.print(
-            f"study state: {detail['state']}"
-            + (f" ({detail['state_reason']})" if detail["state_reason"] else "")
+    return node_settings
+
+
+def _wait_for_study(sessions: Any, uid: str, timeout_s: float) -> dict[str, Any]:
+    """The study's detail once it is done, failed or not analysable, or at the timeout."""
+    from cem_node.jobs.admin import show_study
+
+    deadline = time.monotonic() + timeout_s
+    detail = show_study(sessions, uid)
+    with console.status("waiting for the analysis and the export ..."):
+        while detail["state"] not in ("done", "failed", "not_analysable"):
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+            detail = show_study(sessions, uid)
+    return detail
+
+
+def _latest_document(sessions: Any, uid: str) -> dict[str, Any] | None:
+    """The findings document of the study's current analysis (None when there is none)."""
+    from sqlalchemy import select
+
+    from cem_node.store.models import Analysis, Study
+
+    with sessions() as session:
+        study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
+        return session.scalar(
+            select(Analysis.document)
+            .where(Analysis.study_id == study_id, Analysis.superseded_by_id.is_(None))
+            .order_by(Analysis.id.desc())
         )
-        with node.sessions() as session:
-            study_id = session.scalar(select(Study.id).where(Study.study_instance_uid == uid))
-            document = session.scalar(
-                select(Analysis.document)
-                .where(Analysis.study_id == study_id, Analysis.superseded_by_id.is_(None))
-                .order_by(Analysis.id.desc())
-            )
-    finally:
-        node.stop()
-    return document, list(pacs.received)
 
 
 def _report(
@@ -249,17 +270,39 @@ def _report(
     timings: dict[str, float],
 ) -> bool:
     """Print the findings, validate what arrived, write an overlay; True when all is well."""
-    import pydicom
-
     from cem_node.contracts.findings import Findings
-    from cem_node.dicom.validation import ValidatorMissingError, dciodvfy_errors
-    from cem_node.pipeline.overlay import write_view_overlay
-    from cem_node.pipeline.pixels import read_source_image
 
     if document is None:
         console.print("[red]No analysis result: see the study state above.[/red]")
         return False
     findings = Findings.model_validate(document)
+    _print_findings(findings, study_dir)
+    kinds = sorted({p.name.split("-", 1)[0] for p in received})
+    errors, validated = _validate_received(received, findings.study_instance_uid)
+    overlay = _write_overlay(findings, files, out)
+    (out / "findings.json").write_text(findings.to_json() + "\n")
+    stages = {**timings, **{f"  analysis: {k}": v for k, v in findings.timings_s.items()}}
+    for stage, seconds in stages.items():
+        console.print(f"  {stage:<40} {seconds:7.2f} s")
+    console.print(f"results at the PACS ({out / 'pacs'}): {len(received)} object(s) {kinds}")
+    console.print(f"findings: {out / 'findings.json'}")
+    if overlay is not None:
+        console.print(f"overlay:  {overlay}")
+    if not validated:
+        console.print("[yellow]dciodvfy is not installed: results not validated[/yellow]")
+    expected = {"sr"} | ({"seg", "gsps"} if findings.lesions else set())
+    if not expected <= set(kinds):
+        console.print(f"[red]missing results at the PACS: {sorted(expected - set(kinds))}[/red]")
+        return False
+    if errors:
+        console.print(f"[red]{errors} validation error(s) in the results[/red]")
+        return False
+    console.print("[green]demo finished: the results arrived at the PACS and validate[/green]")
+    return True
+
+
+def _print_findings(findings: Any, study_dir: Path) -> None:
+    """The lesions found, the patient's label and the phantom's ground truth."""
     table = Table(title=f"Lesions found ({findings.model.name} {findings.model.version})")
     for column in ("lesion", "breast", "view", "area mm²", "DL", "radiomics", "fused", "label"):
         table.add_column(column)
@@ -291,18 +334,35 @@ def _report(
         )
     )
 
-    kinds = sorted({p.name.split("-", 1)[0] for p in received})
+
+def _validate_received(received: list[Path], study_uid: str) -> tuple[int, bool]:
+    """The errors in the objects the PACS received (another study, dciodvfy's errors) and
+    whether dciodvfy could check them."""
+    import pydicom
+
+    from cem_node.dicom.validation import ValidatorMissingError, dciodvfy_errors
+
     errors = 0
     validated = True
     for path in received:
         ds = pydicom.dcmread(path)
-        if ds.StudyInstanceUID != findings.study_instance_uid:
+        if ds.StudyInstanceUID != study_uid:
             console.print(f"[red]{path.name}: another study[/red]")
             errors += 1
         try:
             errors += len(dciodvfy_errors(path))
         except ValidatorMissingError:
             validated = False
+    return errors, validated
+
+
+def _write_overlay(findings: Any, files: list[Path], out: Path) -> Path | None:
+    """An overlay PNG of the first view with a lesion (else the first view) in ``out``."""
+    import pydicom
+
+    from cem_node.pipeline.overlay import write_view_overlay
+    from cem_node.pipeline.pixels import read_source_image
+
     overlay = None
     by_uid = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID): p for p in files}
     views = [v for v in findings.views if v.lesion_ids] or list(findings.views)
@@ -316,22 +376,4 @@ def _report(
             read_source_image(by_uid[view.low_energy_sop_instance_uid]).pixels,
             out / f"overlay-{view.laterality}-{view.view}.png",
         )
-    (out / "findings.json").write_text(findings.to_json() + "\n")
-    stages = {**timings, **{f"  analysis: {k}": v for k, v in findings.timings_s.items()}}
-    for stage, seconds in stages.items():
-        console.print(f"  {stage:<40} {seconds:7.2f} s")
-    console.print(f"results at the PACS ({out / 'pacs'}): {len(received)} object(s) {kinds}")
-    console.print(f"findings: {out / 'findings.json'}")
-    if overlay is not None:
-        console.print(f"overlay:  {overlay}")
-    if not validated:
-        console.print("[yellow]dciodvfy is not installed: results not validated[/yellow]")
-    expected = {"sr"} | ({"seg", "gsps"} if findings.lesions else set())
-    if not expected <= set(kinds):
-        console.print(f"[red]missing results at the PACS: {sorted(expected - set(kinds))}[/red]")
-        return False
-    if errors:
-        console.print(f"[red]{errors} validation error(s) in the results[/red]")
-        return False
-    console.print("[green]demo finished: the results arrived at the PACS and validate[/green]")
-    return True
+    return overlay

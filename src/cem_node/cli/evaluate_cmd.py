@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -179,22 +182,10 @@ def evaluate(
     bundle cannot be loaded (the report is still written when possible),
     2 for bad input.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cem_node.models import BundleError, BundleRegistry
-    from cem_node.pipeline.service import effective_params
-    from cem_node.training.datasets import DatasetError, load_datasets, parse_spec
-    from cem_node.training.evaluation import (
-        SPLITS,
-        evaluate_samples,
-        select_from_split_file,
-        select_samples,
-    )
-    from cem_node.training.report import ReportContext, write_report
+    from cem_node.training.evaluation import SPLITS
 
     obj: CliContext = ctx.obj
-    settings = obj.settings_or_exit()
-    analysis = settings.analysis
+    analysis = obj.settings_or_exit().analysis
     if device is not None:
         if device not in ("auto", "cpu", "cuda"):
             raise fail(f"--device {device!r}: use auto, cpu or cuda", 2)
@@ -204,7 +195,46 @@ def evaluate(
     if split not in SPLITS:
         raise fail(f"--split {split!r}: use one of {', '.join(SPLITS)}", 2)
     split_fractions = _fractions(fractions)
-    specs = list(dataset or [])
+    specs, folds_record = _resolve_specs(list(dataset or []), folds_dir, split_file)
+    bundle = _resolve_bundle(model, analysis)
+    split_seed = bundle.manifest.training.seed if seed is None else seed
+    if folds_dir is not None:
+        _evaluate_folds(
+            folds_dir,
+            folds_record,
+            specs,
+            bundle,
+            analysis,
+            out,
+            bootstrap,
+            bootstrap_seed,
+            radiomics_workers,
+        )
+        return
+    chosen = _Selection(split, split_file, split_seed, split_fractions, fractions)
+    _evaluate_split(
+        specs, chosen, bundle, analysis, out, bootstrap, bootstrap_seed, radiomics_workers
+    )
+
+
+@dataclass(frozen=True)
+class _Selection:
+    """Which samples ``evaluate`` takes: ``split`` of the split file or of a fresh split."""
+
+    split: str
+    split_file: Path | None
+    seed: int
+    fractions: tuple[float, ...]
+    fractions_text: str
+
+
+def _resolve_specs(
+    specs: list[str], folds_dir: Path | None, split_file: Path | None
+) -> tuple[list[str], Any]:
+    """The dataset SPECs to read (given, or named by the folds or the split file) and the
+    folds record of ``--folds``; exit 2 when there are none or one is malformed."""
+    from cem_node.training.datasets import DatasetError, parse_spec
+
     folds_record = None
     if folds_dir is not None:
         if split_file is not None:
@@ -220,30 +250,31 @@ def evaluate(
             parse_spec(spec)
     except DatasetError as exc:
         raise fail(str(exc), 2) from None
-    dataset_text = " + ".join(specs)
-    err = console()
-    err.file = sys.stderr
+    return specs, folds_record
+
+
+def _resolve_bundle(model: str | None, analysis: Any) -> Any:
+    """The ``--model`` bundle, else the active one, else ``[analysis] model`` (exit 2)."""
+    from cem_node.models import BundleError, BundleRegistry
 
     registry = BundleRegistry(analysis.bundles_dir)
     try:
-        bundle = registry.resolve(model, analysis.model)
+        return registry.resolve(model, analysis.model)
     except BundleError as exc:
         raise fail(str(exc), 2) from None
-    manifest = bundle.manifest
-    split_seed = manifest.training.seed if seed is None else seed
-    if folds_dir is not None:
-        _evaluate_folds(
-            folds_dir,
-            folds_record,
-            specs,
-            bundle,
-            analysis,
-            out,
-            bootstrap,
-            bootstrap_seed,
-            radiomics_workers,
-        )
-        return
+
+
+def _stderr_console() -> Any:
+    """The rich console, writing to stderr (progress, warnings)."""
+    err = console()
+    err.file = sys.stderr
+    return err
+
+
+@contextlib.contextmanager
+def _progress_bars(err: Any) -> Iterator[Any]:
+    """The transient progress display of an evaluation."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(
         TextColumn("{task.description}"),
@@ -253,34 +284,62 @@ def evaluate(
         console=err,
         transient=True,
     ) as progress:
-        generating = progress.add_task(f"reading {dataset_text}", total=None)
+        yield progress
 
-        def on_generate(description: str, done: int, total: int) -> None:
-            progress.update(generating, description=description, completed=done, total=total)
 
-        try:
-            data = load_datasets(specs, progress=on_generate)
-            if split_file is not None:
-                samples = select_from_split_file(data, split_file, split)
-            else:
-                samples = select_samples(data, split, split_seed, split_fractions)
-        except DatasetError as exc:
-            raise fail(str(exc), 2) from None
-        progress.remove_task(generating)
-        if not samples:
-            where = (
-                f"of {split_file}"
-                if split_file is not None
-                else f"(seed {split_seed}, fractions {fractions})"
-            )
-            raise fail(f"the {split} part of {dataset_text} {where} holds no sample", 2)
+def _read_data(
+    progress: Any, specs: list[str], select: Callable[[Any], Any] = lambda data: None
+) -> tuple[Any, Any]:
+    """The datasets of ``specs`` and ``select(datasets)``, with a progress bar while they are
+    read or generated (exit 2 on a DatasetError)."""
+    from cem_node.training.datasets import DatasetError, load_datasets
 
-        from cem_node.pipeline.analyse import LoadedModels
+    generating = progress.add_task(f"reading {' + '.join(specs)}", total=None)
 
-        try:
-            models = LoadedModels.load(bundle, analysis.device)
-        except Exception as exc:  # a bundle that verifies but cannot be loaded
-            raise fail(f"cannot load model bundle {manifest.bundle.name}: {exc}", 1) from None
+    def on_generate(description: str, done: int, total: int) -> None:
+        progress.update(generating, description=description, completed=done, total=total)
+
+    try:
+        data = load_datasets(specs, progress=on_generate)
+        selected = select(data)
+    except DatasetError as exc:
+        raise fail(str(exc), 2) from None
+    progress.remove_task(generating)
+    return data, selected
+
+
+def _load_models(bundle: Any, analysis: Any) -> Any:
+    """The bundle's models on the configured device (exit 1 when they cannot be loaded)."""
+    from cem_node.pipeline.analyse import LoadedModels
+
+    try:
+        return LoadedModels.load(bundle, analysis.device)
+    except Exception as exc:  # a bundle that verifies but cannot be loaded
+        raise fail(f"cannot load model bundle {bundle.manifest.bundle.name}: {exc}", 1) from None
+
+
+def _evaluate_split(
+    specs: list[str],
+    chosen: _Selection,
+    bundle: Any,
+    analysis: Any,
+    out: Path,
+    bootstrap: int,
+    bootstrap_seed: int,
+    radiomics_workers: int | None,
+) -> None:
+    """``evaluate`` without ``--folds``: the bundle on one part of the datasets."""
+    from cem_node.pipeline.service import effective_params
+    from cem_node.training.evaluation import evaluate_samples
+    from cem_node.training.report import ReportContext, write_report
+
+    err = _stderr_console()
+    manifest = bundle.manifest
+    dataset_text = " + ".join(specs)
+    split, split_file, split_seed = chosen.split, chosen.split_file, chosen.seed
+    with _progress_bars(err) as progress:
+        data, samples = _read_selection(progress, specs, chosen)
+        models = _load_models(bundle, analysis)
         identity = bundle.identity()
         if identity.disclaimer:
             err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
@@ -305,7 +364,7 @@ def evaluate(
             split=split,
             split_file=None if split_file is None else str(split_file),
             split_seed=None if split == "all" or split_file else split_seed,
-            split_fractions=None if split == "all" or split_file else split_fractions,
+            split_fractions=None if split == "all" or split_file else chosen.fractions,
             samples_selected=len(samples),
             bundle={
                 **identity.model_dump(),
@@ -314,28 +373,7 @@ def evaluate(
             device=models.device_description,
             skipped_samples=list(data.skipped),
             settings_notes=notes,
-            command=shlex.join(
-                [
-                    "cem-node",
-                    "evaluate",
-                    "--model",
-                    manifest.bundle.name,
-                    *(part for spec in specs for part in ("--dataset", spec)),
-                    "--split",
-                    split,
-                    *(
-                        ["--split-file", str(split_file)]
-                        if split_file is not None
-                        else ["--seed", str(split_seed), "--fractions", fractions]
-                        if split != "all"
-                        else []
-                    ),
-                    "--bootstrap",
-                    str(bootstrap),
-                    "--bootstrap-seed",
-                    str(bootstrap_seed),
-                ]
-            ),
+            command=_split_command(manifest.bundle.name, specs, chosen, bootstrap, bootstrap_seed),
         )
         files = write_report(records, context, out, n_resamples=bootstrap, seed=bootstrap_seed)
 
@@ -345,6 +383,62 @@ def evaluate(
     out_console = console()
     for line in _summary(document):
         out_console.print(line)
+    _print_files_and_failures(files, records, err)
+
+
+def _read_selection(progress: Any, specs: list[str], chosen: _Selection) -> tuple[Any, list[Any]]:
+    """The datasets and the samples ``chosen`` takes from them (exit 2 when there are none)."""
+    from cem_node.training.evaluation import select_from_split_file, select_samples
+
+    split, split_file, split_seed = chosen.split, chosen.split_file, chosen.seed
+
+    def select(data: Any) -> list[Any]:
+        if split_file is not None:
+            return select_from_split_file(data, split_file, split)
+        return select_samples(data, split, split_seed, chosen.fractions)
+
+    data, samples = _read_data(progress, specs, select)
+    if not samples:
+        where = (
+            f"of {split_file}"
+            if split_file is not None
+            else f"(seed {split_seed}, fractions {chosen.fractions_text})"
+        )
+        raise fail(f"the {split} part of {' + '.join(specs)} {where} holds no sample", 2)
+    return data, samples
+
+
+def _split_command(
+    bundle_name: str, specs: list[str], chosen: _Selection, bootstrap: int, bootstrap_seed: int
+) -> str:
+    """The command that repeats this evaluation, as the report records it."""
+    return shlex.join(
+        [
+            "cem-node",
+            "evaluate",
+            "--model",
+            bundle_name,
+            *(part for spec in specs for part in ("--dataset", spec)),
+            "--split",
+            chosen.split,
+            *(
+                ["--split-file", str(chosen.split_file)]
+                if chosen.split_file is not None
+                else ["--seed", str(chosen.seed), "--fractions", chosen.fractions_text]
+                if chosen.split != "all"
+                else []
+            ),
+            "--bootstrap",
+            str(bootstrap),
+            "--bootstrap-seed",
+            str(bootstrap_seed),
+        ]
+    )
+
+
+def _print_files_and_failures(files: Any, records: Any, err: Any) -> None:
+    """The files written; exit 1 when a study failed or no image could be evaluated."""
+    out_console = console()
     out_console.print(
         f"wrote {files.report_md}, {files.report_json.name}, {files.cases_json.name} and "
         f"{len(files.figures)} figures"
@@ -395,90 +489,33 @@ def _evaluate_folds(
     radiomics_workers: int | None,
 ) -> None:
     """``evaluate --folds``: every fold's detector on its held-out patients, pooled."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    from cem_node.pipeline.analyse import LoadedModels
-    from cem_node.pipeline.service import effective_params
-    from cem_node.training.datasets import DatasetError, load_datasets
-    from cem_node.training.evaluation import (
-        evaluate_samples,
-        fold_models,
-        fold_summary,
-        pool_records,
-    )
-    from cem_node.training.folds import FOLDS_FILE
+    from cem_node.training.evaluation import pool_records
     from cem_node.training.report import ReportContext, write_report
 
-    err = console()
-    err.file = sys.stderr
+    err = _stderr_console()
     manifest = bundle.manifest
-    dataset_text = " + ".join(specs)
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=err,
-        transient=True,
-    ) as progress:
-        generating = progress.add_task(f"reading {dataset_text}", total=None)
-
-        def on_generate(description: str, done: int, total: int) -> None:
-            progress.update(generating, description=description, completed=done, total=total)
-
-        try:
-            data = load_datasets(specs, progress=on_generate)
-        except DatasetError as exc:
-            raise fail(str(exc), 2) from None
-        progress.remove_task(generating)
+    with _progress_bars(err) as progress:
+        data, _ = _read_data(progress, specs)
         fold_dirs = [folds_dir / name for name in record.fold_dirs]
         samples = [
             _fold_samples(data, d, p, n)
             for n, (d, p) in enumerate(zip(fold_dirs, record.patients, strict=True), start=1)
         ]
-        try:
-            base = LoadedModels.load(bundle, analysis.device)
-        except Exception as exc:  # a bundle that verifies but cannot be loaded
-            raise fail(f"cannot load model bundle {manifest.bundle.name}: {exc}", 1) from None
+        base = _load_models(bundle, analysis)
         workers = radiomics_workers or analysis.radiomics_workers
         per_fold, rows, notes = [], [], []
         for number, (fold_dir, fold_samples) in enumerate(
             zip(fold_dirs, samples, strict=True), start=1
         ):
-            try:
-                models = fold_models(base, fold_dir)
-            except (ValueError, OSError, RuntimeError) as exc:
-                raise fail(f"fold {number}: cannot load the detector: {exc}", 1) from None
-            post, radiomics, fold_notes = effective_params(analysis, models.bundle)
-            notes.extend(f"fold {number}: {n}" for n in fold_notes)
-            task = progress.add_task(f"fold {number}", total=None)
-
-            def on_study(done: int, total: int, name: str, task: Any = task) -> None:
-                progress.update(task, completed=done, total=total, description=f"{name}")
-
-            records = evaluate_samples(
-                models,
-                fold_samples,
-                postprocess=post,
-                radiomics_settings=radiomics,
-                radiomics_workers=workers,
-                progress=on_study,
+            records, row = _evaluate_fold(
+                progress, base, analysis, number, fold_dir, fold_samples, workers, notes
             )
-            progress.remove_task(task)
             per_fold.append(records)
-            rows.append(
-                {
-                    "fold": number,
-                    "detector": str(fold_dir),
-                    "keep_score": post.keep_score,
-                    "short_side": models.bundle.manifest.preprocessing.short_side,
-                    **fold_summary(records),
-                }
-            )
+            rows.append(row)
         pooled = pool_records(per_fold)
         identity = bundle.identity()
         context = ReportContext(
-            dataset=dataset_text,
+            dataset=" + ".join(specs),
             split="folds",
             split_file=None,
             samples_selected=sum(len(s) for s in samples),
@@ -486,34 +523,95 @@ def _evaluate_folds(
             device=base.device_description,
             skipped_samples=list(data.skipped),
             settings_notes=notes,
-            command=shlex.join(
-                [
-                    "cem-node",
-                    "evaluate",
-                    "--folds",
-                    str(folds_dir),
-                    "--model",
-                    manifest.bundle.name,
-                    *(part for spec in specs for part in ("--dataset", spec)),
-                    "--bootstrap",
-                    str(bootstrap),
-                    "--bootstrap-seed",
-                    str(bootstrap_seed),
-                ]
+            command=_folds_command(
+                folds_dir, manifest.bundle.name, specs, bootstrap, bootstrap_seed
             ),
             bootstrap_unit="patient",
-            cross_validation={
-                "k": record.k,
-                "seed": record.seed,
-                "folds_dir": str(folds_dir),
-                "folds_file": str(folds_dir / FOLDS_FILE),
-                "patients": sum(len(p) for p in record.patients),
-                "patients_per_fold": [len(p) for p in record.patients],
-                "per_fold": rows,
-            },
+            cross_validation=_cross_validation(folds_dir, record, rows),
         )
         files = write_report(pooled, context, out, n_resamples=bootstrap, seed=bootstrap_seed)
     _print_folds(files, rows, pooled, err)
+
+
+def _evaluate_fold(
+    progress: Any,
+    base: Any,
+    analysis: Any,
+    number: int,
+    fold_dir: Path,
+    fold_samples: list[Any],
+    workers: int,
+    notes: list[str],
+) -> tuple[Any, dict[str, Any]]:
+    """One fold's detector on its held-out samples: the records and the fold's summary row
+    (its settings notes are added to ``notes``; exit 1 when the detector cannot be loaded)."""
+    from cem_node.pipeline.service import effective_params
+    from cem_node.training.evaluation import evaluate_samples, fold_models, fold_summary
+
+    try:
+        models = fold_models(base, fold_dir)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(f"fold {number}: cannot load the detector: {exc}", 1) from None
+    post, radiomics, fold_notes = effective_params(analysis, models.bundle)
+    notes.extend(f"fold {number}: {n}" for n in fold_notes)
+    task = progress.add_task(f"fold {number}", total=None)
+
+    def on_study(done: int, total: int, name: str) -> None:
+        progress.update(task, completed=done, total=total, description=f"{name}")
+
+    records = evaluate_samples(
+        models,
+        fold_samples,
+        postprocess=post,
+        radiomics_settings=radiomics,
+        radiomics_workers=workers,
+        progress=on_study,
+    )
+    progress.remove_task(task)
+    row = {
+        "fold": number,
+        "detector": str(fold_dir),
+        "keep_score": post.keep_score,
+        "short_side": models.bundle.manifest.preprocessing.short_side,
+        **fold_summary(records),
+    }
+    return records, row
+
+
+def _folds_command(
+    folds_dir: Path, bundle_name: str, specs: list[str], bootstrap: int, bootstrap_seed: int
+) -> str:
+    """The command that repeats this cross-validated evaluation, as the report records it."""
+    return shlex.join(
+        [
+            "cem-node",
+            "evaluate",
+            "--folds",
+            str(folds_dir),
+            "--model",
+            bundle_name,
+            *(part for spec in specs for part in ("--dataset", spec)),
+            "--bootstrap",
+            str(bootstrap),
+            "--bootstrap-seed",
+            str(bootstrap_seed),
+        ]
+    )
+
+
+def _cross_validation(folds_dir: Path, record: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's description of the folds and their per-fold rows."""
+    from cem_node.training.folds import FOLDS_FILE
+
+    return {
+        "k": record.k,
+        "seed": record.seed,
+        "folds_dir": str(folds_dir),
+        "folds_file": str(folds_dir / FOLDS_FILE),
+        "patients": sum(len(p) for p in record.patients),
+        "patients_per_fold": [len(p) for p in record.patients],
+        "per_fold": rows,
+    }
 
 
 def _print_folds(files: Any, rows: list[dict[str, Any]], pooled: Any, err: Any) -> None:
@@ -533,14 +631,4 @@ def _print_folds(files: Any, rows: list[dict[str, Any]], pooled: Any, err: Any) 
         )
     for line in _summary(document):
         out_console.print(f"pooled {line}")
-    out_console.print(
-        f"wrote {files.report_md}, {files.report_json.name}, {files.cases_json.name} and "
-        f"{len(files.figures)} figures"
-    )
-    if pooled.failures:
-        err.print(f"[red]{len(pooled.failures)} studies failed and are not in the report:[/]")
-        for line in pooled.failures[:5]:
-            err.print(f"  {line}")
-        raise typer.Exit(1)
-    if not pooled.images:
-        raise fail("no image could be evaluated", 1)
+    _print_files_and_failures(files, pooled, err)

@@ -200,10 +200,19 @@ def info_cmd(
     if as_json:
         _echo_json({**_info_json(bundle, active), "in_use": in_use})
         return
-    m = bundle.manifest
-    use = m.intended_use
     out = console()
+    out.print(_intended_use_panel(bundle))
+    out.print(_bundle_panel(bundle, active, in_use))
+    out.print(_training_panel(bundle.manifest))
+    for table in _threshold_tables(bundle.manifest):
+        out.print(table)
+    out.print(_params_table(bundle.manifest))
+    out.print(_files_table(bundle, active))
 
+
+def _intended_use_panel(bundle: Any) -> Panel:
+    """The bundle's intended use, whether it is for clinical use, and its disclaimer."""
+    use = bundle.manifest.intended_use
     clinical = (
         Text("For clinical use: yes", style="bold green")
         if use.for_clinical_use
@@ -212,15 +221,17 @@ def info_cmd(
     parts: list[Any] = [Text(use.statement), clinical]
     if use.disclaimer:
         parts.append(Text(use.disclaimer, style="bold yellow"))
-    out.print(
-        Panel(
-            Group(*parts),
-            title=f"{bundle.name} {bundle.version}: intended use",
-            expand=False,
-            border_style="green" if use.for_clinical_use else "red",
-        )
+    return Panel(
+        Group(*parts),
+        title=f"{bundle.name} {bundle.version}: intended use",
+        expand=False,
+        border_style="green" if use.for_clinical_use else "red",
     )
 
+
+def _bundle_panel(bundle: Any, active: bool, in_use: bool) -> Panel:
+    """What the bundle is, where it is, and whether the node uses it."""
+    m = bundle.manifest
     about = Table.grid(padding=(0, 2))
     about.add_column(style="bold")
     about.add_column(overflow="fold")
@@ -232,8 +243,11 @@ def info_cmd(
         "in use",
         "yes (activated)" if active else "yes (config default)" if in_use else "no",
     )
-    out.print(Panel(about, title="bundle", expand=False))
+    return Panel(about, title="bundle", expand=False)
 
+
+def _training_panel(m: Any) -> Panel:
+    """How the bundle's models were trained."""
     training = Table.grid(padding=(0, 2))
     training.add_column(style="bold")
     training.add_column(overflow="fold")
@@ -246,8 +260,11 @@ def info_cmd(
     training.add_row("seed", str(m.training.seed))
     if m.training.command:
         training.add_row("command", m.training.command)
-    out.print(Panel(training, title="training", expand=False))
+    return Panel(training, title="training", expand=False)
 
+
+def _threshold_tables(m: Any) -> list[Any]:
+    """The decision thresholds and, when the manifest has them, the metrics."""
     thresholds = Table(title="decision thresholds")
     thresholds.add_column("level")
     thresholds.add_column("threshold", justify="right")
@@ -261,9 +278,11 @@ def info_cmd(
         for key, value in m.metrics.items():
             metrics.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
         tables.append(metrics)
-    for table in tables:
-        out.print(table)
+    return tables
 
+
+def _params_table(m: Any) -> Table:
+    """The detector, preprocessing, postprocessing and radiomics parameters."""
     params = Table(title="parameters", show_lines=True)
     params.add_column("section", style="bold")
     params.add_column("values", overflow="fold")
@@ -271,15 +290,18 @@ def info_cmd(
     params.add_row("preprocessing", _kv(m.preprocessing.model_dump()))
     params.add_row("postprocessing", _kv(m.postprocessing.model_dump()))
     params.add_row("radiomics", _kv(m.radiomics.model_dump(exclude_none=True)))
-    out.print(params)
+    return params
 
+
+def _files_table(bundle: Any, active: bool) -> Table:
+    """The bundle's files with their sizes and (verified) checksums."""
     files = Table(title="files (checksums verified)")
     files.add_column("file")
     files.add_column("size", justify="right")
     files.add_column("sha256")
     for entry in _info_json(bundle, active)["files"]:
         files.add_row(entry["name"], _size(entry["size"]), _short(entry["sha256"]))
-    out.print(files)
+    return files
 
 
 # --------------------------------------------------------------------------- verify
@@ -497,38 +519,11 @@ def import_cmd(
     manifest records the training data, seeds, commands, thresholds and
     checksums; models trained on synthetic data are marked not for clinical use.
     """
-    from cem_node.models import MANIFEST_NAME
-
-    packing = detector is not None or radiomics is not None
-    if packing:
-        if detector is None or radiomics is None:
-            raise fail("--detector and --radiomics go together (the two runs to pack)", 2)
-        if source is not None:
-            raise fail("give either DIR or --detector and --radiomics, not both", 2)
-    elif source is None:
-        raise fail(
-            "give the bundle folder to import (DIR), or the training run to pack (DIR with "
-            "detector/ and radiomics/, or --detector and --radiomics)",
-            2,
-        )
-    elif source.is_dir() and not (source / MANIFEST_NAME).exists():
-        from cem_node.training.packing import find_training_run
-
-        run = find_training_run(source)
-        if run is None:
-            raise fail(
-                f"{source}: neither a model bundle (no {MANIFEST_NAME}) nor a training run (no "
-                "detector/ and radiomics/ sub-folders; or give --detector and --radiomics)",
-                2,
-            )
-        detector, radiomics = run
-        packing = True
-    if packing:
-        assert detector is not None and radiomics is not None
+    runs = _runs_to_pack(source, detector, radiomics)
+    if runs is not None:
         _pack_run(
             ctx,
-            detector,
-            radiomics,
+            *runs,
             name=name,
             version=version,
             description=description,
@@ -556,6 +551,39 @@ def import_cmd(
         raise fail(f"{', '.join(extra)}: only for packing a training run; {source} is a bundle", 2)
     assert source is not None
     _import_folder(ctx, source, name, force, models_dir, as_json)
+
+
+def _runs_to_pack(
+    source: Path | None, detector: Path | None, radiomics: Path | None
+) -> tuple[Path, Path] | None:
+    """The detector and radiomics runs to pack (given, or found in ``source``), or None when
+    ``source`` is a bundle to import; exit 2 when the arguments do not say which."""
+    from cem_node.models import MANIFEST_NAME
+
+    if detector is not None or radiomics is not None:
+        if detector is None or radiomics is None:
+            raise fail("--detector and --radiomics go together (the two runs to pack)", 2)
+        if source is not None:
+            raise fail("give either DIR or --detector and --radiomics, not both", 2)
+        return detector, radiomics
+    if source is None:
+        raise fail(
+            "give the bundle folder to import (DIR), or the training run to pack (DIR with "
+            "detector/ and radiomics/, or --detector and --radiomics)",
+            2,
+        )
+    if source.is_dir() and not (source / MANIFEST_NAME).exists():
+        from cem_node.training.packing import find_training_run
+
+        run = find_training_run(source)
+        if run is None:
+            raise fail(
+                f"{source}: neither a model bundle (no {MANIFEST_NAME}) nor a training run (no "
+                "detector/ and radiomics/ sub-folders; or give --detector and --radiomics)",
+                2,
+            )
+        return run
+    return None
 
 
 def _report_imported(
@@ -657,26 +685,9 @@ def _pack_run(
     as_json: bool,
 ) -> None:
     from cem_node.models import BundleError
-    from cem_node.models.manifest import check_bundle_name
     from cem_node.training.packing import pack_training_run
 
-    if not name:
-        raise fail("packing a training run needs --name (the bundle's name)", 2)
-    if not version:
-        raise fail("packing a training run needs --version (e.g. 1.0.0)", 2)
-    try:
-        check_bundle_name(name)
-    except ValueError as exc:
-        raise fail(str(exc), 2) from None
-    registry, _default = _registry(ctx, models_dir)
-    dest = registry.models_dir / name
-    existed = dest.is_dir()
-    if (dest.exists() or dest.is_symlink()) and not force:
-        raise fail(
-            f"a bundle named {name!r} is already in {registry.models_dir}: replace it with "
-            "--force, or choose another --name",
-            2,
-        )
+    registry, dest, existed = _pack_destination(ctx, name, version, force, models_dir)
     try:
         result = pack_training_run(
             detector,
@@ -710,6 +721,39 @@ def _pack_run(
         raise fail(f"cannot pack {detector} and {radiomics}: {exc}", 1) from None
     if as_json:
         return
+    _print_packed(result, stale_active)
+
+
+def _pack_destination(
+    ctx: typer.Context, name: str | None, version: str | None, force: bool, models_dir: Path | None
+) -> tuple[BundleRegistry, Path, bool]:
+    """The registry, the new bundle's folder and whether a bundle is there already (exit 2
+    without a valid --name and --version, or when the name is taken without --force)."""
+    from cem_node.models.manifest import check_bundle_name
+
+    if not name:
+        raise fail("packing a training run needs --name (the bundle's name)", 2)
+    if not version:
+        raise fail("packing a training run needs --version (e.g. 1.0.0)", 2)
+    try:
+        check_bundle_name(name)
+    except ValueError as exc:
+        raise fail(str(exc), 2) from None
+    registry, _default = _registry(ctx, models_dir)
+    dest = registry.models_dir / name
+    existed = dest.is_dir()
+    if (dest.exists() or dest.is_symlink()) and not force:
+        raise fail(
+            f"a bundle named {name!r} is already in {registry.models_dir}: replace it with "
+            "--force, or choose another --name",
+            2,
+        )
+    return registry, dest, existed
+
+
+def _print_packed(result: Any, stale_active: bool) -> None:
+    """What was packed, its notes, a not-for-clinical-use warning and the next step."""
+    bundle = result.bundle
     use = bundle.manifest.intended_use
     typer.secho(
         f"Packed {bundle.name} {bundle.version} into {bundle.path} "

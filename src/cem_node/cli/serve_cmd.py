@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -80,18 +80,58 @@ def serve(
 
     Stops cleanly on Ctrl-C or SIGTERM; work in progress resumes at the next start.
     """
-    from cem_node import __version__
-    from cem_node.config import ROLES, ConfigError
-    from cem_node.dicom.net.tls import TlsConfigError
-    from cem_node.dicom.objects.common import ReportingDevice
     from cem_node.logs import configure_logging
     from cem_node.node import Node
-    from cem_node.pipeline.service import BundleAnalyzer
-    from cem_node.store import SchemaOutdatedError
 
     state: CliContext = ctx.obj
     if data_dir is not None:
         state.data_dir = data_dir
+    settings = _settings(
+        state,
+        port=port,
+        ae_title=ae_title,
+        host=host,
+        receivers=receivers,
+        accept_unknown_sources=accept_unknown_sources,
+        node_id=node_id,
+        role=role,
+    )
+    configure_logging(settings.logging, json_output=log_json)
+    analyzer = _analyzer(settings)
+    node = Node(settings, analyzer=analyzer)
+    _start(node, settings)
+
+    _LOG.info(
+        "cem-node serving AE %s on %s, data in %s (%s), roles: %s",
+        settings.node.ae_title,
+        f"{settings.node.host}:{node.port}" if node.scp is not None else "no DICOM port",
+        Path(settings.storage.root).resolve(),
+        "SQLite" if settings.database_url().startswith("sqlite") else "database server",
+        ", ".join(node.roles),
+    )
+    if analyzer is not None:
+        preload = analyzer.preload
+        # load the networks now, not when the first study arrives (receiving starts at once)
+        threading.Thread(
+            target=lambda: _LOG.info("%s", preload()), name="preload", daemon=True
+        ).start()
+    node.run_until_signalled(lambda signum: _LOG.info("signal %d: stopping", signum))
+
+
+def _settings(
+    state: CliContext,
+    *,
+    port: int | None,
+    ae_title: str | None,
+    host: str | None,
+    receivers: int | None,
+    accept_unknown_sources: bool,
+    node_id: str | None,
+    role: list[str] | None,
+) -> Any:
+    """The node settings with the command-line overrides (exit 2 when they are invalid)."""
+    from cem_node.config import ROLES, ConfigError
+
     try:
         settings = state.settings()
         if port is not None:
@@ -117,16 +157,30 @@ def serve(
     except (ConfigError, ValueError) as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    configure_logging(settings.logging, json_output=log_json)
-    analyzer: BundleAnalyzer | None = None
-    if "worker" in settings.node.roles:  # only a worker loads the bundle (torch, the GPU)
-        analyzer = BundleAnalyzer(
-            settings.analysis,
-            device=ReportingDevice(
-                software_version=__version__, device_serial_number=settings.node.ae_title
-            ),
-        )
-    node = Node(settings, analyzer=analyzer)
+    return settings
+
+
+def _analyzer(settings: Any) -> Any:
+    """The bundle analyzer of a node with the worker role, else None."""
+    from cem_node import __version__
+    from cem_node.dicom.objects.common import ReportingDevice
+    from cem_node.pipeline.service import BundleAnalyzer
+
+    if "worker" not in settings.node.roles:  # only a worker loads the bundle (torch, the GPU)
+        return None
+    return BundleAnalyzer(
+        settings.analysis,
+        device=ReportingDevice(
+            software_version=__version__, device_serial_number=settings.node.ae_title
+        ),
+    )
+
+
+def _start(node: Any, settings: Any) -> None:
+    """Start the node: exit 2 on a configuration it refuses, 1 when it cannot listen."""
+    from cem_node.dicom.net.tls import TlsConfigError
+    from cem_node.store import SchemaOutdatedError
+
     try:
         node.start()
     except SchemaOutdatedError as exc:
@@ -144,19 +198,3 @@ def serve(
         )
         node.stop()
         raise typer.Exit(1) from None
-
-    _LOG.info(
-        "cem-node serving AE %s on %s, data in %s (%s), roles: %s",
-        settings.node.ae_title,
-        f"{settings.node.host}:{node.port}" if node.scp is not None else "no DICOM port",
-        Path(settings.storage.root).resolve(),
-        "SQLite" if settings.database_url().startswith("sqlite") else "database server",
-        ", ".join(node.roles),
-    )
-    if analyzer is not None:
-        preload = analyzer.preload
-        # load the networks now, not when the first study arrives (receiving starts at once)
-        threading.Thread(
-            target=lambda: _LOG.info("%s", preload()), name="preload", daemon=True
-        ).start()
-    node.run_until_signalled(lambda signum: _LOG.info("signal %d: stopping", signum))

@@ -215,9 +215,20 @@ def _image_label(instance: dict[str, Any]) -> str:
 
 
 def _render(study: dict[str, Any], audit_limit: int) -> Group:
-    # pairs name their images by series/instance number, as in the instance table
-    label = {i["sop_instance_uid"]: _image_label(i) for i in study["instances"]}
-    instances = _table(
+    return Group(
+        _header(study),
+        _instances_table(study),
+        _pairings_table(study),
+        _jobs_table(study),
+        _analyses_table(study),
+        _exports_table(study),
+        _audit_table(study, audit_limit),
+    )
+
+
+def _instances_table(study: dict[str, Any]) -> Table | Text:
+    """The study's instances with their CEM roles."""
+    return _table(
         "Instances",
         ["series/no", "SOP Instance UID", "CEM role", "lat/view", "why"],
         [
@@ -234,7 +245,13 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "none",
     )
-    pairings = _table(
+
+
+def _pairings_table(study: dict[str, Any]) -> Table | Text:
+    """The low-energy / recombined pairs of the latest round."""
+    # pairs name their images by series/instance number, as in the instance table
+    label = {i["sop_instance_uid"]: _image_label(i) for i in study["instances"]}
+    return _table(
         "Pairing (latest round)",
         ["lat/view", "paired", "low energy (series/no)", "recombined (series/no)", "why"],
         [
@@ -249,7 +266,11 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "not paired yet",
     )
-    jobs = _table(
+
+
+def _jobs_table(study: dict[str, Any]) -> Table | Text:
+    """The study's analysis jobs."""
+    return _table(
         "Jobs",
         ["id", "round", "state", "attempts", "last error", "started (UTC)", "finished (UTC)"],
         [
@@ -266,7 +287,11 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "none",
     )
-    analyses = _table(
+
+
+def _analyses_table(study: dict[str, Any]) -> Table | Text:
+    """The study's analyses and the model of each."""
+    return _table(
         "Analyses",
         ["id", "round", "model", "version", "sha256", "result", "finished (UTC)"],
         [
@@ -289,7 +314,11 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "none",
     )
-    exports = _table(
+
+
+def _exports_table(study: dict[str, Any]) -> Table | Text:
+    """The study's result exports."""
+    return _table(
         "Exports",
         ["destination", "object", "state", "attempts", "last status / error", "sent (UTC)"],
         [
@@ -312,9 +341,13 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "none",
     )
+
+
+def _audit_table(study: dict[str, Any], audit_limit: int) -> Table | Text:
+    """The last ``audit_limit`` events of the study's audit trail (none when 0)."""
     events = study["audit"][-audit_limit:] if audit_limit else []
     skipped = len(study["audit"]) - len(events)
-    audit = _table(
+    return _table(
         "Audit trail" + (f" (last {len(events)} of {len(study['audit'])})" if skipped else ""),
         ["at (UTC)", "event", "decision", "actor", "message"],
         [
@@ -323,7 +356,6 @@ def _render(study: dict[str, Any], audit_limit: int) -> Group:
         ],
         "no events",
     )
-    return Group(_header(study), instances, pairings, jobs, analyses, exports, audit)
 
 
 @app.command("show")

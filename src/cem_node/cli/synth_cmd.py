@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -133,7 +133,7 @@ def synth(
     if from_cdd is not None or cdd_dir is not None or cdd_view:
         _from_cdd(out, from_cdd, cdd_dir, cdd_view or [], transfer_syntax.value)  # type: ignore[arg-type]
         return
-    from cem_node.synthetic import SynthOptions, generate_studies, grid_for_size
+    from cem_node.synthetic import SynthOptions, grid_for_size
 
     try:
         grid = grid_for_size(size)
@@ -151,6 +151,13 @@ def synth(
         f"({grid.cols} x {grid.rows} px at {grid.pixel_mm} mm, "
         f"{transfer_syntax.value}, {vendor.value} headers, seed {seed})"
     )
+    _write_studies(out, studies, seed, options)
+
+
+def _write_studies(out: Path, studies: int, seed: int, options: Any) -> None:
+    """Generate the phantom studies with a progress bar (exit 1 when out is not writable)."""
+    from cem_node.synthetic import generate_studies
+
     started = time.perf_counter()
     try:
         with Progress(
