@@ -41,6 +41,7 @@ __all__ = [
     "MODEL_FILE",
     "ClassifierError",
     "RadiomicsClassifier",
+    "write_atomic",
 ]
 
 AGE_FEATURE = "clinical_age_years"
@@ -353,9 +354,9 @@ class RadiomicsClassifier:
         model_path = folder / MODEL_FILE
         features_path = folder / FEATURES_FILE
         # XGBoost's own JSON model format (what Booster.save_model writes for *.json)
-        _write_atomic(model_path, bytes(self._booster.save_raw(raw_format="json")))
+        write_atomic(model_path, bytes(self._booster.save_raw(raw_format="json")))
         text = json.dumps(self.features_document(), indent=2, allow_nan=False) + "\n"
-        _write_atomic(features_path, text.encode("utf-8"))
+        write_atomic(features_path, text.encode("utf-8"))
         return model_path, features_path
 
     @classmethod
@@ -431,7 +432,9 @@ def _age_column(ages: Sequence[float | None] | np.ndarray | None, n: int) -> np.
     return column
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its folder: a reader sees
+    the old file or the new one, never a part."""
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(handle, "wb") as stream:

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 
 from cem_node.contracts.params import RadiomicsSettings
+from cem_node.pipeline.classifier import write_atomic
 
 # the training's logger: its log lines keep the name they had before this module was split off
 log = logging.getLogger("cem_node.training.radiomics_training")
@@ -195,7 +196,7 @@ def _save_cache(
         "feature_names": names,
         "rows": described,
     }
-    _write_atomic(out_dir / CACHE_ROWS, _json_bytes(document))
+    write_atomic(out_dir / CACHE_ROWS, _json_bytes(document))
     handle, temporary = tempfile.mkstemp(prefix=f".{CACHE_FEATURES}.", suffix=".npz", dir=out_dir)
     os.close(handle)
     try:
@@ -318,14 +319,3 @@ def _plain(value: Any) -> Any:
 
 def _json_bytes(document: Any) -> bytes:
     return (json.dumps(_plain(document), indent=2, allow_nan=False) + "\n").encode("utf-8")
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-        Path(temporary).replace(path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cem_node.contracts.params import DecisionThresholds
+from cem_node.pipeline.classifier import write_atomic
 from cem_node.training.radiomics_cases import HIT_RULE, _Cases
 from cem_node.training.radiomics_features import (
     CACHE_FEATURES,
@@ -20,7 +21,6 @@ from cem_node.training.radiomics_features import (
     _FeatureQueue,
     _file_sha256,
     _json_bytes,
-    _write_atomic,
 )
 from cem_node.training.radiomics_thresholds import ThresholdRecord, _OutOfFold
 from cem_node.training.run_files import (
@@ -69,7 +69,7 @@ def write_run(
         recorded=recorded,
         started=started,
     )
-    _write_atomic(files["summary"], _json_bytes(summary))
+    write_atomic(files["summary"], _json_bytes(summary))
     return files, summary
 
 
@@ -94,9 +94,9 @@ def _write_model(
         "cache_features": out / CACHE_FEATURES,
         "cache_rows": out / CACHE_ROWS,
     }
-    _write_atomic(files["params"], _json_bytes(pyradiomics_params(run.settings)))
-    _write_atomic(files["settings"], _json_bytes(run.settings.model_dump(mode="json")))
-    _write_atomic(
+    write_atomic(files["params"], _json_bytes(pyradiomics_params(run.settings)))
+    write_atomic(files["settings"], _json_bytes(run.settings.model_dump(mode="json")))
+    write_atomic(
         files["thresholds"],
         _json_bytes(
             {
