@@ -56,8 +56,6 @@ Instance UID, which is what resending after a lost response looks like.
 
 from __future__ import annotations
 
-import enum
-import socket
 import ssl
 import time
 from collections.abc import Sequence
@@ -69,10 +67,20 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.filereader import read_file_meta_info
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
-from pynetdicom import AE, _config, build_context, evt
+from pynetdicom import _config, build_context
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.sop_class import Verification
+
+from cem_node.dicom.net.scu_association import (
+    FailureKind,
+    RemoteAE,
+    associate,
+    association_failure,
+    new_ae,
+    open_association,
+    tls_context,
+)
 
 __all__ = [
     "MAX_PRESENTATION_CONTEXTS",
@@ -103,17 +111,6 @@ _PERMANENT_STATUSES = {
     0x0211: "unrecognised operation",
     0x0212: "mistyped argument",
 }
-# PS3.8 9.3.4 A-ASSOCIATE-RJ: (source, reason/diag.)
-_REJECT_REASONS = {
-    (1, 1): "no reason given",
-    (1, 2): "application context name not supported",
-    (1, 3): "calling AE title not recognised",
-    (1, 7): "called AE title not recognised",
-    (2, 1): "no reason given (ACSE)",
-    (2, 2): "protocol version not supported",
-    (3, 1): "temporary congestion",
-    (3, 2): "local limit exceeded",
-}
 # PS3.8 9.3.3.2 presentation context results
 _CONTEXT_RESULTS = {
     1: "user rejection",
@@ -121,40 +118,6 @@ _CONTEXT_RESULTS = {
     3: "abstract syntax (SOP class) not supported",
     4: "transfer syntax not supported",
 }
-
-
-@dataclass(frozen=True, slots=True)
-class RemoteAE:
-    """A remote application entity to send to.
-
-    Parameters
-    ----------
-    ae_title
-        The remote's AE title (the *Called AE Title*), 1 to 16 characters.
-    host
-        Host name or IP address.
-    port
-        TCP port of the remote's DICOM service.
-    tls
-        Whether the remote expects a TLS connection.
-    """
-
-    ae_title: str
-    host: str
-    port: int
-    tls: bool = False
-
-    def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
-
-
-class FailureKind(enum.StrEnum):
-    """Whether a failed send is worth retrying unchanged."""
-
-    TRANSIENT = "transient"
-    """The same request may succeed later: retry with backoff."""
-    PERMANENT = "permanent"
-    """The request fails until a configuration changes: do not retry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,188 +271,6 @@ def _check_remote(remote: RemoteAE) -> None:
         raise ValueError("remote.host must not be empty")
     if not 1 <= remote.port <= 65535:
         raise ValueError(f"remote.port must be between 1 and 65535, got {remote.port}")
-
-
-def _tls_context(remote: RemoteAE, ssl_context: ssl.SSLContext | None) -> ssl.SSLContext | None:
-    if not remote.tls:
-        return None
-    return ssl_context if ssl_context is not None else ssl.create_default_context()
-
-
-def _new_ae(
-    calling_ae_title: str, acse_timeout_s: float, dimse_timeout_s: float, network_timeout_s: float
-) -> AE:
-    ae = AE(ae_title=calling_ae_title)
-    ae.acse_timeout = acse_timeout_s
-    ae.dimse_timeout = dimse_timeout_s
-    ae.network_timeout = network_timeout_s
-    ae.connection_timeout = acse_timeout_s
-    return ae
-
-
-def _associate(
-    ae: AE,
-    remote: RemoteAE,
-    contexts: list[PresentationContext],
-    tls: ssl.SSLContext | None,
-    max_pdu_size: int,
-) -> tuple[Association | None, bool, str | None]:
-    """Request an association; return it, whether TCP connected, and an error."""
-    connected: list[bool] = []
-
-    def on_open(_event: evt.Event) -> None:
-        connected.append(True)
-
-    try:
-        assoc = ae.associate(
-            remote.host,
-            remote.port,
-            contexts=contexts,
-            ae_title=remote.ae_title,
-            max_pdu=max_pdu_size,
-            tls_args=(tls, remote.host) if tls is not None else None,
-            evt_handlers=[(evt.EVT_CONN_OPEN, on_open)],
-        )
-    except OSError as exc:  # name resolution happens before connecting (pynetdicom 3)
-        return None, False, str(exc) or type(exc).__name__
-    return assoc, bool(connected), None
-
-
-def _timeout_message(where: str, timeout_s: float) -> str:
-    return (
-        f"no answer from {where} within {timeout_s:g} s (connection timed out); will "
-        "retry; check the destination's host and port and any firewall in between"
-    )
-
-
-def _unresolved_message(host: str, error: object) -> str:
-    return (
-        f"cannot resolve the host name {host!r} ({error}); will retry; check the "
-        "destination's host and this node's DNS"
-    )
-
-
-def _diagnose_connection(
-    remote: RemoteAE, tls: ssl.SSLContext | None, timeout_s: float, elapsed_s: float
-) -> tuple[FailureKind, str]:
-    """Say why the TCP (and TLS) connection failed.
-
-    pynetdicom only logs the socket error, so a failed connection is tried
-    once more here to learn the reason (instantly for the usual "connection
-    refused"; a timeout is recognised from the time taken instead).
-    """
-    where = f"{remote.host}:{remote.port}"
-    if elapsed_s >= 0.9 * timeout_s:
-        return FailureKind.TRANSIENT, _timeout_message(where, timeout_s)
-    try:
-        sock = socket.create_connection((remote.host, remote.port), timeout=timeout_s)
-    except ConnectionRefusedError:
-        return (
-            FailureKind.TRANSIENT,
-            f"nothing is listening on {where} (connection refused); will retry; check that "
-            "the PACS is running and that the destination's host and port are right",
-        )
-    except TimeoutError:
-        return FailureKind.TRANSIENT, _timeout_message(where, timeout_s)
-    except socket.gaierror as exc:
-        return FailureKind.TRANSIENT, _unresolved_message(remote.host, exc)
-    except OSError as exc:
-        return (
-            FailureKind.TRANSIENT,
-            f"cannot connect to {where} ({exc.strerror or exc}); will retry; check the "
-            "network between this node and the PACS",
-        )
-    with sock:
-        if tls is not None:
-            try:
-                tls.wrap_socket(sock, server_hostname=remote.host).close()
-            except ssl.SSLCertVerificationError as exc:
-                return (
-                    FailureKind.PERMANENT,
-                    f"the TLS certificate of {where} is not trusted ({exc.verify_message}); "
-                    "add the PACS's CA certificate to this node's trusted certificates, "
-                    "or check the destination's host name",
-                )
-            except OSError as exc:  # ssl.SSLError, or the peer hanging up
-                return (
-                    FailureKind.PERMANENT,
-                    f"the TLS handshake with {where} failed "
-                    f"({getattr(exc, 'reason', None) or exc.strerror or exc}); check that the "
-                    "PACS expects TLS on this port and accepts this node's certificate",
-                )
-    return (
-        FailureKind.TRANSIENT,
-        f"connecting to {where} failed, but a second attempt succeeded; will retry",
-    )
-
-
-def _rejection(assoc: Association, remote: RemoteAE, calling: str) -> tuple[FailureKind, str]:
-    rsp = assoc.acceptor.primitive
-    result = getattr(rsp, "result", None)
-    source = getattr(rsp, "result_source", None)
-    diagnostic = getattr(rsp, "diagnostic", None)
-    reason = _REJECT_REASONS.get((source, diagnostic), f"source {source}, reason {diagnostic}")
-    if (source, diagnostic) == (1, 3):
-        advice = (
-            f"calling AE title {calling} not recognised; add it to the PACS's modality list "
-            "(with this node's IP address if the PACS checks hosts)"
-        )
-    elif (source, diagnostic) == (1, 7):
-        advice = (
-            f"called AE title {remote.ae_title} not recognised; set the destination's AE "
-            "title to the one the PACS answers to"
-        )
-    elif (source, diagnostic) in {(1, 2), (2, 2)}:
-        advice = f"{reason}; check that {remote.host}:{remote.port} is a DICOM port"
-    elif result == 2:
-        advice = f"{reason}; will retry"
-    else:
-        advice = (
-            f"{reason}; check the PACS's log, and that it knows AE title {calling} "
-            "from this node's address"
-        )
-    if result == 2:
-        return FailureKind.TRANSIENT, f"PACS {remote} rejected the association for now: {advice}"
-    return FailureKind.PERMANENT, f"PACS {remote} rejected the association: {advice}"
-
-
-def _association_failure(
-    assoc: Association | None,
-    remote: RemoteAE,
-    calling: str,
-    *,
-    connected: bool,
-    error: str | None,
-    tls: ssl.SSLContext | None,
-    timeout_s: float,
-    elapsed_s: float,
-) -> tuple[FailureKind, str]:
-    """Classify an association that was not established."""
-    if assoc is None:
-        return FailureKind.TRANSIENT, _unresolved_message(remote.host, error)
-    if assoc.is_rejected:
-        return _rejection(assoc, remote, calling)
-    if not connected:
-        return _diagnose_connection(remote, tls, timeout_s, elapsed_s)
-    rsp = assoc.acceptor.primitive
-    if rsp is not None and getattr(rsp, "result", None) == 0 and not assoc.accepted_contexts:
-        return (
-            FailureKind.PERMANENT,
-            f"PACS {remote} accepted none of the proposed presentation contexts; "
-            "enable the SOP classes and transfer syntaxes of these files on the PACS",
-        )
-    if elapsed_s >= 0.9 * timeout_s:
-        return (
-            FailureKind.TRANSIENT,
-            f"PACS {remote} accepted the connection but did not answer the association "
-            f"request within {timeout_s:g} s; will retry; check that the port is a DICOM port",
-        )
-    return (
-        FailureKind.TRANSIENT,
-        f"PACS {remote} closed the connection during association negotiation; will retry; "
-        "if this persists, check that the port is a DICOM port, whether the PACS expects "
-        "TLS, and the PACS's log",
-    )
 
 
 def _read_file(index: int, path: Path) -> _File:
@@ -744,15 +525,46 @@ def send_files(
     _check_remote(remote)
     paths = [Path(p) for p in paths]
     results: list[SendResult | None] = [None] * len(paths)
+    files = _readable_files(paths, results)
+    if not files:
+        return [r for r in results if r is not None]
+    contexts, files = _files_with_contexts(files, results)
+    opened = open_association(
+        remote,
+        contexts,
+        calling_ae_title,
+        ssl_context,
+        acse_timeout_s=acse_timeout_s,
+        dimse_timeout_s=dimse_timeout_s,
+        network_timeout_s=network_timeout_s,
+        max_pdu_size=max_pdu_size,
+    )
+    if not isinstance(opened, Association):
+        kind, message = opened
+        for f in files:
+            results[f.index] = SendResult(f.path, str(f.sop_instance), None, False, kind, message)
+        return [r for r in results if r is not None]
+    _store_all(opened, files, remote, dimse_timeout_s, results)
+    return [r for r in results if r is not None]
+
+
+def _readable_files(paths: Sequence[Path], results: list[SendResult | None]) -> list[_File]:
+    """The files whose File Meta Information can be read; the others' results
+    are set in ``results``."""
     files: list[_File] = []
     for index, path in enumerate(paths):
         try:
             files.append(_read_file(index, path))
         except _ReadError as exc:
             results[index] = SendResult(path, None, None, False, FailureKind.PERMANENT, str(exc))
-    if not files:
-        return [r for r in results if r is not None]
+    return files
 
+
+def _files_with_contexts(
+    files: list[_File], results: list[SendResult | None]
+) -> tuple[list[PresentationContext], list[_File]]:
+    """The presentation contexts to propose and the files they can carry; the
+    results of the files left out (too many contexts) are set in ``results``."""
     contexts, left_out = _plan_contexts(files)
     for f in files:
         if f.index in left_out:
@@ -765,27 +577,20 @@ def send_files(
                 f"not sent: the batch needs more than {MAX_PRESENTATION_CONTEXTS} presentation "
                 "contexts (SOP class and transfer syntax pairs); send this file in another batch",
             )
-    files = [f for f in files if f.index not in left_out]
+    return contexts, [f for f in files if f.index not in left_out]
 
-    tls = _tls_context(remote, ssl_context)
-    ae = _new_ae(calling_ae_title, acse_timeout_s, dimse_timeout_s, network_timeout_s)
-    started = time.monotonic()
-    assoc, connected, error = _associate(ae, remote, contexts, tls, max_pdu_size)
-    if assoc is None or not assoc.is_established:
-        kind, message = _association_failure(
-            assoc,
-            remote,
-            calling_ae_title,
-            connected=connected,
-            error=error,
-            tls=tls,
-            timeout_s=acse_timeout_s,
-            elapsed_s=time.monotonic() - started,
-        )
-        for f in files:
-            results[f.index] = SendResult(f.path, str(f.sop_instance), None, False, kind, message)
-        return [r for r in results if r is not None]
 
+def _store_all(
+    assoc: Association,
+    files: list[_File],
+    remote: RemoteAE,
+    dimse_timeout_s: float,
+    results: list[SendResult | None],
+) -> None:
+    """Send the files in order on ``assoc``, setting their results, then release it.
+
+    Once the association has ended, the remaining files are not sent.
+    """
     ended: str | None = None
     try:
         for msg_id, f in enumerate(files, start=1):
@@ -808,7 +613,6 @@ def send_files(
     finally:
         if assoc.is_established:
             assoc.release()
-    return [r for r in results if r is not None]
 
 
 def echo(
@@ -844,14 +648,14 @@ def echo(
     """
     _check_ae_title("calling_ae_title", calling_ae_title)
     _check_remote(remote)
-    tls = _tls_context(remote, ssl_context)
-    ae = _new_ae(calling_ae_title, timeout_s, timeout_s, timeout_s)
+    tls = tls_context(remote, ssl_context)
+    ae = new_ae(calling_ae_title, timeout_s, timeout_s, timeout_s)
     started = time.monotonic()
     contexts = [build_context(Verification)]
-    assoc, connected, error = _associate(ae, remote, contexts, tls, 0)
+    assoc, connected, error = associate(ae, remote, contexts, tls, 0)
     if assoc is None or not assoc.is_established:
         elapsed = time.monotonic() - started
-        _kind, message = _association_failure(
+        _kind, message = association_failure(
             assoc,
             remote,
             calling_ae_title,

@@ -217,13 +217,7 @@ def build_view_gsps(
         For a view without lesions, a view not in the findings, or headers
         that are not the view's images or differ in size.
     """
-    if view not in findings.views:
-        raise ValueError(f"view {view.laterality}-{view.view} is not one of the findings' views")
-    check_series_number(series_number)
-    by_id = {lesion.lesion_id: lesion for lesion in findings.lesions}
-    lesions = [by_id[i] for i in view.lesion_ids]
-    if not lesions:
-        raise ValueError(f"view {view.laterality}-{view.view} has no lesion: no GSPS is made")
+    lesions = _gsps_lesions(findings, view, series_number)
     check_view_image(
         "recombined_image", "recombined", view.recombined_sop_instance_uid, view, recombined_image
     )
@@ -232,7 +226,57 @@ def build_view_gsps(
     )
     when = content_datetime or findings.created
     model = findings.model
+    layers, groups, annotations = _graphics(
+        lesions, view, model, (recombined_image, low_energy_image)
+    )
+    gsps = _new_gsps(
+        (recombined_image, low_energy_image),
+        layers,
+        groups,
+        annotations,
+        view=view,
+        model=model,
+        device=device,
+        when=when,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+    )
+    # dciodvfy requires the series' laterality (no Image Laterality in a PR):
+    # the GSPS series are per breast
+    gsps.Laterality = view.laterality
+    gsps.PresentationCreationDate = DA(when.date())
+    gsps.PresentationCreationTime = TM(when.time())
+    gsps.SeriesDate, gsps.SeriesTime = DA(when.date()), TM(when.time())
+    stamp_times(gsps, when)
+    return gsps
 
+
+def _gsps_lesions(findings: Findings, view: ViewResult, series_number: int) -> list[Lesion]:
+    """The lesions of a view, after the checks of the arguments that need no image."""
+    if view not in findings.views:
+        raise ValueError(f"view {view.laterality}-{view.view} is not one of the findings' views")
+    check_series_number(series_number)
+    by_id = {lesion.lesion_id: lesion for lesion in findings.lesions}
+    lesions = [by_id[i] for i in view.lesion_ids]
+    if not lesions:
+        raise ValueError(f"view {view.laterality}-{view.view} has no lesion: no GSPS is made")
+    return lesions
+
+
+def _graphics(
+    lesions: list[Lesion],
+    view: ViewResult,
+    model: ModelIdentity,
+    images: tuple[pydicom.Dataset, pydicom.Dataset],
+) -> tuple[
+    tuple[hd.pr.GraphicLayer, hd.pr.GraphicLayer],
+    list[hd.pr.GraphicGroup],
+    list[hd.pr.GraphicAnnotation],
+]:
+    """The layers, the lesions' graphic groups and the annotations of both images
+    (RC, then LE), with the bundle's disclaimer on each when it has one."""
     colour = hd.color.CIELabColor.from_rgb(*_YELLOW)
     layers = (
         hd.pr.GraphicLayer(_OUTLINE_LAYER, 1, "CEM AI lesion outlines", display_color=colour),
@@ -243,8 +287,8 @@ def build_view_gsps(
         for number, lesion in enumerate(lesions, start=1)
     ]
     annotations = [
-        *_annotations(recombined_image, lesions, groups, layers, view, model),
-        *_annotations(low_energy_image, lesions, groups, layers, view, model),
+        *_annotations(images[0], lesions, groups, layers, view, model),
+        *_annotations(images[1], lesions, groups, layers, view, model),
     ]
     disclaimer = model_disclaimer(model)
     if disclaimer:
@@ -263,12 +307,32 @@ def build_view_gsps(
                     )
                 ],
             )
-            for image in (recombined_image, low_energy_image)
+            for image in images
         ]
+    return layers, groups, annotations
+
+
+def _new_gsps(
+    images: tuple[pydicom.Dataset, pydicom.Dataset],
+    layers: tuple[hd.pr.GraphicLayer, hd.pr.GraphicLayer],
+    groups: list[hd.pr.GraphicGroup],
+    annotations: list[hd.pr.GraphicAnnotation],
+    *,
+    view: ViewResult,
+    model: ModelIdentity,
+    device: ReportingDevice,
+    when: datetime,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The highdicom GSPS of the RC and LE images, each keeping its own window."""
+    disclaimer = model_disclaimer(model)
     description = f"CEM AI lesions {view.laterality} {view.view}"
     if not model.for_clinical_use:
         description += " (NOT FOR CLINICAL USE)"
-    vois = [v for v in (_voi(recombined_image), _voi(low_energy_image)) if v is not None]
+    vois = [v for v in (_voi(images[0]), _voi(images[1])) if v is not None]
     equipment = model_equipment(model, when)
     charset = utf8_if_needed(
         [
@@ -280,8 +344,8 @@ def build_view_gsps(
             *device_texts(device),
         ]
     )
-    gsps = hd.pr.GrayscaleSoftcopyPresentationState(
-        referenced_images=[recombined_image, low_energy_image],
+    return hd.pr.GrayscaleSoftcopyPresentationState(
+        referenced_images=list(images),
         voi_lut_transformations=vois or None,
         series_instance_uid=series_instance_uid,
         series_number=series_number,
@@ -301,11 +365,3 @@ def build_view_gsps(
         series_description=gsps_series_description(model),
         **charset,
     )
-    # dciodvfy requires the series' laterality (no Image Laterality in a PR):
-    # the GSPS series are per breast
-    gsps.Laterality = view.laterality
-    gsps.PresentationCreationDate = DA(when.date())
-    gsps.PresentationCreationTime = TM(when.time())
-    gsps.SeriesDate, gsps.SeriesTime = DA(when.date()), TM(when.time())
-    stamp_times(gsps, when)
-    return gsps

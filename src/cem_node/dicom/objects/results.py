@@ -46,7 +46,7 @@ numbers). The LE and RC image of every analysed view must be among them.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Literal
 
 import pydicom
@@ -179,31 +179,15 @@ def encode_results(
         For an unknown object type or segmentation type, a bad round,
         headers of another study or patient, or a missing analysed image.
     """
-    wanted = [objects] if isinstance(objects, str) else list(dict.fromkeys(objects))
-    unknown = [o for o in wanted if o not in RESULT_TYPES]
-    if unknown:
-        raise ValueError(f"unknown object type(s) {unknown}: choose from {RESULT_TYPES}")
-    if segmentation_type != "AUTO" and segmentation_type not in SEGMENTATION_TYPES:
-        raise ValueError(
-            f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}"
-        )
+    wanted = _wanted_objects(objects, segmentation_type)
     _check_round(analysis_round)
     sources = check_sources(headers)
     _check_identity(findings, sources)
     by_uid = {ds.SOPInstanceUID: ds for ds in sources}
-    for view in findings.views:
-        for kind, uid in (
-            ("recombined", view.recombined_sop_instance_uid),
-            ("low-energy", view.low_energy_sop_instance_uid),
-        ):
-            if uid not in by_uid:
-                raise ValueError(
-                    f"headers lack the {kind} image {uid} of view {view.laterality}-{view.view}"
-                )
+    _check_analysed_images(findings, by_uid)
     device = device or ReportingDevice(device_serial_number=DEFAULT_DEVICE_SERIAL)
     numbers = result_series_numbers(sources, analysis_round)
     uid = _uid_maker(findings.study_instance_uid, str(analysis_round), findings.model.sha256)
-    with_lesions = [view for view in findings.views if view.lesion_ids]
 
     out: list[ResultObject] = []
     for kind in wanted:
@@ -218,37 +202,90 @@ def encode_results(
             )
             out.append(ResultObject("sr", sr))
         elif kind == "seg":
-            for index, view in enumerate(with_lesions):
-                kind_of_seg = _seg_type(segmentation_type, view)
-                key = _key(view)
-                seg = build_view_seg(
-                    findings,
-                    view,
-                    by_uid[view.recombined_sop_instance_uid],
-                    device=device,
-                    series_instance_uid=uid("series", "seg", kind_of_seg, key),
-                    series_number=numbers["seg"] + index % _MAX_SEG_SERIES,
-                    sop_instance_uid=uid("instance", "seg", kind_of_seg, key),
-                    instance_number=1,
-                    segmentation_type=kind_of_seg,
-                )
-                out.append(ResultObject("seg", seg))
+            out += _encode_segs(findings, by_uid, segmentation_type, device, numbers, uid)
         else:
-            counters = {"R": 0, "L": 0}
-            for view in with_lesions:
-                counters[view.laterality] += 1
-                gsps = build_view_gsps(
-                    findings,
-                    view,
-                    by_uid[view.recombined_sop_instance_uid],
-                    by_uid[view.low_energy_sop_instance_uid],
-                    device=device,
-                    series_instance_uid=uid("series", "gsps", view.laterality),
-                    series_number=numbers[f"gsps-{view.laterality}"],
-                    sop_instance_uid=uid("instance", "gsps", _key(view)),
-                    instance_number=counters[view.laterality],
+            out += _encode_gsps(findings, by_uid, device, numbers, uid)
+    return out
+
+
+def _wanted_objects(objects: Iterable[str], segmentation_type: str) -> list[str]:
+    """The object types asked for, once each, after checking them and the SEG type."""
+    wanted = [objects] if isinstance(objects, str) else list(dict.fromkeys(objects))
+    unknown = [o for o in wanted if o not in RESULT_TYPES]
+    if unknown:
+        raise ValueError(f"unknown object type(s) {unknown}: choose from {RESULT_TYPES}")
+    if segmentation_type != "AUTO" and segmentation_type not in SEGMENTATION_TYPES:
+        raise ValueError(
+            f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}"
+        )
+    return wanted
+
+
+def _check_analysed_images(findings: Findings, by_uid: Mapping[str, pydicom.Dataset]) -> None:
+    """Every analysed view's RC and LE image must be among the headers."""
+    for view in findings.views:
+        for kind, uid in (
+            ("recombined", view.recombined_sop_instance_uid),
+            ("low-energy", view.low_energy_sop_instance_uid),
+        ):
+            if uid not in by_uid:
+                raise ValueError(
+                    f"headers lack the {kind} image {uid} of view {view.laterality}-{view.view}"
                 )
-                out.append(ResultObject("gsps", gsps))
+
+
+def _encode_segs(
+    findings: Findings,
+    by_uid: Mapping[str, pydicom.Dataset],
+    segmentation_type: str,
+    device: ReportingDevice,
+    numbers: Mapping[str, int],
+    uid: Callable[..., str],
+) -> list[ResultObject]:
+    """One SEG per view with lesions, each in a series of its own."""
+    out: list[ResultObject] = []
+    for index, view in enumerate(view for view in findings.views if view.lesion_ids):
+        kind_of_seg = _seg_type(segmentation_type, view)
+        key = _key(view)
+        seg = build_view_seg(
+            findings,
+            view,
+            by_uid[view.recombined_sop_instance_uid],
+            device=device,
+            series_instance_uid=uid("series", "seg", kind_of_seg, key),
+            series_number=numbers["seg"] + index % _MAX_SEG_SERIES,
+            sop_instance_uid=uid("instance", "seg", kind_of_seg, key),
+            instance_number=1,
+            segmentation_type=kind_of_seg,
+        )
+        out.append(ResultObject("seg", seg))
+    return out
+
+
+def _encode_gsps(
+    findings: Findings,
+    by_uid: Mapping[str, pydicom.Dataset],
+    device: ReportingDevice,
+    numbers: Mapping[str, int],
+    uid: Callable[..., str],
+) -> list[ResultObject]:
+    """One GSPS per view with lesions, in one series per breast."""
+    out: list[ResultObject] = []
+    counters = {"R": 0, "L": 0}
+    for view in (view for view in findings.views if view.lesion_ids):
+        counters[view.laterality] += 1
+        gsps = build_view_gsps(
+            findings,
+            view,
+            by_uid[view.recombined_sop_instance_uid],
+            by_uid[view.low_energy_sop_instance_uid],
+            device=device,
+            series_instance_uid=uid("series", "gsps", view.laterality),
+            series_number=numbers[f"gsps-{view.laterality}"],
+            sop_instance_uid=uid("instance", "gsps", _key(view)),
+            instance_number=counters[view.laterality],
+        )
+        out.append(ResultObject("gsps", gsps))
     return out
 
 

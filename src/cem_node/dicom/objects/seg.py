@@ -246,6 +246,37 @@ def build_view_seg(
         not in the findings, a source image that is not the view's RC image
         or differs in size, overlapping masks, or an unknown segmentation type.
     """
+    lesions = _view_lesions(findings, view, series_number, segmentation_type)
+    check_view_image(
+        "source_image", "recombined", view.recombined_sop_instance_uid, view, source_image
+    )
+    masks = _check_masks(view, lesions)
+    when = content_datetime or findings.created
+    model = findings.model
+    pixels = _pixels(view, masks, segmentation_type)
+    segments = [_segment(number, lesion, model) for number, lesion in enumerate(lesions, start=1)]
+    seg = _new_segmentation(
+        source_image,
+        pixels,
+        segments,
+        view=view,
+        model=model,
+        device=device,
+        when=when,
+        segmentation_type=segmentation_type,
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+    )
+    _complete_header(seg, view, source_image, model_disclaimer(model), sop_instance_uid, when)
+    return seg
+
+
+def _view_lesions(
+    findings: Findings, view: ViewResult, series_number: int, segmentation_type: str
+) -> list[Lesion]:
+    """The lesions of a view, after the checks of the arguments that need no image."""
     if segmentation_type not in SEGMENTATION_TYPES:
         raise ValueError(
             f"segmentation_type must be one of {SEGMENTATION_TYPES}, got {segmentation_type!r}"
@@ -259,13 +290,11 @@ def build_view_seg(
         raise ValueError(
             f"view {view.laterality}-{view.view} has no lesion: a SEG needs at least one segment"
         )
-    check_view_image(
-        "source_image", "recombined", view.recombined_sop_instance_uid, view, source_image
-    )
-    masks = _check_masks(view, lesions)
-    when = content_datetime or findings.created
-    model = findings.model
+    return lesions
 
+
+def _pixels(view: ViewResult, masks: list[np.ndarray], segmentation_type: str) -> np.ndarray:
+    """The pixel array highdicom encodes: a label map (BINARY) or one frame per segment."""
     if segmentation_type == "BINARY":
         # a label map: the segments do not overlap, and it packs fastest
         pixels: np.ndarray = np.zeros((view.rows, view.columns), dtype=np.uint8)
@@ -273,12 +302,29 @@ def build_view_seg(
             pixels[mask] = number
     else:
         pixels = np.stack(masks, axis=-1)[np.newaxis].astype(np.float32)
+    return pixels
 
+
+def _new_segmentation(
+    source_image: pydicom.Dataset,
+    pixels: np.ndarray,
+    segments: list[hd.seg.SegmentDescription],
+    *,
+    view: ViewResult,
+    model: ModelIdentity,
+    device: ReportingDevice,
+    when: datetime,
+    segmentation_type: str,
+    series_instance_uid: str,
+    series_number: int,
+    sop_instance_uid: str,
+    instance_number: int,
+) -> hd.seg.Segmentation:
+    """The highdicom SEG, before the attributes highdicom does not write."""
     disclaimer = model_disclaimer(model)
     description = f"CEM AI lesions {view.laterality} {view.view}"
     if not model.for_clinical_use:
         description += " (NOT FOR CLINICAL USE)"
-    segments = [_segment(number, lesion, model) for number, lesion in enumerate(lesions, start=1)]
     equipment = model_equipment(model, when)
     charset = utf8_if_needed(
         [
@@ -291,7 +337,7 @@ def build_view_seg(
             *(str(segment.SegmentDescription) for segment in segments),
         ]
     )
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=[source_image],
         pixel_array=pixels,
         segmentation_type=segmentation_type,
@@ -313,6 +359,17 @@ def build_view_seg(
         institution_name=device.institution_name,
         **charset,
     )
+
+
+def _complete_header(
+    seg: hd.seg.Segmentation,
+    view: ViewResult,
+    source_image: Dataset,
+    disclaimer: str | None,
+    sop_instance_uid: str,
+    when: datetime,
+) -> None:
+    """The attributes highdicom leaves out or draws at random (module docstring)."""
     # highdicom leaves PatientOrientation out; dciodvfy requires it (Type 2C of
     # General Image without a frame of reference). It is left empty: PixelMed
     # (2022) wrongly wants one value, and the source image carries it.
@@ -333,7 +390,6 @@ def build_view_seg(
     seg.ContentDate, seg.ContentTime = DA(when.date()), TM(when.time())
     seg.SeriesDate, seg.SeriesTime = DA(when.date()), TM(when.time())
     stamp_times(seg, when)
-    return seg
 
 
 def _add_viewer_geometry(seg: hd.seg.Segmentation, source_image: Dataset) -> None:

@@ -268,15 +268,8 @@ def _text(name: CodedConcept, value: str) -> TextContentItem:
     )
 
 
-def _lesion_groups(
-    lesion: Lesion,
-    headers: dict[str, pydicom.Dataset],
-    model: ModelIdentity,
-    rows_cols: tuple[int, int],
-) -> list[ContainerContentItem]:
-    rows, columns = rows_cols
-    spacing = spacing_source(headers[lesion.recombined_sop_instance_uid]) or "pixel spacing"
-    points = dicom_points(lesion.outline, rows, columns)
+def _lesion_measurements(lesion: Lesion, model: ModelIdentity, spacing: str) -> list[Measurement]:
+    """The lesion's scores (with the bundle's caveat) and sizes, as TID 300 measurements."""
     fused_meaning = (
         "Fused probability of cancer (mean of DL and radiomics)"
         if lesion.fused_source == "mean"
@@ -310,6 +303,11 @@ def _lesion_groups(
                 2,
             )
         )
+    return measurements
+
+
+def _lesion_evaluations(lesion: Lesion) -> list[QualitativeEvaluation]:
+    """The lesion's classifications and whether the two models agree."""
     evaluations = [
         QualitativeEvaluation(AI_CLASSIFICATION, _LABELS[lesion.fused_label]),
         QualitativeEvaluation(DL_CLASSIFICATION, _LABELS[lesion.dl_label]),
@@ -320,6 +318,22 @@ def _lesion_groups(
         )
     if lesion.agreement is not None:
         evaluations.append(QualitativeEvaluation(MODELS_AGREE, _YES if lesion.agreement else _NO))
+    return evaluations
+
+
+def _lesion_groups(
+    lesion: Lesion,
+    headers: dict[str, pydicom.Dataset],
+    model: ModelIdentity,
+    rows_cols: tuple[int, int],
+) -> list[ContainerContentItem]:
+    """The lesion's TID 1410 groups: on the RC image with its measurements and
+    evaluations, and its outline on the LE image."""
+    rows, columns = rows_cols
+    spacing = spacing_source(headers[lesion.recombined_sop_instance_uid]) or "pixel spacing"
+    points = dicom_points(lesion.outline, rows, columns)
+    measurements = _lesion_measurements(lesion, model, spacing)
+    evaluations = _lesion_evaluations(lesion)
 
     groups = []
     for kind, uid, tracking in (

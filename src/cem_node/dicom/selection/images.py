@@ -29,6 +29,7 @@ import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Literal
 
 from pydicom import Dataset
@@ -268,6 +269,233 @@ def _multi_energy_derivation(ds: Dataset) -> bool:
 # --------------------------------------------------------------------------- classification
 
 
+class _Header:
+    """The header values the classification rules read, each read once when
+    a rule first needs it (a rule that decides early leaves the rest unread)."""
+
+    def __init__(self, ds: Dataset, rules: SelectionSection) -> None:
+        self.ds = ds
+        self.rules = rules
+
+    @cached_property
+    def image_type(self) -> list[str]:
+        return [str(v).strip().upper() for v in (self.ds.get("ImageType") or [])]
+
+    @cached_property
+    def shown_type(self) -> str:
+        return "\\".join(self.image_type) or "(none)"
+
+    @cached_property
+    def derived(self) -> bool:
+        return self.image_type[:1] == ["DERIVED"]
+
+    @cached_property
+    def presets(self) -> list[VendorPreset]:
+        return vendor_presets_for(self.ds, self.rules)
+
+    @cached_property
+    def configured(self) -> dict[str, set[str]]:
+        """The configured Image Type terms of each role."""
+        return {
+            "recombined": {v.upper() for v in self.rules.recombined_image_type_values},
+            "low_energy": {v.upper() for v in self.rules.low_energy_image_type_values},
+            "high_energy": {v.upper() for v in self.rules.high_energy_image_type_values},
+        }
+
+    @cached_property
+    def description(self) -> str:
+        return str(self.ds.get("SeriesDescription", "") or "")
+
+    @cached_property
+    def contrast(self) -> bool:
+        return bool(self.ds.get("ContrastBolusAgent") or self.ds.get("ContrastBolusAgentSequence"))
+
+    @cached_property
+    def kvp(self) -> float | None:
+        return _float(_safe_get(self.ds, "KVP"))
+
+
+#: A rule's decision: the role and the reason, or None when the rule does not decide.
+_Decision = tuple[Role, str] | None
+
+
+def _standard_image_type(h: _Header) -> _Decision:
+    """Image Type values 4 and 5 holding the standard's terms where the standard puts them."""
+    standard_value = {"recombined": 4, "low_energy": 5, "high_energy": 5}
+    standard_term = {"recombined": "SUBTRACTION", "low_energy": "LOW_ENERGY"}
+    standard_term["high_energy"] = "HIGH_ENERGY"
+    for role, number in standard_value.items():
+        value = h.image_type[number - 1] if len(h.image_type) >= number else ""
+        # the standard is cited for its own terms only; others are a preset's or configured
+        if value and value == standard_term[role] and value in h.configured[role]:
+            return (
+                role,  # type: ignore[return-value]
+                f"ImageType contains {value} in value {number} (PS3.3 C.8.11.7.1.4): "
+                f"{h.shown_type}",
+            )
+    return None
+
+
+def _vendor_image_type(h: _Header) -> _Decision:
+    """Each vendor preset's Image Type terms, then the configured ones, anywhere from value 4."""
+    sources = [
+        *((f"{p.label} preset", p.image_type_values) for p in h.presets),
+        ("configured ImageType values", h.configured),
+    ]
+    for source, terms in sources:
+        for role in ("recombined", "low_energy", "high_energy"):
+            found = [(n, v) for n, v in enumerate(h.image_type[3:], 4) if v in terms.get(role, ())]
+            if found:
+                number, value = found[0]
+                return (
+                    role,  # type: ignore[return-value]
+                    f"ImageType contains {value} in value {number} ({source}): {h.shown_type}",
+                )
+    return None
+
+
+def _derivation_code(h: _Header) -> _Decision:
+    if h.derived and _multi_energy_derivation(h.ds):
+        return (
+            "recombined",
+            "DERIVED image with derivation code (113097, DCM) "
+            '"Multi-energy proportional weighting"',
+        )
+    return None
+
+
+def _vendor_processing_code(h: _Header) -> _Decision:
+    if not h.rules.use_private_tags:
+        return None
+    processing = str(h.ds.get("AcquisitionDeviceProcessingCode", "") or "").strip().upper()
+    for preset in h.presets:
+        code_role = preset.processing_codes.get(processing)
+        if code_role:
+            return (
+                code_role,  # type: ignore[return-value]
+                f"{preset.label} processing code {processing} ({preset.label} preset)",
+            )
+    return None
+
+
+def _private_tags(h: _Header) -> _Decision:
+    if not h.rules.use_private_tags:
+        return None
+    for rule in h.rules.private_tag_rules:
+        value = _private_value(h.ds, rule.group, rule.private_creator, rule.element)
+        if value is not None and re.search(rule.pattern, value):
+            return (
+                rule.role,
+                f"private tag ({rule.group},xx{rule.element}) of {rule.private_creator} "
+                f"{value[:40]!r} matches {rule.pattern!r}",
+            )
+    return None
+
+
+def _derived_description(h: _Header) -> _Decision:
+    """A DERIVED image whose Series or Derivation Description says recombined."""
+    if not h.derived:
+        return None
+    texts = [("SeriesDescription", h.description)]
+    texts.append(("DerivationDescription", str(h.ds.get("DerivationDescription", "") or "")))
+    for name, text in texts:
+        pattern = _matches(h.rules.recombined_series_description_patterns, text)
+        if pattern:
+            return (
+                "recombined",
+                f"DERIVED image whose {name} {text[:64]!r} matches {pattern!r}",
+            )
+    return None
+
+
+def _high_energy_technique(h: _Header) -> _Decision:
+    """A high kVp with a high-energy filter or a contrast agent recorded."""
+    rules, kvp = h.rules, h.kvp
+    filters = {str(v).upper() for v in _values(h.ds.get("FilterMaterial"))}
+    high_filter = filters & {m.upper() for m in rules.high_energy_filter_materials}
+    kind = "DERIVED" if h.derived else "ORIGINAL"
+    if kvp is not None and kvp >= rules.high_energy_kvp_min and (high_filter or h.contrast):
+        signal = (
+            f"{'/'.join(sorted(high_filter))} filter" if high_filter else "contrast agent recorded"
+        )
+        return (
+            "recombined" if h.derived else "high_energy",
+            f"{signal} and kVp {kvp:g} >= {rules.high_energy_kvp_min:g}: {kind} image",
+        )
+    return None
+
+
+def _low_energy_technique(h: _Header) -> _Decision:
+    """A low kVp with a contrast agent recorded, of an exposure (not a DERIVED image)."""
+    kvp = h.kvp
+    if h.contrast and kvp is not None and kvp <= h.rules.low_energy_kvp_max and not h.derived:
+        return (
+            "low_energy",
+            f"contrast agent recorded and kVp {kvp:g} <= {h.rules.low_energy_kvp_max:g}: "
+            "ORIGINAL image",
+        )
+    return None
+
+
+def _series_description(h: _Header) -> _Decision:
+    for role, patterns in (
+        ("recombined", h.rules.recombined_series_description_patterns),
+        ("low_energy", h.rules.low_energy_series_description_patterns),
+        ("high_energy", h.rules.high_energy_series_description_patterns),
+    ):
+        pattern = _matches(patterns, h.description)
+        if pattern:
+            return role, f"SeriesDescription {h.description!r} matches {pattern!r}"  # type: ignore[return-value]
+    return None
+
+
+#: The classification rules in their precedence (module documentation): explicit
+#: markers first, then the heuristics. The first rule that decides wins.
+_RULES = (
+    # 1. Image Type values 4 and later
+    _standard_image_type,
+    _vendor_image_type,
+    # 2. derivation code and vendor codes
+    _derivation_code,
+    _vendor_processing_code,
+    _private_tags,
+    # 3. heuristics
+    _derived_description,
+    _high_energy_technique,
+    _low_energy_technique,
+    _series_description,
+)
+
+
+def _no_signal(h: _Header) -> tuple[Role, str]:
+    """The decision when no rule decides, with what the header held."""
+    kvp = h.kvp
+    derived_note = (
+        " (a DERIVED image's technique is copied from its sources: kVp alone does not decide)"
+        if h.derived and h.contrast
+        else ""
+    )
+    return (
+        "other",
+        "no CEM signal: ImageType "
+        f"{h.shown_type}, kVp {kvp if kvp is not None else '(none)'}, "
+        f"{'a' if h.contrast else 'no'} contrast agent, SeriesDescription {h.description!r}"
+        f"{derived_note}",
+    )
+
+
+def _decide(ds: Dataset, rules: SelectionSection) -> tuple[Role, str]:
+    sop_class = str(ds.get("SOPClassUID", ""))
+    if sop_class not in MAMMOGRAPHY_SOP_CLASSES:
+        return "other", f"SOP class {sop_class or '(none)'} is not a mammography image"
+    header = _Header(ds, rules)
+    for rule in _RULES:
+        decision = rule(header)
+        if decision is not None:
+            return decision
+    return _no_signal(header)
+
+
 def classify_image(ds: Dataset, rules: SelectionSection) -> Classification:
     """Decide the CEM role of one image from its header.
 
@@ -276,133 +504,15 @@ def classify_image(ds: Dataset, rules: SelectionSection) -> Classification:
     private tags), then heuristics (description of a DERIVED image, technique,
     description). The reason names the signal that decided.
     """
-
-    def result(role: Role, reason: str) -> Classification:
-        return Classification(
-            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
-            role=role,
-            reason=reason,
-            laterality=image_laterality(ds),
-            view=image_view(ds),
-            acquisition_time=str(ds.get("AcquisitionTime", "") or "") or None,
-            for_processing=is_for_processing(ds),
-        )
-
-    sop_class = str(ds.get("SOPClassUID", ""))
-    if sop_class not in MAMMOGRAPHY_SOP_CLASSES:
-        return result("other", f"SOP class {sop_class or '(none)'} is not a mammography image")
-    image_type = [str(v).strip().upper() for v in (ds.get("ImageType") or [])]
-    shown_type = "\\".join(image_type) or "(none)"
-    derived = image_type[:1] == ["DERIVED"]
-    presets = vendor_presets_for(ds, rules)
-
-    # 1. Image Type values 4 and later: the standard's terms where the standard puts
-    # them, then each vendor preset's, then the configured terms anywhere from value 4
-    configured = {
-        "recombined": {v.upper() for v in rules.recombined_image_type_values},
-        "low_energy": {v.upper() for v in rules.low_energy_image_type_values},
-        "high_energy": {v.upper() for v in rules.high_energy_image_type_values},
-    }
-    standard_value = {"recombined": 4, "low_energy": 5, "high_energy": 5}
-    standard_term = {"recombined": "SUBTRACTION", "low_energy": "LOW_ENERGY"}
-    standard_term["high_energy"] = "HIGH_ENERGY"
-    for role, number in standard_value.items():
-        value = image_type[number - 1] if len(image_type) >= number else ""
-        # the standard is cited for its own terms only; others are a preset's or configured
-        if value and value == standard_term[role] and value in configured[role]:
-            return result(
-                role,  # type: ignore[arg-type]
-                f"ImageType contains {value} in value {number} (PS3.3 C.8.11.7.1.4): {shown_type}",
-            )
-    sources = [
-        *((f"{p.label} preset", p.image_type_values) for p in presets),
-        ("configured ImageType values", configured),
-    ]
-    for source, terms in sources:
-        for role in ("recombined", "low_energy", "high_energy"):
-            found = [(n, v) for n, v in enumerate(image_type[3:], 4) if v in terms.get(role, ())]
-            if found:
-                number, value = found[0]
-                return result(
-                    role,  # type: ignore[arg-type]
-                    f"ImageType contains {value} in value {number} ({source}): {shown_type}",
-                )
-
-    # 2. derivation code and vendor codes
-    if derived and _multi_energy_derivation(ds):
-        return result(
-            "recombined",
-            "DERIVED image with derivation code (113097, DCM) "
-            '"Multi-energy proportional weighting"',
-        )
-    if rules.use_private_tags:
-        processing = str(ds.get("AcquisitionDeviceProcessingCode", "") or "").strip().upper()
-        for preset in presets:
-            code_role = preset.processing_codes.get(processing)
-            if code_role:
-                return result(
-                    code_role,  # type: ignore[arg-type]
-                    f"{preset.label} processing code {processing} ({preset.label} preset)",
-                )
-        for rule in rules.private_tag_rules:
-            value = _private_value(ds, rule.group, rule.private_creator, rule.element)
-            if value is not None and re.search(rule.pattern, value):
-                return result(
-                    rule.role,
-                    f"private tag ({rule.group},xx{rule.element}) of {rule.private_creator} "
-                    f"{value[:40]!r} matches {rule.pattern!r}",
-                )
-
-    # 3. heuristics
-    description = str(ds.get("SeriesDescription", "") or "")
-    if derived:
-        texts = [("SeriesDescription", description)]
-        texts.append(("DerivationDescription", str(ds.get("DerivationDescription", "") or "")))
-        for name, text in texts:
-            pattern = _matches(rules.recombined_series_description_patterns, text)
-            if pattern:
-                return result(
-                    "recombined",
-                    f"DERIVED image whose {name} {text[:64]!r} matches {pattern!r}",
-                )
-    contrast = bool(ds.get("ContrastBolusAgent") or ds.get("ContrastBolusAgentSequence"))
-    kvp = _float(_safe_get(ds, "KVP"))
-    filters = {str(v).upper() for v in _values(ds.get("FilterMaterial"))}
-    high_filter = filters & {m.upper() for m in rules.high_energy_filter_materials}
-    kind = "DERIVED" if derived else "ORIGINAL"
-    if kvp is not None and kvp >= rules.high_energy_kvp_min and (high_filter or contrast):
-        signal = (
-            f"{'/'.join(sorted(high_filter))} filter" if high_filter else "contrast agent recorded"
-        )
-        return result(
-            "recombined" if derived else "high_energy",
-            f"{signal} and kVp {kvp:g} >= {rules.high_energy_kvp_min:g}: {kind} image",
-        )
-    if contrast and kvp is not None and kvp <= rules.low_energy_kvp_max and not derived:
-        return result(
-            "low_energy",
-            f"contrast agent recorded and kVp {kvp:g} <= {rules.low_energy_kvp_max:g}: "
-            "ORIGINAL image",
-        )
-    for role, patterns in (
-        ("recombined", rules.recombined_series_description_patterns),
-        ("low_energy", rules.low_energy_series_description_patterns),
-        ("high_energy", rules.high_energy_series_description_patterns),
-    ):
-        pattern = _matches(patterns, description)
-        if pattern:
-            return result(role, f"SeriesDescription {description!r} matches {pattern!r}")  # type: ignore[arg-type]
-    derived_note = (
-        " (a DERIVED image's technique is copied from its sources: kVp alone does not decide)"
-        if derived and contrast
-        else ""
-    )
-    return result(
-        "other",
-        "no CEM signal: ImageType "
-        f"{shown_type}, kVp {kvp if kvp is not None else '(none)'}, "
-        f"{'a' if contrast else 'no'} contrast agent, SeriesDescription {description!r}"
-        f"{derived_note}",
+    role, reason = _decide(ds, rules)
+    return Classification(
+        sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+        role=role,
+        reason=reason,
+        laterality=image_laterality(ds),
+        view=image_view(ds),
+        acquisition_time=str(ds.get("AcquisitionTime", "") or "") or None,
+        for_processing=is_for_processing(ds),
     )
 
 
