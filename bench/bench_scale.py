@@ -65,14 +65,14 @@ def _settings(url: str, store: Path) -> object:
 
 def worker_main(url: str, store: Path, pause_s: float) -> None:
     """One worker node with the fixed-duration test double, until SIGTERM."""
-    from tests.analysis_double import DoubleAnalyzer
+    from tests.analysis_double import DoubleAnalyser
 
     from cem_node.logs import configure_logging
     from cem_node.node import Node
 
     settings = _settings(url, store)
     configure_logging(settings.logging)  # type: ignore[attr-defined]
-    node = Node(settings, analyzer=DoubleAnalyzer(pause_s=pause_s))  # type: ignore[arg-type]
+    node = Node(settings, analyser=DoubleAnalyser(pause_s=pause_s))  # type: ignore[arg-type]
     node.start()
     print("READY", flush=True)
     node.run_until_signalled()

@@ -1,6 +1,6 @@
 """A test double of the analysis (the real one arrives with issue #4).
 
-It does what the worker needs from an analyzer and nothing medical: for a
+It does what the worker needs from an analyser and nothing medical: for a
 study with pairs it returns one SR naming the pairs it was given, tagged
 "TEST DOUBLE" and "NOT FOR CLINICAL USE", and a model identity saying it
 is a test double. It can be told to fail (transiently) a number of times,
@@ -22,14 +22,14 @@ from cem_node.contracts.analysis import AnalysisRequest, AnalysisResult, ResultO
 from cem_node.dicom.objects.common import ReportingDevice
 from cem_node.dicom.objects.not_analysable import build_not_analysable_sr
 
-__all__ = ["DoubleAnalyzer"]
+__all__ = ["DoubleAnalyser"]
 
 MODEL_NAME = "test-double"
 MODEL_VERSION = "0"
 MODEL_SHA256 = "0" * 64
 
 
-class DoubleAnalyzer:
+class DoubleAnalyser:
     """Return one SR per study round; optionally fail first or pause.
 
     Parameters

@@ -3,7 +3,7 @@
     python -m tests.node_process CONFIG.toml [--pause S] [--marker FILE]
 
 The same as ``cem-node --config CONFIG.toml serve`` but with
-:class:`tests.analysis_double.DoubleAnalyzer` as the analysis. Prints
+:class:`tests.analysis_double.DoubleAnalyser` as the analysis. Prints
 ``READY <port>`` on stdout once it listens.
 """
 
@@ -16,7 +16,7 @@ from pathlib import Path
 from cem_node.config import load_settings
 from cem_node.logs import configure_logging
 from cem_node.node import Node
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
     configure_logging(settings.logging)
-    node = Node(settings, analyzer=DoubleAnalyzer(pause_s=args.pause, started_marker=args.marker))
+    node = Node(settings, analyser=DoubleAnalyser(pause_s=args.pause, started_marker=args.marker))
     node.start()
     port = node.port if "receiver" in node.roles else 0  # a worker listens for no DICOM
     print(f"READY {port}", flush=True)

@@ -28,7 +28,7 @@ from cem_node.pipeline.detector import DetectorError, detect, load_detector
 from cem_node.pipeline.pixels import read_source_image
 from cem_node.pipeline.preprocess import preprocess_pair
 from cem_node.pipeline.radiomics import LesionRadiomics
-from cem_node.pipeline.service import BundleAnalyzer, analyse_request, requests_from_files
+from cem_node.pipeline.service import BundleAnalyser, analyse_request, requests_from_files
 from cem_node.synthetic import SynthOptions, generate_study
 from tests.bundle_factory import TINY_PREPROCESS, make_tiny_bundle
 
@@ -45,13 +45,13 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def cli_run(workspace: Path) -> tuple[dict, Path]:
-    """``cem-node analyze --json`` on the synthetic study (run once for the module)."""
+    """``cem-node analyse --json`` on the synthetic study (run once for the module)."""
     saved = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("CEM_NODE_")}
     try:
         result = runner.invoke(
             app,
             [
-                "analyze",
+                "analyse",
                 str(workspace / "studies"),
                 "--out",
                 str(workspace / "out"),
@@ -243,13 +243,13 @@ def test_a_modified_bundle_is_refused(workspace: Path, tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-1] ^= 0xFF
     weights.write_bytes(bytes(data))
-    analyzer = BundleAnalyzer(AnalysisSection(models_dir=models_dir, model="tiny-test"))
+    analyser = BundleAnalyser(AnalysisSection(models_dir=models_dir, model="tiny-test"))
     with pytest.raises(AnalysisUnavailableError, match=r"detector\.safetensors"):
-        analyzer.analyse(_request(workspace))
+        analyser.analyse(_request(workspace))
     result = runner.invoke(
         app,
         [
-            "analyze",
+            "analyse",
             str(workspace / "studies"),
             "--out",
             str(tmp_path / "out"),
@@ -274,8 +274,8 @@ def test_the_node_worker_stores_the_findings(workspace: Path, tmp_path: Path) ->
     study_dir = next((workspace / "studies").iterdir())
     store.receive(sorted((study_dir / "dicom").glob("*.dcm")))
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    analyzer = BundleAnalyzer(AnalysisSection(models_dir=workspace / "models", model="tiny-test"))
-    assert store.worker(analyzer).run_once()
+    analyser = BundleAnalyser(AnalysisSection(models_dir=workspace / "models", model="tiny-test"))
+    assert store.worker(analyser).run_once()
     assert [job.state for job in store.jobs()] == [JobState.DONE]
     bundle = BundleRegistry(workspace / "models").load("tiny-test")
     with store.sessions.begin() as session:
@@ -292,10 +292,10 @@ def test_the_node_worker_stores_the_findings(workspace: Path, tmp_path: Path) ->
     store.engine.dispose()
 
 
-def test_analyze_says_why_real_mammograms_stored_as_secondary_capture_are_not_cem(
+def test_analyse_says_why_real_mammograms_stored_as_secondary_capture_are_not_cem(
     workspace: Path, tmp_path: Path
 ) -> None:
-    # observation (#19): `analyze` said "no mammography image" for CBIS-DDSM files,
+    # observation (#19): `analyse` said "no mammography image" for CBIS-DDSM files,
     # which are mammograms stored as Secondary Capture
     study_dir = next((workspace / "studies").iterdir())
     for path in sorted((study_dir / "dicom").glob("*.dcm"))[:2]:
@@ -312,7 +312,7 @@ def test_analyze_says_why_real_mammograms_stored_as_secondary_capture_are_not_ce
     assert "not a CEM study" in study.reason
 
 
-def test_analyze_names_each_breast_and_view_once(workspace: Path, tmp_path: Path) -> None:
+def test_analyse_names_each_breast_and_view_once(workspace: Path, tmp_path: Path) -> None:
     # observation (#19): "L CC: L CC: no recombined image"
     import re
     import shutil

@@ -113,8 +113,8 @@ def test_demo_on_the_embedded_defaults_uses_the_shipped_bundle(tmp_path: Path, m
     assert findings["lesions"], "the demo study's lesion was not found"
 
 
-def test_analyze_condenses_the_widened_bin_width_notes() -> None:
-    from cem_node.cli.analyze_cmd import condensed_notes
+def test_analyse_condenses_the_widened_bin_width_notes() -> None:
+    from cem_node.cli.analyse_cmd import condensed_notes
 
     notes = [
         "R-CC-1: recombined: original: 300 grey levels at binWidth 3 exceed max_grey_levels=64; "
@@ -128,3 +128,11 @@ def test_analyze_condenses_the_widened_bin_width_notes() -> None:
         "max_grey_levels (details in findings.json)",
         "L-MLO-1: radiomics failed (too small); fused score = DL only",
     ]
+
+
+def test_analyse_is_the_one_spelling_and_analyze_still_runs_it() -> None:
+    shown = runner.invoke(app, ["--help"], terminal_width=200)
+    assert shown.exit_code == 0
+    assert " analyse " in shown.output and "analyze" not in shown.output
+    old = runner.invoke(app, ["analyze", "--help"], terminal_width=200)
+    assert old.exit_code == 0 and "Analyse CEM images" in old.output

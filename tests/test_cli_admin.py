@@ -310,7 +310,7 @@ class Node:
 
     def fail_analysis(self) -> None:
         """Complete the study and let a worker without a model fail its job."""
-        from cem_node.contracts.analysis import UnavailableAnalyzer
+        from cem_node.contracts.analysis import UnavailableAnalyser
         from cem_node.jobs.assembler import complete_due_studies
         from cem_node.jobs.worker import Worker
 
@@ -319,7 +319,7 @@ class Node:
             self.context.settings(),
             self.sessions,
             self.files,
-            UnavailableAnalyzer("no model"),
+            UnavailableAnalyser("no model"),
             destinations=lambda: [],
             node_id="t",
         )
@@ -329,14 +329,14 @@ class Node:
         """Complete the study and let a worker analyse it with the test double."""
         from cem_node.jobs.assembler import complete_due_studies
         from cem_node.jobs.worker import Worker
-        from tests.analysis_double import DoubleAnalyzer
+        from tests.analysis_double import DoubleAnalyser
 
         assert complete_due_studies(self.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
         worker = Worker(
             self.context.settings(),
             self.sessions,
             self.files,
-            DoubleAnalyzer(),
+            DoubleAnalyser(),
             destinations=lambda: [],
             node_id="t",
         )

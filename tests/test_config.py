@@ -81,7 +81,7 @@ def test_relative_paths_in_a_file_are_relative_to_its_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # observation: models_dir = "models" was read against the working directory, so
-    # `cem-node analyze` run from elsewhere could not find the bundles the file named
+    # `cem-node analyse` run from elsewhere could not find the bundles the file named
     config = _write(
         tmp_path / "site" / "conf" / "node.toml",
         '[storage]\nroot = "../data"\n[analysis]\nmodels_dir = "models"\n'

@@ -188,7 +188,7 @@ class Exported:
     values: dict[tuple[str, str], set[str]] = field(default_factory=dict)
 
 
-class _Analyzer:
+class _Analyser:
     def __init__(self) -> None:
         self.fail = False
 
@@ -233,10 +233,10 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
     # every series of this process's counters and histogram, through the node's own calls
     metrics.instances_received.inc()
     metrics.connections_refused.labels("accept").inc()
-    analyzer = _Analyzer()
-    timed = metrics.timed(analyzer)  # type: ignore[arg-type]
+    analyser = _Analyser()
+    timed = metrics.timed(analyser)  # type: ignore[arg-type]
     timed.analyse(None)
-    analyzer.fail = True
+    analyser.fail = True
     with pytest.raises(RuntimeError):
         timed.analyse(None)
 
@@ -406,8 +406,8 @@ def test_a_misspelt_metric_fails_the_check(exported: Exported) -> None:
     for expr in ("max(cem_node_job)", "rate(cem_node_instances_received[5m])"):
         (selector,) = parse_promql(expr).selectors
         assert selector.name not in exported.labels, expr
-    (selector,) = parse_promql('max(cem_node_jobs{state="analyzing"})').selectors
-    assert "analyzing" not in exported.values[(selector.name, "state")]
+    (selector,) = parse_promql('max(cem_node_jobs{state="analysed"})').selectors
+    assert "analysed" not in exported.values[(selector.name, "state")]
 
 
 def test_dashboard_covers_ingest_queue_latency_and_exports() -> None:

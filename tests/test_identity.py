@@ -20,7 +20,7 @@ from cem_node.config import Settings
 from cem_node.node import Node
 from cem_node.store import make_engine, upgrade
 from cem_node.store.identity import IdentityInUseError, hold_identity
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 
 LOOPBACK = "127.0.0.1"
 
@@ -49,7 +49,7 @@ class Nodes:
         self.running: list[Node] = []
 
     def start(self, settings: Settings, node_id: str | None = None) -> Node:
-        node = Node(settings, analyzer=DoubleAnalyzer(), node_id=node_id)
+        node = Node(settings, analyser=DoubleAnalyser(), node_id=node_id)
         self.running.append(node)
         node.start()
         return node
@@ -107,7 +107,7 @@ def test_the_configured_identity_is_used_and_refused_twice(tmp_path: Path, nodes
     settings.node.id = "site-worker-1"
     assert nodes.start(settings).node_id == "site-worker-1"
     with pytest.raises(IdentityInUseError, match="site-worker-1"):
-        Node(settings, analyzer=DoubleAnalyzer()).start()
+        Node(settings, analyser=DoubleAnalyser()).start()
     with pytest.raises(ValueError, match="id"):
         settings.node.id = "../escape"  # names a folder: no path separators
 

@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import select
 
 from cem_node.config import Settings
-from cem_node.contracts.analysis import UnavailableAnalyzer
+from cem_node.contracts.analysis import UnavailableAnalyser
 from cem_node.dicom.net.scu import FailureKind, SendResult
 from cem_node.dicom.objects.common import ReportingDevice
 from cem_node.dicom.objects.results import encode_not_analysable
@@ -47,7 +47,7 @@ from cem_node.store import (
 )
 from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 
 PACS = PeerEntry("pacs", "PACS", "127.0.0.1", 104, "destination", False, None, "config")
 
@@ -94,12 +94,12 @@ class Store:
         with self.sessions.begin() as session:
             return list(session.scalars(select(Job).order_by(Job.id)))
 
-    def worker(self, analyzer: object, destinations: list[PeerEntry] | None = None) -> Worker:
+    def worker(self, analyser: object, destinations: list[PeerEntry] | None = None) -> Worker:
         return Worker(
             self.settings,
             self.sessions,
             self.files,
-            analyzer,  # type: ignore[arg-type]
+            analyser,  # type: ignore[arg-type]
             destinations=lambda: destinations or [],
             node_id="w1",
         )
@@ -153,7 +153,7 @@ def test_unavailable_analysis_fails_at_once_and_retry_requeues(
 ) -> None:
     uid = store.receive(study_files)
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    assert store.worker(UnavailableAnalyzer("no model bundle")).run_once()
+    assert store.worker(UnavailableAnalyser("no model bundle")).run_once()
     study = store.study(uid)
     assert study.state is StudyState.FAILED and "no model bundle" in (study.state_reason or "")
     (job,) = store.jobs()
@@ -167,7 +167,7 @@ def test_transient_analysis_errors_back_off_then_fail(
 ) -> None:
     uid = store.receive(study_files)
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    worker = store.worker(DoubleAnalyzer(fail_times=99))
+    worker = store.worker(DoubleAnalyser(fail_times=99))
     assert worker.run_once()
     (job,) = store.jobs()
     assert job.state is JobState.QUEUED and job.next_attempt_at is not None
@@ -194,7 +194,7 @@ def test_backoff_doubles_and_is_capped() -> None:
 def _analysed(store: Store, study_files: list[Path]) -> str:
     uid = store.receive(study_files)
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    assert store.worker(DoubleAnalyzer(), [PACS]).run_once()
+    assert store.worker(DoubleAnalyser(), [PACS]).run_once()
     return uid
 
 
@@ -249,7 +249,7 @@ def test_permanent_export_failure_stops_at_once_and_retry_delivers(
 def test_recovery_hands_back_stale_claims(store: Store, study_files: list[Path]) -> None:
     store.receive(study_files)
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    worker = store.worker(DoubleAnalyzer())
+    worker = store.worker(DoubleAnalyser())
     assert worker.claim() is not None  # then the process "dies"
     assert recover(store.sessions, node_id="other").jobs_requeued == 0  # lease still valid
     report = recover(store.sessions, node_id="w1", at_start=True)
@@ -318,7 +318,7 @@ def test_concurrent_workers_claim_different_jobs_on_postgres(
             store.settings,
             store.sessions,
             store.files,
-            DoubleAnalyzer(),
+            DoubleAnalyser(),
             destinations=list,
             node_id=name,
         )
@@ -383,11 +383,11 @@ def test_an_unreadable_image_is_excluded_and_the_rest_analysed(
     bad_uid = str(pydicom.dcmread(bad, stop_before_pixels=True).SOPInstanceUID)
     corrupt(_stored_path(store, bad))
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    analyzer = DoubleAnalyzer()
-    assert store.worker(analyzer, [PACS]).run_once()
+    analyser = DoubleAnalyser()
+    assert store.worker(analyser, [PACS]).run_once()
     (job,) = store.jobs()
     assert job.state is JobState.EXPORTING and job.attempts == 1  # analysed, not retried
-    (request,) = analyzer.calls
+    (request,) = analyser.calls
     assert sorted((p.laterality, p.view) for p in request.pairs) == [
         ("L", "MLO"),
         ("R", "CC"),
@@ -428,11 +428,11 @@ def test_undecodable_pixel_data_is_excluded_at_analysis(
     result = store.ingestor.ingest(_undecodable(bad), sender=ReceivedFrom("MOD", "CEM", "::1"))
     assert result.status == 0, result.message
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    analyzer = DoubleAnalyzer(decode_pixels=True)
-    assert store.worker(analyzer, [PACS]).run_once()
+    analyser = DoubleAnalyser(decode_pixels=True)
+    assert store.worker(analyser, [PACS]).run_once()
     (job,) = store.jobs()
     assert job.state is JobState.EXPORTING and job.attempts == 1
-    assert [len(c.pairs) for c in analyzer.calls] == [4, 3]  # then without R MLO
+    assert [len(c.pairs) for c in analyser.calls] == [4, 3]  # then without R MLO
     reason = _instances(store, uid)[bad_uid]["role_reason"]
     assert reason.startswith("cannot decode the pixel data of transfer syntax JPEG 2000"), reason
     with store.sessions.begin() as session:
@@ -462,7 +462,7 @@ def test_a_study_with_nothing_usable_left_gets_the_not_analysed_report(
         store.settings,
         store.sessions,
         store.files,
-        DoubleAnalyzer(),
+        DoubleAnalyser(),
         destinations=lambda: [PACS],
         node_id="w1",
         not_analysable_report=report,
@@ -484,7 +484,7 @@ def test_a_missing_file_is_an_io_error_and_retried(store: Store, study_files: li
     uid = store.receive(study_files)
     _stored_path(store, study_files[0]).unlink()
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    assert store.worker(DoubleAnalyzer(), [PACS]).run_once()
+    assert store.worker(DoubleAnalyser(), [PACS]).run_once()
     (job,) = store.jobs()
     assert job.state is JobState.QUEUED and "FileNotFoundError" in (job.last_error or "")
     assert "excluded" not in {i["role"] for i in _instances(store, uid).values()}
@@ -513,12 +513,12 @@ def test_a_study_mixing_patients_is_not_analysed_and_no_report_goes_out(
         ds.save_as(mixed[-1])
     uid = store.receive(mixed)
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    analyzer = DoubleAnalyzer()
+    analyser = DoubleAnalyser()
     worker = Worker(
         store.settings,
         store.sessions,
         store.files,
-        analyzer,
+        analyser,
         destinations=lambda: [PACS],
         node_id="w1",
         not_analysable_report=lambda headers, reason, analysis_round: (
@@ -533,7 +533,7 @@ def test_a_study_mixing_patients_is_not_analysed_and_no_report_goes_out(
     assert worker.run_once()
     (job,) = store.jobs()
     assert job.attempts == 1 and job.state is JobState.DONE, (job.state, job.last_error)
-    assert analyzer.calls == []  # findings must never mix two patients
+    assert analyser.calls == []  # findings must never mix two patients
     study = store.study(uid)
     assert study.state is StudyState.NOT_ANALYSABLE
     assert "2 different patients" in (study.state_reason or "")

@@ -28,7 +28,7 @@ from cem_node.jobs.assembler import (
 from cem_node.node import Node
 from cem_node.store import Analysis, AuditEvent, Export, Job, StudyState
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.dicom_validators import dciodvfy_messages, require_tool
 from tests.peers import OrthancServer
 from tests.test_jobs import Store
@@ -176,8 +176,8 @@ def test_the_awaited_check_reads_the_headers_once_per_arrival(
 def running_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def start(settings: object, analyzer: object = None) -> Node:
-        node = Node(settings, analyzer=analyzer or DoubleAnalyzer(), node_id="test-node")  # type: ignore[arg-type]
+    def start(settings: object, analyser: object = None) -> Node:
+        node = Node(settings, analyser=analyser or DoubleAnalyser(), node_id="test-node")  # type: ignore[arg-type]
         node.start()
         nodes.append(node)
         return node

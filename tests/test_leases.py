@@ -37,7 +37,7 @@ from cem_node.store import (
 )
 from cem_node.store.audit import ALERT
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.test_jobs import PACS, Store
 
 #: Leases of a few seconds' work in these tests (production: minutes). Not
@@ -71,7 +71,7 @@ def _queued(store: Store, study_files: list[Path]) -> str:
 
 def _worker(
     store: Store,
-    analyzer: object,
+    analyser: object,
     *,
     node_id: str = "w1",
     lease_s: float | None = None,
@@ -83,14 +83,14 @@ def _worker(
         store.settings,
         sessions or store.sessions,
         store.files,
-        analyzer,  # type: ignore[arg-type]
+        analyser,  # type: ignore[arg-type]
         destinations=lambda: destinations or [],
         node_id=node_id,
         **extra,
     )
 
 
-class GatedAnalyzer(DoubleAnalyzer):
+class GatedAnalyser(DoubleAnalyser):
     """The test double, holding each analysis until the test opens the gate."""
 
     def __init__(self) -> None:
@@ -142,8 +142,8 @@ def test_a_long_analysis_keeps_its_lease_and_completes_once(
 ) -> None:
     """An analysis lasting two leases and more is not handed back nor taken by another worker."""
     _queued(store, study_files)
-    slow = DoubleAnalyzer(pause_s=LONG_WORK_S)
-    other = DoubleAnalyzer()
+    slow = DoubleAnalyser(pause_s=LONG_WORK_S)
+    other = DoubleAnalyser()
     worker = _worker(store, slow, lease_s=SHORT_LEASE_S)
     rival = _worker(store, other, node_id="w2", lease_s=SHORT_LEASE_S)
     thread, out = _in_thread(worker.run_once)
@@ -170,7 +170,7 @@ def test_an_export_batch_outliving_its_lease_is_sent_once(
     store: Store, study_files: list[Path]
 ) -> None:
     _queued(store, study_files)
-    assert _worker(store, DoubleAnalyzer(), destinations=[PACS]).run_once()
+    assert _worker(store, DoubleAnalyser(), destinations=[PACS]).run_once()
     sent: Counter[str] = Counter()
 
     def send(pause_s: float) -> Callable[..., list[SendResult]]:
@@ -216,7 +216,7 @@ def test_a_stale_worker_cannot_write_its_results(store: Store, study_files: list
     """The same node restarted (or two processes with one identity): the old claim's
     results are discarded, the new claim's are kept."""
     _queued(store, study_files)
-    old, new = GatedAnalyzer(), GatedAnalyzer()
+    old, new = GatedAnalyser(), GatedAnalyser()
     first, out_first = _in_thread(_worker(store, old, node_id="n1").run_once)
     assert old.started.wait(30)
     assert recover(store.sessions, node_id="n1", at_start=True).jobs_requeued == 1
@@ -243,7 +243,7 @@ def test_a_stale_exporter_cannot_overwrite_the_outcome_of_a_newer_claim(
     from cem_node.dicom.net.scu import FailureKind
 
     _queued(store, study_files)
-    assert _worker(store, DoubleAnalyzer(), destinations=[PACS]).run_once()
+    assert _worker(store, DoubleAnalyser(), destinations=[PACS]).run_once()
     gates = {"old": threading.Event(), "new": threading.Event()}
     started = {"old": threading.Event(), "new": threading.Event()}
 
@@ -307,7 +307,7 @@ def test_recovery_racing_a_workers_commit_cannot_requeue_a_finished_job(
     _queued(store, study_files)
     recovered, committing = threading.Event(), threading.Event()
     sessions = _pausing_in_finish(store, recovered, committing)
-    worker = _worker(store, DoubleAnalyzer(), destinations=[PACS], sessions=sessions)
+    worker = _worker(store, DoubleAnalyser(), destinations=[PACS], sessions=sessions)
     thread, out = _in_thread(worker.run_once)
     assert committing.wait(30)
     # the lease is long expired by the recovering process's reckoning
@@ -336,13 +336,13 @@ def test_superseding_racing_a_workers_commit_loses_nothing(
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
     assembled, committing = threading.Event(), threading.Event()
     sessions = _pausing_in_finish(store, assembled, committing)
-    analyzer = GatedAnalyzer()
-    worker = _worker(store, analyzer, destinations=[PACS], sessions=sessions)
+    analyser = GatedAnalyser()
+    worker = _worker(store, analyser, destinations=[PACS], sessions=sessions)
     thread, out = _in_thread(worker.run_once)
-    assert analyzer.started.wait(30)
+    assert analyser.started.wait(30)
     store.receive(study_files[-1:])  # a late image opens round 2
     assert store.study(uid).analysis_round == 2
-    analyzer.gate.set()
+    analyser.gate.set()
     assert committing.wait(30)
     racing, done = _in_thread(
         lambda: complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
@@ -367,7 +367,7 @@ def test_hand_backs_count_as_attempts_and_end_in_failed_with_an_alert(
     store: Store, study_files: list[Path]
 ) -> None:
     uid = _queued(store, study_files)
-    worker = _worker(store, DoubleAnalyzer())
+    worker = _worker(store, DoubleAnalyser())
     later = utcnow() + dt.timedelta(hours=1)
     for attempt in (1, 2, 3):
         claimed = worker.claim()  # then the worker dies, every time
@@ -390,7 +390,7 @@ class _ProcessKilledError(Exception):
 
 def test_export_hand_backs_count_as_attempts(store: Store, study_files: list[Path]) -> None:
     _queued(store, study_files)
-    assert _worker(store, DoubleAnalyzer(), destinations=[PACS]).run_once()
+    assert _worker(store, DoubleAnalyser(), destinations=[PACS]).run_once()
 
     def dies(paths: list[Path], remote: object, **_: object) -> list[SendResult]:
         raise _ProcessKilledError

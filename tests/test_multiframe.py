@@ -24,7 +24,7 @@ from cem_node.node import Node
 from cem_node.store import AuditEvent, Job, StudyState
 from cem_node.synthetic.study import SynthOptions, generate_study
 from tests import test_node
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.peers import LOOPBACK, DcmtkStoreSCP
 from tests.test_node import dicom_files, make_settings, send, state_is, study_uid, wait_until
 
@@ -49,7 +49,7 @@ def study(tmp_path: Path) -> list[Path]:
 
 
 def _node_with_destination(
-    tmp_path: Path, running_node: Callable[..., Node], analyzer: DoubleAnalyzer
+    tmp_path: Path, running_node: Callable[..., Node], analyser: DoubleAnalyser
 ) -> tuple[Node, DcmtkStoreSCP]:
     pacs = DcmtkStoreSCP(tmp_path / "pacs").start()
     settings = make_settings(tmp_path / "node")
@@ -57,7 +57,7 @@ def _node_with_destination(
         *settings.peers,
         Peer(name="pacs", ae_title=pacs.aet, host=LOOPBACK, port=pacs.port, role="destination"),
     ]
-    return running_node(settings, analyzer), pacs
+    return running_node(settings, analyser), pacs
 
 
 def job_done(node: Node, uid: str) -> Callable[[], bool]:
@@ -91,8 +91,8 @@ def test_a_two_frame_recombined_image_is_excluded_at_once_and_the_rest_analysed(
     multi = tmp_path / "RC_LCC_2frames.dcm"
     multi_uid = _two_frames(source, multi)
     files = [f for f in study if f != source] + [multi]
-    analyzer = DoubleAnalyzer(decode_pixels=True)  # decodes the pairs as the analysis does
-    node, pacs = _node_with_destination(tmp_path, running_node, analyzer)
+    analyser = DoubleAnalyser(decode_pixels=True)  # decodes the pairs as the analysis does
+    node, pacs = _node_with_destination(tmp_path, running_node, analyser)
     try:
         uid = study_uid(files)
         assert send(node, files).returncode == 0
@@ -106,7 +106,7 @@ def test_a_two_frame_recombined_image_is_excluded_at_once_and_the_rest_analysed(
     (job,) = detail["jobs"]
     assert job["attempts"] == 1  # not retried as if transient
     # left out before the analysis: it got the other three views only, once
-    assert [sorted((p.laterality, p.view) for p in c.pairs) for c in analyzer.calls] == [
+    assert [sorted((p.laterality, p.view) for p in c.pairs) for c in analyser.calls] == [
         [("L", "MLO"), ("R", "CC"), ("R", "MLO")]
     ]
     excluded = {i["sop_instance_uid"]: i for i in detail["instances"] if i["role"] == "excluded"}
@@ -130,8 +130,8 @@ def test_a_study_whose_only_recombined_images_are_multi_frame_gets_the_not_analy
             _two_frames(f, files[-1])
         else:
             files.append(f)
-    analyzer = DoubleAnalyzer(decode_pixels=True)
-    node, pacs = _node_with_destination(tmp_path, running_node, analyzer)
+    analyser = DoubleAnalyser(decode_pixels=True)
+    node, pacs = _node_with_destination(tmp_path, running_node, analyser)
     try:
         uid = study_uid(files)
         assert send(node, files).returncode == 0
@@ -140,7 +140,7 @@ def test_a_study_whose_only_recombined_images_are_multi_frame_gets_the_not_analy
         (report,) = pacs.files()
     finally:
         pacs.stop()
-    assert analyzer.calls == []
+    assert analyser.calls == []
     assert node.sessions is not None
     detail = show_study(node.sessions, uid)
     (job,) = detail["jobs"]

@@ -33,7 +33,7 @@ from cem_node.store import (
     StudyState,
 )
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.peers import LOOPBACK, OrthancServer, echoscu, storescu
 
 pytestmark = pytest.mark.tools
@@ -105,8 +105,8 @@ def add_destination(settings: Settings, pacs: OrthancServer) -> None:
 def running_node(tmp_path: Path) -> Iterator[Callable[..., Node]]:
     nodes: list[Node] = []
 
-    def start(settings: Settings, analyzer: Any = None) -> Node:
-        node = Node(settings, analyzer=analyzer or DoubleAnalyzer(), node_id="test-node")
+    def start(settings: Settings, analyser: Any = None) -> Node:
+        node = Node(settings, analyser=analyser or DoubleAnalyser(), node_id="test-node")
         node.start()
         nodes.append(node)
         return node
@@ -434,8 +434,8 @@ def test_study_without_pairs_is_reported_not_analysable(
     settings = make_settings(tmp_path / "node")
     settings.assembly.max_wait_s = 3  # how long a study waits for its recombined images
     add_destination(settings, pacs)
-    analyzer = DoubleAnalyzer()
-    node = running_node(settings, analyzer)
+    analyser = DoubleAnalyser()
+    node = running_node(settings, analyser)
     low_energy_only = [f for f in dicom_files(studies["explicit"]) if f.name.startswith("LE_")]
     uid = study_uid(low_energy_only)
     assert send(node, low_energy_only).returncode == 0
@@ -443,7 +443,7 @@ def test_study_without_pairs_is_reported_not_analysable(
     study = study_state(node, uid)
     assert study is not None and study.completion_reason == "max_wait"
     wait_until(lambda: len(pacs.sop_instance_uids()) == 1, what="the not-analysable SR at the PACS")
-    assert analyzer.calls == []
+    assert analyser.calls == []
     assert node.sessions is not None
     detail = show_study(node.sessions, uid)
     # said once: the state is "not analysable", its reason does not repeat it

@@ -3,7 +3,7 @@
 It must load and verify like any bundle, stay under 25 MB, carry the data's
 attribution, state what is validated (detection and segmentation on real
 CDD-CESM patients, with figures) and what is not (benign-vs-malignant
-classification), and be what ``serve`` and ``analyze`` use by default.
+classification), and be what ``serve`` and ``analyse`` use by default.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ def test_the_research_bundle_says_what_is_validated() -> None:
     assert f"per-image sensitivity {100 * float(sensitivity):.0f}%" in validation.detection
 
 
-def test_serve_and_analyze_use_the_research_bundle_by_default() -> None:
+def test_serve_and_analyse_use_the_research_bundle_by_default() -> None:
     settings = Settings.defaults()
     assert settings.analysis.model == RESEARCH_BUNDLE
     assert (settings.analysis.bundles_dir / RESEARCH_BUNDLE).is_dir()

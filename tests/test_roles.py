@@ -39,7 +39,7 @@ from cem_node.store import (
 )
 from cem_node.store.notify import EXPORTS_CHANNEL, JOBS_CHANNEL, install_notify
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.peers import free_port, storescu
 from tests.test_node import MODALITY_AE, NODE_AE, make_settings, wait_until
 from tests.test_serve import _listening, start_serve
@@ -57,8 +57,8 @@ def study_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def nodes() -> Iterator[Callable[..., Node]]:
     started: list[Node] = []
 
-    def start(settings: Settings, node_id: str, analyzer: Any = None) -> Node:
-        node = Node(settings, analyzer=analyzer or DoubleAnalyzer(), node_id=node_id)
+    def start(settings: Settings, node_id: str, analyser: Any = None) -> Node:
+        node = Node(settings, analyser=analyser or DoubleAnalyser(), node_id=node_id)
         node.start()
         started.append(node)
         return node
@@ -181,15 +181,15 @@ def test_a_worker_only_node_opens_no_dicom_port_and_analyses_a_queued_study(
     front_settings = _shared(
         make_settings(tmp_path), db_url, root, roles=["receiver", "scheduler", "exporter"]
     )
-    front_analyzer = DoubleAnalyzer()
-    front = nodes(front_settings, "front", front_analyzer)
+    front_analyser = DoubleAnalyser()
+    front = nodes(front_settings, "front", front_analyser)
     worker_port = free_port()
     worker_settings = _shared(
         make_settings(tmp_path), db_url, root, roles=["worker"], port=worker_port
     )
     worker_settings.http.enabled = False
-    worker_analyzer = DoubleAnalyzer()
-    worker = nodes(worker_settings, "gpu-1", worker_analyzer)
+    worker_analyser = DoubleAnalyser()
+    worker = nodes(worker_settings, "gpu-1", worker_analyser)
     assert worker.scp is None and not _listening(worker_port)
 
     sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
@@ -199,7 +199,7 @@ def test_a_worker_only_node_opens_no_dicom_port_and_analyses_a_queued_study(
         what="the study analysed",
     )
     assert job.state is JobState.DONE, (job.state, job.last_error)
-    assert len(worker_analyzer.calls) == 1 and not front_analyzer.calls
+    assert len(worker_analyser.calls) == 1 and not front_analyser.calls
     assert not _listening(worker_port)
 
 
@@ -230,7 +230,7 @@ def _serve_cli(tmp_path: Path) -> list[str]:
     return [sys.executable, "-m", "cem_node", "serve", "--data-dir", str(tmp_path / "d")]
 
 
-class _Timed(DoubleAnalyzer):
+class _Timed(DoubleAnalyser):
     """The test double, noting when each analysis starts (this process' monotonic clock)."""
 
     def __init__(self) -> None:
@@ -302,21 +302,21 @@ def test_notify_wakes_idle_workers_and_exporters_on_other_nodes_at_once(
     )
     exporter_settings.http.enabled = False
     exporter_settings.peers = [*exporter_settings.peers, pacs]
-    analyzer = _Timed()
+    analyser = _Timed()
     jobs = _Listen(postgres_url, JOBS_CHANNEL)
     exports = _Listen(postgres_url, EXPORTS_CHANNEL)
     try:
         front = nodes(scheduler_settings, "scheduler-1")
-        worker = nodes(worker_settings, "gpu-1", analyzer)
+        worker = nodes(worker_settings, "gpu-1", analyser)
         exporter = nodes(exporter_settings, "exporter-1")
         for node in (worker, exporter):
             assert node._listener is not None and node._listener.wait_listening(10)
         time.sleep(1.0)  # their first look at the queue is over: they are idle
         sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
         assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: analyzer.started, timeout_s=20, what="the worker to claim the job")
+        wait_until(lambda: analyser.started, timeout_s=20, what="the worker to claim the job")
         assert jobs.at, "no NOTIFY on the jobs channel"
-        latency = analyzer.started[0] - jobs.at[0]
+        latency = analyser.started[0] - jobs.at[0]
         print(f"NOTIFY to claim: {latency * 1000:.0f} ms (poll interval 10 s)")
         assert 0 <= latency < 1.0, f"claimed {latency:.3f} s after the NOTIFY"
         # the results the worker produced wake the exporter on its own node
@@ -402,11 +402,11 @@ def test_a_worker_listens_again_after_its_connection_is_cut(
         make_settings(tmp_path), postgres_url, root, roles=["worker"], poll_interval_s=10.0
     )
     worker_settings.http.enabled = False
-    analyzer = _Timed()
+    analyser = _Timed()
     jobs = _Listen(postgres_url, JOBS_CHANNEL)
     try:
         front = nodes(front_settings, "scheduler-1")
-        worker = nodes(worker_settings, "gpu-1", analyzer)
+        worker = nodes(worker_settings, "gpu-1", analyser)
         assert worker._listener is not None and worker._listener.wait_listening(10)
         (cut,) = wait_until(lambda: _listening_backends(postgres_url), what="the listener")
         libpq = make_url(postgres_url).set(drivername="postgresql")
@@ -421,8 +421,8 @@ def test_a_worker_listens_again_after_its_connection_is_cut(
         time.sleep(0.5)
         sent = storescu(study_files, port=front.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)
         assert sent.returncode == 0, sent.stderr
-        wait_until(lambda: analyzer.started, timeout_s=20, what="the worker to claim the job")
-        latency = analyzer.started[0] - jobs.at[0]
+        wait_until(lambda: analyser.started, timeout_s=20, what="the worker to claim the job")
+        latency = analyser.started[0] - jobs.at[0]
         assert 0 <= latency < 1.0, f"claimed {latency:.3f} s after the NOTIFY"
     finally:
         jobs.close()

@@ -18,7 +18,7 @@ from cem_node.dicom.net import pynetdicom_internals as internals
 from cem_node.node import Node
 from cem_node.store import Instance
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.peers import storescu
 from tests.test_node import MODALITY_AE, NODE_AE, make_settings
 
@@ -36,7 +36,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
     settings = make_settings(tmp_path / "store")
     settings.assembly.max_wait_s = 3600
     settings.assembly.quiet_period_s = 3600  # receiving only
-    running = Node(settings, analyzer=DoubleAnalyzer(), node_id="streaming-test")
+    running = Node(settings, analyser=DoubleAnalyser(), node_id="streaming-test")
     running.start()
     yield running
     running.stop()
@@ -109,7 +109,7 @@ def test_fallback_on_another_pynetdicom_receives_the_same_bytes(
     monkeypatch.setattr(internals, "FAST_PATH", False)
     settings = make_settings(tmp_path / "fallback")
     settings.assembly.max_wait_s = settings.assembly.quiet_period_s = 3600
-    running = Node(settings, analyzer=DoubleAnalyzer(), node_id="fallback-test")
+    running = Node(settings, analyser=DoubleAnalyser(), node_id="fallback-test")
     running.start()
     try:
         result = storescu(sent_files, port=running.port, called_ae=NODE_AE, calling_ae=MODALITY_AE)

@@ -504,7 +504,7 @@ def test_the_worker_pairs_for_presentation_and_studies_show_says_why(
     from cem_node.cli import app
     from cem_node.jobs.admin import show_study
     from cem_node.jobs.assembler import complete_due_studies
-    from tests.analysis_double import DoubleAnalyzer
+    from tests.analysis_double import DoubleAnalyser
     from tests.test_jobs import Store
 
     options = SynthOptions(
@@ -516,9 +516,9 @@ def test_the_worker_pairs_for_presentation_and_studies_show_says_why(
     store = Store(data_dir, f"sqlite:///{data_dir / 'cem-node.db'}")
     uid = store.receive(sorted((study / "dicom").glob("*.dcm")))
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
-    analyzer = DoubleAnalyzer()
-    assert store.worker(analyzer).run_once()
-    (request,) = analyzer.calls
+    analyser = DoubleAnalyser()
+    assert store.worker(analyser).run_once()
+    (request,) = analyser.calls
     raw = {str(ds.SOPInstanceUID) for ds in _headers(study) if ds.SOPClassUID == MG_FOR_PROCESSING}
     assert len(raw) == 4
     assert sorted((p.laterality, p.view) for p in request.pairs) == [

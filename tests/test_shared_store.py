@@ -31,7 +31,7 @@ from cem_node.store import (
 from cem_node.store.identity import advisory_key
 from cem_node.store.ingest import DiskGuard, InstanceIngestor, ReceivedFrom
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.test_identity import node_settings
 
 HOUR_S = 3600.0
@@ -53,8 +53,8 @@ def leftover(files: InstanceFileStore, folder: Path) -> Path:
 
 def test_start_up_cleanup_spares_another_nodes_files_in_flight(tmp_path: Path, db_url: str) -> None:
     settings = node_settings(tmp_path / "store", db_url)
-    first = Node(settings, analyzer=DoubleAnalyzer())
-    second = Node(settings, analyzer=DoubleAnalyzer())
+    first = Node(settings, analyser=DoubleAnalyser())
+    second = Node(settings, analyser=DoubleAnalyser())
     first.start()
     second.start()
     try:
@@ -69,7 +69,7 @@ def test_start_up_cleanup_spares_another_nodes_files_in_flight(tmp_path: Path, d
         crashed = [first.files.receiving_dir / ".tmp-crashed", leftover(first.files, instances)]
         crashed[0].write_bytes(b"never adopted")
         first.stop()
-        again = Node(settings, analyzer=DoubleAnalyzer())
+        again = Node(settings, analyser=DoubleAnalyser())
         again.start()  # the first node again: its identity is free, the second's held
         try:
             assert again.node_id == first.node_id
@@ -206,7 +206,7 @@ def test_a_receiver_only_node_removes_its_abandoned_receptions(tmp_path: Path) -
     that only receives kept every dataset of an aborted association until restarted."""
     settings = node_settings(tmp_path / "store", f"sqlite:///{tmp_path / 'db.sqlite'}")
     settings.node.roles = ["receiver"]
-    receiver = Node(settings, analyzer=DoubleAnalyzer())
+    receiver = Node(settings, analyser=DoubleAnalyser())
     receiver.start()
     try:
         assert receiver.files is not None

@@ -15,7 +15,7 @@ from cem_node.config import Peer, Settings
 from cem_node.dicom.net import tls as dicom_tls
 from cem_node.dicom.net.scu import RemoteAE, echo
 from cem_node.node import Node
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.dicom_validators import missing_tool
 from tests.peers import LOOPBACK, echoscu
 
@@ -120,7 +120,7 @@ def tls_node(tmp_path: Path, pki: Path) -> Callable[..., Node]:
     def start(require_client: bool) -> Node:
         node = Node(
             _settings(tmp_path / f"n{len(nodes)}", pki, require_client=require_client),
-            analyzer=DoubleAnalyzer(),
+            analyser=DoubleAnalyser(),
             node_id="tls-node",
         )
         node.start()

@@ -22,7 +22,7 @@ from cem_node.jobs.admin import show_study
 from cem_node.node import Node
 from cem_node.store import StudyState
 from cem_node.synthetic.study import SynthOptions, generate_study
-from tests.analysis_double import DoubleAnalyzer
+from tests.analysis_double import DoubleAnalyser
 from tests.test_node import make_settings, running_node, send, state_is, wait_until
 
 pytestmark = pytest.mark.tools
@@ -60,8 +60,8 @@ def vendor_studies(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def test_every_vendor_style_is_paired_and_analysed_over_the_network(
     tmp_path: Path, running_node: Callable[..., Node], vendor_studies: dict[str, Path]
 ) -> None:
-    analyzer = DoubleAnalyzer()
-    node = running_node(make_settings(tmp_path / "node"), analyzer)
+    analyser = DoubleAnalyser()
+    node = running_node(make_settings(tmp_path / "node"), analyser)
     expected: dict[str, dict[str, object]] = {}
     for vendor, study in vendor_studies.items():
         files = sorted((study / "dicom").glob("*.dcm"))
@@ -89,7 +89,7 @@ def test_every_vendor_style_is_paired_and_analysed_over_the_network(
             what=f"the {facts['vendor']} study analysed",
         )
     assert node.sessions is not None
-    requests = {r.study_instance_uid: r for r in analyzer.calls}
+    requests = {r.study_instance_uid: r for r in analyser.calls}
     assert sorted(requests) == sorted(expected)  # each study analysed once
     for uid, facts in expected.items():
         vendor = facts["vendor"]

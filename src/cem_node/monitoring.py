@@ -30,7 +30,7 @@ from sqlalchemy import and_, func, or_, select, text
 from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
-from cem_node.contracts.analysis import AnalysisRequest, AnalysisResult, Analyzer
+from cem_node.contracts.analysis import Analyser, AnalysisRequest, AnalysisResult
 from cem_node.store.models import Export, ExportState, Instance, Job, Study
 
 __all__ = ["HealthEndpoint", "NodeMetrics", "export_problem"]
@@ -196,20 +196,20 @@ class NodeMetrics:
         """Expose ``checks`` (check name -> problem or None) as ``cem_node_health_problem``."""
         self.registry.register(_HealthCollector(checks))
 
-    def timed(self, analyzer: Analyzer) -> Analyzer:
-        """Wrap an analyzer so each call is timed and counted."""
-        return _TimedAnalyzer(analyzer, self)
+    def timed(self, analyser: Analyser) -> Analyser:
+        """Wrap an analyser so each call is timed and counted."""
+        return _TimedAnalyser(analyser, self)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
 
 
-class _TimedAnalyzer:
-    def __init__(self, inner: Analyzer, metrics: NodeMetrics) -> None:
+class _TimedAnalyser:
+    def __init__(self, inner: Analyser, metrics: NodeMetrics) -> None:
         self.inner = inner
         self._metrics = metrics
 
-    def __getattr__(self, name: str) -> Any:  # preload() and friends of the inner analyzer
+    def __getattr__(self, name: str) -> Any:  # preload() and friends of the inner analyser
         return getattr(self.inner, name)
 
     def analyse(self, request: AnalysisRequest) -> AnalysisResult:

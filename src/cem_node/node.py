@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node import __version__
 from cem_node.config import Settings, settings_to_dict
-from cem_node.contracts.analysis import Analyzer, UnavailableAnalyzer
+from cem_node.contracts.analysis import Analyser, UnavailableAnalyser
 from cem_node.dicom.net import tls as dicom_tls
 from cem_node.dicom.net.scp import StorageSCP
 from cem_node.jobs.assembler import RecombinedAwaited, complete_due_studies
@@ -178,7 +178,7 @@ class Node:
     ----------
     settings
         The effective settings.
-    analyzer
+    analyser
         The analysis; default: none installed (jobs fail saying so).
     node_id
         Identity in claims, the audit trail and the store; held while the node
@@ -199,7 +199,7 @@ class Node:
         self,
         settings: Settings,
         *,
-        analyzer: Analyzer | None = None,
+        analyser: Analyser | None = None,
         node_id: str | None = None,
         receiver_only: bool = False,
     ) -> None:
@@ -211,7 +211,7 @@ class Node:
         self._asked_id = node_id
         self._identity: NodeIdentity | None = None
         self.node_id = node_id or ""  # chosen and held at start
-        self.analyzer: Analyzer = analyzer or UnavailableAnalyzer(NO_ANALYSIS)
+        self.analyser: Analyser = analyser or UnavailableAnalyser(NO_ANALYSIS)
         self.engine: Engine | None = None
         self.sessions: sessionmaker[Session] | None = None
         self.files: InstanceFileStore | None = None
@@ -280,7 +280,7 @@ class Node:
         )
         self.metrics = NodeMetrics(self.sessions)
         self.metrics.watch_health(self.health_checks)
-        self.analyzer = self.metrics.timed(self.analyzer)
+        self.analyser = self.metrics.timed(self.analyser)
         if receiving:
             self._start_receiving(peers, share_port=share_port)
             assert self._hasher is not None
@@ -310,7 +310,7 @@ class Node:
             settings,
             self.sessions,
             self.files,
-            self.analyzer,
+            self.analyser,
             destinations=peers.destinations,
             node_id=self.node_id,
             not_analysable_report=_not_analysable_report(settings),
@@ -454,7 +454,7 @@ class Node:
         _LOG.info("health and metrics on http://%s:%d/healthz", http.host, self.http.port)
 
     def _health_status(self) -> dict[str, Any]:
-        analysis = getattr(self.analyzer, "status_line", None)
+        analysis = getattr(self.analyser, "status_line", None)
         checks = self.health_checks()
         return {
             "node_id": self.node_id,
@@ -583,9 +583,9 @@ class Node:
             self._listener = None
         for loop in self._loops.values():
             loop.join()
-        close_analyzer = getattr(self.analyzer, "close", None)  # its radiomics workers
-        if close_analyzer is not None:
-            close_analyzer()
+        close_analyser = getattr(self.analyser, "close", None)  # its radiomics workers
+        if close_analyser is not None:
+            close_analyser()
         if self._hasher is not None:
             self._hasher.stop()
         if self._identity is not None:

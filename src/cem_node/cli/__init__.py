@@ -14,7 +14,7 @@ import typer
 
 from cem_node import __version__
 from cem_node.cli import (
-    analyze_cmd,
+    analyse_cmd,
     config_cmd,
     db_cmd,
     demo_cmd,
@@ -98,7 +98,9 @@ app.command(name="serve")(serve_cmd.serve)
 app.command(name="echo")(echo_cmd.echo)
 app.command(name="synth")(synth_cmd.synth)
 app.command(name="demo")(demo_cmd.demo)
-app.command(name="analyze")(analyze_cmd.analyze)
+app.command(name="analyse")(analyse_cmd.analyse)
+# the spelling of earlier versions, kept for scripts that call it
+app.command(name="analyze", hidden=True)(analyse_cmd.analyse)
 app.command(name="evaluate")(evaluate_cmd.evaluate)
 
 

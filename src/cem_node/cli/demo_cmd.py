@@ -166,17 +166,17 @@ def _run_node(
     from cem_node.dicom.net.scu import RemoteAE, send_files
     from cem_node.dicom.objects.common import ReportingDevice
     from cem_node.node import Node
-    from cem_node.pipeline.service import BundleAnalyzer
+    from cem_node.pipeline.service import BundleAnalyser
 
     node_settings = _node_settings(settings, analysis, out, pacs)
-    analyzer = BundleAnalyzer(
+    analyser = BundleAnalyser(
         node_settings.analysis,
         device=ReportingDevice(software_version=__version__, device_serial_number="DEMO"),
     )
     started = time.perf_counter()
-    console.print(analyzer.preload())
+    console.print(analyser.preload())
     timings["model bundle load"] = time.perf_counter() - started
-    node = Node(node_settings, analyzer=analyzer, node_id="demo")
+    node = Node(node_settings, analyser=analyser, node_id="demo")
     node.start()
     try:
         started = time.perf_counter()

@@ -97,8 +97,8 @@ def serve(
         role=role,
     )
     configure_logging(settings.logging, json_output=log_json)
-    analyzer = _analyzer(settings)
-    node = Node(settings, analyzer=analyzer)
+    analyser = _analyser(settings)
+    node = Node(settings, analyser=analyser)
     _start(node, settings)
 
     _LOG.info(
@@ -109,8 +109,8 @@ def serve(
         "SQLite" if settings.database_url().startswith("sqlite") else "database server",
         ", ".join(node.roles),
     )
-    if analyzer is not None:
-        preload = analyzer.preload
+    if analyser is not None:
+        preload = analyser.preload
         # load the networks now, not when the first study arrives (receiving starts at once)
         threading.Thread(
             target=lambda: _LOG.info("%s", preload()), name="preload", daemon=True
@@ -160,15 +160,15 @@ def _settings(
     return settings
 
 
-def _analyzer(settings: Any) -> Any:
-    """The bundle analyzer of a node with the worker role, else None."""
+def _analyser(settings: Any) -> Any:
+    """The bundle analyser of a node with the worker role, else None."""
     from cem_node import __version__
     from cem_node.dicom.objects.common import ReportingDevice
-    from cem_node.pipeline.service import BundleAnalyzer
+    from cem_node.pipeline.service import BundleAnalyser
 
     if "worker" not in settings.node.roles:  # only a worker loads the bundle (torch, the GPU)
         return None
-    return BundleAnalyzer(
+    return BundleAnalyser(
         settings.analysis,
         device=ReportingDevice(
             software_version=__version__, device_serial_number=settings.node.ae_title

@@ -1,9 +1,9 @@
 """The contract between the worker and the analysis of one study round.
 
 The worker selects and pairs the images
-(:func:`cem_node.dicom.selection.plan_study`); an :class:`Analyzer` turns the
+(:func:`cem_node.dicom.selection.plan_study`); an :class:`Analyser` turns the
 pairs into result objects (SEG, SR, GSPS datasets) and a findings document.
-:class:`cem_node.pipeline.service.BundleAnalyzer` is the node's analyzer;
+:class:`cem_node.pipeline.service.BundleAnalyser` is the node's analyser;
 tests use a test double.
 """
 
@@ -20,15 +20,15 @@ from cem_node.contracts.findings import Findings
 
 __all__ = [
     "RESULT_TYPES",
+    "Analyser",
     "AnalysisRequest",
     "AnalysisResult",
     "AnalysisUnavailableError",
-    "Analyzer",
     "ImagePair",
     "InstanceUnusableError",
     "ResultObject",
     "ResultType",
-    "UnavailableAnalyzer",
+    "UnavailableAnalyser",
 ]
 
 
@@ -108,7 +108,7 @@ class InstanceUnusableError(ValueError):
         self.reason = reason
 
 
-class Analyzer(Protocol):
+class Analyser(Protocol):
     """Analyse one study round."""
 
     def analyse(self, request: AnalysisRequest) -> AnalysisResult:
@@ -127,8 +127,8 @@ class Analyzer(Protocol):
         ...
 
 
-class UnavailableAnalyzer:
-    """The analyzer of a node without an analysis: every job fails, saying why."""
+class UnavailableAnalyser:
+    """The analyser of a node without an analysis: every job fails, saying why."""
 
     def __init__(self, reason: str) -> None:
         self.reason = reason

@@ -2,7 +2,7 @@
 
 The analysis (:mod:`cem_node.pipeline`) produces it, the node stores it with
 the job, the DICOM encoders (SEG, SR, GSPS) turn it into objects, and
-``cem-node analyze --json`` prints it. Every geometric value is in the pixel
+``cem-node analyse --json`` prints it. Every geometric value is in the pixel
 coordinates of the full-size source image (column, row; the centre of the
 top-left pixel is (0, 0)), so no consumer has to know the preprocessing.
 

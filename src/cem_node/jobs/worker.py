@@ -37,9 +37,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from cem_node.config import Settings
 from cem_node.contracts.analysis import (
+    Analyser,
     AnalysisResult,
     AnalysisUnavailableError,
-    Analyzer,
     InstanceUnusableError,
     ResultObject,
 )
@@ -145,7 +145,7 @@ class Worker:
         Database sessions.
     files
         The store (received instances and result objects).
-    analyzer
+    analyser
         The analysis of a paired study.
     destinations
         Returns the destination peers at the time results are queued.
@@ -164,7 +164,7 @@ class Worker:
         settings: Settings,
         sessions: sessionmaker[Session],
         files: InstanceFileStore,
-        analyzer: Analyzer,
+        analyser: Analyser,
         *,
         destinations: Callable[[], Sequence[PeerEntry]],
         node_id: str,
@@ -174,7 +174,7 @@ class Worker:
         self._settings = settings
         self._sessions = sessions
         self._files = files
-        self._analyzer = analyzer
+        self._analyser = analyser
         self._destinations = destinations
         self._node_id = node_id
         self._report = not_analysable_report
@@ -323,7 +323,7 @@ class Worker:
                 self._finish(claimed, objects, result=None, not_analysable=reason, images=images)
                 return
             try:
-                result = self._analyzer.analyse(plan.request)
+                result = self._analyser.analyse(plan.request)
             except InstanceUnusableError as exc:
                 paired = {
                     uid

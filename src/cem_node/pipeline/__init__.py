@@ -15,6 +15,6 @@ One module per stage, pure functions where possible:
   per-lesion, per-breast and per-patient decisions;
 - :mod:`~cem_node.pipeline.analyse`: one study, end to end, into
   :class:`~cem_node.contracts.findings.Findings`;
-- :mod:`~cem_node.pipeline.service`: the node's analyzer and ``cem-node analyze``;
+- :mod:`~cem_node.pipeline.service`: the node's analyser and ``cem-node analyse``;
 - :mod:`~cem_node.pipeline.overlay`: overlay PNGs for people.
 """

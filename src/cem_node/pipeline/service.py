@@ -1,9 +1,9 @@
-"""The analysis behind the node's worker and ``cem-node analyze``.
+"""The analysis behind the node's worker and ``cem-node analyse``.
 
 :func:`requests_from_files` groups DICOM files into studies and pairs their
 images with the node's own selection rules; :func:`analyse_request` runs
 the analysis of one :class:`~cem_node.contracts.analysis.AnalysisRequest`;
-:class:`BundleAnalyzer` is the node's :class:`~cem_node.contracts.analysis.Analyzer`.
+:class:`BundleAnalyser` is the node's :class:`~cem_node.contracts.analysis.Analyser`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from cem_node.pipeline.pixels import SourceImage
 
 __all__ = [
-    "BundleAnalyzer",
+    "BundleAnalyser",
     "StudyFiles",
     "analyse_request",
     "decode_pairs",
@@ -228,7 +228,7 @@ def release_freed_memory() -> bool:
     return True
 
 
-class BundleAnalyzer:
+class BundleAnalyser:
     """The node's analysis: the active (or configured) model bundle.
 
     Before each study the bundle is resolved and its checksums verified

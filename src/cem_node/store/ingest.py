@@ -27,7 +27,6 @@ import filecmp
 import io
 import logging
 import secrets
-import shutil
 import threading
 import time
 import warnings
@@ -55,7 +54,7 @@ from cem_node.dicom.identifiers import (
 from cem_node.dicom.selection import MAMMOGRAPHY_SOP_CLASSES
 from cem_node.store.audit import ALERT, audit_values, record_event
 from cem_node.store.engine import SQLITE_BEGIN_OPTION
-from cem_node.store.instance_files import InstanceFileStore, StoredFile
+from cem_node.store.instance_files import DiskGuard, InstanceFileStore, StoredFile
 from cem_node.store.models import (
     AuditEvent,
     Instance,
@@ -154,51 +153,6 @@ class IngestResult:
         """
         text = self.message.replace("\\", "/")
         return "".join(c if " " <= c <= "~" else "?" for c in text[:64])
-
-
-class DiskGuard:
-    """The disk watermark of the store's file system, checked per instance.
-
-    Parameters
-    ----------
-    root
-        A folder on the file system to watch.
-    high_watermark_percent
-        Usage above which instances are refused.
-    min_free_mb
-        Free space (MiB) below which instances are refused.
-    usage
-        ``shutil.disk_usage``-like function (injected by tests).
-    """
-
-    def __init__(
-        self,
-        root: str,
-        *,
-        high_watermark_percent: float,
-        min_free_mb: int,
-        usage: Callable[[str], tuple[int, int, int]] = shutil.disk_usage,
-    ) -> None:
-        self.root = root
-        self.high_watermark_percent = high_watermark_percent
-        self.min_free_bytes = min_free_mb * 1024 * 1024
-        self._usage = usage
-
-    def refusal(self, incoming_bytes: int) -> str | None:
-        """Return why ``incoming_bytes`` more cannot be stored, or ``None`` if they can."""
-        total, used, free = self._usage(self.root)
-        percent = 100.0 * used / total if total else 100.0
-        if percent > self.high_watermark_percent:
-            return (
-                f"store disk {percent:.1f}% full, above the "
-                f"{self.high_watermark_percent:g}% watermark"
-            )
-        if free - incoming_bytes < self.min_free_bytes:
-            return (
-                f"store disk has {free // (1024 * 1024)} MiB free, below the "
-                f"{self.min_free_bytes // (1024 * 1024)} MiB minimum"
-            )
-        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -487,31 +441,9 @@ class InstanceIngestor:
             study_id = self._study_for_instance(
                 session, header.dataset, header.study_instance_uid, now
             )
-            # Core statements on the session's connection: the ORM's execute path costs
-            # more than the SQL
             connection = session.connection()
             row = connection.execute(_SELECT_INSTANCE, {"uid": header.sop_instance_uid}).first()
-            ds = header.dataset
-            fields = {
-                "study_id": study_id,
-                "sop_class_uid": header.sop_class_uid,
-                "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
-                "series_number": _int(ds, "SeriesNumber"),
-                "instance_number": _int(ds, "InstanceNumber"),
-                "modality": _text(ds, "Modality", 16),
-                "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
-                "file_path": stored.relative_path,
-                "size_bytes": stored.size_bytes,
-                "sha256": None,  # InstanceHasher, just after the answer
-                "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
-                "called_ae_title": (sender.called_ae_title or "")[:16] or None,
-                "remote_address": (sender.address or "")[:64] or None,
-                "received_at": now,
-                # classified by the worker, with the round's rules
-                "role": None,
-                "role_reason": None,
-                "classified_at": None,
-            }
+            fields = _instance_fields(header, stored, sender, study_id, now)
             if row is None:
                 outcome = IngestOutcome.STORED
                 inserted = connection.execute(
@@ -691,6 +623,33 @@ class InstanceIngestor:
                 )
         except OperationalError:
             pass
+
+
+def _instance_fields(
+    header: _Header, stored: StoredFile, sender: ReceivedFrom, study_id: int, now: object
+) -> dict[str, Any]:
+    """The values of an instance's row (new, or replacing the row of an earlier copy)."""
+    ds = header.dataset
+    return {
+        "study_id": study_id,
+        "sop_class_uid": header.sop_class_uid,
+        "series_instance_uid": _text(ds, "SeriesInstanceUID", 64),
+        "series_number": _int(ds, "SeriesNumber"),
+        "instance_number": _int(ds, "InstanceNumber"),
+        "modality": _text(ds, "Modality", 16),
+        "transfer_syntax_uid": header.transfer_syntax_uid[:64] or "unknown",
+        "file_path": stored.relative_path,
+        "size_bytes": stored.size_bytes,
+        "sha256": None,  # InstanceHasher, just after the answer
+        "calling_ae_title": (sender.calling_ae_title or "")[:16] or None,
+        "called_ae_title": (sender.called_ae_title or "")[:16] or None,
+        "remote_address": (sender.address or "")[:64] or None,
+        "received_at": now,
+        # classified by the worker, with the round's rules
+        "role": None,
+        "role_reason": None,
+        "classified_at": None,
+    }
 
 
 def _size(data: bytes | Path) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import hashlib
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,7 @@ from cem_node.store.identity import identity_tag
 
 __all__ = [
     "TEMPORARY_FILE_PREFIX",
+    "DiskGuard",
     "InstanceFileStore",
     "StoredFile",
     "UnsafePathError",
@@ -337,3 +339,48 @@ class InstanceFileStore:
         for path in self.root.rglob(f"{self.temporary_prefix}*"):
             if path.parent != self.receiving_dir:
                 yield path
+
+
+class DiskGuard:
+    """The disk watermark of the store's file system, checked per instance.
+
+    Parameters
+    ----------
+    root
+        A folder on the file system to watch.
+    high_watermark_percent
+        Usage above which instances are refused.
+    min_free_mb
+        Free space (MiB) below which instances are refused.
+    usage
+        ``shutil.disk_usage``-like function (injected by tests).
+    """
+
+    def __init__(
+        self,
+        root: str,
+        *,
+        high_watermark_percent: float,
+        min_free_mb: int,
+        usage: Callable[[str], tuple[int, int, int]] = shutil.disk_usage,
+    ) -> None:
+        self.root = root
+        self.high_watermark_percent = high_watermark_percent
+        self.min_free_bytes = min_free_mb * 1024 * 1024
+        self._usage = usage
+
+    def refusal(self, incoming_bytes: int) -> str | None:
+        """Return why ``incoming_bytes`` more cannot be stored, or ``None`` if they can."""
+        total, used, free = self._usage(self.root)
+        percent = 100.0 * used / total if total else 100.0
+        if percent > self.high_watermark_percent:
+            return (
+                f"store disk {percent:.1f}% full, above the "
+                f"{self.high_watermark_percent:g}% watermark"
+            )
+        if free - incoming_bytes < self.min_free_bytes:
+            return (
+                f"store disk has {free // (1024 * 1024)} MiB free, below the "
+                f"{self.min_free_bytes // (1024 * 1024)} MiB minimum"
+            )
+        return None

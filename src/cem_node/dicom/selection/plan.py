@@ -2,7 +2,7 @@
 
 The one route from classified images to an
 :class:`~cem_node.contracts.analysis.AnalysisRequest`, shared by the worker
-(received studies), ``cem-node analyze`` (files on disk) and the training
+(received studies), ``cem-node analyse`` (files on disk) and the training
 datasets (synthetic studies), so that all three pair and explain alike.
 """
 

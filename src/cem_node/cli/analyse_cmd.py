@@ -1,4 +1,4 @@
-"""``cem-node analyze``: analyse DICOM files without a running node."""
+"""``cem-node analyse``: analyse DICOM files without a running node."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def _result_name(obj, views: dict[str, str]) -> str:
     return f"{obj.object_type}-{view}.dcm" if view else f"{obj.object_type}.dcm"
 
 
-def analyze(
+def analyse(
     ctx: typer.Context,
     paths: Annotated[
         list[Path], typer.Argument(help="DICOM files or folders (searched recursively).")
