@@ -601,13 +601,11 @@ def _folds_command(
 
 def _cross_validation(folds_dir: Path, record: Any, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The report's description of the folds and their per-fold rows."""
-    from cem_node.training.folds import FOLDS_FILE
-
     return {
         "k": record.k,
         "seed": record.seed,
         "folds_dir": str(folds_dir),
-        "folds_file": str(folds_dir / FOLDS_FILE),
+        "folds_file": str(folds_dir / run_files.FOLDS),
         "patients": sum(len(p) for p in record.patients),
         "patients_per_fold": [len(p) for p in record.patients],
         "per_fold": rows,

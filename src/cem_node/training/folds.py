@@ -29,7 +29,6 @@ if TYPE_CHECKING:
     from cem_node.training.datasets import Sample, TrainingDataset
 
 __all__ = [
-    "FOLDS_FILE",
     "FoldsRecord",
     "assign_folds",
     "fold_dir_name",
@@ -38,7 +37,6 @@ __all__ = [
     "read_folds",
 ]
 
-FOLDS_FILE = run_files.FOLDS
 FOLDS_FORMAT = "cem-node-folds/1"
 #: Severity order of the patient strata (a patient's most severe image label).
 _SEVERITY = {"normal": 0, "benign": 1, "malignant": 2}
@@ -206,7 +204,7 @@ class FoldsRecord(BaseModel):
 
     def write(self, folder: Path) -> Path:
         """Write ``folder/folds.json``; return its path."""
-        path = Path(folder) / FOLDS_FILE
+        path = Path(folder) / run_files.FOLDS
         path.write_text(json.dumps(self.model_dump(mode="json"), indent=2) + "\n")
         return path
 
@@ -223,7 +221,7 @@ def read_folds(folder: Path) -> FoldsRecord:
     DatasetError
         When the file is missing or invalid.
     """
-    path = Path(folder) / FOLDS_FILE
+    path = Path(folder) / run_files.FOLDS
     if not path.is_file():
         raise DatasetError(
             f"{path}: missing: give the --out folder of 'cem-node train detector --folds K'"

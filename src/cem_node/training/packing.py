@@ -68,8 +68,6 @@ from cem_node.models.registry import Bundle, sha256_file, write_bundle
 from cem_node.training import run_files
 
 __all__ = [
-    "DETECTOR_FILES",
-    "RADIOMICS_FILES",
     "RESEARCH_DISCLAIMER",
     "SYNTHETIC_DISCLAIMER",
     "PackResult",
@@ -80,11 +78,6 @@ __all__ = [
     "stored_weights_dtype",
 ]
 
-DETECTOR_FILES = run_files.DETECTOR_REQUIRED
-"""Required in the detector folder."""
-DETECTOR_OPTIONAL = run_files.DETECTOR_OPTIONAL
-RADIOMICS_FILES = run_files.RADIOMICS_REQUIRED
-"""Required in the radiomics folder."""
 
 SYNTHETIC_DISCLAIMER = "synthetic phantom data, not for clinical use"
 RESEARCH_DISCLAIMER = "research software, not for clinical use"
@@ -351,8 +344,8 @@ class _RunRecords:
 
 def _read_runs(detector_dir: Path, radiomics_dir: Path) -> _RunRecords:
     """Read the records of both runs (checking that their files are there)."""
-    _require_files(detector_dir, DETECTOR_FILES, "detector")
-    _require_files(radiomics_dir, RADIOMICS_FILES, "radiomics")
+    _require_files(detector_dir, run_files.DETECTOR_REQUIRED, "detector")
+    _require_files(radiomics_dir, run_files.RADIOMICS_REQUIRED, "radiomics")
     config_path = detector_dir / run_files.DETECTOR_CONFIG
     detector_record = _read_json(config_path)
     detector = _object(detector_record, config_path, "detector")
@@ -622,7 +615,7 @@ def _resave_weights(
 def _weights_dtypes(detector_dir: Path, weights_dtype: str | None) -> tuple[str, str]:
     """The detector weights' stored dtype and the dtype the bundle gets (as
     trained when not asked, float32 for mixed weights)."""
-    _require_files(detector_dir, DETECTOR_FILES, "detector")
+    _require_files(detector_dir, run_files.DETECTOR_REQUIRED, "detector")
     stored = stored_weights_dtype(detector_dir / run_files.DETECTOR_WEIGHTS)
     target_dtype = weights_dtype or ("float16" if stored == "float16" else "float32")
     if target_dtype not in ("float16", "float32"):
@@ -641,7 +634,7 @@ def _bundle_files(detector_dir: Path, radiomics_dir: Path) -> dict[str, Path | b
         "training/radiomics_summary.json": radiomics_dir / run_files.SUMMARY,
         "training/thresholds.json": radiomics_dir / run_files.THRESHOLDS,
     }
-    for optional in DETECTOR_OPTIONAL:
+    for optional in run_files.DETECTOR_OPTIONAL:
         if (detector_dir / optional).is_file():
             files[f"training/{optional}"] = detector_dir / optional
     return files

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -39,7 +39,7 @@ from pydicom.uid import RE_VALID_UID, UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
 
 from cem_node import __version__
-from cem_node.contracts.findings import ModelIdentity, ViewResult
+from cem_node.contracts.findings import Findings, ModelIdentity, ViewResult
 
 __all__ = [
     "COMPREHENSIVE_SR",
@@ -55,6 +55,7 @@ __all__ = [
     "device_texts",
     "image_library",
     "is_valid_uid",
+    "missing_view_image",
     "model_description",
     "model_disclaimer",
     "model_equipment",
@@ -524,6 +525,23 @@ def build_comprehensive_sr(
         del sr.PertinentOtherEvidenceSequence
     stamp_times(sr, when)
     return sr
+
+
+def missing_view_image(
+    findings: Findings, available: Container[str]
+) -> tuple[str, str, ViewResult] | None:
+    """The first analysed image (kind, SOP Instance UID, view) not in ``available``.
+
+    Each view's recombined image is looked for first, then its low-energy one.
+    """
+    for view in findings.views:
+        for kind, uid in (
+            ("recombined", view.recombined_sop_instance_uid),
+            ("low-energy", view.low_energy_sop_instance_uid),
+        ):
+            if uid not in available:
+                return kind, uid, view
+    return None
 
 
 def check_view_image(

@@ -54,7 +54,7 @@ from pydicom.uid import generate_uid
 
 from cem_node.contracts.analysis import RESULT_TYPES, ResultObject
 from cem_node.contracts.findings import Findings, ViewResult
-from cem_node.dicom.objects.common import ReportingDevice, check_sources
+from cem_node.dicom.objects.common import ReportingDevice, check_sources, missing_view_image
 from cem_node.dicom.objects.gsps import build_view_gsps
 from cem_node.dicom.objects.not_analysable import build_not_analysable_sr
 from cem_node.dicom.objects.predecessors import replace_earlier_reports
@@ -223,15 +223,12 @@ def _wanted_objects(objects: Iterable[str], segmentation_type: str) -> list[str]
 
 def _check_analysed_images(findings: Findings, by_uid: Mapping[str, pydicom.Dataset]) -> None:
     """Every analysed view's RC and LE image must be among the headers."""
-    for view in findings.views:
-        for kind, uid in (
-            ("recombined", view.recombined_sop_instance_uid),
-            ("low-energy", view.low_energy_sop_instance_uid),
-        ):
-            if uid not in by_uid:
-                raise ValueError(
-                    f"headers lack the {kind} image {uid} of view {view.laterality}-{view.view}"
-                )
+    missing = missing_view_image(findings, by_uid)
+    if missing is not None:
+        kind, uid, view = missing
+        raise ValueError(
+            f"headers lack the {kind} image {uid} of view {view.laterality}-{view.view}"
+        )
 
 
 def _encode_segs(

@@ -116,6 +116,7 @@ from cem_node.dicom.objects.common import (
     check_series_number,
     check_sources,
     image_library,
+    missing_view_image,
     model_description,
     model_disclaimer,
     model_equipment,
@@ -488,15 +489,12 @@ def _check_references(findings: Findings, headers: dict[str, pydicom.Dataset]) -
         raise ValueError(
             f"the headers are of study {study}, the findings of study {findings.study_instance_uid}"
         )
-    for view in findings.views:
-        for kind, uid in (
-            ("recombined", view.recombined_sop_instance_uid),
-            ("low-energy", view.low_energy_sop_instance_uid),
-        ):
-            if uid not in headers:
-                raise ValueError(
-                    f"no header for the {kind} image {uid} of view {view.laterality}-{view.view}"
-                )
+    missing = missing_view_image(findings, headers)
+    if missing is not None:
+        kind, uid, view = missing
+        raise ValueError(
+            f"no header for the {kind} image {uid} of view {view.laterality}-{view.view}"
+        )
 
 
 def build_findings_sr(
