@@ -24,10 +24,8 @@ from cem_node.dicom.selection.images import (
 )
 from cem_node.dicom.selection.plan import (
     StudyPlan,
-    image_pairs,
     plan_study,
     summarise_exclusions,
-    summarise_not_analysable,
 )
 
 __all__ = [
@@ -42,12 +40,10 @@ __all__ = [
     "VendorPreset",
     "classify_image",
     "image_laterality",
-    "image_pairs",
     "image_view",
     "is_for_processing",
     "pair_images",
     "plan_study",
     "summarise_exclusions",
-    "summarise_not_analysable",
     "vendor_presets_for",
 ]

@@ -21,10 +21,8 @@ from cem_node.dicom.selection.images import Classification, Pairing, pair_images
 
 __all__ = [
     "StudyPlan",
-    "image_pairs",
     "plan_study",
     "summarise_exclusions",
-    "summarise_not_analysable",
 ]
 
 
@@ -39,7 +37,7 @@ class StudyPlan:
     """The pairings' reasons (each names its breast and view), or why nothing is analysed."""
 
 
-def image_pairs(pairings: Iterable[Pairing], path_of: Mapping[str, Path]) -> list[ImagePair]:
+def _image_pairs(pairings: Iterable[Pairing], path_of: Mapping[str, Path]) -> list[ImagePair]:
     """The complete pairings as :class:`ImagePair` (``path_of``: SOP Instance UID -> file)."""
     return [
         ImagePair(
@@ -87,12 +85,12 @@ def plan_study(
     complete = [p for p in pairings if p.complete]
     if not complete:
         return StudyPlan(
-            pairings, None, summarise_not_analysable(classifications, pairings, excluded)
+            pairings, None, _summarise_not_analysable(classifications, pairings, excluded)
         )
     request = AnalysisRequest(
         study_instance_uid=study_instance_uid,
         analysis_round=analysis_round,
-        pairs=image_pairs(complete, path_of),
+        pairs=_image_pairs(complete, path_of),
         headers=list(headers),
     )
     return StudyPlan(pairings, request, "; ".join(p.reason for p in pairings))
@@ -119,7 +117,7 @@ def _most_common(reasons: Iterable[str]) -> str:
     return listed + (f"; {len(counted) - 3} other reason(s)" if len(counted) > 3 else "")
 
 
-def summarise_not_analysable(
+def _summarise_not_analysable(
     classifications: Sequence[Classification],
     pairings: Sequence[Pairing],
     excluded: Mapping[str, str] | None = None,
