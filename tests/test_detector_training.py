@@ -17,7 +17,7 @@ from cem_node.contracts.params import (
     PostprocessParams,
     PreprocessParams,
 )
-from cem_node.pipeline.detector import build_detector, detect, load_detector
+from cem_node.pipeline.detector import DetectorError, build_detector, detect, load_detector
 from cem_node.pipeline.preprocess import resize_shape
 from cem_node.training.datasets import load_dataset, split
 from cem_node.training.detector_training import (
@@ -117,6 +117,81 @@ def test_augment_params_ranges() -> None:
     assert max(abs(d.shear_rad) for d in draws) <= 0.1
     assert min(d.scale for d in draws) >= 0.9 and max(d.scale for d in draws) <= 1.1
     assert sample_augment_params(rng, AugmentConfig(enabled=False)) == AugmentParams()
+
+
+def test_rotation_and_jitter_leave_a_paper_configuration_stream_unchanged() -> None:
+    # the extra draws come after the paper's three and only when asked for: a run that does
+    # not ask for them trains on the same images as before they existed
+    paper = [sample_augment_params(np.random.default_rng(k), AugmentConfig()) for k in range(50)]
+    for k, params in enumerate(paper):
+        flip, shear, scale = np.random.default_rng(k).random(3)
+        assert params.flip == bool(flip < 0.5)
+        assert params.shear_rad == pytest.approx((2 * shear - 1) * 0.1)
+        assert params.scale == pytest.approx(0.9 + scale * 0.2)
+        assert params.rotation_rad == 0.0 and params.channel_jitter == ()
+    mammo = AugmentConfig(rotation_deg=15.0, intensity_jitter=0.2)
+    draws = [sample_augment_params(np.random.default_rng(k), mammo) for k in range(50)]
+    assert [(d.flip, d.shear_rad, d.scale) for d in draws] == [
+        (p.flip, p.shear_rad, p.scale) for p in paper
+    ]
+    rotations = np.degrees([d.rotation_rad for d in draws])
+    assert np.abs(rotations).max() <= 15.0 and np.abs(rotations).max() > 10.0
+    contrasts = np.array([[c for c, _ in d.channel_jitter] for d in draws])
+    gammas = np.array([[g for _, g in d.channel_jitter] for d in draws])
+    assert contrasts.shape == (50, 3)
+    assert contrasts.min() >= 0.8 and contrasts.max() <= 1.2
+    assert gammas.min() >= np.exp(-0.2) and gammas.max() <= np.exp(0.2)
+    # the channels (low-energy, recombined) are jittered apart
+    assert not np.allclose(contrasts[:, 0], contrasts[:, 1])
+    with pytest.raises(ValueError):
+        AugmentConfig(rotation_deg=60.0)
+
+
+def test_intensity_jitter_keeps_black_black_and_stays_in_range() -> None:
+    rng = np.random.default_rng(3)
+    image = rng.random((3, 40, 30), dtype=np.float32)
+    image[:, :, :5] = 0.0  # background outside the breast
+    masks = np.zeros((1, 40, 30), dtype=bool)
+    masks[0, 10:20, 10:20] = True
+    params = AugmentParams(channel_jitter=((1.3, 0.8), (1.0, 1.0), (0.7, 1.25)))
+    out, out_masks = augment(image, masks, params)
+    assert np.array_equal(out_masks, masks)  # intensity alone moves no pixel
+    assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+    assert not out[:, :, :5].any()
+    assert np.array_equal(out[1], image[1])
+    np.testing.assert_allclose(out[2], 0.7 * image[2] ** 1.25, rtol=1e-5)
+    np.testing.assert_allclose(out[0], np.clip(1.3 * image[0] ** 0.8, 0, 1), rtol=1e-5)
+    with pytest.raises(ValueError, match="float image"):
+        augment((image * 255).astype(np.uint8), masks, params)
+    with pytest.raises(ValueError, match="2 channel jitters"):
+        augment(image, masks, AugmentParams(channel_jitter=((1.0, 1.0), (1.0, 1.0))))
+
+
+@pytest.mark.parametrize("degrees", [-15.0, 7.5, 30.0])
+def test_rotation_moves_the_image_its_masks_and_boxes_together(degrees: float) -> None:
+    rows, cols = 90, 70
+    boxes = np.array([[20, 25, 38, 49], [40, 55, 52, 70]], dtype=np.float64)
+    masks = np.zeros((2, rows, cols), dtype=bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes.astype(int), strict=True):
+        mask[y0:y1, x0:x1] = True
+    image = np.zeros((3, rows, cols), dtype=np.float32)
+    image[0], image[2] = masks[0], masks[1]
+    params = AugmentParams(rotation_rad=float(np.radians(degrees)))
+    out_image, out_masks = augment(image, masks, params)
+    # a rotation keeps the area (up to the edge pixels) and moves the image with the masks
+    for channel, before, after in ((0, masks[0], out_masks[0]), (2, masks[1], out_masks[1])):
+        assert abs(int(after.sum()) - int(before.sum())) <= 0.1 * before.sum()
+        painted = out_image[channel] >= 0.5
+        assert (painted & after).sum() / (painted | after).sum() > 0.95
+    # the box of the rotated rectangle's corners bounds the rotated mask
+    expected = transform_boxes(boxes, params, (rows, cols))
+    assert np.abs(boxes_from_masks(out_masks) - expected).max() <= 1.5
+    # the centre of a centred square stays put
+    centred = np.zeros((1, rows, cols), dtype=bool)
+    centred[0, 35:55, 25:45] = True
+    turned = augment(image, centred, params)[1][0]
+    ys, xs = np.nonzero(turned)
+    assert abs(ys.mean() - 44.5) < 0.6 and abs(xs.mean() - 34.5) < 0.6
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -274,7 +349,67 @@ def test_pretrained_weights(tmp_path: Path) -> None:
         load_pretrained_weights(fresh, tmp_path / "absent.pth")
 
 
+def test_a_larger_mask_roi_gives_finer_masks_and_trains() -> None:
+    # 28 x 28 masks are coarse for 10 px lesions: mask_roi_size 28 gives 56 x 56 ones, with the
+    # same weights (the mask head's convolutions do not depend on the RoI size)
+    fine = TINY.model_copy(update={"mask_roi_size": 28})
+    torch.manual_seed(0)
+    coarse_model, fine_model = build_detector(TINY, SMALL_INPUT), build_detector(fine, SMALL_INPUT)
+    assert coarse_model.roi_heads.mask_roi_pool.output_size == (14, 14)
+    assert fine_model.roi_heads.mask_roi_pool.output_size == (28, 28)
+    fine_model.load_state_dict(coarse_model.state_dict())
+    features = torch.rand(2, TINY.fpn_channels, 28, 28)
+    assert coarse_model.roi_heads.mask_predictor(
+        coarse_model.roi_heads.mask_head(features[:, :, :14, :14])
+    ).shape[-2:] == (28, 28)
+    assert fine_model.roi_heads.mask_predictor(fine_model.roi_heads.mask_head(features)).shape[
+        -2:
+    ] == (56, 56)
+    # a training step: the mask loss projects the truth onto the 56 x 56 grid
+    fine_model.train()
+    image = torch.rand(3, 128, 160)
+    mask = torch.zeros(1, 128, 160, dtype=torch.uint8)
+    mask[0, 40:60, 50:75] = 1
+    target = {"boxes": torch.tensor([[50.0, 40, 75, 60]]), "labels": torch.tensor([2])}
+    losses = fine_model([image], [{**target, "masks": mask}])
+    assert torch.isfinite(losses["loss_mask"]) and losses["loss_mask"] > 0
+    with pytest.raises(ValueError):
+        DetectorConfig(backbone="mobilenet_v3_lite", mask_roi_size=40)
+    with pytest.raises(DetectorError, match="mask_roi_size 14"):
+        build_detector(DetectorConfig(backbone="resnet50_fpn_v2", mask_roi_size=28), SMALL_INPUT)
+
+
 # --- the command ------------------------------------------------------------------------------
+
+
+def test_cli_train_detector_records_the_mask_roi_and_the_augmentation(
+    cache: Path, tmp_path: Path, parts
+) -> None:
+    from cem_node.cli import app
+
+    out = tmp_path / "run"
+    args = [
+        "train", "detector", "--dataset", "synthetic:2:0:small", "--out", str(out),
+        "--preset", "fast", "--short-side", "128", "--fpn-channels", "32",
+        "--box-head-width", "64", "--mask-head-channels", "32", "--mask-roi-size", "20",
+        "--rotate-deg", "12", "--intensity-jitter", "0.15", "--val-fraction", "0.5",
+        "--max-steps", "1", "--epochs", "1", "--device", "cpu", "--cache-dir", str(cache),
+        "--no-progress",
+    ]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    record = json.loads((out / "detector_config.json").read_text())
+    detector = DetectorConfig.model_validate(record["detector"])
+    assert detector.mask_roi_size == 20
+    augment_record = record["training"]["train_config"]["augment"]
+    assert (augment_record["rotation_deg"], augment_record["intensity_jitter"]) == (12.0, 0.15)
+    model = load_detector(out / "detector.safetensors", detector, SMALL_INPUT)
+    assert model.roi_heads.mask_roi_pool.output_size == (20, 20)
+    # a resumed run keeps its architecture
+    resumed = CliRunner().invoke(
+        app, [*args[:-5], "--epochs", "2", "--resume", "--mask-roi-size", "14", *args[-3:]]
+    )
+    assert resumed.exit_code == 2 and "--mask-roi-size 14 differs" in resumed.output
 
 
 def test_cli_train_detector(

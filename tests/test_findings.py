@@ -95,6 +95,47 @@ def test_largest_component_and_overlaps():
     assert third.any() and not (third & first).any()
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_outline_and_largest_component_match_the_whole_image_computation(seed: int) -> None:
+    # both work on the mask's bounding box (the speed of a full-size study): the result must
+    # be exactly that of the whole image, lesions at the border and split lesions included
+    from scipy import ndimage
+    from skimage.measure import approximate_polygon, find_contours
+
+    def whole_image_outline(mask):
+        contour = max(find_contours(np.pad(mask.astype(np.float32), 1), 0.5), key=len) - 1.0
+        points = [(float(c), float(r)) for r, c in approximate_polygon(contour, tolerance=0.5)]
+        if points[0] != points[-1]:
+            points.append(points[0])
+        while len(points) < 4:
+            points.insert(-1, points[-2])
+        return points
+
+    def whole_image_largest(mask):
+        labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        if count <= 1:
+            return mask.astype(bool)
+        sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+        return labels == int(np.argmax(sizes)) + 1
+
+    rng = np.random.default_rng(seed)
+    for case in range(25):
+        mask = np.zeros((120, 90), dtype=bool)
+        for _ in range(int(rng.integers(1, 4))):
+            centre = (int(rng.integers(0, 120)), int(rng.integers(0, 90)))
+            mask |= _disk(mask.shape, centre, int(rng.integers(1, 20)))
+        mask &= rng.random(mask.shape) > 0.04 * (case % 3)  # ragged edges, holes
+        if case % 5 == 0:
+            mask[0, :3] = mask[-1, -2:] = True  # touching the image border
+        largest = largest_component(mask)
+        assert np.array_equal(largest, whole_image_largest(mask))
+        assert outline(largest) == whole_image_outline(largest)
+        assert outline(mask) == whole_image_outline(mask)
+    assert not largest_component(np.zeros((5, 5), dtype=bool)).any()
+    with pytest.raises(ValueError, match="empty"):
+        outline(np.zeros((5, 5), dtype=bool))
+
+
 def _identity(**kw):
     values = {
         "name": "tiny",

@@ -215,3 +215,53 @@ def test_cli_train_folds_then_evaluate_pooled(tmp_path: Path, monkeypatch) -> No
     assert "Pooled out-of-fold evaluation of 2 fold detectors" in text
     assert "## Folds" in text and "resamples of the patients" in text
     assert "fold 1:" in result.output and "fold 2:" in result.output
+
+    # one fold's run, evaluated alone with --detector on its own held-out patients, gives that
+    # fold's row: the run's detector and operating point replaced the bundle's
+    single = tmp_path / "single"
+    alone = runner.invoke(
+        app,
+        [
+            "evaluate",
+            "--detector",
+            str(out / "fold-1"),
+            "--split-file",
+            str(out / "fold-1" / "split.json"),
+            "--split",
+            "val",
+            "--model",
+            "tiny-test",
+            "--models-dir",
+            str(tmp_path / "models"),
+            "--out",
+            str(single),
+            "--bootstrap",
+            "20",
+            "--device",
+            "cpu",
+            "--radiomics-workers",
+            "1",
+        ],
+    )
+    assert alone.exit_code == 0, alone.output
+    single_document = json.loads((single / "report.json").read_text())
+    fold_row = cv["per_fold"][0]
+    assert single_document["data"]["counts"]["images"] == fold_row["images"]
+    single_cases = json.loads((single / "cases.json").read_text())
+    pooled_fold_1 = [
+        image for image in cases["images"] if image["patient_id"] in record.patients[0]
+    ]
+
+    def outlines(images: list) -> list:
+        return sorted(
+            (i["key"], [(d["area_px"], round(d["dl_probability"], 6)) for d in i["detections"]])
+            for i in images
+        )
+
+    assert outlines(single_cases["images"]) == outlines(pooled_fold_1)
+    assert any("replaced by the training run" in n for n in single_document["settings_notes"])
+    assert "--detector" in single_document["command"]
+    both = runner.invoke(
+        app, ["evaluate", "--detector", str(out / "fold-1"), "--folds", str(out), "-o", "x"]
+    )
+    assert both.exit_code == 2 and "exclude each other" in both.output

@@ -171,6 +171,9 @@ def test_the_fractional_seg_holds_the_mask_as_probability(
     lesion = findings.lesions[0]
     assert seg.segmentation_type == hd.seg.SegmentationTypeValues.FRACTIONAL
     assert seg.segmentation_fractional_type == hd.seg.SegmentationFractionalTypeValues.PROBABILITY
+    # fractional segments may overlap in part: not "NO", though these masks do not overlap
+    assert seg.SegmentsOverlap == ("UNDEFINED" if len(seg.SegmentSequence) > 1 else "NO")
+    assert int(seg.MaximumFractionalValue) == 255
     (number,) = seg.get_segment_numbers(tracking_uid=lesion.tracking_uid)
     pixels = seg.get_pixels_by_source_instance(
         [lesion.recombined_sop_instance_uid], segment_numbers=[number]

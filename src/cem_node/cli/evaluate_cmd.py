@@ -166,6 +166,17 @@ def evaluate(
             "and the thresholds; --split, --seed and --fractions are not used.",
         ),
     ] = None,
+    detector_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--detector",
+            file_okay=False,
+            help="A detector training run ('cem-node train detector --out DIR'): its weights, "
+            "architecture and operating point replace the bundle's detector, so a run can be "
+            "evaluated before it is packed. The --model bundle gives the radiomics model and "
+            "the thresholds.",
+        ),
+    ] = None,
 ) -> None:
     """Evaluate a model bundle on a labelled dataset: the paper's Tables 2 and 3.
 
@@ -195,6 +206,8 @@ def evaluate(
     if split not in SPLITS:
         raise fail(f"--split {split!r}: use one of {', '.join(SPLITS)}", 2)
     split_fractions = _fractions(fractions)
+    if detector_dir is not None and folds_dir is not None:
+        raise fail("--detector and --folds exclude each other: --folds has a detector per fold", 2)
     specs, folds_record = _resolve_specs(list(dataset or []), folds_dir, split_file)
     bundle = _resolve_bundle(model, analysis)
     split_seed = bundle.manifest.training.seed if seed is None else seed
@@ -211,7 +224,7 @@ def evaluate(
             radiomics_workers,
         )
         return
-    chosen = _Selection(split, split_file, split_seed, split_fractions, fractions)
+    chosen = _Selection(split, split_file, split_seed, split_fractions, fractions, detector_dir)
     _evaluate_split(
         specs, chosen, bundle, analysis, out, bootstrap, bootstrap_seed, radiomics_workers
     )
@@ -226,6 +239,8 @@ class _Selection:
     seed: int
     fractions: tuple[float, ...]
     fractions_text: str
+    #: a training run whose detector replaces the bundle's (``--detector``)
+    detector_dir: Path | None = None
 
 
 def _resolve_specs(
@@ -343,7 +358,15 @@ def _evaluate_split(
         identity = bundle.identity()
         if identity.disclaimer:
             err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
-        post, radiomics, notes = effective_params(analysis, bundle)
+        swapped: list[str] = []
+        if chosen.detector_dir is not None:
+            models = _swap_detector(models, chosen.detector_dir)
+            swapped = [
+                f"the bundle's detector was replaced by the training run in "
+                f"{chosen.detector_dir} (its weights, architecture and operating point)"
+            ]
+        post, radiomics, notes = effective_params(analysis, models.bundle)
+        notes = [*swapped, *notes]
         workers = radiomics_workers or analysis.radiomics_workers
         task = progress.add_task("evaluating", total=None)
 
@@ -384,6 +407,17 @@ def _evaluate_split(
     for line in _summary(document):
         out_console.print(line)
     _print_files_and_failures(files, records, err)
+
+
+def _swap_detector(models: Any, detector_dir: Path) -> Any:
+    """``models`` with the detector of a training run in place of the bundle's (exit 1 when
+    it cannot be loaded)."""
+    from cem_node.training.evaluation import fold_models
+
+    try:
+        return fold_models(models, detector_dir)
+    except (ValueError, OSError, RuntimeError) as exc:
+        raise fail(f"--detector {detector_dir}: cannot load the detector: {exc}", 1) from None
 
 
 def _read_selection(progress: Any, specs: list[str], chosen: _Selection) -> tuple[Any, list[Any]]:
@@ -428,6 +462,7 @@ def _split_command(
                 if chosen.split != "all"
                 else []
             ),
+            *(["--detector", str(chosen.detector_dir)] if chosen.detector_dir else []),
             "--bootstrap",
             str(bootstrap),
             "--bootstrap-seed",

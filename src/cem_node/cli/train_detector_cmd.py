@@ -52,6 +52,7 @@ def _architecture(
     widths: tuple[int | None, int | None, int | None],
     short_side: int | None,
     max_long_side: int | None,
+    mask_roi_size: int | None = None,
 ):
     """The DetectorConfig and PreprocessParams of this run (from DIR when resuming)."""
     from cem_node.contracts.params import DetectorConfig, PreprocessParams
@@ -72,6 +73,7 @@ def _architecture(
             "fpn_channels": widths[0],
             "box_head_width": widths[1],
             "mask_head_channels": widths[2],
+            "mask_roi_size": mask_roi_size,
         }
         for name, value in given.items():
             if value is not None and value != getattr(detector, name):
@@ -96,7 +98,11 @@ def _architecture(
     long_side = max_long_side or max(side, round(side * 1333 / 800))
     try:
         detector = DetectorConfig(
-            backbone=name, fpn_channels=fpn, box_head_width=box, mask_head_channels=mask
+            backbone=name,
+            fpn_channels=fpn,
+            box_head_width=box,
+            mask_head_channels=mask,
+            **({"mask_roi_size": mask_roi_size} if mask_roi_size is not None else {}),
         )
         preprocess = PreprocessParams(short_side=side, max_long_side=long_side)
     except ValueError as exc:
@@ -151,6 +157,7 @@ class _DetectorRun:
     preset: Preset
     backbone: Backbone | None
     widths: tuple[int | None, int | None, int | None]
+    mask_roi_size: int | None
     short_side: int | None
     max_long_side: int | None
     train_config: Any
@@ -227,7 +234,14 @@ def _train_run(
 ) -> dict[str, Any]:
     """Train one detector into ``out`` on ``parts``; return the summary (exit 1/2 on failure)."""
     detector_config, preprocess = _architecture(
-        out, resume, run.preset, run.backbone, run.widths, run.short_side, run.max_long_side
+        out,
+        resume,
+        run.preset,
+        run.backbone,
+        run.widths,
+        run.short_side,
+        run.max_long_side,
+        run.mask_roi_size,
     )
     counts = data.counts()
     err.print(
@@ -424,6 +438,26 @@ def detector(
     mask_head_channels: Annotated[
         int | None, typer.Option(min=16, help="Mask head width (default: the backbone's).")
     ] = None,
+    mask_roi_size: Annotated[
+        int | None,
+        typer.Option(
+            min=7,
+            max=32,
+            help="RoI side the mask head reads; its masks are twice this (default 14: 28 x 28).",
+        ),
+    ] = None,
+    rotate_deg: Annotated[
+        float,
+        typer.Option(min=0.0, max=45.0, help="Augmentation: rotate by up to +-this (degrees)."),
+    ] = 0.0,
+    intensity_jitter: Annotated[
+        float,
+        typer.Option(
+            min=0.0,
+            max=0.9,
+            help="Augmentation: per-channel contrast in [1-j, 1+j] and gamma in [e^-j, e^j].",
+        ),
+    ] = 0.0,
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default: preset).")] = None,
     lr: Annotated[float | None, typer.Option(min=0.0, help="Learning rate (default: preset).")] = (
         None
@@ -553,11 +587,13 @@ def detector(
         num_workers=num_workers,
         max_steps_per_epoch=max_steps,
         hard_example_weight=hard_example_weight,
+        augment={"rotation_deg": rotate_deg, "intensity_jitter": intensity_jitter},
     )
     run = _DetectorRun(
         preset=preset,
         backbone=backbone,
         widths=(fpn_channels, box_head_width, mask_head_channels),
+        mask_roi_size=mask_roi_size,
         short_side=short_side,
         max_long_side=max_long_side,
         train_config=train_config,
@@ -572,7 +608,9 @@ def detector(
     )
     if folds is None:
         # check the stored architecture before the data are read (a quick exit 2)
-        _architecture(out, resume, preset, backbone, run.widths, short_side, max_long_side)
+        _architecture(
+            out, resume, preset, backbone, run.widths, short_side, max_long_side, mask_roi_size
+        )
     _set_threads(threads)
 
     with _progress_bars(err, progress) as report:

@@ -96,6 +96,15 @@ class DetectorConfig(_Params):
     fpn_channels: int = Field(256, ge=16, description="Channels of the feature pyramid.")
     box_head_width: int = Field(1024, ge=16, description="Width of the two-layer box head.")
     mask_head_channels: int = Field(256, ge=16, description="Channels of the mask head convs.")
+    mask_roi_size: int = Field(
+        14,
+        ge=7,
+        le=32,
+        description=(
+            "Side of the RoI features the mask head reads; its masks are twice this "
+            "(14: torchvision's 28 x 28 masks). Not for resnet50_fpn_v2, whose heads are fixed."
+        ),
+    )
     weights_dtype: Literal["float32", "float16"] = Field(
         "float32", description="How the weights are stored in the bundle (loaded as float32)."
     )

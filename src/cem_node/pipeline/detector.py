@@ -172,14 +172,16 @@ def build_detector(
         "box_detections_per_img": 100,
     }
     if config.backbone == "resnet50_fpn_v2":
-        if (config.fpn_channels, config.box_head_width, config.mask_head_channels) != (
-            256,
-            1024,
-            256,
-        ):
+        fixed = (
+            config.fpn_channels,
+            config.box_head_width,
+            config.mask_head_channels,
+            config.mask_roi_size,
+        )
+        if fixed != (256, 1024, 256, 14):
             raise DetectorError(
                 "resnet50_fpn_v2 has torchvision's fixed widths: fpn_channels 256, "
-                "box_head_width 1024, mask_head_channels 256"
+                "box_head_width 1024, mask_head_channels 256, mask_roi_size 14"
             )
         model = maskrcnn_resnet50_fpn_v2(
             weights=None, weights_backbone=None, num_classes=len(CLASS_NAMES), **common
@@ -202,7 +204,7 @@ def build_detector(
             box_roi_pool=MultiScaleRoIAlign(names, 7, 2),
             box_head=TwoMLPHead(channels * 7 * 7, config.box_head_width),
             box_predictor=FastRCNNPredictor(config.box_head_width, len(CLASS_NAMES)),
-            mask_roi_pool=MultiScaleRoIAlign(names, 14, 2),
+            mask_roi_pool=MultiScaleRoIAlign(names, config.mask_roi_size, 2),
             mask_head=MaskRCNNHeads(channels, [config.mask_head_channels] * 4, 1),
             mask_predictor=MaskRCNNPredictor(
                 config.mask_head_channels, config.mask_head_channels, len(CLASS_NAMES)

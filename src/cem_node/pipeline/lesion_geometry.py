@@ -23,11 +23,28 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     A lesion is reported as one region so its SEG segment, its SR outline
     and its GSPS outline describe the same pixels.
     """
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    out = np.zeros(mask.shape, dtype=bool)
+    window = _bounding_window(mask)
+    if window is None:
+        return out
+    # labelled on the mask's bounding box only: the same regions, far fewer pixels
+    crop = mask[window]
+    labels, count = ndimage.label(crop, structure=np.ones((3, 3), dtype=bool))
     if count <= 1:
-        return mask.astype(bool, copy=True)
+        out[window] = crop
+        return out
     sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
-    return labels == (int(np.argmax(sizes)) + 1)
+    out[window] = labels == (int(np.argmax(sizes)) + 1)
+    return out
+
+
+def _bounding_window(mask: np.ndarray) -> tuple[slice, slice] | None:
+    """The rows and columns of the mask's bounding box (None for an empty mask)."""
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
 
 
 def remove_overlaps(masks: list[np.ndarray], max_taken: float = 1.0) -> list[np.ndarray]:
@@ -58,11 +75,15 @@ def outline(mask: np.ndarray, tolerance_px: float = 0.5) -> list[tuple[float, fl
     0.5), so filling it reproduces the mask; it is simplified with a
     tolerance of ``tolerance_px`` and closed (last point = first point).
     """
-    padded = np.pad(mask.astype(np.float32), 1)
-    contours = find_contours(padded, 0.5)
-    if not contours:
+    window = _bounding_window(mask)
+    if window is None:
         raise ValueError("the mask is empty: no outline")
-    contour = max(contours, key=len) - 1.0  # undo the padding
+    # traced on the bounding box (padded by one background pixel): the same contour as on
+    # the whole image, found in the same order, for a fraction of the pixels
+    padded = np.pad(mask[window].astype(np.float32), 1)
+    contours = find_contours(padded, 0.5)
+    origin = np.array([window[0].start, window[1].start], dtype=np.float64)
+    contour = max(contours, key=len) - 1.0 + origin  # undo the padding and the crop
     contour = approximate_polygon(contour, tolerance=tolerance_px)
     points = [(float(c), float(r)) for r, c in contour]
     if points[0] != points[-1]:

@@ -117,7 +117,10 @@ class ImageSet(torch.utils.data.Dataset):
         params = None
         if self.augment_config is not None:
             key = [self.seed, self.epoch, index] + ([draw] if draw else [])
-            params = sample_augment_params(np.random.default_rng(key), self.augment_config)
+            channels = self.images[index].image.shape[0]
+            params = sample_augment_params(
+                np.random.default_rng(key), self.augment_config, channels
+            )
         return self.images[index].tensors(params)
 
 

@@ -33,7 +33,6 @@ from highdicom.sr import (
     RelationshipTypeValues,
     TextContentItem,
 )
-from highdicom.sr.utils import collect_evidence
 from pydicom.sr.codedict import codes
 from pydicom.uid import RE_VALID_UID, UID, generate_uid
 from pydicom.valuerep import DA, DT, TM
@@ -518,13 +517,41 @@ def build_comprehensive_sr(
         coding_schemes=coding_schemes,
         **charset,
     )
-    # The stand-in must not be referenced: list exactly the received instances.
-    current, _ = collect_evidence(evidence, content, study_instance_uid=sr.StudyInstanceUID)
-    sr.CurrentRequestedProcedureEvidenceSequence = current
+    # The stand-in must not be referenced: list exactly the received instances (highdicom
+    # has checked that the content references nothing else, so no second search of the tree)
+    sr.CurrentRequestedProcedureEvidenceSequence = _evidence_references(evidence)
     if "PertinentOtherEvidenceSequence" in sr:
         del sr.PertinentOtherEvidenceSequence
     stamp_times(sr, when)
     return sr
+
+
+def _evidence_references(evidence: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The evidence's hierarchical SOP instance references: one item per study, one series
+    item per series, in the order first seen (duplicates once), as highdicom lists them."""
+    studies: dict[str, dict[str, list[pydicom.Dataset]]] = {}
+    seen: set[str] = set()
+    for ds in evidence:
+        if ds.SOPInstanceUID in seen:
+            continue
+        seen.add(ds.SOPInstanceUID)
+        item = pydicom.Dataset()
+        item.ReferencedSOPClassUID = ds.SOPClassUID
+        item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
+        series = studies.setdefault(ds.StudyInstanceUID, {})
+        series.setdefault(ds.SeriesInstanceUID, []).append(item)
+    out = []
+    for study_uid, series_items in studies.items():
+        study_item = pydicom.Dataset()
+        study_item.StudyInstanceUID = study_uid
+        study_item.ReferencedSeriesSequence = []
+        for series_uid, instances in series_items.items():
+            series_item = pydicom.Dataset()
+            series_item.SeriesInstanceUID = series_uid
+            series_item.ReferencedSOPSequence = instances
+            study_item.ReferencedSeriesSequence.append(series_item)
+        out.append(study_item)
+    return out
 
 
 def missing_view_image(
