@@ -138,6 +138,35 @@ def test_overlapped_analysis_gives_the_step_by_step_findings(study, radiomics_wo
     )
 
 
+def test_overlap_is_chosen_by_the_setting_the_device_and_the_cores(study, monkeypatch) -> None:
+    from cem_node.config import AnalysisSection
+    from cem_node.pipeline import analyse as analyse_module
+    from cem_node.pipeline.service import OVERLAP_MIN_CPUS, analyse_request, overlap_stages
+
+    assert overlap_stages("on", "cpu", cpus=1) and not overlap_stages("off", "cuda:0")
+    assert overlap_stages("auto", "cuda:0", cpus=1)  # the CPU is free while the GPU detects
+    assert not overlap_stages("auto", "cpu", cpus=2)  # measured slower on 2 cores
+    assert overlap_stages("auto", "cpu", cpus=OVERLAP_MIN_CPUS)
+    assert AnalysisSection().overlap_stages == "auto"
+    with pytest.raises(ValueError):
+        AnalysisSection(overlap_stages="sometimes")
+    # the node's analysis passes the resolved choice on
+    models, request = study
+    seen: list[bool] = []
+    real = analyse_module.analyse_study
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["overlap"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(analyse_module, "analyse_study", spy)
+    for setting in ("on", "off"):
+        analyse_request(models, request, AnalysisSection(overlap_stages=setting))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: {0, 1})
+    analyse_request(models, request, AnalysisSection())
+    assert seen == [True, False, False]
+
+
 def test_a_views_findings_do_not_depend_on_the_other_views(study) -> None:
     models, request = study
     pairs = decode_pairs(request)

@@ -226,3 +226,37 @@ def test_selective_equals_full_on_cdd_cesm(settings):
     assert result.features is not None, result.error
     assert sorted(result.features) == sorted(NAMES)
     _assert_equal_values(result.features, full.features)
+
+
+def test_the_extractor_is_validated_once_and_every_caller_gets_its_own(settings, monkeypatch):
+    # pyradiomics validates its parameters against a YAML schema on every construction,
+    # which cost more than a lesion's planned features: one validation per parameter set
+    from cem_node.pipeline import radiomics as radiomics_module
+    from cem_node.pipeline.radiomics_plan import planned_pyradiomics_params
+
+    radiomics_module._validated_extractor.cache_clear()
+    built: list[dict] = []
+    original = RadiomicsFeatureExtractor.__init__
+
+    def counting(self, *args, **kwargs):
+        built.append(args[0] if args else kwargs)
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(RadiomicsFeatureExtractor, "__init__", counting)
+    params = planned_pyradiomics_params(settings, None)
+    first = radiomics_module.new_extractor(params)
+    first.enabledFeatures = {"glcm": ["Idm"]}  # what an extraction does to its extractor
+    second = radiomics_module.new_extractor(params)
+    assert len(built) == 1
+    assert second is not first and second.enabledFeatures != first.enabledFeatures
+    assert list(second.enabledImagetypes) == list(params["imageType"])  # the order kept
+    radiomics_module.new_extractor({**params, "setting": {**params["setting"], "binWidth": 7.0}})
+    assert len(built) == 2
+    # the lesion's features are those of a fresh extractor each time
+    low_energy, recombined, mask = small_lesion()
+    plan = plan_extraction(NAMES, settings)
+    again = [
+        extract_lesion_features(low_energy, recombined, mask, SPACING, settings, plan)
+        for _ in range(2)
+    ]
+    assert again[0].features == again[1].features

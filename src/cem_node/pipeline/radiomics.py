@@ -88,6 +88,9 @@ levels gave 287 in wavelet-LL).
 from __future__ import annotations
 
 import contextlib
+import copy
+import functools
+import json
 import logging
 import math
 import multiprocessing
@@ -397,6 +400,25 @@ def _sitk_pair(
     return image_2d, mask_2d, image_3d, mask_3d
 
 
+def new_extractor(params: dict[str, Any]) -> RadiomicsFeatureExtractor:
+    """A pyradiomics extractor of ``params``, of its own (the caller may change it).
+
+    pyradiomics validates the parameters against its YAML schema on every
+    construction, which costs more than extracting a lesion's planned features;
+    so each parameter set is validated once (:func:`_validated_extractor`) and
+    every caller gets a deep copy of that extractor.
+    """
+    # keys in their given order: pyradiomics computes the image types in that order
+    return copy.deepcopy(_validated_extractor(json.dumps(params)))
+
+
+@functools.lru_cache(maxsize=32)
+def _validated_extractor(params_json: str) -> RadiomicsFeatureExtractor:
+    # a memo of a pure constructor, keyed by the parameters' JSON; never
+    # handed out (callers get copies), so no caller sees another's changes
+    return RadiomicsFeatureExtractor(json.loads(params_json))
+
+
 def _lift_to_slice(image_2d: sitk.Image, like_3d: sitk.Image) -> sitk.Image:
     """A 2-D filtered image as a one-slice image with the geometry of ``like_3d``."""
     lifted = sitk.GetImageFromArray(sitk.GetArrayFromImage(image_2d)[np.newaxis])
@@ -448,7 +470,7 @@ def _pyradiomics_features(
     """
     images = _sitk_pair(pixels, inside, spacing_xy)
     _, _, image_3d, mask_3d = images
-    extractor = RadiomicsFeatureExtractor(planned_pyradiomics_params(settings, plan))
+    extractor = new_extractor(planned_pyradiomics_params(settings, plan))
     base = dict(extractor.settings)
     bounding_box, _ = imageoperations.checkMask(image_3d, mask_3d, **base)
     if bounding_box is None:

@@ -301,9 +301,7 @@ def _pixels(view: ViewResult, masks: list[np.ndarray], segmentation_type: str) -
         for number, mask in enumerate(masks, start=1):
             pixels[mask] = number
     else:
-        # 0/1 integers, not floats: highdicom stores them at the same fractional values
-        # (1 -> the maximum) without the sort its check of float values needs
-        pixels = np.stack(masks, axis=-1)[np.newaxis].astype(np.uint8)
+        pixels = np.stack(masks, axis=-1)[np.newaxis].astype(np.float32)
     return pixels
 
 
@@ -339,7 +337,7 @@ def _new_segmentation(
             *(str(segment.SegmentDescription) for segment in segments),
         ]
     )
-    seg = hd.seg.Segmentation(
+    return hd.seg.Segmentation(
         source_images=[source_image],
         pixel_array=pixels,
         segmentation_type=segmentation_type,
@@ -361,11 +359,6 @@ def _new_segmentation(
         institution_name=device.institution_name,
         **charset,
     )
-    if segmentation_type == "FRACTIONAL" and len(segments) > 1:
-        # fractional segments may overlap in part: what highdicom states for fractional
-        # (float) values, which it cannot tell from the 0/1 integers it was given
-        seg.SegmentsOverlap = "UNDEFINED"
-    return seg
 
 
 def _complete_header(
