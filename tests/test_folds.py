@@ -179,24 +179,19 @@ def test_cli_train_folds_then_evaluate_pooled(tmp_path: Path, monkeypatch) -> No
     monkeypatch.setenv("CEM_NODE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("CEM_NODE_ANALYSIS__RADIOMICS_MAX_GREY_LEVELS", "16")  # cheap texture
     report = tmp_path / "report"
+    bundle_and_run_options = [
+        "--model", "tiny-test", "--models-dir", str(tmp_path / "models"), "--bootstrap", "20",
+        "--device", "cpu", "--radiomics-workers", "1",
+    ]  # fmt: skip
     result = runner.invoke(
         app,
         [
             "evaluate",
             "--folds",
             str(out),
-            "--model",
-            "tiny-test",
-            "--models-dir",
-            str(tmp_path / "models"),
+            *bundle_and_run_options,
             "--out",
             str(report),
-            "--bootstrap",
-            "20",
-            "--device",
-            "cpu",
-            "--radiomics-workers",
-            "1",
         ],
     )
     assert result.exit_code == 0, result.output
@@ -229,18 +224,9 @@ def test_cli_train_folds_then_evaluate_pooled(tmp_path: Path, monkeypatch) -> No
             str(out / "fold-1" / "split.json"),
             "--split",
             "val",
-            "--model",
-            "tiny-test",
-            "--models-dir",
-            str(tmp_path / "models"),
+            *bundle_and_run_options,
             "--out",
             str(single),
-            "--bootstrap",
-            "20",
-            "--device",
-            "cpu",
-            "--radiomics-workers",
-            "1",
         ],
     )
     assert alone.exit_code == 0, alone.output

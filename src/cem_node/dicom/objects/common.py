@@ -52,6 +52,7 @@ __all__ = [
     "check_uid",
     "check_view_image",
     "device_texts",
+    "hierarchical_references",
     "image_library",
     "is_valid_uid",
     "missing_view_image",
@@ -519,36 +520,41 @@ def build_comprehensive_sr(
     )
     # The stand-in must not be referenced: list exactly the received instances (highdicom
     # has checked that the content references nothing else, so no second search of the tree)
-    sr.CurrentRequestedProcedureEvidenceSequence = _evidence_references(evidence)
+    sr.CurrentRequestedProcedureEvidenceSequence = hierarchical_references(evidence)
     if "PertinentOtherEvidenceSequence" in sr:
         del sr.PertinentOtherEvidenceSequence
     stamp_times(sr, when)
     return sr
 
 
-def _evidence_references(evidence: Sequence[pydicom.Dataset]) -> list[pydicom.Dataset]:
-    """The evidence's hierarchical SOP instance references: one item per study, one series
-    item per series, in the order first seen (duplicates once), as highdicom lists them."""
+def hierarchical_references(instances: Iterable[pydicom.Dataset]) -> list[pydicom.Dataset]:
+    """The SOP Instance Reference Macro (Hierarchical, PS3.3 Table C.17-3) of ``instances``.
+
+    One item per study with its Referenced Series Sequence, one series item
+    with the Referenced SOP Sequence of its instances (SOP class and instance
+    UIDs), in the order first seen; an instance listed twice is named once.
+    The SR's evidence sequences and its Predecessor Documents Sequence use it.
+    """
     studies: dict[str, dict[str, list[pydicom.Dataset]]] = {}
     seen: set[str] = set()
-    for ds in evidence:
-        if ds.SOPInstanceUID in seen:
+    for ds in instances:
+        if str(ds.SOPInstanceUID) in seen:
             continue
-        seen.add(ds.SOPInstanceUID)
+        seen.add(str(ds.SOPInstanceUID))
         item = pydicom.Dataset()
         item.ReferencedSOPClassUID = ds.SOPClassUID
         item.ReferencedSOPInstanceUID = ds.SOPInstanceUID
-        series = studies.setdefault(ds.StudyInstanceUID, {})
-        series.setdefault(ds.SeriesInstanceUID, []).append(item)
+        series = studies.setdefault(str(ds.StudyInstanceUID), {})
+        series.setdefault(str(ds.SeriesInstanceUID), []).append(item)
     out = []
     for study_uid, series_items in studies.items():
         study_item = pydicom.Dataset()
         study_item.StudyInstanceUID = study_uid
         study_item.ReferencedSeriesSequence = []
-        for series_uid, instances in series_items.items():
+        for series_uid, referenced in series_items.items():
             series_item = pydicom.Dataset()
             series_item.SeriesInstanceUID = series_uid
-            series_item.ReferencedSOPSequence = instances
+            series_item.ReferencedSOPSequence = referenced
             study_item.ReferencedSeriesSequence.append(series_item)
         out.append(study_item)
     return out

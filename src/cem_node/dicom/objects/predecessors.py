@@ -20,6 +20,7 @@ from pydicom.sr.codedict import codes
 from cem_node.dicom.objects.common import (
     QUALITATIVE_EVALUATIONS,
     REQUIRED_UIDS,
+    hierarchical_references,
     is_valid_uid,
     qualitative_evaluations,
 )
@@ -64,30 +65,8 @@ def predecessor_documents(predecessors: Sequence[pydicom.Dataset]) -> pydicom.Se
     Reference Macro (Hierarchical), PS3.3 Table C.17-3, that the SR Document
     General module (PS3.3 C.17.2) uses. An instance listed twice is named once.
     """
-    studies: dict[str, dict[str, dict[str, str]]] = {}
-    for index, ds in enumerate(predecessors):
-        _report_identity(index, ds)
-        series = studies.setdefault(str(ds.StudyInstanceUID), {})
-        series.setdefault(str(ds.SeriesInstanceUID), {})[str(ds.SOPInstanceUID)] = str(
-            ds.SOPClassUID
-        )
-    items = []
-    for study_uid, series_of_study in studies.items():
-        item = pydicom.Dataset()
-        item.StudyInstanceUID = study_uid
-        item.ReferencedSeriesSequence = []
-        for series_uid, instances in series_of_study.items():
-            series_item = pydicom.Dataset()
-            series_item.SeriesInstanceUID = series_uid
-            series_item.ReferencedSOPSequence = []
-            for sop_uid, sop_class in instances.items():
-                sop = pydicom.Dataset()
-                sop.ReferencedSOPClassUID = sop_class
-                sop.ReferencedSOPInstanceUID = sop_uid
-                series_item.ReferencedSOPSequence.append(sop)
-            item.ReferencedSeriesSequence.append(series_item)
-        items.append(item)
-    return pydicom.Sequence(items)
+    checked = [_report_identity(index, ds) for index, ds in enumerate(predecessors)]
+    return pydicom.Sequence(hierarchical_references(checked))
 
 
 def _described(ds: pydicom.Dataset) -> str:
