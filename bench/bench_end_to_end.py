@@ -105,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
         help="The node's [analysis] radiomics_workers (unset: the node's default).",
     )
     parser.add_argument("--json", type=Path, help="Also write the results here.")
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="Print the node's log lines on each study's steps (worker, analysis, export).",
+    )
     args = parser.parse_args(argv)
 
     with tempfile.TemporaryDirectory(prefix="bench-e2e-") as tmp:
@@ -153,6 +158,11 @@ def main(argv: list[str] | None = None) -> int:
             if node.stop() != 0:
                 print(node.log_tail(), file=sys.stderr)
                 return 1
+            if args.steps:
+                # the node's own account of each study: worker steps, analysis stages, export
+                for line in node.log_path.read_text(errors="replace").splitlines():
+                    if "; in the analysis:" in line or "export: " in line:
+                        print("  node:", line[line.find("job ") if "job " in line else 0 :])
     measured = [row["seconds"] for row in rows if row["counted"]]
     peaks = [row["peak_rss_mib"] for row in rows if row["counted"]]
     peaks_tree = [row["peak_rss_with_children_mib"] for row in rows if row["counted"]]

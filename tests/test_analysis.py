@@ -8,6 +8,7 @@ every analysis must guarantee, whatever the weights.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -263,7 +264,9 @@ def test_a_modified_bundle_is_refused(workspace: Path, tmp_path: Path) -> None:
     assert "detector.safetensors" in result.output and "checksum" in result.output
 
 
-def test_the_node_worker_stores_the_findings(workspace: Path, tmp_path: Path) -> None:
+def test_the_node_worker_stores_the_findings(
+    workspace: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     from sqlalchemy import select
 
     from cem_node.jobs.assembler import complete_due_studies
@@ -275,8 +278,13 @@ def test_the_node_worker_stores_the_findings(workspace: Path, tmp_path: Path) ->
     store.receive(sorted((study_dir / "dicom").glob("*.dcm")))
     complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
     analyser = BundleAnalyser(AnalysisSection(models_dir=workspace / "models", model="tiny-test"))
-    assert store.worker(analyser).run_once()
+    with caplog.at_level(logging.INFO, logger="cem_node.jobs.worker"):
+        assert store.worker(analyser).run_once()
     assert [job.state for job in store.jobs()] == [JobState.DONE]
+    # the worker's log line names the analysis' stages, the encoding included
+    (line,) = [r.getMessage() for r in caplog.records if "; in the analysis:" in r.getMessage()]
+    for stage in ("decode", "preprocess", "detect", "radiomics", "total", "encode"):
+        assert f"{stage} " in line.split("; in the analysis:")[1], line
     bundle = BundleRegistry(workspace / "models").load("tiny-test")
     with store.sessions.begin() as session:
         analysis = session.scalar(select(Analysis))

@@ -5,6 +5,7 @@ peers are exercised in test_node.py and test_restart.py)."""
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import threading
 import warnings
 from collections.abc import Iterator
@@ -542,3 +543,20 @@ def test_a_study_mixing_patients_is_not_analysed_and_no_report_goes_out(
         assert session.scalars(select(Export)).all() == []  # which patient would it go to?
         alerts = session.scalars(select(AuditEvent).where(AuditEvent.decision == "alert")).all()
         assert any("different patients" in (a.message or "") for a in alerts)
+
+
+def test_the_worker_logs_where_a_studys_time_went(
+    store: Store, study_files: list[Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    # one INFO line per analysed study: the worker's steps and the analysis' own stages
+    store.receive(study_files)
+    complete_due_studies(store.sessions, quiet_period_s=0, max_wait_s=0, actor="t")
+    analyser = DoubleAnalyser()
+    with caplog.at_level(logging.INFO, logger="cem_node.jobs.worker"):
+        assert store.worker(analyser, [PACS]).run_once()
+    (line,) = [r.getMessage() for r in caplog.records if "; in the analysis:" in r.getMessage()]
+    (job,) = store.jobs()
+    assert line.startswith(f"job {job.id}: headers ")
+    for step in ("analysis", "result_files", "database"):
+        assert f", {step} " in line, line
+    assert line.endswith("in the analysis: no stage timings")  # the double reports none

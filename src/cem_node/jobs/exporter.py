@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -148,7 +149,14 @@ class Exporter:
                     for export_id, _, _ in batch
                 }
             else:
+                started = time.perf_counter()
                 results = self._send_batch(peer, batch)
+                _LOG.info(
+                    "export: %d object(s) to %s in %.2f s",
+                    len(batch),
+                    destination,
+                    time.perf_counter() - started,
+                )
             self._record(destination, results, held)
         return len(batch)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -111,6 +112,8 @@ class _Claimed:
     attempts: int
     generation: int
     """The job's claim generation this claim got (the fencing token of its writes)."""
+    timings_s: dict[str, float] = field(default_factory=dict)
+    """Seconds of each step so far (headers, analysis, result files, database)."""
 
 
 @dataclass(slots=True)
@@ -277,7 +280,9 @@ class Worker:
     # ------------------------------------------------------------------ the work
 
     def _process(self, claimed: _Claimed) -> None:
+        started = time.perf_counter()
         images = self._classify(claimed)
+        claimed.timings_s["headers"] = time.perf_counter() - started
         patients = mixed_patients(images.usable_headers())
         if patients:
             # findings and reports belong to one patient: never analyse, never send
@@ -323,7 +328,9 @@ class Worker:
                 self._finish(claimed, objects, result=None, not_analysable=reason, images=images)
                 return
             try:
+                started = time.perf_counter()
                 result = self._analyser.analyse(plan.request)
+                claimed.timings_s["analysis"] = time.perf_counter() - started
             except InstanceUnusableError as exc:
                 paired = {
                     uid
@@ -344,6 +351,7 @@ class Worker:
             self._finish(
                 claimed, list(result.objects), result=result, not_analysable=None, images=images
             )
+            _log_timings(claimed, result)
             return
 
     def _read_header(self, uid: str, path: Path) -> tuple[Dataset | None, str | None]:
@@ -470,8 +478,11 @@ class Worker:
             self._sessions, self._files, claimed.study_id, claimed.analysis_round
         )
         objects = replacing_earlier_reports(objects, sent)
+        started = time.perf_counter()
         written = [self._write(claimed, obj) for obj in objects]
+        claimed.timings_s["result_files"] = time.perf_counter() - started
         destinations = list(self._destinations())
+        started = time.perf_counter()
         try:
             with self._sessions.begin() as session:
                 job = self._held(session, claimed)
@@ -501,6 +512,7 @@ class Worker:
             for relative, _, _ in written:  # results of another claim's round: discarded
                 self._files.remove(relative)
             raise
+        claimed.timings_s["database"] = time.perf_counter() - started
 
     def _queue_exports(
         self,
@@ -652,6 +664,20 @@ class _ClaimLostError(Exception):
             why = f"moved to {job.state.value}"
         super().__init__(why)
         self.superseded = job is not None and job.state is JobState.SUPERSEDED
+
+
+def _log_timings(claimed: _Claimed, result: AnalysisResult) -> None:
+    """One INFO line: where the study's time went (the worker's steps, the analysis' stages)."""
+    steps = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in claimed.timings_s.items())
+    stages = result.details.get("timings_s") or {}
+    inside = ", ".join(f"{name} {seconds:.2f} s" for name, seconds in stages.items())
+    _LOG.info(
+        "job %d: %s; in the analysis: %s",
+        claimed.job_id,
+        steps,
+        inside or "no stage timings",
+        extra={"study_instance_uid": claimed.study_instance_uid},
+    )
 
 
 def _record_analysis(

@@ -341,12 +341,14 @@ class BundleAnalyser:
             release_freed_memory()
         identity = findings.model
         # every object type: the worker sends each destination the types it wants
+        started = time.perf_counter()
         objects = encode_results(
             findings,
             list(request.headers),
             analysis_round=max(1, request.analysis_round),
             device=self._device,
         )
+        timings = {**findings.timings_s, "encode": round(time.perf_counter() - started, 4)}
         return AnalysisResult(
             objects=objects,
             model_name=identity.name,
@@ -356,4 +358,5 @@ class BundleAnalyser:
             document=findings.model_dump(mode="json"),
             patient_score=findings.patient.score,
             findings=findings,
+            details={"timings_s": timings},
         )
