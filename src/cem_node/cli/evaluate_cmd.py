@@ -360,7 +360,9 @@ def _evaluate_split(
             err.print(f"[bold yellow]{identity.name} {identity.version}: {identity.disclaimer}[/]")
         swapped: list[str] = []
         if chosen.detector_dir is not None:
-            models = _swap_detector(models, chosen.detector_dir)
+            models = _swap_detector(
+                models, chosen.detector_dir, f"--detector {chosen.detector_dir}"
+            )
             swapped = [
                 f"the bundle's detector was replaced by the training run in "
                 f"{chosen.detector_dir} (its weights, architecture and operating point)"
@@ -409,15 +411,15 @@ def _evaluate_split(
     _print_files_and_failures(files, records, err)
 
 
-def _swap_detector(models: Any, detector_dir: Path) -> Any:
-    """``models`` with the detector of a training run in place of the bundle's (exit 1 when
-    it cannot be loaded)."""
+def _swap_detector(models: Any, detector_dir: Path, what: str) -> Any:
+    """``models`` with the detector of a training run in place of the bundle's (exit 1,
+    naming ``what``, when it cannot be loaded)."""
     from cem_node.training.evaluation import fold_models
 
     try:
         return fold_models(models, detector_dir)
     except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(f"--detector {detector_dir}: cannot load the detector: {exc}", 1) from None
+        raise fail(f"{what}: cannot load the detector: {exc}", 1) from None
 
 
 def _read_selection(progress: Any, specs: list[str], chosen: _Selection) -> tuple[Any, list[Any]]:
@@ -581,12 +583,9 @@ def _evaluate_fold(
     """One fold's detector on its held-out samples: the records and the fold's summary row
     (its settings notes are added to ``notes``; exit 1 when the detector cannot be loaded)."""
     from cem_node.pipeline.service import effective_params
-    from cem_node.training.evaluation import evaluate_samples, fold_models, fold_summary
+    from cem_node.training.evaluation import evaluate_samples, fold_summary
 
-    try:
-        models = fold_models(base, fold_dir)
-    except (ValueError, OSError, RuntimeError) as exc:
-        raise fail(f"fold {number}: cannot load the detector: {exc}", 1) from None
+    models = _swap_detector(base, fold_dir, f"fold {number}")
     post, radiomics, fold_notes = effective_params(analysis, models.bundle)
     notes.extend(f"fold {number}: {n}" for n in fold_notes)
     task = progress.add_task(f"fold {number}", total=None)

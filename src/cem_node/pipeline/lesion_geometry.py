@@ -11,6 +11,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 __all__ = [
     "largest_component",
+    "mask_window",
     "max_diameter",
     "outline",
     "remove_overlaps",
@@ -24,7 +25,7 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     and its GSPS outline describe the same pixels.
     """
     out = np.zeros(mask.shape, dtype=bool)
-    window = _bounding_window(mask)
+    window = mask_window(mask)
     if window is None:
         return out
     # labelled on the mask's bounding box only: the same regions, far fewer pixels
@@ -38,13 +39,18 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def _bounding_window(mask: np.ndarray) -> tuple[slice, slice] | None:
-    """The rows and columns of the mask's bounding box (None for an empty mask)."""
-    rows = np.flatnonzero(mask.any(axis=1))
+def mask_window(mask: np.ndarray, margin_px: int = 0) -> tuple[slice, slice] | None:
+    """The rows and columns of the mask's bounding box plus ``margin_px`` on every side,
+    clipped to the image (None for an empty mask)."""
+    rows = np.flatnonzero(np.any(mask, axis=1))
     if rows.size == 0:
         return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return slice(int(rows[0]), int(rows[-1]) + 1), slice(int(cols[0]), int(cols[-1]) + 1)
+    cols = np.flatnonzero(np.any(mask, axis=0))
+    height, width = mask.shape
+    return (
+        slice(max(0, int(rows[0]) - margin_px), min(height, int(rows[-1]) + margin_px + 1)),
+        slice(max(0, int(cols[0]) - margin_px), min(width, int(cols[-1]) + margin_px + 1)),
+    )
 
 
 def remove_overlaps(masks: list[np.ndarray], max_taken: float = 1.0) -> list[np.ndarray]:
@@ -75,7 +81,7 @@ def outline(mask: np.ndarray, tolerance_px: float = 0.5) -> list[tuple[float, fl
     0.5), so filling it reproduces the mask; it is simplified with a
     tolerance of ``tolerance_px`` and closed (last point = first point).
     """
-    window = _bounding_window(mask)
+    window = mask_window(mask)
     if window is None:
         raise ValueError("the mask is empty: no outline")
     # traced on the bounding box (padded by one background pixel): the same contour as on

@@ -108,6 +108,7 @@ from radiomics import imageoperations
 from radiomics.featureextractor import RadiomicsFeatureExtractor
 
 from cem_node.contracts.params import RadiomicsSettings
+from cem_node.pipeline.lesion_geometry import mask_window
 from cem_node.pipeline.radiomics_plan import (
     IMAGE_SUFFIXES,
     WAVELET_SUBBANDS,
@@ -268,15 +269,7 @@ def crop_box(mask: NDArray[Any], margin_px: int) -> tuple[slice, slice]:
     tuple of slice
         (rows, columns); empty slices when the mask is empty.
     """
-    rows = np.flatnonzero(np.any(mask, axis=1))
-    cols = np.flatnonzero(np.any(mask, axis=0))
-    if rows.size == 0:
-        return slice(0, 0), slice(0, 0)
-    height, width = mask.shape
-    return (
-        slice(max(0, int(rows[0]) - margin_px), min(height, int(rows[-1]) + margin_px + 1)),
-        slice(max(0, int(cols[0]) - margin_px), min(width, int(cols[-1]) + margin_px + 1)),
-    )
+    return mask_window(mask, margin_px) or (slice(0, 0), slice(0, 0))
 
 
 def make_job(
